@@ -1,0 +1,162 @@
+"""create_app(settings, database_url) -> Starlette: routes, auth, lifespan (pool, writer, keys)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.auth.basic import BasicAuth
+from app.auth.keys import KeyCache
+from app.errors import HANDLERS, REALM_HEADER, ApiError, error_response
+from app.ingest.socket import Hub, websocket_endpoint
+from app.ingest.writer import Writer
+from app.query.routes import routes as query_routes
+from app.settings import Settings
+from app.storage import db, timescale
+from app.storage import sessions as session_sql
+
+log = logging.getLogger("vidmetrics")
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+PUBLIC_PATHS = ("/api/v1/openapi.json",)
+
+
+class AuthMiddleware:
+    """Basic auth on /api and /metrics; the socket, the example page and health stay open."""
+
+    def __init__(self, app: ASGIApp, auth: BasicAuth | None) -> None:
+        self.app = app
+        self.auth = auth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if (self.auth is not None and scope["type"] == "http"
+                and path.startswith(("/api/", "/metrics")) and path not in PUBLIC_PATHS):
+            header = None
+            for name, value in scope.get("headers", []):
+                if name == b"authorization":
+                    header = value.decode("latin-1")
+                    break
+            try:
+                await self.auth.check(header)
+            except ApiError as exc:
+                await error_response(exc.status, exc.message, REALM_HEADER)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _every(seconds: float, work: object, name: str) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await work()  # type: ignore[operator]
+        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError, asyncpg.InterfaceError) as exc:
+            log.debug("%s failed: %s", name, exc)
+
+
+async def _retention(pool: asyncpg.Pool, settings: Settings) -> None:
+    """Plain PostgreSQL stand-in for TimescaleDB's retention policies."""
+    async with pool.acquire() as conn:
+        if settings.retention_days > 0:
+            cutoff = f"now() - make_interval(days => {int(settings.retention_days)})"
+            await conn.execute(f"DELETE FROM watch_intervals WHERE session_started_at < {cutoff}")
+            await conn.execute(f"DELETE FROM sessions WHERE started_at < {cutoff}")
+        if settings.raw_events_retention_days > 0:
+            days = int(settings.raw_events_retention_days)
+            await conn.execute(f"DELETE FROM events WHERE at < now() - make_interval(days => {days})")
+
+
+def example_page(request: Request) -> Response:
+    key = request.query_params.get("key") or request.app.state.example_key or ""
+    html = (EXAMPLES / "index.html").read_text().replace("{{KEY}}", key.replace('"', ""))
+    return HTMLResponse(html)
+
+
+def example_static(request: Request) -> Response:
+    name = request.path_params["name"]
+    path = (EXAMPLES / "static" / name).resolve()
+    if path.parent != (EXAMPLES / "static").resolve() or not path.is_file():
+        return error_response(404, f"no file {name[:60]}")
+    return FileResponse(path)  # honours Range requests, so browsers can seek
+
+
+async def health(request: Request) -> Response:
+    try:
+        async with request.app.state.pool.acquire(timeout=2) as conn:
+            await conn.fetchval("SELECT 1")
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError, asyncpg.InterfaceError):
+        return error_response(503, "database unavailable")
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(settings: Settings, database_url: str, example_key: str | None = None) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        pool = await db.create_pool(database_url, min_size=2, max_size=settings.db_pool_size)
+        async with pool.acquire() as conn:
+            app.state.timescale = await timescale.is_enabled(conn)
+            if app.state.timescale:
+                await timescale.apply_policies(conn, settings)
+        keys = KeyCache(pool, settings.key_refresh_seconds)
+        await keys.start()
+        writer = Writer(pool, flush_interval=settings.flush_interval_ms / 1000,
+                        max_rows=settings.flush_max_rows)
+        writer.start()
+        hub = Hub(settings, writer, keys)
+        app.state.pool, app.state.hub = pool, hub
+        refresh = settings.watching_ttl_seconds / 3
+        tasks = [asyncio.create_task(_every(
+            refresh, lambda: session_sql.touch_playing(pool, list(hub.presence.playing)),
+            "presence refresh"))]
+        if not app.state.timescale:
+            tasks.append(asyncio.create_task(_every(3600, lambda: _retention(pool, settings),
+                                                    "retention")))
+        try:
+            yield
+        finally:
+            # 1. refuse new sockets; 2. close the open ones (their sessions end now);
+            # 3. flush every queued write; 4. close the pool.
+            hub.accepting = False
+            for conn_ in list(hub.sockets):
+                conn_.leave_all()
+                await conn_.close(1001)
+            await writer.stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await keys.stop()
+            await pool.close()
+
+    app = Starlette(
+        routes=[
+            Route("/", example_page),
+            Route("/static/{name}", example_static),
+            Route("/healthz", health),
+            Route("/metrics", metrics),
+            WebSocketRoute("/socket/websocket", websocket_endpoint),
+            *query_routes,
+        ],
+        exception_handlers=HANDLERS,  # type: ignore[arg-type]
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.example_key = example_key
+    auth = None
+    if settings.auth_enabled:
+        auth = BasicAuth(settings.user, settings.password, settings.password_hash)
+    app.add_middleware(AuthMiddleware, auth=auth)
+    return app

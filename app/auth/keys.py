@@ -1,0 +1,59 @@
+"""Ingest keys: generation and the per-process cache the socket checks joins against.
+
+The cache is refreshed from the database every `key_refresh_seconds`, so a key revoked
+through any server process is refused by every process within that time, and a join
+never costs a database round trip (refused joins are retried forever by clients).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import secrets
+
+import asyncpg
+
+from app.storage import keys as key_sql
+
+log = logging.getLogger("vidmetrics.keys")
+
+
+def generate_key() -> str:
+    """16 random bytes, base64 (as mave does)."""
+    return base64.b64encode(secrets.token_bytes(16)).decode()
+
+
+class KeyCache:
+    def __init__(self, pool: asyncpg.Pool, refresh_seconds: float) -> None:
+        self._pool = pool
+        self._refresh_seconds = refresh_seconds
+        self._active: frozenset[str] = frozenset()
+        self._task: asyncio.Task[None] | None = None
+
+    def is_active(self, key: str) -> bool:
+        return key in self._active
+
+    async def refresh(self) -> None:
+        self._active = frozenset(await key_sql.active_keys(self._pool))
+
+    async def start(self) -> None:
+        try:
+            await self.refresh()
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("could not load ingest keys yet: %s", exc)
+        self._task = asyncio.create_task(self._loop(), name="key-cache")
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_seconds)
+            try:
+                await self.refresh()
+            except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+                # keep the last known set: a database outage must not refuse every join
+                log.debug("key refresh failed: %s", exc)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

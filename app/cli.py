@@ -1,0 +1,309 @@
+"""Thin commands: serve, migrate, keys, hash-password, seed."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import getpass
+import logging
+import os
+import random
+import secrets
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+
+from app.settings import Settings, SettingsError, from_env
+
+log = logging.getLogger("vidmetrics")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
+                 "level": record.levelname.lower(), "logger": record.name,
+                 "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+def setup_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+    if settings.log_level != "debug":
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def database(settings: Settings, *, own: bool = False) -> Iterator[str]:
+    """The database URL: DATABASE_URL, or the embedded server (started here if needed).
+
+    own=True (serve): take the data directory's lock or fail. Otherwise (one-off
+    commands) use the server a running `serve` owns, or start one for the command.
+    """
+    if settings.database_url is not None:
+        yield settings.database_url
+        return
+    from app.storage.embedded import DataDirBusy, EmbeddedPostgres
+
+    pg = EmbeddedPostgres(settings.data_dir)
+    try:
+        pg.acquire()
+    except DataDirBusy:
+        if own:
+            raise
+        yield pg.url  # a running `serve` owns it; use its server as is
+        return
+    try:
+        yield pg.start()
+    finally:
+        pg.stop()
+        pg.release()
+
+
+def _credentials(settings: Settings) -> tuple[Settings, str | None]:
+    """With the embedded DB and no password set, generate one on first start (kept in the
+    data dir, mode 0600). Returns the settings to use and the password to announce once."""
+    if not settings.auth_enabled or settings.password or settings.password_hash:
+        return settings, None
+    if not settings.embedded:
+        raise SettingsError("METRICS_PASSWORD or METRICS_PASSWORD_HASH is required "
+                            "(or set METRICS_AUTH_ENABLED=false)")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.data_dir / "admin-password"
+    announce = None
+    if not path.exists():
+        announce = secrets.token_urlsafe(18)
+        path.touch(mode=0o600)
+        path.write_text(announce)
+    return dataclasses.replace(settings, password=path.read_text().strip()), announce
+
+
+async def _example_key(url: str, settings: Settings) -> tuple[str | None, bool]:
+    """The embedded setup's example key (created on first start), and whether it is new."""
+    if not settings.embedded:
+        return None, False
+    from app.auth.keys import generate_key
+    from app.storage import db, keys
+
+    path = settings.data_dir / "example-key"
+    if path.exists():
+        return path.read_text().strip(), False
+    key = generate_key()
+    conn = await db.connect(url)
+    try:
+        await keys.insert_key(conn, key)
+    finally:
+        await conn.close()
+    path.write_text(key)
+    return key, True
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from app.application import create_app
+    from app.storage import db
+
+    settings, new_password = _credentials(settings)
+    with database(settings, own=True) as url:
+        if not args.no_migrate:
+            db.migrate(url)
+        key, new_key = asyncio.run(_example_key(url, settings))
+        where = (f"embedded PostgreSQL in {settings.data_dir.resolve()}" if settings.embedded
+                 else db.redact(url))
+        shown = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
+        line = f"vidmetrics on http://{shown}:{settings.port}/ (database: {where})"
+        if new_password:
+            line += f"; admin login {settings.user} / {new_password}"
+        elif settings.embedded and settings.auth_enabled and not settings.password_hash:
+            line += f"; admin password in {settings.data_dir / 'admin-password'}"
+        if key:
+            line += f"; example ingest key {key}" + (" (new)" if new_key else "")
+        log.info(line)
+        app = create_app(settings, url, example_key=key)
+        uvicorn.run(
+            app, host=settings.host, port=settings.port, log_level=settings.log_level,
+            access_log=False,  # access logs would record client addresses
+            server_header=False, proxy_headers=False, ws_max_size=settings.max_frame_bytes,
+            ws_per_message_deflate=False, timeout_graceful_shutdown=10, log_config=None,
+            limit_concurrency=None, backlog=4096,
+        )
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from app.storage import db
+
+    with database(settings) as url:
+        if args.revision.startswith("-") or args.revision == "base":
+            db.downgrade(url, args.revision)
+        else:
+            db.migrate(url, args.revision)
+    print(f"schema at {args.revision}")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    from app.auth.keys import generate_key
+    from app.storage import db, keys
+
+    async def run(url: str) -> int:
+        conn = await db.connect(url)
+        try:
+            if args.action == "create":
+                try:
+                    row = await keys.insert_key(conn, args.key or generate_key())
+                except keys.KeyExists:
+                    print(f"error: key {args.key!r} already exists", file=sys.stderr)
+                    return 1
+                print(row.key)
+            elif args.action == "list":
+                for row in await keys.list_keys(conn):
+                    state = f"revoked {row.disabled_at:%Y-%m-%d %H:%M}" if row.disabled_at \
+                        else "active"
+                    print(f"{row.key}\t{state}")
+            else:
+                if not await keys.revoke_key(conn, args.key):
+                    print(f"error: no key {args.key!r}", file=sys.stderr)
+                    return 1
+                print(f"revoked {args.key}")
+            return 0
+        finally:
+            await conn.close()
+
+    if args.action == "revoke" and not args.key:
+        print("error: keys revoke needs a KEY", file=sys.stderr)
+        return 2
+    with database(settings) as url:
+        return asyncio.run(run(url))
+
+
+def cmd_hash_password(args: argparse.Namespace, settings: Settings) -> int:
+    from app.auth.basic import hash_password
+
+    password = args.password
+    if password is None:
+        password = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() \
+            else getpass.getpass("password: ")
+    if not password:
+        print("error: empty password", file=sys.stderr)
+        return 2
+    print(hash_password(password))
+    return 0
+
+
+def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from app import seed
+    from app.storage import db, keys, sessions
+
+    async def run(url: str) -> tuple[int, int, int]:
+        conn = await db.connect(url)
+        try:
+            if args.key not in {k.key for k in await keys.list_keys(conn)}:
+                await keys.insert_key(conn, args.key)
+            refs = seed.videos(args.key, args.videos)
+            ids = await sessions.ensure_videos(conn, refs)
+            end = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+            rng = random.Random(args.seed)
+
+            def block_ids() -> Iterator[int]:
+                while True:
+                    yield from blocks.pop(0)
+
+            blocks: list[range] = []
+            totals = [0, 0, 0]
+            bar = tqdm(total=args.sessions, unit="session", disable=args.quiet, file=sys.stderr)
+            ids_iter = block_ids()
+            for _ in range(-(-args.sessions // seed.CHUNK)):
+                blocks.append(await sessions.reserve_session_ids(conn))
+            for chunk in seed.generate(rng, refs, ids_iter, args.sessions, args.days, end):
+                async with conn.transaction():
+                    await sessions.copy_rows(conn, ids, chunk.sessions, chunk.intervals,
+                                             chunk.events)
+                totals[0] += len(chunk.sessions)
+                totals[1] += len(chunk.intervals)
+                totals[2] += len(chunk.events)
+                bar.update(len(chunk.sessions))
+            bar.close()
+            return totals[0], totals[1], totals[2]
+        finally:
+            await conn.close()
+
+    started = time.perf_counter()
+    with database(settings) as url:
+        n_sessions, n_intervals, n_events = asyncio.run(run(url))
+    took = time.perf_counter() - started
+    print(f"seeded {n_sessions} sessions, {n_intervals} watch intervals, {n_events} events "
+          f"for {args.videos} videos over {args.days} days under key {args.key!r} "
+          f"in {took:.1f}s ({n_sessions / took:,.0f} sessions/s)")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="vidmetrics", description=__doc__)
+    sub = top.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the server (migrations first)")
+    serve.add_argument("--no-migrate", action="store_true", help="do not apply migrations")
+    serve.set_defaults(func=cmd_serve)
+    migrate = sub.add_parser("migrate", help="upgrade the schema (idempotent)")
+    migrate.add_argument("revision", nargs="?", default="head",
+                         help="target revision (default head; 'base' downgrades everything)")
+    migrate.set_defaults(func=cmd_migrate)
+    keys = sub.add_parser("keys", help="manage ingest keys")
+    keys.add_argument("action", choices=["create", "list", "revoke"])
+    keys.add_argument("key", nargs="?", help="the key (create: custom value; revoke: which)")
+    keys.set_defaults(func=cmd_keys)
+    hp = sub.add_parser("hash-password", help="print an argon2id hash for METRICS_PASSWORD_HASH")
+    hp.add_argument("password", nargs="?", help="the password (default: prompt or stdin)")
+    hp.set_defaults(func=cmd_hash_password)
+    seed = sub.add_parser("seed", help="write realistic dummy data")
+    seed.add_argument("--days", type=int, default=30)
+    seed.add_argument("--sessions", type=int, default=10_000)
+    seed.add_argument("--videos", type=int, default=20)
+    seed.add_argument("--seed", type=int, default=1)
+    seed.add_argument("--key", default="seed")
+    seed.add_argument("--quiet", action="store_true", help="no progress bar")
+    seed.set_defaults(func=cmd_seed)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = from_env()
+        setup_logging(settings)
+        if getattr(args, "days", 1) < 1 or getattr(args, "sessions", 1) < 0 \
+                or getattr(args, "videos", 1) < 1:
+            raise SettingsError("seed needs --days >= 1, --sessions >= 0 and --videos >= 1")
+        return int(args.func(args, settings))
+    except SettingsError as exc:
+        print(f"vidmetrics: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # one clear line for operational failures
+        from app.storage.embedded import EmbeddedError
+
+        if isinstance(exc, EmbeddedError):
+            print(f"vidmetrics: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

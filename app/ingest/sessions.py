@@ -1,0 +1,258 @@
+"""One channel's viewing session: join payload validation, and play/pause -> watch intervals.
+
+Pure state machine: methods take the server's clock and return the rows to write; the
+socket submits them to the writer. A session is recorded when playback first starts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from app.ingest.agents import Device
+from app.storage.sessions import EventRow, IntervalRow, Op, Presence, SessionRow, VideoRef
+
+# Event names the legacy (0.0.x) and current clients send; anything else is refused.
+LEGACY_EVENTS = frozenset({
+    "play", "pause", "seeked", "seeking", "ratechange", "volumechange", "durationchange",
+    "loadedmetadata", "loadeddata", "canplay", "canplaythrough", "playing", "waiting",
+    "ended", "timeupdate", "rebuffering_start", "rebuffering_end", "playback_failure",
+    "fullscreen_enter", "fullscreen_exit", "source_set", "track_set",
+})
+MAX_POSITION = 7 * 24 * 3600.0  # a week of media; anything beyond is not a real position
+MAX_PAGE_LENGTH = 2048
+MAX_PREPLAY_EVENTS = 32
+_SESSION_TOPIC = re.compile(r"^session:[A-Za-z0-9_\-:.]{1,128}$")
+
+
+class InvalidInput(ValueError):
+    """The client sent something we refuse; the message is the reply's reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    metadata_bytes: int
+    metadata_depth: int
+
+
+def valid_topic(topic: str) -> bool:
+    return bool(_SESSION_TOPIC.match(topic))
+
+
+def strip_url(url: Any) -> str | None:
+    """scheme://host[:port]/path of a page URL: no query, fragment or credentials."""
+    if not isinstance(url, str) or not url:
+        return None
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not host:
+        return None
+    netloc = host if port is None else f"{host}:{port}"
+    page = f"{parts.scheme}://{netloc}{parts.path or '/'}"
+    return page[:MAX_PAGE_LENGTH]
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def _check_object(name: str, value: Any, limits: Limits) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{name} must be an object")
+    if len(orjson.dumps(value)) > limits.metadata_bytes:
+        raise InvalidInput(f"{name} is larger than {limits.metadata_bytes} bytes")
+    if _depth(value) > limits.metadata_depth:
+        raise InvalidInput(f"{name} is nested deeper than {limits.metadata_depth} levels")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class JoinInfo:
+    key: str
+    video: VideoRef
+    page: str | None
+    session_data: dict[str, Any] | None
+
+
+def parse_join(payload: dict[str, Any], connect_key: str | None, connect_url: str | None,
+               limits: Limits) -> JoinInfo:
+    """Validate a phx_join payload (current and legacy shapes)."""
+    key = payload.get("key", connect_key)
+    missing = []
+    if not isinstance(key, str) or not key:
+        missing.append("key")
+    metadata = payload.get("metadata")
+    identifier = payload.get("identifier")
+    if metadata is None and identifier is None:
+        missing.append("metadata or identifier")
+    if missing:
+        raise InvalidInput(f"missing {' and '.join(missing)}")
+    assert isinstance(key, str)
+    if len(key) > 200:
+        raise InvalidInput("key is too long")
+    if metadata is not None:
+        metadata = _check_object("metadata", metadata, limits)
+    if isinstance(identifier, dict):
+        identifier = _check_object("identifier", identifier, limits)
+        if metadata is None:  # a metadata-only client whose identifier is the metadata
+            metadata = identifier
+        identifier = None
+    elif identifier is not None:
+        if not isinstance(identifier, str) or not identifier or len(identifier) > 500:
+            raise InvalidInput("identifier must be a non-empty string or an object")
+    session_data = payload.get("session_data")
+    if session_data is not None:
+        session_data = _check_object("session_data", session_data, limits)
+    page = strip_url(payload.get("source_url") or connect_url)
+    return JoinInfo(key, VideoRef.of(key, identifier, metadata or {}), page, session_data or None)
+
+
+def _position(payload: dict[str, Any], name: str) -> float:
+    raw = payload.get(name)
+    if isinstance(raw, bool) or raw is None:
+        raise InvalidInput(f"{name} must be a number")
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{name} must be a number") from None
+    if not math.isfinite(value) or value < 0 or value > MAX_POSITION:
+        raise InvalidInput(f"{name} is out of range")
+    return value
+
+
+def _optional_number(payload: dict[str, Any], name: str) -> float | None:
+    if payload.get(name) is None:
+        return None
+    try:
+        return _position(payload, name)
+    except InvalidInput:
+        return None  # durations such as Infinity (live streams) are simply unknown
+
+
+@dataclass
+class _Open:
+    media_from: float
+    wall_start: dt.datetime
+    rate: float
+
+
+@dataclass
+class ViewingSession:
+    join: JoinInfo
+    device: Device
+    row: SessionRow | None = None
+    open: _Open | None = None
+    rate: float = 1.0
+    duration: float | None = None
+    preplay: list[tuple[dt.datetime, str, dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def started(self) -> bool:
+        return self.row is not None
+
+    @property
+    def playing(self) -> bool:
+        return self.open is not None
+
+    def needs_id(self, payload: dict[str, Any]) -> bool:
+        """True when this event starts the session and a session id must be allocated."""
+        return self.row is None and payload.get("name") == "play"
+
+    def handle(self, payload: dict[str, Any], now: dt.datetime,
+               new_id: int | None = None) -> list[Op]:
+        """Apply one `event` push; return the rows to write (empty: nothing to store)."""
+        name = payload.get("name")
+        if not isinstance(name, str) or name not in LEGACY_EVENTS:
+            raise InvalidInput(f"unknown event name {str(name)[:40]!r}")
+        duration = _optional_number(payload, "duration")
+        if duration is not None and duration > 0:
+            self.duration = duration
+        if name == "ratechange":
+            rate = _optional_number(payload, "rate") or _optional_number(payload, "playbackRate")
+            if rate is not None and 0 < rate <= 16:
+                self.rate = rate
+        extra = {k: v for k, v in payload.items() if k != "name"}
+        if len(orjson.dumps(extra)) > 1024:
+            raise InvalidInput("event payload is larger than 1024 bytes")
+
+        ops: list[Op] = []
+        if name == "play":
+            position = _position(payload, "from") if "from" in payload else 0.0
+            if self.row is None:
+                assert new_id is not None
+                self.row = SessionRow(
+                    id=new_id, started_at=now, video=self.join.video,
+                    browser=self.device.browser, platform=self.device.platform,
+                    device=self.device.device, page=self.join.page,
+                    session_data=self.join.session_data,
+                )
+                ops.extend(self._event(at, n, p) for at, n, p in self.preplay)
+                self.preplay.clear()
+            elif self.open is not None:  # play while playing: close at the implied position
+                ops.extend(self._close(now, None))
+            self.open = _Open(position, now, self.rate)
+            ops.append(Presence(self.row.id, self.row.video, self.row.started_at, True))
+        elif name in ("pause", "ended") and self.open is not None:
+            position = _position(payload, "to") if "to" in payload else None
+            ops.extend(self._close(now, position))
+        if self.row is None:
+            if len(self.preplay) < MAX_PREPLAY_EVENTS:
+                self.preplay.append((now, name, extra))
+            return []
+        ops.append(self._event(now, name, extra))
+        ops.append(self._snapshot(now))
+        return ops
+
+    def close(self, now: dt.datetime) -> list[Op]:
+        """The page went away (leave or disconnect): close an open interval at this moment."""
+        if self.row is None:
+            return []
+        ops = self._close(now, None)
+        ops.append(self._snapshot(now))
+        return ops
+
+    # -- internals ---------------------------------------------------------------------
+    def _event(self, at: dt.datetime, name: str, payload: dict[str, Any]) -> EventRow:
+        assert self.row is not None
+        return EventRow(self.row.id, self.row.video, at, name, payload or None)
+
+    def _snapshot(self, now: dt.datetime) -> SessionRow:
+        assert self.row is not None
+        self.row.ended_at = now
+        self.row.duration = self.duration
+        return SessionRow(**{f: getattr(self.row, f) for f in SessionRow.__slots__})
+
+    def _close(self, now: dt.datetime, position: float | None) -> list[Op]:
+        """Close the open interval at `position`, or where the clock says playback got to."""
+        assert self.row is not None
+        current = self.open
+        if current is None:
+            return []
+        self.open = None
+        elapsed = max(0.0, (now - current.wall_start).total_seconds())
+        if position is None:
+            position = current.media_from + elapsed * current.rate
+        if self.duration is not None:
+            position = min(position, self.duration)
+        ops: list[Op] = [Presence(self.row.id, self.row.video, self.row.started_at, False)]
+        if position > current.media_from:
+            played = position - current.media_from
+            self.row.watch_seconds += played
+            self.row.furthest = max(self.row.furthest, position)
+            ops.append(IntervalRow(self.row.id, self.row.video, self.row.started_at,
+                                   current.wall_start, current.media_from, position, elapsed))
+        return ops

@@ -1,0 +1,154 @@
+"""The OpenAPI 3.1 document served at /api/v1/openapi.json (tests validate real answers
+against it, so it cannot drift from the behaviour)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from app.ingest.agents import BROWSERS, DEVICES, PLATFORMS
+
+
+def _counts(keys: tuple[str, ...]) -> dict[str, Any]:
+    return {"type": "object", "required": list(keys), "additionalProperties": False,
+            "properties": {k: {"type": "integer", "minimum": 0} for k in keys}}
+
+
+SPAN = {"type": "string", "pattern": r"^\s*\d+\s+[A-Za-z]+\s*$", "examples": ["1 day"]}
+SELECTION = {
+    "query": {"type": "object", "additionalProperties": False, "properties": {
+        "video": {"type": "object", "description": "video metadata must contain this"},
+        "session": {"type": "object", "description": "session metadata must contain this"},
+        "key": {"type": "string", "description": "every video under this ingest key"},
+    }},
+    "identifier": {"type": "string", "description": "legacy video identifier"},
+}
+TIMEFRAME = {"oneOf": [
+    SPAN,
+    {"type": "number", "description": "unix seconds: from then until now"},
+    {"type": "object", "required": ["from", "to"], "additionalProperties": False,
+     "properties": {"from": {"type": "number"}, "to": {"type": "number"}}},
+]}
+LABEL = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}$"}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["error"], "additionalProperties": False,
+              "properties": {"error": {"type": "string"}}},
+    "BucketRequest": {"type": "object", "properties": {
+        **SELECTION, "interval": SPAN, "timeframe": TIMEFRAME,
+        "minimum_watch_seconds": {"type": "number", "minimum": 0, "default": 1},
+        "timezone": {"type": "string", "default": "UTC"},
+    }},
+    "EngagementRequest": {"type": "object", "properties": {
+        **SELECTION, "timeframe": TIMEFRAME,
+        "ranges": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
+    }},
+    "SelectionRequest": {"type": "object", "properties": SELECTION},
+    "Plays": {"type": "object", "required": ["views"], "additionalProperties": False,
+              "properties": {"views": {"type": "array", "items": {
+                  "type": "object", "additionalProperties": False,
+                  "required": ["interval", "views", "total_view_time", "browser",
+                               "device_type", "platform"],
+                  "properties": {
+                      "interval": LABEL,
+                      "views": {"type": "integer", "minimum": 0},
+                      "total_view_time": {"type": "number", "minimum": 0},
+                      "browser": _counts(BROWSERS),
+                      "device_type": _counts(DEVICES),
+                      "platform": _counts(PLATFORMS),
+                  }}}}},
+    "Engagement": {"type": "object", "required": ["engagement"], "additionalProperties": False,
+                   "properties": {"engagement": {"type": "array", "items": {
+                       "type": "object", "additionalProperties": False,
+                       "required": ["range", "range_time", "viewers"],
+                       "properties": {
+                           "range": {"type": "integer", "minimum": 0},
+                           "range_time": {"type": "object", "required": ["from", "to"],
+                                          "additionalProperties": False,
+                                          "properties": {"from": {"type": "number"},
+                                                         "to": {"type": "number"}}},
+                           "viewers": {"type": "integer", "minimum": 0},
+                       }}}}},
+    "Sources": {"type": "object", "required": ["sources"], "additionalProperties": False,
+                "properties": {"sources": {"type": "array", "items": {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["interval", "path", "views"],
+                    "properties": {"interval": LABEL, "path": {"type": "string"},
+                                   "views": {"type": "integer", "minimum": 0}}}}}},
+    "Watching": {"type": "object", "required": ["watching"], "additionalProperties": False,
+                 "properties": {"watching": {"type": "integer", "minimum": 0}}},
+    "Key": {"type": "object", "required": ["key", "disabled_at"], "additionalProperties": False,
+            "properties": {"key": {"type": "string"},
+                           "disabled_at": {"type": ["string", "null"], "format": "date-time"}}},
+    "Keys": {"type": "object", "required": ["keys"], "additionalProperties": False,
+             "properties": {"keys": {"type": "array", "items": {"$ref": "#/components/schemas/Key"}}}},
+    "Message": {"type": "object", "required": ["message"], "additionalProperties": False,
+                "properties": {"message": {"type": "string"}}},
+}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _answer(description: str, schema: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+ERRORS = {
+    "400": _answer("a field is missing or malformed; the message names it", "Error"),
+    "401": _answer("missing or wrong credentials", "Error"),
+    "413": _answer("request body too large", "Error"),
+}
+
+
+def _query(summary: str, request: str, response: str) -> dict[str, Any]:
+    body = {"required": False, "content": {"application/json": {"schema": _ref(request)}}}
+    operation = {"summary": summary, "requestBody": body,
+                 "responses": {"200": _answer("the answer", response), **ERRORS}}
+    get = {**operation, "parameters": [
+        {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+        for name in ("query", "identifier", "interval", "timeframe", "timezone",
+                     "minimum_watch_seconds", "ranges")
+    ]}
+    return {"post": operation, "get": get}
+
+
+@functools.cache
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "vidmetrics", "version": "1",
+                 "description": "Anonymous video viewing sessions, bucketed."},
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
+        },
+        "security": [{"basic": []}],
+        "paths": {
+            "/api/v1/plays": _query("Views per bucket with breakdowns", "BucketRequest", "Plays"),
+            "/api/v1/engagement": _query("Viewers per part of the timeline",
+                                         "EngagementRequest", "Engagement"),
+            "/api/v1/sources": _query("Views per page per bucket", "BucketRequest", "Sources"),
+            "/api/v1/watching": _query("Sessions playing now", "SelectionRequest", "Watching"),
+            "/api/v1/keys": {
+                "post": {"summary": "Create an ingest key",
+                         "requestBody": {"required": False, "content": {"application/json": {
+                             "schema": {"type": "object",
+                                        "properties": {"key": {"type": "string"}}}}}},
+                         "responses": {"201": _answer("created", "Key"),
+                                       "409": _answer("exists already", "Error"), **ERRORS}},
+                "get": {"summary": "List ingest keys",
+                        "responses": {"200": _answer("all keys", "Keys"), **ERRORS}},
+            },
+            "/api/v1/keys/{key}": {
+                "delete": {"summary": "Revoke an ingest key",
+                           "parameters": [{"name": "key", "in": "path", "required": True,
+                                           "schema": {"type": "string"}}],
+                           "responses": {"200": _answer("revoked", "Message"),
+                                         "404": _answer("no such key", "Error"), **ERRORS}},
+            },
+            "/api/v1/openapi.json": {"get": {"summary": "This document", "security": [],
+                                             "responses": {"200": {"description": "OpenAPI"}}}},
+        },
+    }

@@ -1,0 +1,244 @@
+"""Parse and validate query requests into typed values; every failure names the field.
+
+Nothing parsed here ever becomes SQL text: the storage layer receives these values as
+query parameters.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+
+from app.errors import BadRequest
+
+MAX_SPAN_SECONDS = 10 * 366 * 86400
+MAX_MONTHS = 120
+DEFAULT_INTERVAL = "12 months"
+DEFAULT_TIMEFRAME = "7 days"
+_SPAN = re.compile(r"^\s*(\d{1,9})\s+(second|minute|hour|day|week|month|year)s?\s*$", re.I)
+_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800}
+_ZONE = re.compile(r"^[A-Za-z0-9_+\-/]{1,64}$")
+_QUERY_FIELDS = ("video", "session", "key")
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A calendar span: whole months, or a fixed number of seconds (exactly one is set)."""
+
+    months: int = 0
+    seconds: int = 0
+
+    def before(self, end: dt.datetime) -> dt.datetime:
+        if self.seconds:
+            return end - dt.timedelta(seconds=self.seconds)
+        total = end.year * 12 + end.month - 1 - self.months
+        year, month = divmod(total, 12)
+        month += 1
+        days = [31, 29 if _leap(year) else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+        return end.replace(year=year, month=month, day=min(end.day, days[month - 1]))
+
+
+def _leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    video: dict[str, Any] | None = None
+    session: dict[str, Any] | None = None
+    key: str | None = None
+    identifier: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    start: dt.datetime  # inclusive, UTC
+    end: dt.datetime  # exclusive, UTC
+
+
+@dataclass(frozen=True, slots=True)
+class BucketQuery:
+    selection: Selection
+    window: Window
+    interval: Span
+    timezone: str
+    minimum_watch_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class EngagementQuery:
+    selection: Selection
+    window: Window
+    ranges: int
+
+
+def parse_span(field: str, value: Any) -> Span:
+    if not isinstance(value, str):
+        raise BadRequest(f"{field} must be a string like \"1 day\"")
+    match = _SPAN.match(value)
+    if match is None:
+        raise BadRequest(
+            f"{field} must be \"<n> <unit>\" with unit second, minute, hour, day, week, month "
+            f"or year, got {value[:60]!r}"
+        )
+    count, unit = int(match.group(1)), match.group(2).lower()
+    if count <= 0:
+        raise BadRequest(f"{field} must be a positive span, got {value[:60]!r}")
+    if unit in ("month", "year"):
+        months = count * (12 if unit == "year" else 1)
+        if months > MAX_MONTHS:
+            raise BadRequest(f"{field} must not exceed 10 years")
+        return Span(months=months)
+    seconds = count * _UNIT_SECONDS[unit]
+    if seconds > MAX_SPAN_SECONDS:
+        raise BadRequest(f"{field} must not exceed 10 years")
+    return Span(seconds=seconds)
+
+
+def _unix(field: str, value: Any) -> dt.datetime:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise BadRequest(f"{field} must be a unix timestamp in seconds") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadRequest(f"{field} must be a unix timestamp in seconds")
+    if value < 0 or value > 4102444800:  # 2100-01-01
+        raise BadRequest(f"{field} is out of range")
+    return dt.datetime.fromtimestamp(value, dt.UTC)
+
+
+def parse_timeframe(value: Any, now: dt.datetime) -> Window:
+    if value is None:
+        value = DEFAULT_TIMEFRAME
+    if isinstance(value, dict):
+        unknown = set(value) - {"from", "to"}
+        if unknown:
+            raise BadRequest(f"timeframe has unknown field {sorted(unknown)[0]!r}")
+        if "from" not in value or "to" not in value:
+            raise BadRequest("timeframe must have both \"from\" and \"to\"")
+        start, end = _unix("timeframe.from", value["from"]), _unix("timeframe.to", value["to"])
+        if start > end:
+            raise BadRequest("timeframe.from must not be after timeframe.to")
+        if start == end:
+            raise BadRequest("timeframe must span more than zero seconds")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) or (
+        isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", value)
+    ):
+        start, end = _unix("timeframe", value), now
+        if start >= end:
+            raise BadRequest("timeframe must be in the past")
+    elif isinstance(value, str):
+        end = now
+        start = parse_span("timeframe", value).before(now)
+    else:
+        raise BadRequest("timeframe must be a span like \"7 days\", a unix timestamp, "
+                         "or {\"from\": unix, \"to\": unix}")
+    if (end - start).total_seconds() > MAX_SPAN_SECONDS:
+        raise BadRequest("timeframe must not exceed 10 years")
+    return Window(start, end)
+
+
+def parse_timezone(value: Any) -> str:
+    if value is None:
+        return "UTC"
+    if not isinstance(value, str) or not _ZONE.match(value):
+        raise BadRequest("timezone must be an IANA time zone name like \"Europe/Berlin\"")
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise BadRequest(f"timezone {value!r} is not a known IANA time zone") from None
+    return value
+
+
+def _number(field: str, value: Any, default: float, low: float, high: float) -> float:
+    if value is None:
+        return default
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise BadRequest(f"{field} must be a number") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadRequest(f"{field} must be a number")
+    if not low <= value <= high:
+        raise BadRequest(f"{field} must be between {low:g} and {high:g}")
+    return float(value)
+
+
+def parse_ranges(value: Any) -> int:
+    number = _number("ranges", value, 10, 1, 1000)
+    if number != int(number):
+        raise BadRequest("ranges must be an integer")
+    return int(number)
+
+
+def _object(field: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadRequest(f"{field} must be an object")
+    return value
+
+
+def parse_selection(body: dict[str, Any]) -> Selection:
+    query = body.get("query")
+    identifier = body.get("identifier")
+    if identifier is not None and (not isinstance(identifier, str) or not identifier):
+        raise BadRequest("identifier must be a non-empty string")
+    video = session = key = None
+    if query is not None:
+        query = _object("query", query)
+        unknown = set(query) - set(_QUERY_FIELDS)
+        if unknown:
+            raise BadRequest(f"query has unknown field {sorted(unknown)[0]!r} "
+                             "(expected video, session or key)")
+        if query.get("video") is not None:
+            video = _object("query.video", query["video"])
+        if query.get("session") is not None:
+            session = _object("query.session", query["session"])
+        if query.get("key") is not None:
+            key = query["key"]
+            if not isinstance(key, str) or not key:
+                raise BadRequest("query.key must be a non-empty string")
+    if video is None and session is None and key is None and identifier is None:
+        raise BadRequest("select videos with query.video, query.session, query.key or identifier")
+    return Selection(video, session, key, identifier)
+
+
+def bucket_query(body: dict[str, Any], now: dt.datetime) -> BucketQuery:
+    interval = body.get("interval")
+    return BucketQuery(
+        selection=parse_selection(body),
+        window=parse_timeframe(body.get("timeframe"), now),
+        interval=parse_span("interval", DEFAULT_INTERVAL if interval is None else interval),
+        timezone=parse_timezone(body.get("timezone")),
+        minimum_watch_seconds=_number("minimum_watch_seconds", body.get("minimum_watch_seconds"),
+                                      1, 0, 86400 * 365),
+    )
+
+
+def engagement_query(body: dict[str, Any], now: dt.datetime) -> EngagementQuery:
+    return EngagementQuery(
+        selection=parse_selection(body),
+        window=parse_timeframe(body.get("timeframe"), now),
+        ranges=parse_ranges(body.get("ranges")),
+    )
+
+
+def from_query_string(params: dict[str, str]) -> dict[str, Any]:
+    """GET ?query=<json>&interval=... -> the same body a POST would carry."""
+    body: dict[str, Any] = {}
+    for name, raw in params.items():
+        if name in ("query", "timeframe") and raw.lstrip().startswith(("{", "[")):
+            try:
+                body[name] = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise BadRequest(f"{name} is not valid JSON") from None
+        else:
+            body[name] = raw
+    return body

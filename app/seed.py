@@ -1,0 +1,81 @@
+"""Realistic dummy data for demos and benchmarks, written through the storage layer with COPY.
+
+Deterministic: the same --seed, day anchor and sizes give the same rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from app.ingest.agents import BROWSERS, DEVICES, PLATFORMS
+from app.storage.sessions import EventRow, IntervalRow, SessionRow, VideoRef
+
+CHUNK = 1000  # sessions per id block and per COPY
+
+# (weight, browser, platform, device): a plausible mix of real-world traffic
+MIX = [
+    (30, "chrome", "windows", "desktop"), (12, "chrome", "mac", "desktop"),
+    (18, "safari", "ios", "mobile"), (4, "safari", "ios", "tablet"),
+    (8, "safari", "mac", "desktop"), (12, "chrome", "android", "mobile"),
+    (2, "chrome", "android", "tablet"), (5, "firefox", "windows", "desktop"),
+    (2, "firefox", "linux", "desktop"), (1, "chrome", "linux", "desktop"),
+    (4, "edge", "windows", "desktop"), (1, "opera", "windows", "desktop"),
+    (1, "brave", "mac", "desktop"), (0.3, "ie", "windows", "desktop"),
+    (0.7, "other", "other", "other"),
+]
+assert all(b in BROWSERS and p in PLATFORMS and d in DEVICES for _, b, p, d in MIX)
+PAGES = ["/", "/blog/launch", "/docs/getting-started", "/pricing", "/customers/story"]
+
+
+@dataclass
+class Chunk:
+    sessions: list[SessionRow]
+    intervals: list[IntervalRow]
+    events: list[EventRow]
+
+
+def videos(key: str, count: int) -> list[VideoRef]:
+    return [VideoRef.of(key, None, {"video_id": f"seed-{i}", "title": f"Seed video {i}"})
+            for i in range(count)]
+
+
+def generate(rng: random.Random, refs: list[VideoRef], ids: Iterator[int], sessions: int,
+             days: int, end: dt.datetime) -> Iterator[Chunk]:
+    weights = [w for w, *_ in MIX]
+    durations = [rng.uniform(20, 900) for _ in refs]
+    span = days * 86400.0
+    chunk = Chunk([], [], [])
+    for _ in range(sessions):
+        v = min(int(rng.paretovariate(1.2)) - 1, len(refs) - 1)  # a few videos get most views
+        ref, duration = refs[v], durations[v]
+        _, browser, platform, device = rng.choices(MIX, weights)[0]
+        started = end - dt.timedelta(seconds=rng.random() * span)
+        host = f"https://site{v % 3}.example"
+        row = SessionRow(next(ids), started, ref, browser, platform, device,
+                         host + rng.choice(PAGES), None, duration=duration)
+        wall, position = started, 0.0
+        for _ in range(rng.choice((1, 1, 1, 2, 2, 3, 4))):  # play/pause/seek segments
+            if rng.random() < 0.3:
+                position = rng.uniform(0, duration * 0.9)  # a seek
+            length = min(duration - position, rng.expovariate(1 / 45))
+            if length <= 0:
+                break
+            chunk.events.append(EventRow(row.id, ref, wall, "play", {"from": round(position, 2)}))
+            chunk.intervals.append(IntervalRow(row.id, ref, started, wall, position,
+                                               position + length, length))
+            wall += dt.timedelta(seconds=length)
+            position += length
+            chunk.events.append(EventRow(row.id, ref, wall, "pause", {"to": round(position, 2)}))
+            row.watch_seconds += length
+            row.furthest = max(row.furthest, position)
+            wall += dt.timedelta(seconds=rng.expovariate(1 / 5))
+        row.ended_at = wall
+        chunk.sessions.append(row)
+        if len(chunk.sessions) >= CHUNK:
+            yield chunk
+            chunk = Chunk([], [], [])
+    if chunk.sessions:
+        yield chunk

@@ -1,0 +1,135 @@
+"""Reads the environment once into a frozen Settings; everything else receives it."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """A configuration value is unusable; the message names the variable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    data_dir: Path = Path(".vidmetrics")
+    host: str = "0.0.0.0"
+    port: int = 3000
+    auth_enabled: bool = True
+    user: str = "admin"
+    password: str | None = None
+    password_hash: str | None = None
+    max_body_bytes: int = 1024 * 1024
+    # ingest limits
+    max_frame_bytes: int = 64 * 1024
+    max_metadata_bytes: int = 4096
+    max_metadata_depth: int = 4
+    max_events_per_second: float = 50.0
+    max_sockets: int = 20_000
+    max_channels_per_socket: int = 16
+    # writer (group commit)
+    flush_interval_ms: float = 5.0
+    flush_max_rows: int = 2000
+    # retention (days; 0 = keep forever)
+    retention_days: int = 0
+    raw_events_retention_days: int = 90
+    compress_after_days: int = 7
+    # presence
+    watching_ttl_seconds: float = 30.0
+    key_refresh_seconds: float = 0.5
+    log_level: str = "info"
+    log_format: str = "text"
+    db_pool_size: int = 10
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url is None
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not value > minimum:
+        raise SettingsError(f"{name} must be greater than {minimum}, got {raw}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name) or default
+    if raw.lower() not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw.lower()
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from the environment; raise SettingsError naming a bad variable."""
+    env = os.environ if env is None else env
+    database_url = env.get("DATABASE_URL") or None
+    if database_url is not None and not database_url.startswith(("postgres://", "postgresql://")):
+        raise SettingsError("DATABASE_URL must start with postgresql://")
+    password_hash = env.get("METRICS_PASSWORD_HASH") or None
+    if password_hash is not None and not password_hash.startswith("$argon2id$"):
+        raise SettingsError("METRICS_PASSWORD_HASH must be an argon2id hash ($argon2id$...)")
+    port = _int(env, "PORT", 3000, minimum=0)
+    if port > 65535:
+        raise SettingsError(f"PORT must be at most 65535, got {port}")
+    return Settings(
+        database_url=database_url,
+        data_dir=Path(env.get("METRICS_DATA_DIR") or ".vidmetrics"),
+        host=env.get("HOST") or "0.0.0.0",
+        port=port,
+        auth_enabled=_bool(env, "METRICS_AUTH_ENABLED", True),
+        user=env.get("METRICS_USER") or "admin",
+        password=env.get("METRICS_PASSWORD") or None,
+        password_hash=password_hash,
+        max_body_bytes=_int(env, "METRICS_MAX_BODY_BYTES", 1024 * 1024, minimum=1),
+        max_frame_bytes=_int(env, "METRICS_MAX_FRAME_BYTES", 64 * 1024, minimum=256),
+        max_metadata_bytes=_int(env, "METRICS_MAX_METADATA_BYTES", 4096, minimum=16),
+        max_metadata_depth=_int(env, "METRICS_MAX_METADATA_DEPTH", 4, minimum=1),
+        max_events_per_second=_float(env, "METRICS_MAX_EVENTS_PER_SECOND", 50.0),
+        max_sockets=_int(env, "METRICS_MAX_SOCKETS", 20_000, minimum=1),
+        max_channels_per_socket=_int(env, "METRICS_MAX_CHANNELS_PER_SOCKET", 16, minimum=1),
+        flush_interval_ms=_float(env, "METRICS_FLUSH_INTERVAL_MS", 5.0),
+        flush_max_rows=_int(env, "METRICS_FLUSH_MAX_ROWS", 2000, minimum=1),
+        retention_days=_int(env, "METRICS_RETENTION_DAYS", 0),
+        raw_events_retention_days=_int(env, "METRICS_RAW_EVENTS_RETENTION_DAYS", 90),
+        compress_after_days=_int(env, "METRICS_COMPRESS_AFTER_DAYS", 7, minimum=1),
+        watching_ttl_seconds=_float(env, "METRICS_WATCHING_TTL_SECONDS", 30.0),
+        key_refresh_seconds=_float(env, "METRICS_KEY_REFRESH_SECONDS", 0.5),
+        log_level=_choice(env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+        log_format=_choice(env, "LOG_FORMAT", "text", ("text", "json")),
+        db_pool_size=_int(env, "METRICS_DB_POOL_SIZE", 10, minimum=2),
+    )

@@ -1,0 +1,51 @@
+"""SQL for ingest keys."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import asyncpg
+
+
+class KeyExists(Exception):
+    """A key with that value already exists."""
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    key: str
+    created_at: dt.datetime
+    disabled_at: dt.datetime | None
+
+
+async def insert_key(conn: asyncpg.Connection | asyncpg.Pool, key: str) -> KeyRow:
+    try:
+        row = await conn.fetchrow(
+            "INSERT INTO ingest_keys (key) VALUES ($1) RETURNING key, created_at, disabled_at", key
+        )
+    except asyncpg.UniqueViolationError as exc:
+        raise KeyExists(key) from exc
+    return KeyRow(**dict(row))
+
+
+async def list_keys(conn: asyncpg.Connection | asyncpg.Pool) -> list[KeyRow]:
+    rows = await conn.fetch(
+        "SELECT key, created_at, disabled_at FROM ingest_keys ORDER BY created_at, key"
+    )
+    return [KeyRow(**dict(r)) for r in rows]
+
+
+async def revoke_key(conn: asyncpg.Connection | asyncpg.Pool, key: str) -> bool:
+    """Disable a key (idempotent for a disabled one); False if it does not exist."""
+    row = await conn.fetchrow(
+        "UPDATE ingest_keys SET disabled_at = coalesce(disabled_at, now()) WHERE key = $1 "
+        "RETURNING key",
+        key,
+    )
+    return row is not None
+
+
+async def active_keys(conn: asyncpg.Connection | asyncpg.Pool) -> set[str]:
+    rows = await conn.fetch("SELECT key FROM ingest_keys WHERE disabled_at IS NULL")
+    return {r["key"] for r in rows}

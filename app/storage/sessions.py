@@ -1,0 +1,243 @@
+"""Rows the ingest side produces, and the SQL that writes a batch of them in one transaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import orjson
+
+from app.storage.tables import SESSION_ID_BLOCK
+
+
+@dataclass(frozen=True, slots=True)
+class VideoRef:
+    key: str
+    identity: str
+    identifier: str | None
+    metadata: dict[str, Any]
+
+    @classmethod
+    def of(cls, key: str, identifier: str | None, metadata: dict[str, Any]) -> VideoRef:
+        canonical = orjson.dumps([identifier, metadata], option=orjson.OPT_SORT_KEYS)
+        return cls(key, hashlib.sha256(canonical).hexdigest(), identifier, metadata)
+
+
+@dataclass(slots=True)
+class SessionRow:
+    """A snapshot of a session; written as an upsert, the latest snapshot wins."""
+
+    id: int
+    started_at: dt.datetime
+    video: VideoRef
+    browser: str
+    platform: str
+    device: str
+    page: str | None
+    session_data: dict[str, Any] | None
+    ended_at: dt.datetime | None = None
+    duration: float | None = None
+    watch_seconds: float = 0.0
+    furthest: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class IntervalRow:
+    session_id: int
+    video: VideoRef
+    session_started_at: dt.datetime
+    started_at: dt.datetime
+    media_from: float
+    media_to: float
+    elapsed: float
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    session_id: int
+    video: VideoRef
+    at: dt.datetime
+    name: str
+    payload: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """The session is playing (True) or not (False) as of this write."""
+
+    session_id: int
+    video: VideoRef
+    session_started_at: dt.datetime
+    playing: bool
+
+
+Op = SessionRow | IntervalRow | EventRow | Presence
+
+
+class VideoIds:
+    """(key, identity) -> videos.id, bounded; filled only after a commit succeeds."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._ids: dict[tuple[str, str], int] = {}
+        self._limit = limit
+
+    def get(self, ref: VideoRef) -> int | None:
+        return self._ids.get((ref.key, ref.identity))
+
+    def update(self, found: dict[tuple[str, str], int]) -> None:
+        if len(self._ids) + len(found) > self._limit:
+            self._ids.clear()
+        self._ids.update(found)
+
+
+async def reserve_session_ids(conn: asyncpg.Connection | asyncpg.Pool) -> range:
+    """A block of SESSION_ID_BLOCK fresh session ids."""
+    first = await conn.fetchval("SELECT nextval('session_ids')")
+    return range(first, first + SESSION_ID_BLOCK)
+
+
+async def _resolve_videos(conn: asyncpg.Connection, refs: dict[tuple[str, str], VideoRef],
+                          ) -> dict[tuple[str, str], int]:
+    if not refs:
+        return {}
+    items = list(refs.values())
+    rows = await conn.fetch(
+        """
+        INSERT INTO videos (key, identity, identifier, metadata)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[])
+        ON CONFLICT (key, identity) DO UPDATE SET identity = EXCLUDED.identity
+        RETURNING key, identity, id
+        """,
+        [r.key for r in items], [r.identity for r in items],
+        [r.identifier for r in items], [r.metadata for r in items],
+    )
+    return {(r["key"], r["identity"]): r["id"] for r in rows}
+
+
+async def _copy_intervals(conn: asyncpg.Connection, rows: list[IntervalRow],
+                          vid: Callable[[VideoRef], int]) -> None:
+    if rows:
+        await conn.copy_records_to_table(
+            "watch_intervals",
+            columns=["session_id", "video_id", "session_started_at", "started_at", "media_from",
+                     "media_to", "elapsed"],
+            records=[(i.session_id, vid(i.video), i.session_started_at, i.started_at,
+                      i.media_from, i.media_to, i.elapsed) for i in rows],
+        )
+
+
+async def _copy_events(conn: asyncpg.Connection, rows: list[EventRow],
+                       vid: Callable[[VideoRef], int]) -> None:
+    if rows:
+        await conn.copy_records_to_table(
+            "events",
+            columns=["session_id", "video_id", "at", "name", "payload"],
+            records=[(e.session_id, vid(e.video), e.at, e.name, e.payload) for e in rows],
+        )
+
+
+async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
+                      ) -> dict[tuple[str, str], int]:
+    """Write ops (in submission order) inside one transaction; the caller commits.
+
+    Returns the video ids resolved on the way, for the caller to cache after commit."""
+    sessions: dict[int, SessionRow] = {}
+    intervals: list[IntervalRow] = []
+    events: list[EventRow] = []
+    presence: dict[int, Presence] = {}
+    for op in ops:
+        if isinstance(op, SessionRow):
+            sessions[op.id] = op
+        elif isinstance(op, IntervalRow):
+            intervals.append(op)
+        elif isinstance(op, EventRow):
+            events.append(op)
+        else:
+            presence[op.session_id] = op
+
+    wanted: dict[tuple[str, str], VideoRef] = {}
+    for op in ops:
+        if videos.get(op.video) is None:
+            wanted[(op.video.key, op.video.identity)] = op.video
+    found = await _resolve_videos(conn, wanted)
+
+    def vid(ref: VideoRef) -> int:
+        known = videos.get(ref)
+        return known if known is not None else found[(ref.key, ref.identity)]
+
+    if sessions:
+        rows = list(sessions.values())
+        await conn.execute(
+            """
+            INSERT INTO sessions (id, started_at, video_id, ended_at, browser, platform, device,
+                                  page, session_data, duration, watch_seconds, furthest)
+            SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::bigint[],
+                                 $4::timestamptz[], $5::text[], $6::text[], $7::text[], $8::text[],
+                                 $9::jsonb[], $10::float8[], $11::float8[], $12::float8[])
+            ON CONFLICT (id, started_at) DO UPDATE SET
+                ended_at = EXCLUDED.ended_at, duration = EXCLUDED.duration,
+                watch_seconds = EXCLUDED.watch_seconds, furthest = EXCLUDED.furthest
+            """,
+            [r.id for r in rows], [r.started_at for r in rows], [vid(r.video) for r in rows],
+            [r.ended_at for r in rows], [r.browser for r in rows], [r.platform for r in rows],
+            [r.device for r in rows], [r.page for r in rows], [r.session_data for r in rows],
+            [r.duration for r in rows], [r.watch_seconds for r in rows],
+            [r.furthest for r in rows],
+        )
+    await _copy_intervals(conn, intervals, vid)
+    await _copy_events(conn, events, vid)
+    starting = [p for p in presence.values() if p.playing]
+    stopping = [p.session_id for p in presence.values() if not p.playing]
+    if starting:
+        await conn.execute(
+            """
+            INSERT INTO playing (session_id, video_id, session_started_at, last_seen)
+            SELECT s, v, t, now() FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[])
+                AS u(s, v, t)
+            ON CONFLICT (session_id) DO UPDATE SET last_seen = now()
+            """,
+            [p.session_id for p in starting], [vid(p.video) for p in starting],
+            [p.session_started_at for p in starting],
+        )
+    if stopping:
+        await conn.execute("DELETE FROM playing WHERE session_id = ANY($1::bigint[])", stopping)
+    return found
+
+
+async def touch_playing(conn: asyncpg.Connection | asyncpg.Pool, session_ids: list[int]) -> None:
+    """Refresh presence for the sessions this process is playing; drop long-dead rows."""
+    if session_ids:
+        await conn.execute(
+            "UPDATE playing SET last_seen = now() WHERE session_id = ANY($1::bigint[])",
+            session_ids,
+        )
+    await conn.execute("DELETE FROM playing WHERE last_seen < now() - interval '1 hour'")
+
+
+async def ensure_videos(conn: asyncpg.Connection,
+                        refs: list[VideoRef]) -> dict[tuple[str, str], int]:
+    return await _resolve_videos(conn, {(r.key, r.identity): r for r in refs})
+
+
+async def copy_rows(conn: asyncpg.Connection, ids: dict[tuple[str, str], int],
+                    sessions: list[SessionRow], intervals: list[IntervalRow],
+                    events: list[EventRow]) -> None:
+    """Bulk-load finished sessions (seeding, imports) with COPY."""
+
+    def vid(ref: VideoRef) -> int:
+        return ids[(ref.key, ref.identity)]
+
+    await conn.copy_records_to_table(
+        "sessions",
+        columns=["id", "started_at", "video_id", "ended_at", "browser", "platform", "device",
+                 "page", "session_data", "duration", "watch_seconds", "furthest"],
+        records=[(s.id, s.started_at, vid(s.video), s.ended_at, s.browser, s.platform, s.device,
+                  s.page, s.session_data,
+                  s.duration, s.watch_seconds, s.furthest) for s in sessions],
+    )
+    await _copy_intervals(conn, intervals, vid)
+    await _copy_events(conn, events, vid)

@@ -1,0 +1,113 @@
+"""The schema as SQLAlchemy MetaData: what the migrations build, and what a test checks them against.
+
+Time-series tables (sessions, watch_intervals, events) carry their partitioning time
+column in every unique key so that TimescaleDB can turn them into hypertables.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    MetaData,
+    PrimaryKeyConstraint,
+    Sequence,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+# Session ids are handed out in blocks of SESSION_ID_BLOCK per nextval(), so a server
+# process asks the database for ids once per thousand sessions, never per session.
+SESSION_ID_BLOCK = 1000
+session_ids = Sequence("session_ids", increment=SESSION_ID_BLOCK, start=1, metadata=metadata)
+
+ingest_keys = Table(
+    "ingest_keys",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("disabled_at", DateTime(timezone=True), nullable=True),
+)
+
+videos = Table(
+    "videos",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("key", Text, ForeignKey("ingest_keys.key"), nullable=False),
+    # sha256 over the canonical JSON of (identifier, metadata): the video's identity
+    Column("identity", Text, nullable=False),
+    Column("identifier", Text, nullable=True),
+    Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    UniqueConstraint("key", "identity", name="videos_key_identity_key"),
+    Index("videos_metadata_idx", "metadata", postgresql_using="gin",
+          postgresql_ops={"metadata": "jsonb_path_ops"}),
+    Index("videos_identifier_idx", "identifier"),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", BigInteger, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("video_id", BigInteger, nullable=False),
+    Column("ended_at", DateTime(timezone=True), nullable=True),
+    Column("browser", Text, nullable=False),
+    Column("platform", Text, nullable=False),
+    Column("device", Text, nullable=False),
+    # scheme://host/path of the embedding page; never a query string or fragment
+    Column("page", Text, nullable=True),
+    Column("session_data", JSONB, nullable=True),
+    Column("duration", Float, nullable=True),
+    Column("watch_seconds", Float, nullable=False, server_default=text("0")),
+    Column("furthest", Float, nullable=False, server_default=text("0")),
+    PrimaryKeyConstraint("id", "started_at", name="sessions_pkey"),
+    Index("sessions_video_started_idx", "video_id", "started_at"),
+)
+
+watch_intervals = Table(
+    "watch_intervals",
+    metadata,
+    Column("session_id", BigInteger, nullable=False),
+    Column("video_id", BigInteger, nullable=False),
+    Column("session_started_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("media_from", Float, nullable=False),
+    Column("media_to", Float, nullable=False),
+    Column("elapsed", Float, nullable=False),
+    Index("watch_intervals_video_idx", "video_id", "session_started_at"),
+    Index("watch_intervals_session_idx", "session_id"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("session_id", BigInteger, nullable=False),
+    Column("video_id", BigInteger, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("payload", JSONB, nullable=True),
+    Index("events_session_idx", "session_id", "at"),
+)
+
+# Sessions playing right now, refreshed by every server process; rows older than the
+# presence TTL are ignored (their process died). Unlogged: presence needs no durability.
+playing = Table(
+    "playing",
+    metadata,
+    Column("session_id", BigInteger, primary_key=True),
+    Column("video_id", BigInteger, nullable=False),
+    Column("session_started_at", DateTime(timezone=True), nullable=False),
+    Column("last_seen", DateTime(timezone=True), nullable=False),
+    Index("playing_video_idx", "video_id"),
+    prefixes=["UNLOGGED"],
+)
