@@ -12,10 +12,10 @@ import logging
 import os
 import random
 import secrets
+import signal
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import orjson
 
@@ -34,6 +34,15 @@ class _JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+class _PrivacyFilter(logging.Filter):
+    """Drop uvicorn's per-connection lines: they carry the client address and the full
+    socket URL (whose query string holds the page URL)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return '"WebSocket %s"' not in msg and msg not in ("connection open", "connection closed")
+
+
 def setup_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if settings.log_format == "json":
@@ -41,6 +50,7 @@ def setup_logging(settings: Settings) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
+    handler.addFilter(_PrivacyFilter())
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
     if settings.log_level != "debug":
@@ -112,6 +122,10 @@ async def _example_key(url: str, settings: Settings) -> tuple[str | None, bool]:
     return key, True
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
@@ -135,13 +149,18 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             line += f"; example ingest key {key}" + (" (new)" if new_key else "")
         log.info(line)
         app = create_app(settings, url, example_key=key)
-        uvicorn.run(
-            app, host=settings.host, port=settings.port, log_level=settings.log_level,
-            access_log=False,  # access logs would record client addresses
-            server_header=False, proxy_headers=False, ws_max_size=settings.max_frame_bytes,
-            ws_per_message_deflate=False, timeout_graceful_shutdown=10, log_config=None,
-            limit_concurrency=None, backlog=4096,
-        )
+        # uvicorn re-raises the signal that stopped it once it has shut down; make SIGTERM
+        # an exception (as SIGINT already is) so the `finally` that stops PostgreSQL runs.
+        signal.signal(signal.SIGTERM, _terminate)
+        with contextlib.suppress(KeyboardInterrupt, SystemExit):
+            uvicorn.run(
+                app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                access_log=False,  # access logs would record client addresses
+                server_header=False, proxy_headers=False, ws_max_size=settings.max_frame_bytes,
+                ws_per_message_deflate=False, timeout_graceful_shutdown=10, log_config=None,
+                backlog=4096,
+            )
+        log.info("stopped")
     return 0
 
 

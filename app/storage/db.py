@@ -47,9 +47,10 @@ def downgrade(url: str, revision: str = "base") -> None:
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
+    # binary jsonb (a version byte, then the text) so that COPY can carry it too
     await conn.set_type_codec(
-        "jsonb", encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads,
-        schema="pg_catalog", format="text",
+        "jsonb", encoder=lambda v: b"\x01" + orjson.dumps(v), decoder=lambda b: orjson.loads(b[1:]),
+        schema="pg_catalog", format="binary",
     )
     await conn.set_type_codec(
         "json", encoder=json.dumps, decoder=orjson.loads, schema="pg_catalog", format="text"

@@ -1,0 +1,152 @@
+"""Fixtures: a real PostgreSQL (embedded, or TEST_DATABASE_URL), the real migrations, and real
+server processes on unused ports."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import asyncpg
+import httpx
+import pytest
+
+from app.storage import db
+from app.storage.embedded import EmbeddedPostgres
+
+ROOT = Path(__file__).resolve().parents[1]
+PASSWORD = "test-secret"
+AUTH = ("admin", PASSWORD)
+TABLES = ("playing", "events", "watch_intervals", "sessions", "videos", "ingest_keys")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    given = os.environ.get("TEST_DATABASE_URL")
+    if given:
+        db.downgrade(given, "base")
+        db.migrate(given)
+        yield given
+        return
+    pg = EmbeddedPostgres(tmp_path_factory.mktemp("pg"))
+    pg.acquire()
+    url = pg.start()
+    db.migrate(url)
+    try:
+        yield url
+    finally:
+        pg.stop()
+        pg.release()
+
+
+@pytest.fixture
+async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await db.connect(database_url)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+async def truncate(connection: asyncpg.Connection) -> None:
+    await connection.execute(f"TRUNCATE {', '.join(TABLES)} CASCADE")
+
+
+@pytest.fixture
+async def clean(conn: asyncpg.Connection) -> asyncpg.Connection:
+    """A connection to an emptied database (app tests truncate)."""
+    await truncate(conn)
+    return conn
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ws(self, key: str | None = None, vsn: str = "2.0.0", source_url: str | None = None) -> str:
+        query = f"vsn={vsn}"
+        if key is not None:
+            query += "&key=" + quote(key, safe="")
+        if source_url is not None:
+            query += "&source_url=" + quote(source_url, safe="")
+        return f"ws://127.0.0.1:{self.port}/socket/websocket?{query}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+
+def start_server(tmp: Path, env: dict[str, str], *, wait_healthy: bool = True) -> Server:
+    port = free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("METRICS_")}
+    full_env.update({"PORT": str(port), "HOST": "127.0.0.1", "METRICS_PASSWORD": PASSWORD,
+                     "METRICS_KEY_REFRESH_SECONDS": "0.2", "LOG_LEVEL": "info",
+                     "METRICS_DATA_DIR": str(tmp / "data")})
+    full_env.pop("DATABASE_URL", None)
+    full_env.update(env)
+    log = tmp / f"server-{port}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT,
+                                env=full_env, stdout=out, stderr=subprocess.STDOUT)
+    server = Server(proc, port, log)
+    deadline = time.monotonic() + 60
+    while wait_healthy:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{server.output()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{server.http}/healthz", timeout=1).status_code == 200:
+                break
+        if time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"server did not become healthy:\n{server.output()}")
+        time.sleep(0.1)
+    return server
+
+
+@pytest.fixture(scope="session")
+def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_server(tmp_path_factory.mktemp("srv"), {"DATABASE_URL": database_url})
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def api(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.http, auth=AUTH, timeout=30) as client:
+        yield client
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
