@@ -1,0 +1,48 @@
+// Usage: node drive.cjs PAGE_URL
+// Opens the page in headless Chromium, plays 0 -> ~2 s, pauses, seeks to 10 s, plays ~1.5 s,
+// then closes the page while playing. Prints JSON: what the <video> reports it played.
+const { chromium } = require("playwright-core");
+
+async function main() {
+  const url = process.argv[2];
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic",
+           "--autoplay-policy=no-user-gesture-required"],
+  });
+  try {
+    const page = await browser.newPage();
+    const logs = [];
+    page.on("console", (m) => logs.push(m.text()));
+    await page.goto(url);
+    await page.waitForFunction(() => {
+      const v = document.querySelector("#video");
+      return v && v.readyState === 4 && v.buffered.length && v.buffered.end(0) >= v.duration - 0.1;
+    }, null, { timeout: 20000 });
+    await page.waitForFunction(() => window.socketReady === true, null, { timeout: 20000 });
+    const ua = await page.evaluate(() => navigator.userAgent);
+    await page.evaluate(() => document.querySelector("#video").play());
+    await page.waitForTimeout(2000);
+    await page.evaluate(() => document.querySelector("#video").pause());
+    await page.waitForTimeout(500);
+    await page.evaluate(() => { document.querySelector("#video").currentTime = 10; });
+    await page.waitForFunction(() => !document.querySelector("#video").seeking);
+    await page.waitForTimeout(300);
+    await page.evaluate(() => document.querySelector("#video").play());
+    await page.waitForTimeout(1500);
+    const played = await page.evaluate(() => {
+      const r = document.querySelector("#video").played;
+      const out = [];
+      for (let i = 0; i < r.length; i++) out.push([r.start(i), r.end(i)]);
+      return out;
+    });
+    await page.close(); // closing the page sends nothing; the socket just drops
+    console.log(JSON.stringify({ played, ua, logs }));
+  } finally {
+    await browser.close();
+  }
+}
+
+main().catch((e) => { console.error(e); process.exit(1); });

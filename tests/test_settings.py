@@ -1,0 +1,61 @@
+"""Settings come from the environment once; a bad value names its variable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.settings import Settings, SettingsError, from_env
+from tests.conftest import ROOT
+
+
+def test_defaults() -> None:
+    s = from_env({})
+    assert s == Settings()
+    assert s.embedded and s.port == 3000 and s.host == "0.0.0.0" and s.auth_enabled
+    assert s.data_dir == Path(".vidmetrics") and s.max_body_bytes == 1024 * 1024
+
+
+def test_values_are_read() -> None:
+    s = from_env({"DATABASE_URL": "postgresql://u:p@db/x", "PORT": "8080",
+                  "METRICS_AUTH_ENABLED": "false", "METRICS_USER": "ops",
+                  "METRICS_MAX_BODY_BYTES": "2048", "LOG_FORMAT": "json",
+                  "METRICS_RETENTION_DAYS": "400"})
+    assert not s.embedded and s.port == 8080 and not s.auth_enabled and s.user == "ops"
+    assert s.max_body_bytes == 2048 and s.log_format == "json" and s.retention_days == 400
+    with pytest.raises(dataclasses_error()):
+        s.port = 1  # type: ignore[misc]
+
+
+def dataclasses_error() -> type[Exception]:
+    import dataclasses
+    return dataclasses.FrozenInstanceError
+
+
+@pytest.mark.parametrize("env,name", [
+    ({"PORT": "eighty"}, "PORT"),
+    ({"PORT": "70000"}, "PORT"),
+    ({"METRICS_AUTH_ENABLED": "maybe"}, "METRICS_AUTH_ENABLED"),
+    ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+    ({"METRICS_PASSWORD_HASH": "plain"}, "METRICS_PASSWORD_HASH"),
+    ({"METRICS_MAX_BODY_BYTES": "0"}, "METRICS_MAX_BODY_BYTES"),
+    ({"METRICS_MAX_EVENTS_PER_SECOND": "-3"}, "METRICS_MAX_EVENTS_PER_SECOND"),
+    ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+    ({"METRICS_RETENTION_DAYS": "-1"}, "METRICS_RETENTION_DAYS"),
+])
+def test_bad_values_name_the_variable(env: dict[str, str], name: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        from_env(env)
+
+
+def test_bad_value_stops_startup_with_one_line(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT,
+                            env={"PORT": "nope", "PATH": "/usr/bin:/bin",
+                                 "METRICS_DATA_DIR": str(tmp_path)},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "vidmetrics: PORT must be an integer, got 'nope'"]
