@@ -130,3 +130,16 @@ def test_every_query_endpoint_requires_a_selection(api: httpx.Client, path: str)
     response = api.post(f"/api/v1/{path}", json={"interval": "1 day"})
     assert response.status_code == 400
     assert "query.video" in response.json()["error"]
+
+
+def test_postman_collection_has_every_call() -> None:
+    import json
+
+    from app.query.openapi import document
+    from tests.conftest import ROOT
+    collection = json.loads((ROOT / "examples" / "vidmetrics.postman_collection.json").read_text())
+    calls = {(item["request"]["method"], item["request"]["url"]["raw"].replace("{{base_url}}", "")
+              .replace("{{ingest_key}}", "{key}")) for item in collection["item"]}
+    for path, operations in document()["paths"].items():
+        for method in operations:
+            assert (method.upper(), path) in calls, (method, path)

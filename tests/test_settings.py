@@ -59,3 +59,15 @@ def test_bad_value_stops_startup_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "vidmetrics: PORT must be an integer, got 'nope'"]
+
+
+def test_envrc_and_readme_document_every_variable() -> None:
+    import re
+    names = set(re.findall(r'"((?:METRICS_|DATABASE_|HOST|PORT|LOG_)[A-Z_]*)"',
+                           (ROOT / "app" / "settings.py").read_text()))
+    assert len(names) > 20
+    envrc = (ROOT / ".envrc").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for name in names:
+        assert name in envrc, name
+        assert f"`{name}`" in readme, name
