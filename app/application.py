@@ -60,20 +60,8 @@ async def _every(seconds: float, work: object, name: str) -> None:
         await asyncio.sleep(seconds)
         try:
             await work()  # type: ignore[operator]
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError, asyncpg.InterfaceError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.debug("%s failed: %s", name, exc)
-
-
-async def _retention(pool: asyncpg.Pool, settings: Settings) -> None:
-    """Plain PostgreSQL stand-in for TimescaleDB's retention policies."""
-    async with pool.acquire() as conn:
-        if settings.retention_days > 0:
-            cutoff = f"now() - make_interval(days => {int(settings.retention_days)})"
-            await conn.execute(f"DELETE FROM watch_intervals WHERE session_started_at < {cutoff}")
-            await conn.execute(f"DELETE FROM sessions WHERE started_at < {cutoff}")
-        if settings.raw_events_retention_days > 0:
-            days = int(settings.raw_events_retention_days)
-            await conn.execute(f"DELETE FROM events WHERE at < now() - make_interval(days => {days})")
 
 
 def example_page(request: Request) -> Response:
@@ -94,7 +82,7 @@ async def health(request: Request) -> Response:
     try:
         async with request.app.state.pool.acquire(timeout=2) as conn:
             await conn.fetchval("SELECT 1")
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError, asyncpg.InterfaceError):
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
         return error_response(503, "database unavailable")
     return Response(b'{"status":"ok"}', media_type="application/json")
 
@@ -123,8 +111,9 @@ def create_app(settings: Settings, database_url: str, example_key: str | None = 
             refresh, lambda: session_sql.touch_playing(pool, list(hub.presence.playing)),
             "presence refresh"))]
         if not app.state.timescale:
-            tasks.append(asyncio.create_task(_every(3600, lambda: _retention(pool, settings),
-                                                    "retention")))
+            # plain PostgreSQL stand-in for TimescaleDB's retention policies
+            tasks.append(asyncio.create_task(_every(3600, lambda: session_sql.apply_retention(
+                pool, settings.retention_days, settings.raw_events_retention_days), "retention")))
         try:
             yield
         finally:

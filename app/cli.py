@@ -78,7 +78,12 @@ def database(settings: Settings, *, own: bool = False) -> Iterator[str]:
         yield pg.url  # a running `serve` owns it; use its server as is
         return
     try:
-        yield pg.start()
+        url = pg.start()
+        if not own:  # a one-off command on a fresh data dir gets the schema it needs
+            from app.storage import db
+
+            db.migrate(url)
+        yield url
     finally:
         pg.stop()
         pg.release()
@@ -319,6 +324,15 @@ def main(argv: list[str] | None = None) -> int:
 
         if isinstance(exc, EmbeddedError):
             print(f"vidmetrics: {exc}", file=sys.stderr)
+            return 1
+        import asyncpg
+
+        if isinstance(exc, asyncpg.UndefinedTableError):
+            print("vidmetrics: the database has no vidmetrics schema; run `vidmetrics migrate`",
+                  file=sys.stderr)
+            return 1
+        if isinstance(exc, (OSError, asyncpg.PostgresError)):
+            print(f"vidmetrics: database error: {exc}", file=sys.stderr)
             return 1
         raise
 

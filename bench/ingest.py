@@ -20,7 +20,6 @@ import random
 import resource
 import secrets
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -83,7 +82,7 @@ async def session(url: str, key: str, rate: float, deadline: list[float], stats:
     try:
         ws = await connect(url, user_agent_header=UA, compression=None, open_timeout=60,
                            ping_interval=None, max_size=2**20)
-    except (OSError, asyncio.TimeoutError, Exception):  # noqa: BLE001 - count any failure
+    except (TimeoutError, OSError, Exception):  # noqa: BLE001 - count any failure
         stats.connect_errors += 1
         return
     sent: dict[str, float] = {}

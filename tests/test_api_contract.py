@@ -14,7 +14,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from app.auth.basic import hash_password
-from tests.conftest import AUTH, Server, start_server
+from tests.conftest import Server, start_server
 from tests.phx import Phx, join_payload
 from tests.test_ingest_socket import new_key, topic
 

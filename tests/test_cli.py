@@ -15,7 +15,8 @@ from app import seed
 from tests.conftest import ROOT
 
 
-def cli(database_url: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def cli(database_url: str, *args: str,
+        stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DATABASE_URL": database_url}
     return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env,
                           input=stdin, capture_output=True, text=True, timeout=300)

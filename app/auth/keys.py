@@ -49,7 +49,7 @@ class KeyCache:
             await asyncio.sleep(self._refresh_seconds)
             try:
                 await self.refresh()
-            except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
                 # keep the last known set: a database outage must not refuse every join
                 log.debug("key refresh failed: %s", exc)
 

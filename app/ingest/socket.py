@@ -12,7 +12,6 @@ import datetime as dt
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import parse_qs
 
 from prometheus_client import Counter, Gauge

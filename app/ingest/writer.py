@@ -64,7 +64,7 @@ class Writer:
             if self._id_pos >= len(self._ids):
                 try:
                     self._ids = await session_sql.reserve_session_ids(self._pool)
-                except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
                     raise WriteFailed("database unavailable") from exc
                 self._id_pos = 0
             value = self._ids[self._id_pos]
@@ -108,8 +108,7 @@ class Writer:
         started = time.perf_counter()
         try:
             found = await asyncio.wait_for(self._write(all_ops), TRANSACTION_TIMEOUT)
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError,
-                asyncpg.InterfaceError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             FLUSH_FAILURES.inc()
             log.warning("write of %d rows failed: %s", len(all_ops), type(exc).__name__)
             for _, future in batch:

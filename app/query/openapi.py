@@ -81,7 +81,8 @@ SCHEMAS: dict[str, Any] = {
             "properties": {"key": {"type": "string"},
                            "disabled_at": {"type": ["string", "null"], "format": "date-time"}}},
     "Keys": {"type": "object", "required": ["keys"], "additionalProperties": False,
-             "properties": {"keys": {"type": "array", "items": {"$ref": "#/components/schemas/Key"}}}},
+             "properties": {"keys": {"type": "array",
+                                     "items": {"$ref": "#/components/schemas/Key"}}}},
     "Message": {"type": "object", "required": ["message"], "additionalProperties": False,
                 "properties": {"message": {"type": "string"}}},
 }

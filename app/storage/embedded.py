@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 log = logging.getLogger("vidmetrics.embedded")
 
 
@@ -55,7 +54,8 @@ def _run_as() -> dict[str, int]:
         entry = pwd.getpwnam(SYSTEM_USER)
     except KeyError:
         subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SYSTEM_USER],
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+             SYSTEM_USER],
             check=True,
             capture_output=True,
         )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -241,3 +241,16 @@ async def copy_rows(conn: asyncpg.Connection, ids: dict[tuple[str, str], int],
     )
     await _copy_intervals(conn, intervals, vid)
     await _copy_events(conn, events, vid)
+
+
+async def apply_retention(pool: asyncpg.Pool, days: int, raw_event_days: int) -> None:
+    """Delete data older than the retention settings (0 keeps forever)."""
+    async with pool.acquire() as conn:
+        if days > 0:
+            await conn.execute("DELETE FROM watch_intervals "
+                               "WHERE session_started_at < now() - make_interval(days => $1)", days)
+            await conn.execute("DELETE FROM sessions "
+                               "WHERE started_at < now() - make_interval(days => $1)", days)
+        if raw_event_days > 0:
+            await conn.execute("DELETE FROM events WHERE at < now() - make_interval(days => $1)",
+                               raw_event_days)

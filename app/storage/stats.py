@@ -118,7 +118,13 @@ async def sources(conn: asyncpg.Connection, q: BucketQuery,
 
 async def engagement(conn: asyncpg.Connection,
                      q: EngagementQuery) -> tuple[float | None, dict[int, int]]:
-    """(timeline length, {range index: viewers}); length None when nothing was watched."""
+    """(timeline length, {range index: viewers}); length None when nothing was watched.
+
+    Each interval becomes a span of range indexes; a session's overlapping spans are merged
+    (gaps and islands), so every range is covered at most once per session. Viewers per
+    range are then a running sum of +1/-1 at span edges: no per-range expansion, no
+    DISTINCT, linear in the number of intervals.
+    """
     p = _Params()
     where = _session_filters(q.selection, q.window, p)
     ranges = p.add(q.ranges, "int")
@@ -130,27 +136,47 @@ async def engagement(conn: asyncpg.Connection,
              WHERE {' AND '.join(where)}
         ), len AS (
             SELECT coalesce(max(duration), max(furthest)) AS total FROM sel
-        ), iv AS (
-            SELECT i.session_id, i.media_from, i.media_to
+        ), spans AS (
+            SELECT i.session_id,
+                   greatest(0, floor(i.media_from / (len.total / {ranges})))::int AS first,
+                   least({ranges} - 1,
+                         ceil(i.media_to / (len.total / {ranges}))::int - 1) AS last
               FROM watch_intervals i
               JOIN sel ON sel.id = i.session_id AND sel.started_at = i.session_started_at
-             WHERE i.media_to > i.media_from
+             CROSS JOIN len
+             WHERE i.media_to > i.media_from AND len.total > 0
+        ), ordered AS (
+            SELECT session_id, first, last,
+                   max(last) OVER (PARTITION BY session_id ORDER BY first, last
+                                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
+              FROM spans WHERE last >= first
+        ), islands AS (
+            SELECT session_id, first, last,
+                   count(*) FILTER (WHERE reach IS NULL OR first > reach)
+                       OVER (PARTITION BY session_id ORDER BY first, last) AS island
+              FROM ordered
+        ), merged AS (
+            SELECT min(first) AS first, max(last) AS last
+              FROM islands GROUP BY session_id, island
         )
-        SELECT -1 AS range, 0 AS viewers, (SELECT total FROM len) AS total
+        SELECT -1 AS edge, 0::bigint AS delta, (SELECT total FROM len) AS total
         UNION ALL
-        SELECT r, count(DISTINCT iv.session_id), NULL
-          FROM iv, len,
-               generate_series(
-                   greatest(0, floor(iv.media_from / (len.total / {ranges}))::int),
-                   least({ranges} - 1, ceil(iv.media_to / (len.total / {ranges}))::int - 1)
-               ) AS r
-         WHERE len.total > 0
-         GROUP BY r
+        SELECT first, count(*), NULL FROM merged GROUP BY first
+        UNION ALL
+        SELECT last + 1, -count(*), NULL FROM merged GROUP BY last + 1
         """,
         *p.values,
     )
-    total = next((r["total"] for r in rows if r["range"] == -1), None)
-    counts = {r["range"]: r["viewers"] for r in rows if r["range"] >= 0}
+    total = next((r["total"] for r in rows if r["edge"] == -1), None)
+    deltas: dict[int, int] = {}
+    for r in rows:
+        if r["edge"] >= 0:
+            deltas[r["edge"]] = deltas.get(r["edge"], 0) + r["delta"]
+    counts, running = {}, 0
+    for index in range(q.ranges):
+        running += deltas.get(index, 0)
+        if running:
+            counts[index] = running
     return (total if total and total > 0 else None), counts
 
 

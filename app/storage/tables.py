@@ -1,4 +1,5 @@
-"""The schema as SQLAlchemy MetaData: what the migrations build, and what a test checks them against.
+"""The schema as SQLAlchemy MetaData: what the migrations build, and what a test checks
+them against.
 
 Time-series tables (sessions, watch_intervals, events) carry their partitioning time
 column in every unique key so that TimescaleDB can turn them into hypertables.
