@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -66,7 +67,9 @@ async def _every(seconds: float, work: object, name: str) -> None:
 
 def example_page(request: Request) -> Response:
     key = request.query_params.get("key") or request.app.state.example_key or ""
-    html = (EXAMPLES / "index.html").read_text().replace("{{KEY}}", key.replace('"', ""))
+    # a JS string literal that cannot close the <script> element (the key may be user text)
+    literal = orjson.dumps(key[:200]).decode().replace("<", "\\u003c").replace(">", "\\u003e")
+    html = (EXAMPLES / "index.html").read_text().replace('"{{KEY}}"', literal)
     return HTMLResponse(html)
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import jsonschema
 import pytest
@@ -14,6 +16,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from app.auth.basic import hash_password
+from app.storage import db
+from app.storage import sessions as session_sql
 from tests.conftest import Server, start_server
 from tests.phx import Phx, join_payload
 from tests.test_ingest_socket import new_key, topic
@@ -143,3 +147,29 @@ def test_postman_collection_has_every_call() -> None:
     for path, operations in document()["paths"].items():
         for method in operations:
             assert (method.upper(), path) in calls, (method, path)
+
+
+def test_example_page_escapes_the_key(server: Server) -> None:
+    page = httpx.get(f"{server.http}/", params={"key": '</script><script>alert(1)</script>"'})
+    assert page.status_code == 200
+    assert "<script>alert(1)" not in page.text
+    assert "\\u003c/script\\u003e" in page.text
+
+
+async def test_retention_deletes_only_old_data(conn: asyncpg.Connection,
+                                               database_url: str) -> None:
+    from tests.test_query_api import Data
+    data = await Data(conn).setup()
+    old = (dt.datetime.now(dt.UTC) - dt.timedelta(days=40)).replace(tzinfo=None).isoformat()
+    new = (dt.datetime.now(dt.UTC) - dt.timedelta(days=2)).replace(tzinfo=None).isoformat()
+    await data.session(old, [(0, 5)])
+    await data.session(new, [(0, 5)])
+    pool = await db.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        await session_sql.apply_retention(pool, 30, 0)
+    finally:
+        await pool.close()
+    rows = await conn.fetch("SELECT s.started_at FROM sessions s JOIN videos v "
+                            "ON v.id = s.video_id WHERE v.key = $1", data.key)
+    assert len(rows) == 1 and rows[0]["started_at"] > dt.datetime.now(dt.UTC) - dt.timedelta(
+        days=30)

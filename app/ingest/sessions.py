@@ -207,8 +207,7 @@ class ViewingSession:
             self.open = _Open(position, now, self.rate)
             ops.append(Presence(self.row.id, self.row.video, self.row.started_at, True))
         elif name in ("pause", "ended") and self.open is not None:
-            position = _position(payload, "to") if "to" in payload else None
-            ops.extend(self._close(now, position))
+            ops.extend(self._close(now, _position(payload, "to") if "to" in payload else None))
         if self.row is None:
             if len(self.preplay) < MAX_PREPLAY_EVENTS:
                 self.preplay.append((now, name, extra))
@@ -244,15 +243,13 @@ class ViewingSession:
             return []
         self.open = None
         elapsed = max(0.0, (now - current.wall_start).total_seconds())
-        if position is None:
-            position = current.media_from + elapsed * current.rate
+        end = current.media_from + elapsed * current.rate if position is None else position
         if self.duration is not None:
-            position = min(position, self.duration)
+            end = min(end, self.duration)
         ops: list[Op] = [Presence(self.row.id, self.row.video, self.row.started_at, False)]
-        if position > current.media_from:
-            played = position - current.media_from
-            self.row.watch_seconds += played
-            self.row.furthest = max(self.row.furthest, position)
+        if end > current.media_from:
+            self.row.watch_seconds += end - current.media_from
+            self.row.furthest = max(self.row.furthest, end)
             ops.append(IntervalRow(self.row.id, self.row.video, self.row.started_at,
-                                   current.wall_start, current.media_from, position, elapsed))
+                                   current.wall_start, current.media_from, end, elapsed))
         return ops

@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("vidmetrics.embedded")
 
@@ -46,7 +47,7 @@ class DataDirBusy(EmbeddedError):
     """Another vidmetrics process owns this data directory."""
 
 
-def _run_as() -> dict[str, int]:
+def _run_as() -> dict[str, Any]:
     """Keyword arguments for subprocess to drop root, creating a system user if needed."""
     if os.geteuid() != 0:
         return {}
