@@ -302,3 +302,47 @@ async def test_sigterm_flushes_open_sessions(tmp_path: Path, database_url: str,
     assert rows[0]["watch_seconds"] == pytest.approx(ivs[0][1] - 10.0)
     assert await conn.fetchval("SELECT count(*) FROM playing WHERE session_id = $1",
                                rows[0]["id"]) == 0
+
+
+async def test_max_sockets(tmp_path: Path, database_url: str) -> None:
+    srv = start_server(tmp_path, {"DATABASE_URL": database_url, "METRICS_MAX_SOCKETS": "2"})
+    try:
+        first, second = await Phx.open(srv.ws()), await Phx.open(srv.ws())
+        with pytest.raises(Exception) as info:  # refused at the handshake
+            third = await Phx.open(srv.ws())
+            await third.recv()
+        assert "1013" in str(info.value) or "403" in str(info.value)
+        assert (await first.push("phoenix", "heartbeat", {}))[4]["status"] == "ok"
+        await second.close()
+        await asyncio.sleep(0.2)
+        again = await Phx.open(srv.ws())  # a freed slot is usable again
+        assert (await again.push("phoenix", "heartbeat", {}))[4]["status"] == "ok"
+        await again.close()
+        await first.close()
+    finally:
+        srv.stop()
+
+
+async def test_two_processes_share_revocation_and_presence(tmp_path: Path, server: Server,
+                                                           database_url: str) -> None:
+    other = start_server(tmp_path, {"DATABASE_URL": database_url,
+                                    "METRICS_KEY_REFRESH_SECONDS": "0.5"})
+    try:
+        key = new_key(server)
+        await asyncio.sleep(0.6)  # the other process learns the new key by polling
+        phx = await Phx.open(other.ws())
+        t = topic()
+        assert (await phx.join(t, join_payload(key)))["status"] == "ok"
+        assert (await phx.event(t, name="play", **{"from": 0}))["status"] == "ok"
+        watching = httpx.post(f"{server.http}/api/v1/watching", auth=AUTH,
+                              json={"query": {"key": key}}).json()
+        assert watching == {"watching": 1}  # played on one process, seen from the other
+        from urllib.parse import quote
+        assert httpx.delete(f"{server.http}/api/v1/keys/{quote(key, safe='')}",
+                            auth=AUTH).status_code == 200
+        await asyncio.sleep(1.0)
+        refused = await phx.join(topic(), join_payload(key))
+        assert refused == {"status": "error", "response": {"reason": "invalid key"}}
+        await phx.close()
+    finally:
+        other.stop()
