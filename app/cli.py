@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import getpass
+import itertools
 import logging
 import os
 import random
@@ -246,16 +247,11 @@ def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
             end = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
             rng = random.Random(args.seed)
 
-            def block_ids() -> Iterator[int]:
-                while True:
-                    yield from blocks.pop(0)
-
-            blocks: list[range] = []
+            blocks = [await sessions.reserve_session_ids(conn)
+                      for _ in range(-(-args.sessions // seed.CHUNK))]
+            ids_iter = itertools.chain.from_iterable(blocks)
             totals = [0, 0, 0]
             bar = tqdm(total=args.sessions, unit="session", disable=args.quiet, file=sys.stderr)
-            ids_iter = block_ids()
-            for _ in range(-(-args.sessions // seed.CHUNK)):
-                blocks.append(await sessions.reserve_session_ids(conn))
             for chunk in seed.generate(rng, refs, ids_iter, args.sessions, args.days, end):
                 async with conn.transaction():
                     await sessions.copy_rows(conn, ids, chunk.sessions, chunk.intervals,

@@ -3,6 +3,7 @@ server processes on unused ports."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import os
@@ -61,6 +62,29 @@ async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
         yield connection
     finally:
         await connection.close()
+
+
+@contextlib.contextmanager
+def private_postgres(path: Path) -> Iterator[str]:
+    """A throwaway embedded PostgreSQL of the test's own (no schema); yields its URL."""
+    pg = EmbeddedPostgres(path)
+    pg.acquire()
+    try:
+        yield pg.start()
+    finally:
+        pg.stop()
+        pg.release()
+
+
+def query(url: str, sql: str) -> list[asyncpg.Record]:
+    """Run one statement on a fresh connection (for sync tests)."""
+    async def run() -> list[asyncpg.Record]:
+        conn = await db.connect(url)
+        try:
+            return await conn.fetch(sql)
+        finally:
+            await conn.close()
+    return asyncio.run(run())
 
 
 async def truncate(connection: asyncpg.Connection) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -13,17 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.storage import db
 from app.storage.embedded import DataDirBusy, EmbeddedPostgres
-from tests.conftest import ROOT, start_server
-
-
-async def _query(url: str, sql: str) -> object:
-    conn = await db.connect(url)
-    try:
-        return await conn.fetchval(sql)
-    finally:
-        await conn.close()
+from tests.conftest import ROOT, query, start_server
 
 
 def test_restart_keeps_data_and_lock_is_exclusive(tmp_path: Path) -> None:
@@ -31,18 +21,18 @@ def test_restart_keeps_data_and_lock_is_exclusive(tmp_path: Path) -> None:
     pg.acquire()
     url = pg.start()
     assert "host=" in url and "@/" in url  # a unix socket, no TCP listener
-    asyncio.run(_query(url, "CREATE TABLE kept AS SELECT 42 AS v"))
+    query(url, "CREATE TABLE kept AS SELECT 42 AS v")
     other = EmbeddedPostgres(tmp_path / "d")
     with pytest.raises(DataDirBusy, match="in use by another vidmetrics process"):
         other.acquire()
-    assert asyncio.run(_query(url, "SHOW listen_addresses")) == ""
+    assert query(url, "SHOW listen_addresses")[0][0] == ""
     pg.stop()
     assert not (tmp_path / "d" / "pgdata" / "postmaster.pid").exists()
     pg.release()
     again = EmbeddedPostgres(tmp_path / "d")
     again.acquire()
     url = again.start()
-    assert asyncio.run(_query(url, "SELECT v FROM kept")) == 42
+    assert query(url, "SELECT v FROM kept")[0][0] == 42
     again.stop()
     again.release()
 

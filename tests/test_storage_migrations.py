@@ -11,17 +11,13 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from app.storage import db, timescale
-from app.storage.embedded import EmbeddedPostgres
 from app.storage.tables import metadata
+from tests.conftest import private_postgres, query
 
 
-async def _tables(url: str) -> set[str]:
-    conn = await db.connect(url)
-    try:
-        rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-        return {r[0] for r in rows}
-    finally:
-        await conn.close()
+def _tables(url: str) -> set[str]:
+    rows = query(url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    return {r[0] for r in rows}
 
 
 async def _diff(url: str) -> list[object]:
@@ -37,23 +33,17 @@ async def _diff(url: str) -> list[object]:
 
 
 def test_up_down_up_and_no_drift(tmp_path: Path) -> None:
-    pg = EmbeddedPostgres(tmp_path / "m")
-    pg.acquire()
-    url = pg.start()
-    try:
+    with private_postgres(tmp_path / "m") as url:
         db.migrate(url)
         db.migrate(url)  # idempotent
-        tables = asyncio.run(_tables(url))
+        tables = _tables(url)
         assert {"ingest_keys", "videos", "sessions", "watch_intervals", "events",
                 "playing", "alembic_version"} <= tables
         assert asyncio.run(_diff(url)) == []
         db.downgrade(url, "base")
-        assert asyncio.run(_tables(url)) == {"alembic_version"}
+        assert _tables(url) == {"alembic_version"}
         db.migrate(url)
         assert asyncio.run(_diff(url)) == []
-    finally:
-        pg.stop()
-        pg.release()
 
 
 def test_timescale_sql_files_parse_into_statements() -> None:

@@ -31,7 +31,7 @@ FRAMES = Counter("vidmetrics_frames_total", "Frames received", ["kind"])
 REFUSED = Counter("vidmetrics_refused_total", "Refused frames, joins and sockets", ["reason"])
 
 
-class Presence:
+class PlayingNow:
     """Sessions this process is playing right now, refreshed in the database periodically."""
 
     def __init__(self) -> None:
@@ -45,7 +45,7 @@ class Hub:
     settings: Settings
     writer: Writer
     keys: KeyCache
-    presence: Presence = field(default_factory=Presence)
+    presence: PlayingNow = field(default_factory=PlayingNow)
     sockets: set[Connection] = field(default_factory=set)
     accepting: bool = True
 
@@ -224,11 +224,6 @@ class Connection:
     def leave_all(self) -> None:
         for topic in list(self.channels):
             self.leave(topic)
-
-    async def drain(self) -> None:
-        """Wait for in-flight acks (used at shutdown before the socket closes)."""
-        if self.pending:
-            await asyncio.gather(*self.pending, return_exceptions=True)
 
 
 async def serve_socket(scope: Scope, receive: Receive, send: Send) -> None:

@@ -91,7 +91,6 @@ class EmbeddedPostgres:
         self.pgdata = self.data_dir / "pgdata"
         self.log_file = self.data_dir / "postgres.log"
         self._lock_fd: int | None = None
-        self._started_here = False
         self._run_as = _run_as()
 
     # -- ownership -------------------------------------------------------------------
@@ -184,7 +183,6 @@ class EmbeddedPostgres:
             if result.returncode != 0:
                 tail = self.log_file.read_text()[-2000:] if self.log_file.exists() else ""
                 raise EmbeddedError(f"embedded PostgreSQL failed to start: {result.stderr}{tail}")
-            self._started_here = True
         self._ensure_database()
         return self.url
 
@@ -219,4 +217,3 @@ class EmbeddedPostgres:
             [self._bin("pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "-t", "60", "stop"],
             capture_output=True, check=False, **self._run_as,
         )
-        self._started_here = False
