@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.auth.basic import BasicAuth
 from app.auth.keys import KeyCache
-from app.errors import HANDLERS, REALM_HEADER, ApiError, error_response
+from app.errors import HANDLERS, REALM_HEADER, ApiError, Unauthorized, error_response
 from app.ingest.socket import Hub, websocket_endpoint
 from app.ingest.writer import Writer
 from app.query.routes import routes as query_routes
@@ -51,9 +51,16 @@ class AuthMiddleware:
             try:
                 await self.auth.check(header)
             except ApiError as exc:
-                await error_response(exc.status, exc.message, REALM_HEADER)(scope, receive, send)
+                headers = REALM_HEADER if isinstance(exc, Unauthorized) else {"Retry-After": "1"}
+                await error_response(exc.status, exc.message, headers)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _sync(work: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        work()
+    return run
 
 
 async def _every(seconds: float, work: object, name: str) -> None:
@@ -82,12 +89,21 @@ def example_static(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
+    """200 when the database answers and the writer commits; else 503 naming which part
+    fails, so a load balancer takes this process out while it cannot acknowledge events."""
+    database = "ok"
     try:
         async with request.app.state.pool.acquire(timeout=2) as conn:
             await conn.fetchval("SELECT 1")
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-        return error_response(503, "database unavailable")
-    return Response(b'{"status":"ok"}', media_type="application/json")
+        database = "unavailable"
+    writer = "ok" if request.app.state.hub.writer.healthy else "failing"
+    ok = database == "ok" and writer == "ok"
+    body = {"status": "ok" if ok else "unavailable", "database": database, "writer": writer}
+    if not ok:
+        body["error"] = "database unavailable" if database != "ok" else "writes are failing"
+    return Response(orjson.dumps(body), status_code=200 if ok else 503,
+                    media_type="application/json")
 
 
 async def metrics(request: Request) -> Response:
@@ -112,7 +128,10 @@ def create_app(settings: Settings, database_url: str, example_key: str | None = 
         refresh = settings.watching_ttl_seconds / 3
         tasks = [asyncio.create_task(_every(
             refresh, lambda: session_sql.touch_playing(pool, list(hub.presence.playing)),
-            "presence refresh"))]
+            "presence refresh")),
+            # revoked keys close their open channels; silent sockets are reaped
+            asyncio.create_task(_every(min(0.5, settings.key_refresh_seconds), _sync(hub.sweep),
+                                       "socket sweep"))]
         if not app.state.timescale:
             # plain PostgreSQL stand-in for TimescaleDB's retention policies
             tasks.append(asyncio.create_task(_every(3600, lambda: session_sql.apply_retention(
@@ -149,6 +168,7 @@ def create_app(settings: Settings, database_url: str, example_key: str | None = 
     app.state.example_key = example_key
     auth = None
     if settings.auth_enabled:
-        auth = BasicAuth(settings.user, settings.password, settings.password_hash)
+        auth = BasicAuth(settings.user, settings.password, settings.password_hash,
+                         settings.max_password_checks)
     app.add_middleware(AuthMiddleware, auth=auth)
     return app

@@ -136,9 +136,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from app.application import create_app
+    from app.serving import fit_to_fd_limit, http_protocol
     from app.storage import db
 
     settings, new_password = _credentials(settings)
+    settings = fit_to_fd_limit(settings)
     with database(settings, own=True) as url:
         if not args.no_migrate:
             db.migrate(url)
@@ -164,7 +166,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                 access_log=False,  # access logs would record client addresses
                 server_header=False, proxy_headers=False, ws_max_size=settings.max_frame_bytes,
                 ws_per_message_deflate=False, timeout_graceful_shutdown=10, log_config=None,
-                backlog=4096,
+                backlog=4096, http=http_protocol(settings), timeout_keep_alive=5,
             )
         log.info("stopped")
     return 0

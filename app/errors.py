@@ -6,7 +6,10 @@
       NotFound          404
       MethodNotAllowed  405
       Conflict          409  the thing to create exists already
+      RequestTimeout    408  the request body did not arrive in time
       PayloadTooLarge   413
+      UnsupportedMediaType 415  a POST body that is not application/json
+      TooManyRequests   429  (+ Retry-After)
     HTTPException (Starlette)         -> same envelope, its status
     anything else                     -> 500 {"error": "internal server error"}, logged
 """
@@ -51,8 +54,20 @@ class Conflict(ApiError):
     status = 409
 
 
+class RequestTimeout(ApiError):
+    status = 408
+
+
 class PayloadTooLarge(ApiError):
     status = 413
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+
+
+class TooManyRequests(ApiError):
+    status = 429
 
 
 REALM_HEADER = {"WWW-Authenticate": 'Basic realm="vidmetrics"'}
@@ -67,6 +82,8 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 async def handle_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     headers = REALM_HEADER if isinstance(exc, Unauthorized) else None
+    if isinstance(exc, TooManyRequests):
+        headers = {"Retry-After": "1"}
     return error_response(exc.status, exc.message, headers)
 
 

@@ -28,8 +28,15 @@ class Settings:
     max_metadata_bytes: int = 4096
     max_metadata_depth: int = 4
     max_events_per_second: float = 50.0
-    max_sockets: int = 20_000
+    max_sockets: int = 10_000
     max_channels_per_socket: int = 16
+    max_session_state_bytes: int = 128 * 1024 * 1024
+    socket_idle_seconds: float = 120.0
+    # HTTP connections (not websockets) and how long a request may take to arrive
+    max_http_connections: int = 1000
+    request_timeout_seconds: float = 15.0
+    max_buckets: int = 10_000
+    max_password_checks: int = 2
     # writer (group commit)
     flush_interval_ms: float = 5.0
     flush_max_rows: int = 2000
@@ -120,8 +127,15 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         max_metadata_bytes=_int(env, "METRICS_MAX_METADATA_BYTES", 4096, minimum=16),
         max_metadata_depth=_int(env, "METRICS_MAX_METADATA_DEPTH", 4, minimum=1),
         max_events_per_second=_float(env, "METRICS_MAX_EVENTS_PER_SECOND", 50.0),
-        max_sockets=_int(env, "METRICS_MAX_SOCKETS", 20_000, minimum=1),
+        max_sockets=_int(env, "METRICS_MAX_SOCKETS", 10_000, minimum=1),
         max_channels_per_socket=_int(env, "METRICS_MAX_CHANNELS_PER_SOCKET", 16, minimum=1),
+        max_session_state_bytes=_int(env, "METRICS_MAX_SESSION_STATE_MB", 128, minimum=1)
+        * 1024 * 1024,
+        socket_idle_seconds=_float(env, "METRICS_SOCKET_IDLE_SECONDS", 120.0),
+        max_http_connections=_int(env, "METRICS_MAX_HTTP_CONNECTIONS", 1000, minimum=1),
+        request_timeout_seconds=_float(env, "METRICS_REQUEST_TIMEOUT_SECONDS", 15.0),
+        max_buckets=_int(env, "METRICS_MAX_BUCKETS", 10_000, minimum=1),
+        max_password_checks=_int(env, "METRICS_MAX_PASSWORD_CHECKS", 2, minimum=1),
         flush_interval_ms=_float(env, "METRICS_FLUSH_INTERVAL_MS", 5.0),
         flush_max_rows=_int(env, "METRICS_FLUSH_MAX_ROWS", 2000, minimum=1),
         retention_days=_int(env, "METRICS_RETENTION_DAYS", 0),

@@ -286,13 +286,15 @@ def test_engagement_ranges_validation(api: httpx.Client, ranges: Any) -> None:
 
 
 def test_error_envelope(api: httpx.Client, server: Server) -> None:
+    as_json = {"content-type": "application/json"}
     cases = [
-        (api.post("/api/v1/plays", content=b"{not json"), 400, "not valid JSON"),
-        (api.post("/api/v1/plays", content=b"[1,2]"), 400, "JSON object"),
+        (api.post("/api/v1/plays", content=b"{not json", headers=as_json), 400,
+         "not valid JSON"),
+        (api.post("/api/v1/plays", content=b"[1,2]", headers=as_json), 400, "JSON object"),
         (api.get("/api/v1/nothing"), 404, "no route"),
         (api.put("/api/v1/plays", json={}), 405, "not allowed"),
-        (api.post("/api/v1/plays", content=b"{" + b" " * (1024 * 1024 + 10) + b"}"), 413,
-         "larger than"),
+        (api.post("/api/v1/plays", content=b"{" + b" " * (1024 * 1024 + 10) + b"}",
+                  headers=as_json), 413, "larger than"),
         (api.delete("/api/v1/keys/does-not-exist"), 404, "no key"),
     ]
     for response, status, text in cases:

@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 
+from app.values import UnsafeValue, check_json
+
 V1 = "1.0.0"
 V2 = "2.0.0"
 
@@ -71,6 +73,10 @@ def parse(raw: str | bytes, vsn: str) -> Frame:
         payload = {}
     if not isinstance(payload, dict):
         raise FrameError("malformed frame: payload must be an object", ref, topic_hint)
+    try:
+        check_json("payload", payload)
+    except UnsafeValue as exc:
+        raise FrameError(f"malformed frame: {exc}", ref, topic_hint) from None
     return Frame(join_ref, ref, topic, event, payload)
 
 

@@ -17,6 +17,7 @@ import orjson
 
 from app.ingest.agents import Device
 from app.storage.sessions import EventRow, IntervalRow, Op, Presence, SessionRow, VideoRef
+from app.values import UnsafeValue, check_json, check_text
 
 # Event names the legacy (0.0.x) and current clients send; anything else is refused.
 LEGACY_EVENTS = frozenset({
@@ -28,6 +29,19 @@ LEGACY_EVENTS = frozenset({
 MAX_POSITION = 7 * 24 * 3600.0  # a week of media; anything beyond is not a real position
 MAX_PAGE_LENGTH = 2048
 MAX_PREPLAY_EVENTS = 32
+# memory accounting (see ViewingSession.cost): measured sizes of the Python objects
+SESSION_OVERHEAD_BYTES = 2048
+PREPLAY_EVENT_BYTES = 512
+# A session's watch time may grow at most this many times faster than the wall clock since
+# its first play (browsers cap playbackRate at 16), plus a slack for events that a client
+# buffered and sent together; a claimed position beyond that is clamped, so one
+# `pause {to: 604800}` cannot record a week of viewing.
+MAX_PLAYBACK_RATE = 16.0
+WATCH_SLACK_SECONDS = 10.0
+# The fields of an event payload that the protocol defines; anything else a client sends
+# is dropped before storage (never stored verbatim). Numbers may arrive as numeric strings.
+NUMBER_FIELDS = ("duration", "from", "to", "timestamp", "rate", "playbackRate", "volume")
+TEXT_FIELDS = {"language": 35}
 _SESSION_TOPIC = re.compile(r"^session:[A-Za-z0-9_\-:.]{1,128}$")
 
 
@@ -45,8 +59,12 @@ def valid_topic(topic: str) -> bool:
     return bool(_SESSION_TOPIC.match(topic))
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def strip_url(url: Any) -> str | None:
-    """scheme://host[:port]/path of a page URL: no query, fragment or credentials."""
+    """scheme://host[:port]/path of a page URL: no query, fragment, credentials, matrix
+    parameters (`;jsessionid=...` in any path segment) or default port."""
     if not isinstance(url, str) or not url:
         return None
     try:
@@ -55,28 +73,32 @@ def strip_url(url: Any) -> str | None:
         port = parts.port
     except ValueError:
         return None
-    if parts.scheme not in ("http", "https") or not host:
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS or not host:
         return None
-    netloc = host if port is None else f"{host}:{port}"
-    page = f"{parts.scheme}://{netloc}{parts.path or '/'}"
+    netloc = host if port is None or port == DEFAULT_PORTS[scheme] else f"{host}:{port}"
+    path = "/".join(segment.split(";", 1)[0] for segment in parts.path.split("/"))
+    page = f"{scheme}://{netloc}{path or '/'}"
     return page[:MAX_PAGE_LENGTH]
-
-
-def _depth(value: Any) -> int:
-    if isinstance(value, dict):
-        return 1 + max((_depth(v) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((_depth(v) for v in value), default=0)
-    return 0
 
 
 def _check_object(name: str, value: Any, limits: Limits) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidInput(f"{name} must be an object")
+    try:  # depth and NUL first: the serialiser below would choke on either
+        check_json(name, value, limits.metadata_depth)
+    except UnsafeValue as exc:
+        raise InvalidInput(str(exc)) from None
     if len(orjson.dumps(value)) > limits.metadata_bytes:
         raise InvalidInput(f"{name} is larger than {limits.metadata_bytes} bytes")
-    if _depth(value) > limits.metadata_depth:
-        raise InvalidInput(f"{name} is nested deeper than {limits.metadata_depth} levels")
+    return value
+
+
+def _check_string(name: str, value: str) -> str:
+    try:
+        check_text(name, value)
+    except UnsafeValue as exc:
+        raise InvalidInput(str(exc)) from None
     return value
 
 
@@ -85,7 +107,13 @@ class JoinInfo:
     key: str
     video: VideoRef
     page: str | None
-    session_data: dict[str, Any] | None
+    session_data: orjson.Fragment | None
+
+    @property
+    def size(self) -> int:
+        """Bytes of client-supplied state this session holds (for the memory budget)."""
+        extra = len(orjson.dumps(self.session_data)) if self.session_data is not None else 0
+        return self.video.size + len(self.page or "") + extra
 
 
 def parse_join(payload: dict[str, Any], connect_key: str | None, connect_url: str | None,
@@ -104,6 +132,7 @@ def parse_join(payload: dict[str, Any], connect_key: str | None, connect_url: st
     assert isinstance(key, str)
     if len(key) > 200:
         raise InvalidInput("key is too long")
+    _check_string("key", key)
     if metadata is not None:
         metadata = _check_object("metadata", metadata, limits)
     if isinstance(identifier, dict):
@@ -114,11 +143,16 @@ def parse_join(payload: dict[str, Any], connect_key: str | None, connect_url: st
     elif identifier is not None:
         if not isinstance(identifier, str) or not identifier or len(identifier) > 500:
             raise InvalidInput("identifier must be a non-empty string or an object")
+        _check_string("identifier", identifier)
     session_data = payload.get("session_data")
     if session_data is not None:
         session_data = _check_object("session_data", session_data, limits)
-    page = strip_url(payload.get("source_url") or connect_url)
-    return JoinInfo(key, VideoRef.of(key, identifier, metadata or {}), page, session_data or None)
+    raw_url = payload.get("source_url") or connect_url
+    if isinstance(raw_url, str):
+        _check_string("source_url", raw_url)
+    page = strip_url(raw_url)
+    return JoinInfo(key, VideoRef.of(key, identifier, metadata or {}), page,
+                    orjson.Fragment(orjson.dumps(session_data)) if session_data else None)
 
 
 def _position(payload: dict[str, Any], name: str) -> float:
@@ -141,6 +175,26 @@ def _optional_number(payload: dict[str, Any], name: str) -> float | None:
         return _position(payload, name)
     except InvalidInput:
         return None  # durations such as Infinity (live streams) are simply unknown
+
+
+def _stored_fields(payload: dict[str, Any]) -> dict[str, Any]:
+    """The protocol-defined fields of an event payload, as stored with the raw event."""
+    kept: dict[str, Any] = {}
+    for name in NUMBER_FIELDS:
+        raw = payload.get(name)
+        if isinstance(raw, bool) or raw is None:
+            continue
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(value):
+            kept[name] = value
+    for name, limit in TEXT_FIELDS.items():
+        raw = payload.get(name)
+        if isinstance(raw, str) and raw:
+            kept[name] = raw[:limit]
+    return kept
 
 
 @dataclass
@@ -168,6 +222,18 @@ class ViewingSession:
     def playing(self) -> bool:
         return self.open is not None
 
+    @property
+    def cost(self) -> int:
+        """Bytes of memory this session is charged against the server's budget: what the
+        client sent at join, each buffered pre-play event, and a fixed overhead."""
+        return SESSION_OVERHEAD_BYTES + self.join.size + PREPLAY_EVENT_BYTES * len(self.preplay)
+
+    def stop_presence(self) -> Presence:
+        """Stop counting the session as playing, writing nothing else (key revoked)."""
+        assert self.row is not None
+        self.open = None
+        return Presence(self.row.id, self.row.video, self.row.started_at, False)
+
     def needs_id(self, payload: dict[str, Any]) -> bool:
         """True when this event starts the session and a session id must be allocated."""
         return self.row is None and payload.get("name") == "play"
@@ -185,9 +251,7 @@ class ViewingSession:
             rate = _optional_number(payload, "rate") or _optional_number(payload, "playbackRate")
             if rate is not None and 0 < rate <= 16:
                 self.rate = rate
-        extra = {k: v for k, v in payload.items() if k != "name"}
-        if len(orjson.dumps(extra)) > 1024:
-            raise InvalidInput("event payload is larger than 1024 bytes")
+        extra = _stored_fields(payload)
 
         ops: list[Op] = []
         if name == "play":
@@ -244,6 +308,9 @@ class ViewingSession:
         self.open = None
         elapsed = max(0.0, (now - current.wall_start).total_seconds())
         end = current.media_from + elapsed * current.rate if position is None else position
+        lived = (now - self.row.started_at).total_seconds()
+        allowed = lived * MAX_PLAYBACK_RATE + WATCH_SLACK_SECONDS - self.row.watch_seconds
+        end = min(end, current.media_from + max(0.0, allowed))
         if self.duration is not None:
             end = min(end, self.duration)
         ops: list[Op] = [Presence(self.row.id, self.row.video, self.row.started_at, False)]

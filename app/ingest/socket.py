@@ -27,8 +27,18 @@ from app.settings import Settings
 log = logging.getLogger("vidmetrics.socket")
 
 SOCKETS = Gauge("vidmetrics_sockets", "Open websockets")
+SESSION_BYTES = Gauge("vidmetrics_session_state_bytes",
+                      "Client-supplied session state held in memory (the budget's use)")
 FRAMES = Counter("vidmetrics_frames_total", "Frames received", ["kind"])
 REFUSED = Counter("vidmetrics_refused_total", "Refused frames, joins and sockets", ["reason"])
+# Label values come from these fixed sets only (never from client text), and each child is
+# resolved once: a scrape stays small whatever clients send, and no frame pays a lookup.
+_FRAME = {kind: FRAMES.labels(kind) for kind in (
+    "malformed", "heartbeat", "join", "unmatched", "leave", "event", "unknown", "binary")}
+_REFUSED = {reason: REFUSED.labels(reason) for reason in (
+    "malformed", "unmatched_topic", "unknown_event", "bot", "too_many_channels",
+    "invalid_input", "invalid_key", "memory_budget", "rate_limit", "write_failed",
+    "max_sockets", "shutting_down", "frame_too_large", "idle")}
 
 
 class PlayingNow:
@@ -48,10 +58,36 @@ class Hub:
     presence: PlayingNow = field(default_factory=PlayingNow)
     sockets: set[Connection] = field(default_factory=set)
     accepting: bool = True
+    state_bytes: int = 0  # client-supplied state held by all open channels
 
     @property
     def limits(self) -> Limits:
         return Limits(self.settings.max_metadata_bytes, self.settings.max_metadata_depth)
+
+    def reserve(self, size: int) -> bool:
+        """Take `size` bytes of the session-state budget; False when it is spent."""
+        if self.state_bytes + size > self.settings.max_session_state_bytes:
+            return False
+        self.state_bytes += size
+        SESSION_BYTES.set(self.state_bytes)
+        return True
+
+    def release(self, size: int) -> None:
+        self.state_bytes -= size
+        SESSION_BYTES.set(self.state_bytes)
+
+    def sweep(self) -> None:
+        """Close channels whose key was revoked, and sockets silent for too long."""
+        deadline = time.monotonic() - self.settings.socket_idle_seconds
+        for conn in list(self.sockets):
+            if conn.last_seen < deadline:
+                _REFUSED["idle"].inc()
+                conn.leave_all()
+                conn.closing = asyncio.ensure_future(conn.close(1001))
+                continue
+            for topic, (join_ref, session) in list(conn.channels.items()):
+                if not self.keys.is_active(session.join.key):
+                    conn.revoke(topic, join_ref)
 
 
 def _now() -> dt.datetime:
@@ -96,6 +132,8 @@ class Connection:
         self.bucket = _Bucket(hub.settings.max_events_per_second)
         self.pending: set[asyncio.Task[None]] = set()
         self.closed = False
+        self.closing: asyncio.Future[None] | None = None
+        self.last_seen = time.monotonic()
 
     async def send(self, text: str) -> None:
         if self.closed:
@@ -118,75 +156,85 @@ class Connection:
         try:
             frame = protocol.parse(raw, self.vsn)
         except protocol.FrameError as exc:
-            FRAMES.labels("malformed").inc()
+            _FRAME["malformed"].inc()
+            _REFUSED["malformed"].inc()
             await self.send(protocol.reply(self.vsn, None, exc.ref, exc.topic or "phoenix",
                                            exc.reason))
             return
         if frame.topic == "phoenix" and frame.event == "heartbeat":
-            FRAMES.labels("heartbeat").inc()
+            _FRAME["heartbeat"].inc()
             await self.send(protocol.reply(self.vsn, None, frame.ref, "phoenix"))
             return
         if frame.event == "phx_join":
-            FRAMES.labels("join").inc()
+            _FRAME["join"].inc()
             await self.join(frame)
             return
         joined = self.channels.get(frame.topic)
         if joined is None or (frame.join_ref is not None and joined[0] != frame.join_ref):
-            FRAMES.labels("unmatched").inc()
+            _FRAME["unmatched"].inc()
             await self.send(protocol.reply(self.vsn, None, frame.ref, frame.topic,
                                            "unmatched topic"))
             return
         if frame.event == "phx_leave":
-            FRAMES.labels("leave").inc()
+            _FRAME["leave"].inc()
             self.leave(frame.topic)
             await self.send(protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic))
             await self.send(protocol.encode(self.vsn, frame.join_ref, frame.join_ref,
                                             frame.topic, "phx_close", {}))
             return
         if frame.event == "event":
-            FRAMES.labels("event").inc()
+            _FRAME["event"].inc()
             await self.event(frame, joined[1])
             return
-        FRAMES.labels("unknown").inc()
-        await self.send(protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic,
-                                       f"unknown event {frame.event[:40]!r}"))
+        _FRAME["unknown"].inc()
+        await self._refuse(frame, "unknown_event", f"unknown event {frame.event[:40]!r}")
 
-    async def _refuse(self, frame: protocol.Frame, reason: str) -> None:
-        REFUSED.labels(reason.split(":")[0][:40]).inc()
+    async def _refuse(self, frame: protocol.Frame, kind: str, reason: str) -> None:
+        _REFUSED[kind].inc()
         await self.send(protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic, reason))
 
     async def join(self, frame: protocol.Frame) -> None:
         if not valid_topic(frame.topic):
-            return await self._refuse(frame, "unmatched topic")
+            return await self._refuse(frame, "unmatched_topic", "unmatched topic")
         if self.device.bot:
-            return await self._refuse(frame, "bots are not counted")
+            return await self._refuse(frame, "bot", "bots are not counted")
         if frame.topic in self.channels:  # a rejoin replaces the old channel, as Phoenix does
             self.leave(frame.topic)
         if len(self.channels) >= self.hub.settings.max_channels_per_socket:
-            return await self._refuse(frame, "too many channels on this socket")
+            return await self._refuse(frame, "too_many_channels",
+                                      "too many channels on this socket")
         try:
             info = parse_join(frame.payload, self.key, self.source_url, self.hub.limits)
         except InvalidInput as exc:
-            return await self._refuse(frame, str(exc))
+            return await self._refuse(frame, "invalid_input", str(exc))
         if not self.hub.keys.is_active(info.key):
-            return await self._refuse(frame, "invalid key")
-        self.channels[frame.topic] = (frame.join_ref, ViewingSession(info, self.device))
+            return await self._refuse(frame, "invalid_key", "invalid key")
+        session = ViewingSession(info, self.device)
+        if not self.hub.reserve(session.cost):
+            return await self._refuse(frame, "memory_budget",
+                                      "server is at its session memory limit, try again later")
+        self.channels[frame.topic] = (frame.join_ref, session)
         await self.send(protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic))
 
     async def event(self, frame: protocol.Frame, session: ViewingSession) -> None:
         if not self.bucket.take():
-            return await self._refuse(frame, "rate limit exceeded")
+            return await self._refuse(frame, "rate_limit", "rate limit exceeded")
+        if not self.hub.keys.is_active(session.join.key):
+            await self._refuse(frame, "invalid_key", "invalid key")
+            return self.revoke(frame.topic, frame.join_ref)
         new_id = None
         if session.needs_id(frame.payload):
             try:
                 new_id = await self.hub.writer.new_session_id()
             except WriteFailed as exc:
-                return await self._refuse(frame, str(exc))
+                return await self._refuse(frame, "write_failed", str(exc))
         was_playing = session.playing
+        cost = session.cost
         try:
             ops = session.handle(frame.payload, _now(), new_id)
         except InvalidInput as exc:
-            return await self._refuse(frame, str(exc))
+            return await self._refuse(frame, "invalid_input", str(exc))
+        self.hub.release(cost - session.cost)  # buffered pre-play events come and go
         self._track(session, was_playing)
         if not ops:
             await self.send(protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic))
@@ -200,7 +248,7 @@ class Connection:
         try:
             await future
         except WriteFailed as exc:
-            return await self._refuse(frame, str(exc))
+            return await self._refuse(frame, "write_failed", str(exc))
         await self.send(protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic))
 
     def _track(self, session: ViewingSession, was_playing: bool) -> None:
@@ -211,9 +259,25 @@ class Connection:
         else:
             self.hub.presence.playing.discard(session.row.id)
 
+    def revoke(self, topic: str, join_ref: str | None) -> None:
+        """The channel's key was revoked: drop the session without writing anything more,
+        and tell the client the channel is closed (a Phoenix client does not rejoin)."""
+        _, session = self.channels.pop(topic)
+        self.hub.release(session.cost)
+        if session.row is not None:
+            self.hub.presence.playing.discard(session.row.id)
+        if session.playing:
+            future = self.hub.writer.submit([session.stop_presence()])
+            future.add_done_callback(lambda f: f.exception())
+        task = asyncio.ensure_future(self.send(protocol.encode(
+            self.vsn, join_ref, join_ref, topic, "phx_close", {})))
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
     def leave(self, topic: str) -> None:
         """Close a channel's session at this moment; its rows are written without a reply."""
         _, session = self.channels.pop(topic)
+        self.hub.release(session.cost)
         was_playing = session.playing
         ops = session.close(_now())
         self._track(session, was_playing)
@@ -232,7 +296,7 @@ async def serve_socket(scope: Scope, receive: Receive, send: Send) -> None:
     if message["type"] != "websocket.connect":
         return
     if not hub.accepting or len(hub.sockets) >= hub.settings.max_sockets:
-        REFUSED.labels("max sockets" if hub.accepting else "shutting down").inc()
+        _REFUSED["max_sockets" if hub.accepting else "shutting_down"].inc()
         await send({"type": "websocket.close", "code": 1013})  # try again later
         return
     conn = Connection(hub, scope, send)
@@ -248,14 +312,15 @@ async def serve_socket(scope: Scope, receive: Receive, send: Send) -> None:
                 break
             if kind != "websocket.receive":
                 continue
+            conn.last_seen = time.monotonic()
             text = message.get("text")
             if text is None:
-                FRAMES.labels("binary").inc()
+                _FRAME["binary"].inc()
                 await conn.send(protocol.reply(conn.vsn, None, None, "phoenix",
                                                "binary frames are not supported"))
                 continue
             if len(text) > max_frame:
-                REFUSED.labels("frame too large").inc()
+                _REFUSED["frame_too_large"].inc()
                 await conn.close(1009)
                 break
             await conn.on_text(text)

@@ -3,6 +3,11 @@
 A channel submits the rows an event produced and awaits the returned future; it resolves
 only after the transaction holding those rows has committed (or fails with WriteFailed).
 Throughput comes from batching: one commit acknowledges every event in the batch.
+
+A batch that the database refuses for its *data* (a value it cannot store, a broken
+constraint) is written again with each member in its own savepoint: the good members
+commit, only the bad one fails with its reason. So no client's input can ever turn into
+an outage for the other clients whose events share its batch.
 """
 
 from __future__ import annotations
@@ -24,8 +29,16 @@ FLUSHES = Counter("vidmetrics_writer_flushes_total", "Transactions committed by 
 FLUSH_FAILURES = Counter("vidmetrics_writer_failures_total", "Writer transactions that failed")
 ROWS = Counter("vidmetrics_writer_ops_total", "Rows written by the writer")
 FLUSH_SECONDS = Histogram("vidmetrics_writer_flush_seconds", "Time to write and commit a batch")
+REFUSED_MEMBERS = Counter("vidmetrics_writer_refused_total",
+                          "Events the database refused for their data (isolated from the batch)")
 
 TRANSACTION_TIMEOUT = 10.0
+# Refusals caused by what was written, not by the database being unreachable: the batch
+# is retried member by member. (Encoding errors surface as TypeError/ValueError.)
+DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, TypeError,
+               ValueError, OverflowError)
+UNAVAILABLE_ERRORS = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+Batch = list[tuple[list[Op], "asyncio.Future[None]"]]
 
 
 class WriteFailed(Exception):
@@ -46,6 +59,13 @@ class Writer:
         self._ids: range = range(0)
         self._id_pos = 0
         self._id_lock = asyncio.Lock()
+        self.failing = False  # the last commit failed for want of a database
+
+    @property
+    def healthy(self) -> bool:
+        """False while commits fail, or if the writer task has died."""
+        task_dead = self._task is not None and self._task.done()
+        return not self.failing and not task_dead
 
     # -- producers ---------------------------------------------------------------------
     def submit(self, ops: list[Op]) -> asyncio.Future[None]:
@@ -97,7 +117,7 @@ class Writer:
             await self._flush()
 
     async def _flush(self) -> None:
-        batch: list[tuple[list[Op], asyncio.Future[None]]] = []
+        batch: Batch = []
         rows = 0
         while self._pending and rows < self._max_rows:
             ops, future = self._pending.popleft()
@@ -108,30 +128,63 @@ class Writer:
         started = time.perf_counter()
         try:
             found = await asyncio.wait_for(self._write(all_ops), TRANSACTION_TIMEOUT)
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            FLUSH_FAILURES.inc()
-            log.warning("write of %d rows failed: %s", len(all_ops), type(exc).__name__)
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(WriteFailed("database unavailable"))
-            # back off a little so a dead database is not hammered
-            await asyncio.sleep(min(0.5, self._flush_interval * 20))
-            return
+            failed: dict[int, str] = {}
+        except DATA_ERRORS as exc:
+            log.warning("batch of %d rows refused (%s); writing its %d members one by one",
+                        len(all_ops), type(exc).__name__, len(batch))
+            try:
+                found, failed = await asyncio.wait_for(self._write_each(batch),
+                                                       TRANSACTION_TIMEOUT)
+            except UNAVAILABLE_ERRORS as exc2:
+                return await self._unavailable(batch, len(all_ops), exc2)
+        except UNAVAILABLE_ERRORS as exc:
+            return await self._unavailable(batch, len(all_ops), exc)
         except Exception:  # a bug: fail the batch loudly, keep the writer alive
             FLUSH_FAILURES.inc()
             log.exception("unexpected error writing a batch")
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(WriteFailed("internal error"))
+            self._resolve(batch, {i: "internal error" for i in range(len(batch))})
             return
+        self.failing = False
         self._videos.update(found)
         FLUSHES.inc()
         ROWS.inc(len(all_ops))
         FLUSH_SECONDS.observe(time.perf_counter() - started)
-        for _, future in batch:
-            if not future.done():
+        self._resolve(batch, failed)
+
+    @staticmethod
+    def _resolve(batch: Batch, failed: dict[int, str]) -> None:
+        for index, (_, future) in enumerate(batch):
+            if future.done():
+                continue
+            if index in failed:
+                future.set_exception(WriteFailed(failed[index]))
+            else:
                 future.set_result(None)
+
+    async def _unavailable(self, batch: Batch, rows: int, exc: BaseException) -> None:
+        FLUSH_FAILURES.inc()
+        self.failing = True
+        log.warning("write of %d rows failed: %s", rows, type(exc).__name__)
+        self._resolve(batch, {i: "database unavailable" for i in range(len(batch))})
+        # back off a little so a dead database is not hammered
+        await asyncio.sleep(min(0.5, self._flush_interval * 20))
 
     async def _write(self, ops: list[Op]) -> dict[tuple[str, str], int]:
         async with self._pool.acquire() as conn, conn.transaction():
             return await session_sql.write_batch(conn, ops, self._videos)
+
+    async def _write_each(self, batch: Batch) -> tuple[dict[tuple[str, str], int], dict[int, str]]:
+        """One transaction, one savepoint per member: commit the members the database
+        accepts; return the video ids found and {member index: reason} for the others."""
+        found: dict[tuple[str, str], int] = {}
+        failed: dict[int, str] = {}
+        async with self._pool.acquire() as conn, conn.transaction():
+            for index, (ops, _) in enumerate(batch):
+                try:
+                    async with conn.transaction():
+                        found.update(await session_sql.write_batch(conn, ops, self._videos))
+                except DATA_ERRORS as exc:
+                    REFUSED_MEMBERS.inc()
+                    log.info("event refused by the database: %s", type(exc).__name__)
+                    failed[index] = "refused by the database: a value cannot be stored"
+        return found, failed

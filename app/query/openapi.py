@@ -14,14 +14,17 @@ def _counts(keys: tuple[str, ...]) -> dict[str, Any]:
             "properties": {k: {"type": "integer", "minimum": 0} for k in keys}}
 
 
+# ingest keys: visible ASCII, no spaces (generated keys are base64)
+KEY_PATTERN = r"^[!-~]{1,200}$"
 SPAN = {"type": "string", "pattern": r"^\s*\d+\s+[A-Za-z]+\s*$", "examples": ["1 day"]}
 SELECTION = {
     "query": {"type": "object", "additionalProperties": False, "properties": {
         "video": {"type": "object", "description": "video metadata must contain this"},
         "session": {"type": "object", "description": "session metadata must contain this"},
-        "key": {"type": "string", "description": "every video under this ingest key"},
+        "key": {"type": "string", "minLength": 1,
+                "description": "every video under this ingest key"},
     }},
-    "identifier": {"type": "string", "description": "legacy video identifier"},
+    "identifier": {"type": "string", "minLength": 1, "description": "legacy video identifier"},
 }
 TIMEFRAME = {"oneOf": [
     SPAN,
@@ -99,7 +102,10 @@ def _answer(description: str, schema: str) -> dict[str, Any]:
 ERRORS = {
     "400": _answer("a field is missing or malformed; the message names it", "Error"),
     "401": _answer("missing or wrong credentials", "Error"),
+    "408": _answer("the request body did not arrive in time", "Error"),
     "413": _answer("request body too large", "Error"),
+    "415": _answer("a POST body that is not application/json", "Error"),
+    "429": _answer("too many authentication attempts at once; retry after a second", "Error"),
 }
 
 
@@ -135,8 +141,10 @@ def document() -> dict[str, Any]:
             "/api/v1/keys": {
                 "post": {"summary": "Create an ingest key",
                          "requestBody": {"required": False, "content": {"application/json": {
-                             "schema": {"type": "object",
-                                        "properties": {"key": {"type": "string"}}}}}},
+                             "schema": {"type": "object", "properties": {"key": {
+                                 "type": "string", "pattern": KEY_PATTERN,
+                                 "description": "a custom key (default: 16 random bytes, "
+                                                "base64)"}}}}}},
                          "responses": {"201": _answer("created", "Key"),
                                        "409": _answer("exists already", "Error"), **ERRORS}},
                 "get": {"summary": "List ingest keys",

@@ -210,12 +210,26 @@ def parse_selection(body: dict[str, Any]) -> Selection:
     return Selection(video, session, key, identifier)
 
 
-def bucket_query(body: dict[str, Any], now: dt.datetime) -> BucketQuery:
-    interval = body.get("interval")
+def bucket_count(window: Window, interval: Span) -> int:
+    """An upper bound on the buckets an answer over `window` can have."""
+    if interval.seconds:
+        return int((window.end - window.start).total_seconds() // interval.seconds) + 2
+    months = (window.end.year - window.start.year) * 12 + window.end.month - window.start.month
+    return months // interval.months + 2
+
+
+def bucket_query(body: dict[str, Any], now: dt.datetime, max_buckets: int) -> BucketQuery:
+    raw_interval = body.get("interval")
+    interval = parse_span("interval", DEFAULT_INTERVAL if raw_interval is None else raw_interval)
+    window = parse_timeframe(body.get("timeframe"), now)
+    buckets = bucket_count(window, interval)
+    if buckets > max_buckets:
+        raise BadRequest(f"interval is too small for this timeframe: up to {buckets} buckets, "
+                         f"the limit is {max_buckets}")
     return BucketQuery(
         selection=parse_selection(body),
-        window=parse_timeframe(body.get("timeframe"), now),
-        interval=parse_span("interval", DEFAULT_INTERVAL if interval is None else interval),
+        window=window,
+        interval=interval,
         timezone=parse_timezone(body.get("timezone")),
         minimum_watch_seconds=_number("minimum_watch_seconds", body.get("minimum_watch_seconds"),
                                       1, 0, 86400 * 365),

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import unquote
 
 import asyncpg
 import orjson
@@ -14,41 +15,85 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.auth.keys import generate_key
-from app.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
+from app.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
 from app.query import params, shapes
-from app.query.openapi import document
+from app.query.openapi import KEY_PATTERN, document
 from app.storage import keys as key_sql
 from app.storage import stats
+from app.values import UnsafeValue, check_json
 
 MAX_KEY_LENGTH = 200
+_KEY = re.compile(KEY_PATTERN)
+# answers with more rows than this are shaped and encoded in a thread, off the event loop
+OFF_LOOP_ROWS = 2000
 
 
 def json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
+async def json_off_loop(rows: int, build: Callable[[], Any]) -> Response:
+    """Shape and encode a large answer in a thread so other requests keep being served."""
+    if rows <= OFF_LOOP_ROWS:
+        return json(build())
+    body = await asyncio.to_thread(lambda: orjson.dumps(build()))
+    return Response(body, media_type="application/json")
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/")
+                                            and media.endswith("+json"))
+
+
 async def read_body(request: Request) -> dict[str, Any]:
-    """The JSON body (POST, or GET as Postman sends it), else the query-string fields."""
-    limit = request.app.state.settings.max_body_bytes
+    """The JSON body (POST, or GET as Postman sends it), else the query-string fields.
+
+    A POST that carries a body must say it is JSON: a foreign page's <form> can only send
+    form or text/plain bodies, so this refuses cross-site requests that ride on a browser's
+    cached credentials."""
+    settings = request.app.state.settings
+    limit = settings.max_body_bytes
+    content_type = request.headers.get("content-type")
     declared = request.headers.get("content-length")
+    if request.method == "POST" and content_type is not None and not _is_json(content_type):
+        raise UnsupportedMediaType("request body must be application/json")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body is larger than {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(settings.request_timeout_seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout("request body did not arrive in time") from None
     raw = b"".join(chunks)
     if raw.strip():
+        if request.method == "POST" and content_type is None:
+            raise UnsupportedMediaType("request body must be application/json")
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise BadRequest("request body is not valid JSON") from None
         if not isinstance(body, dict):
             raise BadRequest("request body must be a JSON object")
-        return body
-    return params.from_query_string(dict(request.query_params))
+    else:
+        body = params.from_query_string(dict(request.query_params))
+    try:
+        check_json("request", body)
+    except UnsafeValue as exc:
+        raise BadRequest(str(exc)) from None
+    return body
 
 
 def _now() -> dt.datetime:
@@ -66,18 +111,22 @@ async def _run(request: Request, work: Callable[[asyncpg.Connection], Awaitable[
         raise BadRequest("a value is out of range for this query") from exc
 
 
+def _bucket_query(request: Request, body: dict[str, Any]) -> params.BucketQuery:
+    return params.bucket_query(body, _now(), request.app.state.settings.max_buckets)
+
+
 async def plays(request: Request) -> Response:
-    q = params.bucket_query(await read_body(request), _now())
+    q = _bucket_query(request, await read_body(request))
     ts = request.app.state.timescale
     rows = await _run(request, lambda conn: stats.plays(conn, q, ts))
-    return json(shapes.plays(rows))
+    return await json_off_loop(len(rows), lambda: shapes.plays(rows))
 
 
 async def sources(request: Request) -> Response:
-    q = params.bucket_query(await read_body(request), _now())
+    q = _bucket_query(request, await read_body(request))
     ts = request.app.state.timescale
     rows = await _run(request, lambda conn: stats.sources(conn, q, ts))
-    return json(shapes.sources(rows))
+    return await json_off_loop(len(rows), lambda: shapes.sources(rows))
 
 
 async def engagement(request: Request) -> Response:
@@ -101,12 +150,9 @@ def _key_json(row: key_sql.KeyRow) -> dict[str, Any]:
 async def create_key(request: Request) -> Response:
     body = await read_body(request)
     custom = body.get("key")
-    if custom is not None:
-        if not isinstance(custom, str) or not custom.strip() or len(custom) > MAX_KEY_LENGTH:
-            raise BadRequest(f"key must be a non-empty string of at most {MAX_KEY_LENGTH} "
-                             "characters")
-        if any(c.isspace() or not c.isprintable() for c in custom):
-            raise BadRequest("key must not contain spaces or control characters")
+    if custom is not None and (not isinstance(custom, str) or not _KEY.match(custom)):
+        raise BadRequest(f"key must be 1 to {MAX_KEY_LENGTH} visible ASCII characters "
+                         "(no spaces)")
     key = custom or generate_key()
     try:
         row = await _run(request, lambda conn: key_sql.insert_key(conn, key))
@@ -122,7 +168,7 @@ async def list_keys(request: Request) -> Response:
 
 
 async def revoke_key(request: Request) -> Response:
-    key = unquote(request.path_params["key"])
+    key = request.path_params["key"]  # already percent-decoded, exactly once
     if not await _run(request, lambda conn: key_sql.revoke_key(conn, key)):
         raise NotFound(f"no key {key[:60]!r}")
     await request.app.state.hub.keys.refresh()
@@ -133,14 +179,18 @@ async def openapi(request: Request) -> Response:
     return json(document())
 
 
+async def keys(request: Request) -> Response:
+    # one route for both methods, so a 405 names every allowed method
+    return await (create_key(request) if request.method == "POST" else list_keys(request))
+
+
 QUERY_METHODS = ["GET", "POST"]
 routes = [
     Route("/api/v1/plays", plays, methods=QUERY_METHODS),
     Route("/api/v1/engagement", engagement, methods=QUERY_METHODS),
     Route("/api/v1/sources", sources, methods=QUERY_METHODS),
     Route("/api/v1/watching", watching, methods=QUERY_METHODS),
-    Route("/api/v1/keys", create_key, methods=["POST"]),
-    Route("/api/v1/keys", list_keys, methods=["GET"]),
+    Route("/api/v1/keys", keys, methods=["GET", "POST"]),
     Route("/api/v1/keys/{key:path}", revoke_key, methods=["DELETE"]),
     Route("/api/v1/openapi.json", openapi, methods=["GET"]),
 ]

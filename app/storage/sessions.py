@@ -19,12 +19,19 @@ class VideoRef:
     key: str
     identity: str
     identifier: str | None
-    metadata: dict[str, Any]
+    metadata: orjson.Fragment  # the encoded JSON: a few bytes, not a tree of objects
 
     @classmethod
     def of(cls, key: str, identifier: str | None, metadata: dict[str, Any]) -> VideoRef:
         canonical = orjson.dumps([identifier, metadata], option=orjson.OPT_SORT_KEYS)
-        return cls(key, hashlib.sha256(canonical).hexdigest(), identifier, metadata)
+        return cls(key, hashlib.sha256(canonical).hexdigest(), identifier,
+                   orjson.Fragment(orjson.dumps(metadata)))
+
+    @property
+    def size(self) -> int:
+        """Bytes this reference holds on to (for memory accounting)."""
+        return len(self.key) + len(self.identity) + len(self.identifier or "") \
+            + len(orjson.dumps(self.metadata))
 
 
 @dataclass(slots=True)
@@ -38,7 +45,7 @@ class SessionRow:
     platform: str
     device: str
     page: str | None
-    session_data: dict[str, Any] | None
+    session_data: orjson.Fragment | None  # encoded JSON, see VideoRef.metadata
     ended_at: dt.datetime | None = None
     duration: float | None = None
     watch_seconds: float = 0.0
