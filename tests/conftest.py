@@ -130,7 +130,9 @@ class Server:
         return int(self.proc.returncode)
 
 
-def start_server(tmp: Path, env: dict[str, str], *, wait_healthy: bool = True) -> Server:
+def start_server(tmp: Path, env: dict[str, str], *, wait_healthy: bool = True,
+                 nofile: int | None = None) -> Server:
+    """A `vidmetrics serve` process; nofile caps its file descriptors (soft and hard)."""
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("METRICS_")}
     full_env.update({"PORT": str(port), "HOST": "127.0.0.1", "METRICS_PASSWORD": PASSWORD,
@@ -140,8 +142,13 @@ def start_server(tmp: Path, env: dict[str, str], *, wait_healthy: bool = True) -
     full_env.update(env)
     log = tmp / f"server-{port}.log"
     with open(log, "wb") as out:
+        def limit() -> None:
+            if nofile is not None:
+                import resource
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT,
-                                env=full_env, stdout=out, stderr=subprocess.STDOUT)
+                                env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=limit if nofile is not None else None)
     server = Server(proc, port, log)
     deadline = time.monotonic() + 60
     while wait_healthy:

@@ -276,11 +276,18 @@ async def test_database_outage_gives_errors_then_recovers(tmp_path: Path) -> Non
         reply = await phx.event(t, name="pause", to=2)
         assert reply == {"status": "error", "response": {"reason": "database unavailable"}}
         assert (await phx.push("phoenix", "heartbeat", {}))[4]["status"] == "ok"
+        health = httpx.get(f"{srv.http}/healthz", timeout=10)
+        assert health.status_code == 503
+        assert health.json()["database"] == "unavailable"
+        assert health.json()["writer"] == "failing"
         pg.start()
         async def recovered() -> bool:
             r = await phx.event(t, name="play", **{"from": 2})
             return r["status"] == "ok"
         await wait_for(recovered, timeout=20)
+        health = httpx.get(f"{srv.http}/healthz", timeout=10)
+        assert health.status_code == 200
+        assert health.json() == {"status": "ok", "database": "ok", "writer": "ok"}
         assert (await phx.event(t, name="pause", to=5))["status"] == "ok"
         await phx.close()
     finally:

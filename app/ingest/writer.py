@@ -33,6 +33,7 @@ REFUSED_MEMBERS = Counter("vidmetrics_writer_refused_total",
                           "Events the database refused for their data (isolated from the batch)")
 
 TRANSACTION_TIMEOUT = 10.0
+FAILING_SECONDS = 10.0
 # Refusals caused by what was written, not by the database being unreachable: the batch
 # is retried member by member. (Encoding errors surface as TypeError/ValueError.)
 DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, TypeError,
@@ -59,13 +60,17 @@ class Writer:
         self._ids: range = range(0)
         self._id_pos = 0
         self._id_lock = asyncio.Lock()
-        self.failing = False  # the last commit failed for want of a database
+        # when the last commit failed for want of a database (None: it succeeded)
+        self._failed_at: float | None = None
 
     @property
     def healthy(self) -> bool:
-        """False while commits fail, or if the writer task has died."""
-        task_dead = self._task is not None and self._task.done()
-        return not self.failing and not task_dead
+        """False while commits fail (a failure in the last FAILING_SECONDS with no success
+        since), or if the writer task has died. Without new writes a failure ages out, so a
+        process taken out of a load balancer is tried again."""
+        if self._task is not None and self._task.done():
+            return False
+        return self._failed_at is None or time.monotonic() - self._failed_at > FAILING_SECONDS
 
     # -- producers ---------------------------------------------------------------------
     def submit(self, ops: list[Op]) -> asyncio.Future[None]:
@@ -144,7 +149,7 @@ class Writer:
             log.exception("unexpected error writing a batch")
             self._resolve(batch, {i: "internal error" for i in range(len(batch))})
             return
-        self.failing = False
+        self._failed_at = None
         self._videos.update(found)
         FLUSHES.inc()
         ROWS.inc(len(all_ops))
@@ -163,7 +168,7 @@ class Writer:
 
     async def _unavailable(self, batch: Batch, rows: int, exc: BaseException) -> None:
         FLUSH_FAILURES.inc()
-        self.failing = True
+        self._failed_at = time.monotonic()
         log.warning("write of %d rows failed: %s", rows, type(exc).__name__)
         self._resolve(batch, {i: "database unavailable" for i in range(len(batch))})
         # back off a little so a dead database is not hammered
