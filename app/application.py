@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import asyncpg
 import orjson
@@ -23,12 +22,12 @@ from app.errors import HANDLERS, REALM_HEADER, ApiError, Unauthorized, error_res
 from app.ingest.socket import Hub, websocket_endpoint
 from app.ingest.writer import Writer
 from app.query.routes import routes as query_routes
+from app.resources import EXAMPLES
 from app.settings import Settings
 from app.storage import db, timescale
 from app.storage import sessions as session_sql
 
 log = logging.getLogger("vidmetrics")
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PUBLIC_PATHS = ("/api/v1/openapi.json",)
 
 

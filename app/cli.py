@@ -277,8 +277,19 @@ def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("vidmetrics")
+    except PackageNotFoundError:  # running from a checkout without installing it
+        return "unknown"
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="vidmetrics", description=__doc__)
+    top.add_argument("--version", action="version", version=f"vidmetrics {version()}")
     sub = top.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the server (migrations first)")
     serve.add_argument("--no-migrate", action="store_true", help="do not apply migrations")

@@ -8,7 +8,9 @@ from typing import Any
 import asyncpg
 import sqlalchemy as sa
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "timescale"
+from app.resources import TIMESCALE
+
+SQL_DIR = TIMESCALE
 SCHEMA_FILES = ("001_hypertables.sql", "002_continuous_aggregates.sql")
 TIMESCALE_OBJECTS = ("sessions_hourly",)
 
