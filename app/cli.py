@@ -160,7 +160,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         # uvicorn re-raises the signal that stopped it once it has shut down; make SIGTERM
         # an exception (as SIGINT already is) so the `finally` that stops PostgreSQL runs.
         signal.signal(signal.SIGTERM, _terminate)
-        with contextlib.suppress(KeyboardInterrupt, SystemExit):
+        status = 0
+        try:
             uvicorn.run(
                 app, host=settings.host, port=settings.port, log_level=settings.log_level,
                 access_log=False,  # access logs would record client addresses
@@ -168,8 +169,15 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                 ws_per_message_deflate=False, timeout_graceful_shutdown=10, log_config=None,
                 backlog=4096, http=http_protocol(settings), timeout_keep_alive=5,
             )
-        log.info("stopped")
-    return 0
+        except KeyboardInterrupt:
+            pass
+        except SystemExit as exc:  # uvicorn exits 3 when the app fails to start
+            status = exc.code if isinstance(exc.code, int) else 1
+        if status:
+            log.error("vidmetrics failed to start (exit status %d)", status)
+        else:
+            log.info("stopped")
+    return status
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,5 +1,6 @@
-"""Fixtures: a real PostgreSQL (embedded, or TEST_DATABASE_URL), the real migrations, and real
-server processes on unused ports."""
+"""Fixtures: a real PostgreSQL (embedded, or TEST_DATABASE_URL), a real TimescaleDB when
+one can be had (TEST_TIMESCALE_URL, or a throwaway cluster from ../shared/timescaledb),
+the real migrations, and real server processes on unused ports."""
 
 from __future__ import annotations
 
@@ -53,6 +54,51 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         pg.stop()
         pg.release()
+
+
+SHARED_TIMESCALE = ROOT.parent / "shared" / "timescaledb"
+TIMESCALE_LIB = Path("/usr/lib/postgresql/15/lib/timescaledb.so")
+
+
+@contextlib.contextmanager
+def timescale_cluster(path: Path, *, preload: bool = True) -> Iterator[str]:
+    """A throwaway TimescaleDB cluster (../shared/timescaledb/cluster.sh); yields its URL.
+    preload=False leaves the extension installed but not in shared_preload_libraries."""
+    cluster = SHARED_TIMESCALE / "cluster.sh"
+    if not cluster.exists():
+        pytest.skip("no TimescaleDB here: ../shared/timescaledb is not beside this checkout "
+                    "(or set TEST_TIMESCALE_URL)")
+    if not TIMESCALE_LIB.exists():
+        pytest.skip("TimescaleDB is not installed: run ../shared/timescaledb/install.sh "
+                    "(as root; .ci/run does)")
+    data, port = path / "cluster", str(free_port())
+    url = subprocess.run(["bash", str(cluster), "start", str(data), port], check=True,
+                         capture_output=True, text=True, timeout=120).stdout.strip()
+    if not preload:
+        subprocess.run(["bash", str(cluster), "stop", str(data)], check=True, timeout=60)
+        conf = data / "postgresql.conf"
+        conf.write_text(conf.read_text().replace("shared_preload_libraries = 'timescaledb'",
+                                                 "shared_preload_libraries = ''"))
+        subprocess.run(["bash", str(cluster), "start", str(data), port], check=True,
+                       capture_output=True, timeout=120)
+    try:
+        yield url
+    finally:
+        subprocess.run(["bash", str(cluster), "stop", str(data)], timeout=60)
+
+
+@pytest.fixture(scope="session")
+def timescale_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A migrated TimescaleDB: TEST_TIMESCALE_URL, or a cluster started here; else skip."""
+    given = os.environ.get("TEST_TIMESCALE_URL")
+    if given:
+        db.downgrade(given, "base")
+        db.migrate(given)
+        yield given
+        return
+    with timescale_cluster(tmp_path_factory.mktemp("tsdb")) as url:
+        db.migrate(url)
+        yield url
 
 
 @pytest.fixture

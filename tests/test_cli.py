@@ -88,3 +88,24 @@ async def test_seed_volume_and_shape(database_url: str, conn: asyncpg.Connection
 def test_bad_seed_arguments() -> None:
     result = cli("", "seed", "--days", "0")
     assert result.returncode == 2 and "--days" in result.stderr
+
+
+def test_failed_start_exits_non_zero(database_url: str) -> None:
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("METRICS_")}
+        env.update({"DATABASE_URL": database_url, "METRICS_PASSWORD": "pw", "HOST": "127.0.0.1",
+                    "PORT": str(port)})
+        result = subprocess.run([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0, result.stderr[-2000:]
+    assert "failed to start" in result.stderr
+
+
+def test_version() -> None:
+    result = subprocess.run([sys.executable, "-m", "app.cli", "--version"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("vidmetrics ")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import secrets
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -14,7 +15,7 @@ import pytest
 from app.storage import keys as key_sql
 from app.storage import sessions as session_sql
 from app.storage.sessions import IntervalRow, SessionRow, VideoRef
-from tests.conftest import AUTH, Server
+from tests.conftest import AUTH, Server, start_server
 
 UTC = dt.UTC
 _ids = itertools.count(10**12)
@@ -55,6 +56,24 @@ class Data:
             row.furthest = max(row.furthest, b)
         ids = await session_sql.ensure_videos(self.conn, [ref])
         await session_sql.copy_rows(self.conn, ids, [row], intervals, [])
+
+
+# Every test here runs on plain PostgreSQL and on TimescaleDB (when one can be had): the
+# two must give identical answers.
+@pytest.fixture(scope="module", params=["postgresql", "timescaledb"])
+def database_url(request: pytest.FixtureRequest, database_url: str) -> str:
+    if request.param == "timescaledb":
+        return str(request.getfixturevalue("timescale_url"))
+    return database_url
+
+
+@pytest.fixture(scope="module")
+def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_server(tmp_path_factory.mktemp("srv"), {"DATABASE_URL": database_url})
+    try:
+        yield srv
+    finally:
+        srv.stop()
 
 
 @pytest.fixture
@@ -344,3 +363,26 @@ async def test_data_under_revoked_key_stays_queryable(api: httpx.Client, data: D
     assert api.delete(f"/api/v1/keys/{data.key}").status_code == 200
     body = {"query": {"key": data.key}, "interval": "1 day", "timeframe": MAY}
     assert post(api, "plays", body)["views"][0]["views"] == 1
+
+
+async def test_retention_horizon_is_applied_at_query_time(data: Data, database_url: str,
+                                                          tmp_path_factory: pytest.TempPathFactory
+                                                          ) -> None:
+    """Data older than METRICS_RETENTION_DAYS counts as gone on every backend, whether or
+    not it has been deleted yet (TimescaleDB drops whole chunks, plain PostgreSQL rows)."""
+    now = dt.datetime.now(UTC).replace(microsecond=0)
+    for days in (3, 9, 11, 20):
+        await data.session((now - dt.timedelta(days=days)).replace(tzinfo=None).isoformat(),
+                           [(0, 5)])
+    srv = start_server(tmp_path_factory.mktemp("ret"), {"DATABASE_URL": database_url,
+                                                        "METRICS_RETENTION_DAYS": "10"})
+    try:
+        with httpx.Client(base_url=srv.http, auth=AUTH) as client:
+            plays = post(client, "plays", {"query": {"key": data.key}, "interval": "1 year",
+                                           "timeframe": "30 days"})
+            assert sum(b["views"] for b in plays["views"]) == 2
+            engagement = post(client, "engagement", {"query": {"key": data.key},
+                                                     "timeframe": "30 days", "ranges": 1})
+            assert engagement["engagement"][0]["viewers"] == 2
+    finally:
+        srv.stop()

@@ -1,22 +1,36 @@
-"""TimescaleDB-only checks; they run when TEST_DATABASE_URL points at a TimescaleDB."""
+"""TimescaleDB: hypertables, aggregates, policies, detection and fallbacks, on a real
+TimescaleDB (a throwaway cluster from ../shared/timescaledb, or TEST_TIMESCALE_URL).
+Without one these tests skip, saying why."""
 
 from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from app.settings import Settings
-from app.storage import timescale
+from app.storage import db, timescale
+from app.storage.sessions import SessionRow, VideoRef, copy_rows, ensure_videos
+from tests.conftest import SHARED_TIMESCALE, start_server, timescale_cluster
 
 
 @pytest.fixture
-async def ts(conn: asyncpg.Connection) -> asyncpg.Connection:
-    if not await timescale.is_enabled(conn):
-        pytest.skip("TEST_DATABASE_URL does not point at a TimescaleDB")
-    return conn
+async def ts(timescale_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await db.connect(timescale_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 async def test_hypertables_and_continuous_aggregate(ts: asyncpg.Connection) -> None:
+    assert await timescale.is_enabled(ts)
     names = {r[0] for r in await ts.fetch(
         "SELECT hypertable_name FROM timescaledb_information.hypertables")}
     assert {"sessions", "watch_intervals", "events"} <= names
@@ -35,3 +49,75 @@ async def test_policies_are_applied_from_settings(ts: asyncpg.Connection) -> Non
     await timescale.apply_policies(ts, Settings(retention_days=0))  # idempotent, and removable
     jobs = await ts.fetch("SELECT proc_name, hypertable_name FROM timescaledb_information.jobs")
     assert ("policy_retention", "sessions") not in {(r[0], r[1]) for r in jobs}
+
+
+async def test_aggregate_refresh_covers_backfilled_sessions(ts: asyncpg.Connection) -> None:
+    """The refresh policy has no start offset, so sessions older than any window count."""
+    await timescale.apply_policies(ts, Settings())
+    job = await ts.fetchval(
+        "SELECT job_id FROM timescaledb_information.jobs "
+        "WHERE proc_name = 'policy_refresh_continuous_aggregate'")
+    config = await ts.fetchval("SELECT config FROM timescaledb_information.jobs "
+                               "WHERE job_id = $1", job)
+    assert config["start_offset"] is None
+    await ts.execute("INSERT INTO ingest_keys (key) VALUES ('ts-backfill') "
+                     "ON CONFLICT DO NOTHING")
+    ref = VideoRef.of("ts-backfill", None, {"video_id": "old"})
+    ids = await ensure_videos(ts, [ref])
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(days=40)
+    rows = [SessionRow(10**14 + i, start + dt.timedelta(minutes=i), ref, "chrome", "mac",
+                       "desktop", None, None, watch_seconds=5.0) for i in range(50)]
+    await copy_rows(ts, ids, rows, [], [])
+    await ts.execute(f"CALL run_job({job})")
+    total = await ts.fetchval(
+        "SELECT sum(sessions) FROM sessions_hourly WHERE video_id = $1",
+        ids[(ref.key, ref.identity)])
+    assert total == 50
+
+
+def test_installed_but_not_preloaded_falls_back_to_plain(tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    with timescale_cluster(tmp_path, preload=False) as url:
+        with caplog.at_level(logging.WARNING, logger="vidmetrics"):
+            db.migrate(url)
+        assert any("not preloaded" in r.getMessage() for r in caplog.records)
+
+        async def check() -> None:
+            conn = await db.connect(url)
+            try:
+                assert not await timescale.is_enabled(conn)
+                assert await conn.fetchval("SELECT count(*) FROM sessions") == 0
+            finally:
+                await conn.close()
+        asyncio.run(check())
+
+
+async def test_plain_schema_that_gains_the_extension_stays_plain(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with timescale_cluster(tmp_path, preload=False) as url:
+        await asyncio.to_thread(db.migrate, url)  # plain tables
+        # later the server preloads the extension and it is created in the database
+        # (as images that create it in every database do)
+        conn = await db.connect(url)
+        await conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'timescaledb'")
+        await conn.close()
+        cluster, data = SHARED_TIMESCALE / "cluster.sh", tmp_path / "cluster"
+        port = url.rsplit(":", 1)[1].split("/")[0]
+        subprocess.run(["bash", str(cluster), "stop", str(data)], check=True, timeout=60)
+        subprocess.run(["bash", str(cluster), "start", str(data), port], check=True,
+                       capture_output=True, timeout=120)
+        conn = await db.connect(url)
+        try:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+            with caplog.at_level(logging.WARNING, logger="vidmetrics"):
+                assert not await timescale.is_enabled(conn)
+            assert any("staying on plain tables" in r.getMessage() for r in caplog.records)
+        finally:
+            await conn.close()
+        await asyncio.to_thread(db.migrate, url)  # a no-op, not an error
+        (tmp_path / "srv").mkdir()
+        srv = start_server(tmp_path / "srv", {"DATABASE_URL": url})
+        try:
+            assert "staying on plain tables" in srv.output()
+        finally:
+            assert srv.stop() == 0

@@ -13,6 +13,8 @@ SELECT add_retention_policy(t, drop_after => :retention)
 SELECT add_retention_policy('events', drop_after => :raw_retention)
  WHERE :raw_retention IS NOT NULL;
 SELECT remove_continuous_aggregate_policy('sessions_hourly', if_exists => true);
+-- start_offset NULL: every refresh covers all time, so backfilled or imported sessions
+-- (older than any fixed window) are materialised too; only invalidated buckets are redone.
 SELECT add_continuous_aggregate_policy('sessions_hourly',
-       start_offset => INTERVAL '3 days', end_offset => INTERVAL '1 hour',
+       start_offset => NULL, end_offset => INTERVAL '1 hour',
        schedule_interval => INTERVAL '30 minutes');

@@ -145,6 +145,16 @@ def parse_timeframe(value: Any, now: dt.datetime) -> Window:
     return Window(start, end)
 
 
+def within_retention(window: Window, retention_days: int, now: dt.datetime) -> Window:
+    """The window without what is older than the retention horizon: such data counts as
+    gone at query time on every backend, whether or not it has been deleted yet (plain
+    PostgreSQL deletes rows hourly, TimescaleDB drops whole chunks)."""
+    if retention_days <= 0:
+        return window
+    horizon = now - dt.timedelta(days=retention_days)
+    return Window(max(window.start, horizon), max(window.end, horizon))
+
+
 def parse_timezone(value: Any) -> str:
     if value is None:
         return "UTC"

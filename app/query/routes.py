@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import re
 from collections.abc import Awaitable, Callable
@@ -112,7 +113,10 @@ async def _run(request: Request, work: Callable[[asyncpg.Connection], Awaitable[
 
 
 def _bucket_query(request: Request, body: dict[str, Any]) -> params.BucketQuery:
-    return params.bucket_query(body, _now(), request.app.state.settings.max_buckets)
+    settings, now = request.app.state.settings, _now()
+    q = params.bucket_query(body, now, settings.max_buckets)
+    return dataclasses.replace(q, window=params.within_retention(
+        q.window, settings.retention_days, now))
 
 
 async def plays(request: Request) -> Response:
@@ -130,7 +134,10 @@ async def sources(request: Request) -> Response:
 
 
 async def engagement(request: Request) -> Response:
-    q = params.engagement_query(await read_body(request), _now())
+    settings, now = request.app.state.settings, _now()
+    q = params.engagement_query(await read_body(request), now)
+    q = dataclasses.replace(q, window=params.within_retention(
+        q.window, settings.retention_days, now))
     total, counts = await _run(request, lambda conn: stats.engagement(conn, q))
     return json(shapes.engagement(total, q.ranges, counts))
 

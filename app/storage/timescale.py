@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,8 @@ import asyncpg
 import sqlalchemy as sa
 
 from app.resources import TIMESCALE
+
+log = logging.getLogger("vidmetrics")
 
 SQL_DIR = TIMESCALE
 SCHEMA_FILES = ("001_hypertables.sql", "002_continuous_aggregates.sql")
@@ -22,11 +25,25 @@ def statements(path: Path) -> list[str]:
 
 
 def available(bind: sa.Connection) -> bool:
-    """True when the timescaledb extension is installed or can be."""
-    row = bind.execute(
+    """True when the timescaledb extension is created, or can be: installed *and* preloaded.
+
+    An extension that is installed but not in `shared_preload_libraries` (the state right
+    after installing the OS package) cannot be created; the schema then stays plain
+    PostgreSQL, and one log line says why."""
+    if is_enabled_sync(bind):
+        return True
+    installed = bind.execute(
         sa.text("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
     ).first()
-    return row is not None
+    if installed is None:
+        return False
+    preload = bind.execute(sa.text("SELECT current_setting('shared_preload_libraries')")).scalar()
+    if "timescaledb" in [name.strip() for name in str(preload or "").split(",")]:
+        return True
+    log.warning("TimescaleDB is installed but not preloaded (add timescaledb to "
+                "shared_preload_libraries and restart PostgreSQL to use it): "
+                "using plain PostgreSQL tables")
+    return False
 
 
 def upgrade(bind: sa.Connection) -> None:
@@ -48,7 +65,17 @@ def is_enabled_sync(bind: sa.Connection) -> bool:
 
 
 async def is_enabled(conn: asyncpg.Connection) -> bool:
-    return bool(await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"))
+    """True when the schema is on TimescaleDB: the extension exists *and* the sessions
+    table is a hypertable. A database migrated on plain PostgreSQL that gains the
+    extension later stays plain (said once in the log): its answers are the same."""
+    if not await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"):
+        return False
+    hyper = await conn.fetchval(
+        "SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_name = 'sessions'")
+    if not hyper:
+        log.warning("the timescaledb extension exists, but the vidmetrics tables were created "
+                    "on plain PostgreSQL: staying on plain tables (same answers)")
+    return bool(hyper)
 
 
 def _days(days: int) -> str:
