@@ -24,8 +24,7 @@ from app.ingest.writer import Writer
 from app.query.routes import routes as query_routes
 from app.resources import EXAMPLES
 from app.settings import Settings
-from app.storage import db, timescale
-from app.storage import sessions as session_sql
+from app.storage import db, session_store, timescale
 
 log = logging.getLogger("vidmetrics")
 PUBLIC_PATHS = ("/api/v1/openapi.json",)
@@ -126,14 +125,14 @@ def create_app(settings: Settings, database_url: str, example_key: str | None = 
         app.state.pool, app.state.hub = pool, hub
         refresh = settings.watching_ttl_seconds / 3
         tasks = [asyncio.create_task(_every(
-            refresh, lambda: session_sql.touch_playing(pool, list(hub.presence.playing)),
+            refresh, lambda: session_store.touch_playing(pool, list(hub.presence.playing)),
             "presence refresh")),
             # revoked keys close their open channels; silent sockets are reaped
             asyncio.create_task(_every(min(0.5, settings.key_refresh_seconds), _sync(hub.sweep),
                                        "socket sweep"))]
         if not app.state.timescale:
             # plain PostgreSQL stand-in for TimescaleDB's retention policies
-            tasks.append(asyncio.create_task(_every(3600, lambda: session_sql.apply_retention(
+            tasks.append(asyncio.create_task(_every(3600, lambda: session_store.apply_retention(
                 pool, settings.retention_days, settings.raw_events_retention_days), "retention")))
         try:
             yield

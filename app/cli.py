@@ -113,7 +113,7 @@ async def _example_key(url: str, settings: Settings) -> tuple[str | None, bool]:
     if not settings.embedded:
         return None, False
     from app.auth.keys import generate_key
-    from app.storage import db, keys
+    from app.storage import db, key_store
 
     path = settings.data_dir / "example-key"
     if path.exists():
@@ -121,7 +121,7 @@ async def _example_key(url: str, settings: Settings) -> tuple[str | None, bool]:
     key = generate_key()
     conn = await db.connect(url)
     try:
-        await keys.insert_key(conn, key)
+        await key_store.insert_key(conn, key)
     finally:
         await conn.close()
     path.write_text(key)
@@ -194,25 +194,25 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
     from app.auth.keys import generate_key
-    from app.storage import db, keys
+    from app.storage import db, key_store
 
     async def run(url: str) -> int:
         conn = await db.connect(url)
         try:
             if args.action == "create":
                 try:
-                    row = await keys.insert_key(conn, args.key or generate_key())
-                except keys.KeyExists:
+                    row = await key_store.insert_key(conn, args.key or generate_key())
+                except key_store.KeyExists:
                     print(f"error: key {args.key!r} already exists", file=sys.stderr)
                     return 1
                 print(row.key)
             elif args.action == "list":
-                for row in await keys.list_keys(conn):
+                for row in await key_store.list_keys(conn):
                     state = f"revoked {row.disabled_at:%Y-%m-%d %H:%M}" if row.disabled_at \
                         else "active"
                     print(f"{row.key}\t{state}")
             else:
-                if not await keys.revoke_key(conn, args.key):
+                if not await key_store.revoke_key(conn, args.key):
                     print(f"error: no key {args.key!r}", file=sys.stderr)
                     return 1
                 print(f"revoked {args.key}")
@@ -245,26 +245,26 @@ def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from app import seed
-    from app.storage import db, keys, sessions
+    from app.storage import db, key_store, session_store
 
     async def run(url: str) -> tuple[int, int, int]:
         conn = await db.connect(url)
         try:
-            if args.key not in {k.key for k in await keys.list_keys(conn)}:
-                await keys.insert_key(conn, args.key)
+            if args.key not in {k.key for k in await key_store.list_keys(conn)}:
+                await key_store.insert_key(conn, args.key)
             refs = seed.videos(args.key, args.videos)
-            ids = await sessions.ensure_videos(conn, refs)
+            ids = await session_store.ensure_videos(conn, refs)
             end = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
             rng = random.Random(args.seed)
 
-            blocks = [await sessions.reserve_session_ids(conn)
+            blocks = [await session_store.reserve_session_ids(conn)
                       for _ in range(-(-args.sessions // seed.CHUNK))]
             ids_iter = itertools.chain.from_iterable(blocks)
             totals = [0, 0, 0]
             bar = tqdm(total=args.sessions, unit="session", disable=args.quiet, file=sys.stderr)
             for chunk in seed.generate(rng, refs, ids_iter, args.sessions, args.days, end):
                 async with conn.transaction():
-                    await sessions.copy_rows(conn, ids, chunk.sessions, chunk.intervals,
+                    await session_store.copy_rows(conn, ids, chunk.sessions, chunk.intervals,
                                              chunk.events)
                 totals[0] += len(chunk.sessions)
                 totals[1] += len(chunk.intervals)

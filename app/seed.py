@@ -10,8 +10,8 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from app.ingest.agents import BROWSERS, DEVICES, PLATFORMS
-from app.storage.sessions import EventRow, IntervalRow, SessionRow, VideoRef
+from app.model import BROWSERS, DEVICES, PLATFORMS
+from app.storage.session_store import EventRow, IntervalRow, SessionRow, VideoRef
 
 CHUNK = 1000  # sessions per id block and per COPY
 

@@ -16,8 +16,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from app.auth.basic import hash_password
-from app.storage import db
-from app.storage import sessions as session_sql
+from app.storage import db, session_store
 from tests.conftest import Server, start_server
 from tests.phx import Phx, join_payload
 from tests.test_ingest_socket import new_key, topic
@@ -166,7 +165,7 @@ async def test_retention_deletes_only_old_data(conn: asyncpg.Connection,
     await data.session(new, [(0, 5)])
     pool = await db.create_pool(database_url, min_size=1, max_size=1)
     try:
-        await session_sql.apply_retention(pool, 30, 0)
+        await session_store.apply_retention(pool, 30, 0)
     finally:
         await pool.close()
     rows = await conn.fetch("SELECT s.started_at FROM sessions s JOIN videos v "

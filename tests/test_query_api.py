@@ -12,9 +12,8 @@ import asyncpg
 import httpx
 import pytest
 
-from app.storage import keys as key_sql
-from app.storage import sessions as session_sql
-from app.storage.sessions import IntervalRow, SessionRow, VideoRef
+from app.storage import key_store, session_store
+from app.storage.session_store import IntervalRow, SessionRow, VideoRef
 from tests.conftest import AUTH, Server, start_server
 
 UTC = dt.UTC
@@ -37,7 +36,7 @@ class Data:
         self.key = "k-" + secrets.token_hex(6)
 
     async def setup(self) -> Data:
-        await key_sql.insert_key(self.conn, self.key)
+        await key_store.insert_key(self.conn, self.key)
         return self
 
     async def session(self, started: str, watched: list[tuple[float, float]] | None = None, *,
@@ -54,8 +53,8 @@ class Data:
             intervals.append(IntervalRow(row.id, ref, start, start, a, b, b - a))
             row.watch_seconds += b - a
             row.furthest = max(row.furthest, b)
-        ids = await session_sql.ensure_videos(self.conn, [ref])
-        await session_sql.copy_rows(self.conn, ids, [row], intervals, [])
+        ids = await session_store.ensure_videos(self.conn, [ref])
+        await session_store.copy_rows(self.conn, ids, [row], intervals, [])
 
 
 # Every test here runs on plain PostgreSQL and on TimescaleDB (when one can be had): the

@@ -16,7 +16,7 @@ import pytest
 
 from app.settings import Settings
 from app.storage import db, timescale
-from app.storage.sessions import SessionRow, VideoRef, copy_rows, ensure_videos
+from app.storage.session_store import SessionRow, VideoRef, copy_rows, ensure_videos
 from tests.conftest import SHARED_TIMESCALE, start_server, timescale_cluster
 
 

@@ -14,7 +14,7 @@ import secrets
 
 import asyncpg
 
-from app.storage import keys as key_sql
+from app.storage import key_store
 
 log = logging.getLogger("vidmetrics.keys")
 
@@ -35,7 +35,7 @@ class KeyCache:
         return key in self._active
 
     async def refresh(self) -> None:
-        self._active = frozenset(await key_sql.active_keys(self._pool))
+        self._active = frozenset(await key_store.active_keys(self._pool))
 
     async def start(self) -> None:
         try:

@@ -7,10 +7,6 @@ from dataclasses import dataclass
 
 import user_agents
 
-BROWSERS = ("brave", "chrome", "edge", "firefox", "ie", "opera", "other", "safari")
-DEVICES = ("desktop", "mobile", "other", "tablet")
-PLATFORMS = ("android", "ios", "linux", "mac", "other", "windows")
-
 _BROWSER_FAMILIES = {
     "chrome": "chrome", "chrome mobile": "chrome", "chrome mobile ios": "chrome",
     "chrome mobile webview": "chrome", "chromium": "chrome", "headlesschrome": "chrome",

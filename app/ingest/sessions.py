@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from app.ingest.agents import Device
-from app.storage.sessions import EventRow, IntervalRow, Op, Presence, SessionRow, VideoRef
+from app.storage.session_store import EventRow, IntervalRow, Op, Presence, SessionRow, VideoRef
 from app.values import UnsafeValue, check_json, check_text
 
 # Event names the legacy (0.0.x) and current clients send; anything else is refused.

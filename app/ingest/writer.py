@@ -20,8 +20,8 @@ from collections import deque
 import asyncpg
 from prometheus_client import Counter, Histogram
 
-from app.storage import sessions as session_sql
-from app.storage.sessions import Op, VideoIds
+from app.storage import session_store
+from app.storage.session_store import Op, VideoIds
 
 log = logging.getLogger("vidmetrics.writer")
 
@@ -88,7 +88,7 @@ class Writer:
         async with self._id_lock:
             if self._id_pos >= len(self._ids):
                 try:
-                    self._ids = await session_sql.reserve_session_ids(self._pool)
+                    self._ids = await session_store.reserve_session_ids(self._pool)
                 except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
                     raise WriteFailed("database unavailable") from exc
                 self._id_pos = 0
@@ -176,7 +176,7 @@ class Writer:
 
     async def _write(self, ops: list[Op]) -> dict[tuple[str, str], int]:
         async with self._pool.acquire() as conn, conn.transaction():
-            return await session_sql.write_batch(conn, ops, self._videos)
+            return await session_store.write_batch(conn, ops, self._videos)
 
     async def _write_each(self, batch: Batch) -> tuple[dict[tuple[str, str], int], dict[int, str]]:
         """One transaction, one savepoint per member: commit the members the database
@@ -187,7 +187,7 @@ class Writer:
             for index, (ops, _) in enumerate(batch):
                 try:
                     async with conn.transaction():
-                        found.update(await session_sql.write_batch(conn, ops, self._videos))
+                        found.update(await session_store.write_batch(conn, ops, self._videos))
                 except DATA_ERRORS as exc:
                     REFUSED_MEMBERS.inc()
                     log.info("event refused by the database: %s", type(exc).__name__)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
 from app.errors import BadRequest
+from app.model import BucketQuery, EngagementQuery, Selection, Span, Window
 
 MAX_SPAN_SECONDS = 10 * 366 * 86400
 MAX_MONTHS = 120
@@ -25,57 +25,6 @@ _SPAN = re.compile(r"^\s*(\d{1,9})\s+(second|minute|hour|day|week|month|year)s?\
 _UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800}
 _ZONE = re.compile(r"^[A-Za-z0-9_+\-/]{1,64}$")
 _QUERY_FIELDS = ("video", "session", "key")
-
-
-@dataclass(frozen=True, slots=True)
-class Span:
-    """A calendar span: whole months, or a fixed number of seconds (exactly one is set)."""
-
-    months: int = 0
-    seconds: int = 0
-
-    def before(self, end: dt.datetime) -> dt.datetime:
-        if self.seconds:
-            return end - dt.timedelta(seconds=self.seconds)
-        total = end.year * 12 + end.month - 1 - self.months
-        year, month = divmod(total, 12)
-        month += 1
-        days = [31, 29 if _leap(year) else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
-        return end.replace(year=year, month=month, day=min(end.day, days[month - 1]))
-
-
-def _leap(year: int) -> bool:
-    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
-
-
-@dataclass(frozen=True, slots=True)
-class Selection:
-    video: dict[str, Any] | None = None
-    session: dict[str, Any] | None = None
-    key: str | None = None
-    identifier: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    start: dt.datetime  # inclusive, UTC
-    end: dt.datetime  # exclusive, UTC
-
-
-@dataclass(frozen=True, slots=True)
-class BucketQuery:
-    selection: Selection
-    window: Window
-    interval: Span
-    timezone: str
-    minimum_watch_seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class EngagementQuery:
-    selection: Selection
-    window: Window
-    ranges: int
 
 
 def parse_span(field: str, value: Any) -> Span:

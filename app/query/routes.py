@@ -26,8 +26,7 @@ from app.errors import (
 )
 from app.query import params, shapes
 from app.query.openapi import KEY_PATTERN, document
-from app.storage import keys as key_sql
-from app.storage import stats
+from app.storage import key_store, stats
 from app.values import UnsafeValue, check_json
 
 MAX_KEY_LENGTH = 200
@@ -149,7 +148,7 @@ async def watching(request: Request) -> Response:
     return json({"watching": count})
 
 
-def _key_json(row: key_sql.KeyRow) -> dict[str, Any]:
+def _key_json(row: key_store.KeyRow) -> dict[str, Any]:
     return {"key": row.key,
             "disabled_at": row.disabled_at.isoformat() if row.disabled_at else None}
 
@@ -162,21 +161,21 @@ async def create_key(request: Request) -> Response:
                          "(no spaces)")
     key = custom or generate_key()
     try:
-        row = await _run(request, lambda conn: key_sql.insert_key(conn, key))
-    except key_sql.KeyExists:
+        row = await _run(request, lambda conn: key_store.insert_key(conn, key))
+    except key_store.KeyExists:
         raise Conflict("key already exists") from None
     await request.app.state.hub.keys.refresh()
     return json(_key_json(row), 201)
 
 
 async def list_keys(request: Request) -> Response:
-    rows = await _run(request, key_sql.list_keys)
+    rows = await _run(request, key_store.list_keys)
     return json({"keys": [_key_json(r) for r in rows]})
 
 
 async def revoke_key(request: Request) -> Response:
     key = request.path_params["key"]  # already percent-decoded, exactly once
-    if not await _run(request, lambda conn: key_sql.revoke_key(conn, key)):
+    if not await _run(request, lambda conn: key_store.revoke_key(conn, key)):
         raise NotFound(f"no key {key[:60]!r}")
     await request.app.state.hub.keys.refresh()
     return json({"message": "Key revoked"})

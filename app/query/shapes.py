@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from app.ingest.agents import BROWSERS, DEVICES, PLATFORMS
+from app.model import BROWSERS, DEVICES, PLATFORMS
 from app.storage.stats import PlaysRow
 
 

@@ -14,13 +14,13 @@ from typing import Any
 
 import asyncpg
 
-from app.query.params import BucketQuery, EngagementQuery, Selection, Window
+from app.model import BucketQuery, EngagementQuery, Selection, Window
 
 ORIGIN = "timestamp '2000-01-03 00:00:00'"  # a Monday: week buckets start on Mondays
 MONTH_ORIGIN_YEAR = 2000
 
 
-class _Params:
+class Params:
     """Collects values and hands out their $n placeholders."""
 
     def __init__(self) -> None:
@@ -31,7 +31,7 @@ class _Params:
         return f"${len(self.values)}::{cast}"
 
 
-def _video_filter(sel: Selection, p: _Params, column: str) -> list[str]:
+def video_filter(sel: Selection, p: Params, column: str) -> list[str]:
     conditions = []
     if sel.key is not None:
         conditions.append(f"key = {p.add(sel.key, 'text')}")
@@ -44,8 +44,8 @@ def _video_filter(sel: Selection, p: _Params, column: str) -> list[str]:
     return [f"{column} IN (SELECT id FROM videos WHERE {' AND '.join(conditions)})"]
 
 
-def _session_filters(sel: Selection, window: Window, p: _Params, alias: str = "s") -> list[str]:
-    conditions = _video_filter(sel, p, f"{alias}.video_id")
+def session_filters(sel: Selection, window: Window, p: Params, alias: str = "s") -> list[str]:
+    conditions = video_filter(sel, p, f"{alias}.video_id")
     conditions.append(f"{alias}.started_at >= {p.add(window.start, 'timestamptz')}")
     conditions.append(f"{alias}.started_at < {p.add(window.end, 'timestamptz')}")
     if sel.session is not None:
@@ -53,7 +53,7 @@ def _session_filters(sel: Selection, window: Window, p: _Params, alias: str = "s
     return conditions
 
 
-def _bucket(q: BucketQuery, p: _Params, timescale: bool) -> str:
+def _bucket(q: BucketQuery, p: Params, timescale: bool) -> str:
     local = f"(s.started_at AT TIME ZONE {p.add(q.timezone, 'text')})"
     if q.interval.months:
         months = p.add(q.interval.months, "int")
@@ -78,9 +78,9 @@ class PlaysRow:
 
 
 async def plays(conn: asyncpg.Connection, q: BucketQuery, timescale: bool) -> list[PlaysRow]:
-    p = _Params()
+    p = Params()
     bucket = _bucket(q, p, timescale)
-    where = _session_filters(q.selection, q.window, p)
+    where = session_filters(q.selection, q.window, p)
     where.append(f"s.watch_seconds >= {p.add(q.minimum_watch_seconds, 'float8')}")
     rows = await conn.fetch(
         f"""
@@ -98,9 +98,9 @@ async def plays(conn: asyncpg.Connection, q: BucketQuery, timescale: bool) -> li
 
 async def sources(conn: asyncpg.Connection, q: BucketQuery,
                   timescale: bool) -> list[tuple[dt.datetime, str, int]]:
-    p = _Params()
+    p = Params()
     bucket = _bucket(q, p, timescale)
-    where = _session_filters(q.selection, q.window, p)
+    where = session_filters(q.selection, q.window, p)
     where.append(f"s.watch_seconds >= {p.add(q.minimum_watch_seconds, 'float8')}")
     where.append("s.page IS NOT NULL")
     rows = await conn.fetch(
@@ -125,8 +125,8 @@ async def engagement(conn: asyncpg.Connection,
     range are then a running sum of +1/-1 at span edges: no per-range expansion, no
     DISTINCT, linear in the number of intervals.
     """
-    p = _Params()
-    where = _session_filters(q.selection, q.window, p)
+    p = Params()
+    where = session_filters(q.selection, q.window, p)
     start, end = p.add(q.window.start, "timestamptz"), p.add(q.window.end, "timestamptz")
     ranges = p.add(q.ranges, "int")
     rows = await conn.fetch(
@@ -185,8 +185,8 @@ async def engagement(conn: asyncpg.Connection,
 
 
 async def watching(conn: asyncpg.Connection, sel: Selection, ttl_seconds: float) -> int:
-    p = _Params()
-    where = _video_filter(sel, p, "pl.video_id")
+    p = Params()
+    where = video_filter(sel, p, "pl.video_id")
     where.append(f"pl.last_seen > now() - {p.add(dt.timedelta(seconds=ttl_seconds), 'interval')}")
     if sel.session is not None:
         where.append(

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     PrimaryKeyConstraint,
     Sequence,
@@ -111,4 +112,20 @@ playing = Table(
     Column("last_seen", DateTime(timezone=True), nullable=False),
     Index("playing_video_idx", "video_id"),
     prefixes=["UNLOGGED"],
+)
+
+# Ended sessions still to be posted to the export webhook (METRICS_EXPORT_WEBHOOK); a row
+# is written with the session's final rows and deleted once the receiver accepted it.
+export_outbox = Table(
+    "export_outbox",
+    metadata,
+    Column("session_id", BigInteger, nullable=False),
+    Column("session_started_at", DateTime(timezone=True), nullable=False),
+    Column("enqueued_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False,
+           server_default=text("now()")),
+    Column("last_error", Text, nullable=True),
+    PrimaryKeyConstraint("session_id", name="export_outbox_pkey"),
+    Index("export_outbox_due_idx", "next_attempt_at"),
 )

@@ -1,0 +1,65 @@
+"""The shared vocabulary: device classes, and the query model (what is selected, over
+which window, bucketed how). Ingest, query and storage all import this; it imports
+nothing of theirs, so storage depends on neither side.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+BROWSERS = ("brave", "chrome", "edge", "firefox", "ie", "opera", "other", "safari")
+DEVICES = ("desktop", "mobile", "other", "tablet")
+PLATFORMS = ("android", "ios", "linux", "mac", "other", "windows")
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A calendar span: whole months, or a fixed number of seconds (exactly one is set)."""
+
+    months: int = 0
+    seconds: int = 0
+
+    def before(self, end: dt.datetime) -> dt.datetime:
+        if self.seconds:
+            return end - dt.timedelta(seconds=self.seconds)
+        total = end.year * 12 + end.month - 1 - self.months
+        year, month = divmod(total, 12)
+        month += 1
+        days = [31, 29 if _leap(year) else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+        return end.replace(year=year, month=month, day=min(end.day, days[month - 1]))
+
+
+def _leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    video: dict[str, Any] | None = None
+    session: dict[str, Any] | None = None
+    key: str | None = None
+    identifier: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    start: dt.datetime  # inclusive, UTC
+    end: dt.datetime  # exclusive, UTC
+
+
+@dataclass(frozen=True, slots=True)
+class BucketQuery:
+    selection: Selection
+    window: Window
+    interval: Span
+    timezone: str
+    minimum_watch_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class EngagementQuery:
+    selection: Selection
+    window: Window
+    ranges: int

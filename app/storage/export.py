@@ -1,0 +1,138 @@
+"""SQL for exports: per-session summaries streamed with a server-side cursor (constant
+memory at any size), and the outbox of ended sessions for the export webhook."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from app.model import Selection, Window
+from app.storage.stats import Params, session_filters
+
+BATCH = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What an export says about one session: nothing that identifies a person."""
+
+    session: int
+    started_at: dt.datetime
+    ended_at: dt.datetime | None
+    identifier: str | None
+    metadata: Any
+    browser: str
+    platform: str
+    device: str
+    page: str | None
+    duration: float | None
+    watch_seconds: float
+    furthest: float
+    watched: list[tuple[float, float]]  # merged media ranges, in order
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"session-{self.session}-{int(self.started_at.timestamp() * 1e6)}"
+
+
+def merge_ranges(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Union of [from, to) media ranges, sorted, rounded to milliseconds."""
+    merged: list[tuple[float, float]] = []
+    for start, end in sorted(spans):
+        if end <= start:
+            continue
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return [(round(a, 3), round(b, 3)) for a, b in merged]
+
+
+_COLUMNS = """
+    s.id, s.started_at, s.ended_at, v.identifier, v.metadata, s.browser, s.platform,
+    s.device, s.page, s.duration, s.watch_seconds, s.furthest,
+    ARRAY(SELECT ARRAY[i.media_from, i.media_to] FROM watch_intervals i
+           WHERE i.session_id = s.id AND i.session_started_at = s.started_at) AS spans
+"""
+
+
+def _summary(row: asyncpg.Record) -> Summary:
+    spans = [(float(a), float(b)) for a, b in (row["spans"] or [])]
+    return Summary(row["id"], row["started_at"], row["ended_at"], row["identifier"],
+                   row["metadata"], row["browser"], row["platform"], row["device"], row["page"],
+                   row["duration"], row["watch_seconds"], row["furthest"], merge_ranges(spans))
+
+
+async def count_sessions(conn: asyncpg.Connection, sel: Selection, window: Window) -> int:
+    p = Params()
+    where = session_filters(sel, window, p)
+    return int(await conn.fetchval(
+        f"SELECT count(*) FROM sessions s WHERE {' AND '.join(where)}", *p.values))
+
+
+async def summaries(conn: asyncpg.Connection, sel: Selection, window: Window,
+                    batch: int = BATCH) -> AsyncIterator[list[Summary]]:
+    """Batches of session summaries, oldest first, read through a cursor (the caller's
+    connection must stay checked out while iterating)."""
+    p = Params()
+    where = session_filters(sel, window, p)
+    sql = (f"SELECT {_COLUMNS} FROM sessions s JOIN videos v ON v.id = s.video_id "
+           f"WHERE {' AND '.join(where)} ORDER BY s.started_at, s.id")
+    async with conn.transaction(readonly=True, isolation="repeatable_read"):
+        cursor = await conn.cursor(sql, *p.values)
+        while True:
+            rows = await cursor.fetch(batch)
+            if not rows:
+                return
+            yield [_summary(r) for r in rows]
+
+
+# -- the webhook outbox --------------------------------------------------------------
+async def due_summaries(conn: asyncpg.Connection, limit: int) -> list[Summary]:
+    """Claim up to `limit` due outbox entries (locked until the caller's transaction ends;
+    other processes skip them) and return their sessions' summaries."""
+    rows = await conn.fetch(
+        f"""
+        WITH due AS (
+            SELECT session_id, session_started_at FROM export_outbox
+             WHERE next_attempt_at <= now()
+             ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED
+        )
+        SELECT {_COLUMNS}
+          FROM due JOIN sessions s ON s.id = due.session_id
+                                  AND s.started_at = due.session_started_at
+          JOIN videos v ON v.id = s.video_id
+         ORDER BY s.started_at, s.id
+        """, limit)
+    return [_summary(r) for r in rows]
+
+
+async def delivered(conn: asyncpg.Connection, sessions: list[int]) -> None:
+    await conn.execute("DELETE FROM export_outbox WHERE session_id = ANY($1::bigint[])",
+                       sessions)
+
+
+async def retry_later(conn: asyncpg.Connection, sessions: list[int], error: str) -> None:
+    """Exponential back-off per entry: 1 s, 2 s, 4 s ... at most 10 minutes."""
+    await conn.execute(
+        """
+        UPDATE export_outbox
+           SET attempts = attempts + 1, last_error = $2,
+               next_attempt_at = now() + make_interval(secs => least(600, 2 ^ attempts))
+         WHERE session_id = ANY($1::bigint[])
+        """, sessions, error[:500])
+
+
+async def drop_orphans(conn: asyncpg.Connection) -> None:
+    """Forget outbox entries whose session is gone (retention)."""
+    await conn.execute(
+        "DELETE FROM export_outbox o WHERE NOT EXISTS (SELECT 1 FROM sessions s "
+        "WHERE s.id = o.session_id AND s.started_at = o.session_started_at)")
+
+
+async def pending(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM export_outbox"))
