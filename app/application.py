@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
@@ -21,12 +21,16 @@ from app.auth.keys import KeyCache
 from app.errors import HANDLERS, REALM_HEADER, ApiError, Unauthorized, error_response
 from app.ingest.socket import Hub, websocket_endpoint
 from app.ingest.writer import Writer
+from app.query.routes import EXPORTS_AT_ONCE
 from app.query.routes import routes as query_routes
 from app.resources import EXAMPLES
 from app.settings import Settings
 from app.storage import db, session_store, timescale
+from app.webhook import Sender
 
 log = logging.getLogger("vidmetrics")
+SESSIONS = Gauge("vidmetrics_sessions_active", "Channels (viewing sessions) open now")
+POOL_IN_USE = Gauge("vidmetrics_db_pool_in_use", "Database connections checked out")
 PUBLIC_PATHS = ("/api/v1/openapi.json",)
 
 
@@ -119,9 +123,15 @@ def create_app(settings: Settings, database_url: str, example_key: str | None = 
         keys = KeyCache(pool, settings.key_refresh_seconds)
         await keys.start()
         writer = Writer(pool, flush_interval=settings.flush_interval_ms / 1000,
-                        max_rows=settings.flush_max_rows)
+                        max_rows=settings.flush_max_rows, outbox=bool(settings.export_webhook))
         writer.start()
+        sender = None
+        if settings.export_webhook:
+            sender = Sender(pool, settings.export_webhook, batch=settings.export_webhook_batch)
+            sender.start()
         hub = Hub(settings, writer, keys)
+        SESSIONS.set_function(lambda: sum(len(c.channels) for c in hub.sockets))
+        POOL_IN_USE.set_function(lambda: pool.get_size() - pool.get_idle_size())
         app.state.pool, app.state.hub = pool, hub
         refresh = settings.watching_ttl_seconds / 3
         tasks = [asyncio.create_task(_every(
@@ -144,6 +154,8 @@ def create_app(settings: Settings, database_url: str, example_key: str | None = 
                 conn_.leave_all()
                 await conn_.close(1001)
             await writer.stop()
+            if sender is not None:
+                await sender.stop()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -163,6 +175,7 @@ def create_app(settings: Settings, database_url: str, example_key: str | None = 
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.export_slots = asyncio.Semaphore(EXPORTS_AT_ONCE)
     app.state.example_key = example_key
     auth = None
     if settings.auth_enabled:

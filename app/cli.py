@@ -150,7 +150,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         shown = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
         line = f"vidmetrics on http://{shown}:{settings.port}/ (database: {where})"
         if new_password:
-            line += f"; admin login {settings.user} / {new_password}"
+            line += (f"; admin login {settings.user} / {new_password} "
+                     f"(kept in {settings.data_dir / 'admin-password'})")
         elif settings.embedded and settings.auth_enabled and not settings.password_hash:
             line += f"; admin password in {settings.data_dir / 'admin-password'}"
         if key:
@@ -285,6 +286,59 @@ def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from app.errors import BadRequest
+    from app.query import exporting, params
+    from app.storage import db
+    from app.storage import export as export_store
+
+    body: dict[str, object] = {"timeframe": args.timeframe, "format": args.format,
+                               "query": {}}
+    try:
+        if args.key:
+            body["query"]["key"] = args.key  # type: ignore[index]
+        if args.video:
+            body["query"]["video"] = orjson.loads(args.video)  # type: ignore[index]
+        if not body["query"]:
+            del body["query"]
+        if args.identifier:
+            body["identifier"] = args.identifier
+        q = params.export_query(body, dt.datetime.now(dt.UTC))
+        exporting.encoder(q.format)
+    except orjson.JSONDecodeError:
+        print("error: --video must be a JSON object", file=sys.stderr)
+        return 2
+    except (BadRequest, exporting.FormatUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    async def run(url: str) -> int:
+        conn = await db.connect(url)
+        try:
+            total = await export_store.count_sessions(conn, q.selection, q.window)
+            bar = tqdm(total=total, unit="session", disable=args.quiet, file=sys.stderr)
+
+            async def counted():  # type: ignore[no-untyped-def]
+                async for batch in export_store.summaries(conn, q.selection, q.window):
+                    bar.update(len(batch))
+                    yield batch
+
+            with open(args.output, "wb") as out:
+                async for chunk in exporting.encode(q.format, counted()):
+                    out.write(chunk)
+            bar.close()
+            return total
+        finally:
+            await conn.close()
+
+    with database(settings) as url:
+        total = asyncio.run(run(url))
+    print(f"exported {total} sessions to {args.output} ({q.format})")
+    return 0
+
+
 def version() -> str:
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as installed
@@ -313,6 +367,16 @@ def parser() -> argparse.ArgumentParser:
     hp = sub.add_parser("hash-password", help="print an argon2id hash for METRICS_PASSWORD_HASH")
     hp.add_argument("password", nargs="?", help="the password (default: prompt or stdin)")
     hp.set_defaults(func=cmd_hash_password)
+    export = sub.add_parser("export", help="write per-session summaries to a file")
+    export.add_argument("--format", choices=["ndjson", "csv", "parquet"], default="ndjson")
+    export.add_argument("--output", "-o", required=True, help="the file to write")
+    export.add_argument("--key", help="every video under this ingest key")
+    export.add_argument("--video", help='videos whose metadata contains this JSON object')
+    export.add_argument("--identifier", help="a legacy video identifier")
+    export.add_argument("--timeframe", default="30 days",
+                        help='a span ending now, e.g. "30 days" (default)')
+    export.add_argument("--quiet", action="store_true", help="no progress bar")
+    export.set_defaults(func=cmd_export)
     seed = sub.add_parser("seed", help="write realistic dummy data")
     seed.add_argument("--days", type=int, default=30)
     seed.add_argument("--sessions", type=int, default=10_000)

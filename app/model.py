@@ -59,6 +59,13 @@ class BucketQuery:
 
 
 @dataclass(frozen=True, slots=True)
+class ExportQuery:
+    selection: Selection
+    window: Window
+    format: str  # ndjson, csv or parquet
+
+
+@dataclass(frozen=True, slots=True)
 class EngagementQuery:
     selection: Selection
     window: Window

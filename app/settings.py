@@ -49,6 +49,9 @@ class Settings:
     key_refresh_seconds: float = 0.5
     log_level: str = "info"
     log_format: str = "text"
+    # export webhook: ended sessions are posted here in batches (unset: no webhook)
+    export_webhook: str | None = None
+    export_webhook_batch: int = 100
     db_pool_size: int = 10
 
     @property
@@ -101,6 +104,13 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return raw.lower()
 
 
+def _url(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name) or None
+    if raw is not None and not raw.startswith(("http://", "https://")):
+        raise SettingsError(f"{name} must be an http:// or https:// URL")
+    return raw
+
+
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from the environment; raise SettingsError naming a bad variable."""
     env = os.environ if env is None else env
@@ -144,6 +154,9 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         watching_ttl_seconds=_float(env, "METRICS_WATCHING_TTL_SECONDS", 30.0),
         key_refresh_seconds=_float(env, "METRICS_KEY_REFRESH_SECONDS", 0.5),
         log_level=_choice(env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
-        log_format=_choice(env, "LOG_FORMAT", "text", ("text", "json")),
+        log_format=_choice(env, "METRICS_LOG_FORMAT" if env.get("METRICS_LOG_FORMAT")
+                           else "LOG_FORMAT", "text", ("text", "json")),
+        export_webhook=_url(env, "METRICS_EXPORT_WEBHOOK"),
+        export_webhook_batch=_int(env, "METRICS_EXPORT_WEBHOOK_BATCH", 100, minimum=1),
         db_pool_size=_int(env, "METRICS_DB_POOL_SIZE", 10, minimum=2),
     )

@@ -28,7 +28,7 @@ from app.storage.embedded import EmbeddedPostgres
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "test-secret"
 AUTH = ("admin", PASSWORD)
-TABLES = ("playing", "events", "watch_intervals", "sessions", "videos", "ingest_keys")
+TABLES = ("export_outbox", "playing", "events", "watch_intervals", "sessions", "videos", "ingest_keys")
 
 
 def free_port() -> int:

@@ -16,7 +16,15 @@ from urllib.parse import urlsplit
 import orjson
 
 from app.ingest.agents import Device
-from app.storage.session_store import EventRow, IntervalRow, Op, Presence, SessionRow, VideoRef
+from app.storage.session_store import (
+    Ended,
+    EventRow,
+    IntervalRow,
+    Op,
+    Presence,
+    SessionRow,
+    VideoRef,
+)
 from app.values import UnsafeValue, check_json, check_text
 
 # Event names the legacy (0.0.x) and current clients send; anything else is refused.
@@ -286,6 +294,7 @@ class ViewingSession:
             return []
         ops = self._close(now, None)
         ops.append(self._snapshot(now))
+        ops.append(Ended(self.row.id, self.row.video, self.row.started_at))
         return ops
 
     # -- internals ---------------------------------------------------------------------

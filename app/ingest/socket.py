@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import Receive, Scope, Send
 
 from app.auth.keys import KeyCache
@@ -31,6 +31,10 @@ SESSION_BYTES = Gauge("vidmetrics_session_state_bytes",
                       "Client-supplied session state held in memory (the budget's use)")
 FRAMES = Counter("vidmetrics_frames_total", "Frames received", ["kind"])
 REFUSED = Counter("vidmetrics_refused_total", "Refused frames, joins and sockets", ["reason"])
+EVENTS = Counter("vidmetrics_events_total", "Event pushes by outcome", ["outcome"])
+ACK_SECONDS = Histogram("vidmetrics_ack_seconds", "From an event's arrival to its ok reply "
+                        "(after commit)", buckets=(.001, .0025, .005, .01, .025, .05, .1, .25,
+                                                   .5, 1, 2.5, 5, 10))
 # Label values come from these fixed sets only (never from client text), and each child is
 # resolved once: a scrape stays small whatever clients send, and no frame pays a lookup.
 _FRAME = {kind: FRAMES.labels(kind) for kind in (
@@ -39,6 +43,7 @@ _REFUSED = {reason: REFUSED.labels(reason) for reason in (
     "malformed", "unmatched_topic", "unknown_event", "bot", "too_many_channels",
     "invalid_input", "invalid_key", "memory_budget", "rate_limit", "write_failed",
     "max_sockets", "shutting_down", "frame_too_large", "idle")}
+_EVENTS = {outcome: EVENTS.labels(outcome) for outcome in ("acked", "refused", "failed")}
 
 
 class PlayingNow:
@@ -191,6 +196,8 @@ class Connection:
 
     async def _refuse(self, frame: protocol.Frame, kind: str, reason: str) -> None:
         _REFUSED[kind].inc()
+        if frame.event == "event":
+            _EVENTS["failed" if kind == "write_failed" else "refused"].inc()
         await self.send(protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic, reason))
 
     async def join(self, frame: protocol.Frame) -> None:
@@ -217,6 +224,7 @@ class Connection:
         await self.send(protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic))
 
     async def event(self, frame: protocol.Frame, session: ViewingSession) -> None:
+        arrived = time.perf_counter()
         if not self.bucket.take():
             return await self._refuse(frame, "rate_limit", "rate limit exceeded")
         if not self.hub.keys.is_active(session.join.key):
@@ -237,19 +245,23 @@ class Connection:
         self.hub.release(cost - session.cost)  # buffered pre-play events come and go
         self._track(session, was_playing)
         if not ops:
+            _EVENTS["acked"].inc()
             await self.send(protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic))
             return
         future = self.hub.writer.submit(ops)
-        task = asyncio.create_task(self._ack(frame, future))
+        task = asyncio.create_task(self._ack(frame, future, arrived))
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
 
-    async def _ack(self, frame: protocol.Frame, future: asyncio.Future[None]) -> None:
+    async def _ack(self, frame: protocol.Frame, future: asyncio.Future[None],
+                   arrived: float) -> None:
         try:
             await future
         except WriteFailed as exc:
             return await self._refuse(frame, "write_failed", str(exc))
         await self.send(protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic))
+        _EVENTS["acked"].inc()
+        ACK_SECONDS.observe(time.perf_counter() - arrived)
 
     def _track(self, session: ViewingSession, was_playing: bool) -> None:
         if session.row is None or was_playing == session.playing:

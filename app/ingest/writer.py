@@ -18,7 +18,7 @@ import time
 from collections import deque
 
 import asyncpg
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from app.storage import session_store
 from app.storage.session_store import Op, VideoIds
@@ -29,6 +29,9 @@ FLUSHES = Counter("vidmetrics_writer_flushes_total", "Transactions committed by 
 FLUSH_FAILURES = Counter("vidmetrics_writer_failures_total", "Writer transactions that failed")
 ROWS = Counter("vidmetrics_writer_ops_total", "Rows written by the writer")
 FLUSH_SECONDS = Histogram("vidmetrics_writer_flush_seconds", "Time to write and commit a batch")
+BATCH_ROWS = Histogram("vidmetrics_writer_batch_rows", "Rows per committed batch",
+                       buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000))
+QUEUE_ROWS = Gauge("vidmetrics_writer_queue_rows", "Rows waiting for the writer")
 REFUSED_MEMBERS = Counter("vidmetrics_writer_refused_total",
                           "Events the database refused for their data (isolated from the batch)")
 
@@ -47,8 +50,10 @@ class WriteFailed(Exception):
 
 
 class Writer:
-    def __init__(self, pool: asyncpg.Pool, *, flush_interval: float, max_rows: int) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, flush_interval: float, max_rows: int,
+                 outbox: bool = False) -> None:
         self._pool = pool
+        self._outbox = outbox
         self._flush_interval = flush_interval
         self._max_rows = max_rows
         self._pending: deque[tuple[list[Op], asyncio.Future[None]]] = deque()
@@ -60,6 +65,7 @@ class Writer:
         self._ids: range = range(0)
         self._id_pos = 0
         self._id_lock = asyncio.Lock()
+        QUEUE_ROWS.set_function(lambda: self._pending_rows)
         # when the last commit failed for want of a database (None: it succeeded)
         self._failed_at: float | None = None
 
@@ -154,6 +160,7 @@ class Writer:
         FLUSHES.inc()
         ROWS.inc(len(all_ops))
         FLUSH_SECONDS.observe(time.perf_counter() - started)
+        BATCH_ROWS.observe(len(all_ops))
         self._resolve(batch, failed)
 
     @staticmethod
@@ -176,7 +183,7 @@ class Writer:
 
     async def _write(self, ops: list[Op]) -> dict[tuple[str, str], int]:
         async with self._pool.acquire() as conn, conn.transaction():
-            return await session_store.write_batch(conn, ops, self._videos)
+            return await session_store.write_batch(conn, ops, self._videos, self._outbox)
 
     async def _write_each(self, batch: Batch) -> tuple[dict[tuple[str, str], int], dict[int, str]]:
         """One transaction, one savepoint per member: commit the members the database
@@ -187,7 +194,8 @@ class Writer:
             for index, (ops, _) in enumerate(batch):
                 try:
                     async with conn.transaction():
-                        found.update(await session_store.write_batch(conn, ops, self._videos))
+                        found.update(await session_store.write_batch(conn, ops, self._videos,
+                                                                      self._outbox))
                 except DATA_ERRORS as exc:
                     REFUSED_MEMBERS.inc()
                     log.info("event refused by the database: %s", type(exc).__name__)

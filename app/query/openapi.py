@@ -47,6 +47,10 @@ SCHEMAS: dict[str, Any] = {
         "ranges": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
     }},
     "SelectionRequest": {"type": "object", "properties": SELECTION},
+    "ExportRequest": {"type": "object", "properties": {
+        **SELECTION, "timeframe": TIMEFRAME,
+        "format": {"enum": ["ndjson", "csv", "parquet"], "default": "ndjson"},
+    }},
     "Plays": {"type": "object", "required": ["views"], "additionalProperties": False,
               "properties": {"views": {"type": "array", "items": {
                   "type": "object", "additionalProperties": False,
@@ -121,6 +125,22 @@ def _query(summary: str, request: str, response: str) -> dict[str, Any]:
     return {"post": operation, "get": get}
 
 
+def _export() -> dict[str, Any]:
+    body = {"required": False, "content": {"application/json": {"schema": _ref(
+        "ExportRequest")}}}
+    streamed = {"description": "per-session summaries, streamed", "content": {
+        "application/x-ndjson": {"schema": {"type": "string"}},
+        "text/csv": {"schema": {"type": "string"}},
+        "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}}}}
+    operation = {"summary": "Per-session summaries as NDJSON, CSV or Parquet (streamed)",
+                 "requestBody": body,
+                 "responses": {"200": streamed, **ERRORS}}
+    get = {**operation, "parameters": [
+        {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+        for name in ("query", "identifier", "timeframe", "format")]}
+    return {"post": operation, "get": get}
+
+
 @functools.cache
 def document() -> dict[str, Any]:
     return {
@@ -138,6 +158,7 @@ def document() -> dict[str, Any]:
                                          "EngagementRequest", "Engagement"),
             "/api/v1/sources": _query("Views per page per bucket", "BucketRequest", "Sources"),
             "/api/v1/watching": _query("Sessions playing now", "SelectionRequest", "Watching"),
+            "/api/v1/export": _export(),
             "/api/v1/keys": {
                 "post": {"summary": "Create an ingest key",
                          "requestBody": {"required": False, "content": {"application/json": {

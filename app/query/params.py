@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 
 from app.errors import BadRequest
-from app.model import BucketQuery, EngagementQuery, Selection, Span, Window
+from app.model import BucketQuery, EngagementQuery, ExportQuery, Selection, Span, Window
 
 MAX_SPAN_SECONDS = 10 * 366 * 86400
 MAX_MONTHS = 120
@@ -201,6 +201,16 @@ def engagement_query(body: dict[str, Any], now: dt.datetime) -> EngagementQuery:
         window=parse_timeframe(body.get("timeframe"), now),
         ranges=parse_ranges(body.get("ranges")),
     )
+
+
+EXPORT_FORMATS = ("ndjson", "csv", "parquet")
+
+
+def export_query(body: dict[str, Any], now: dt.datetime) -> ExportQuery:
+    fmt = body.get("format", "ndjson")
+    if fmt not in EXPORT_FORMATS:
+        raise BadRequest(f"format must be one of {', '.join(EXPORT_FORMATS)}")
+    return ExportQuery(parse_selection(body), parse_timeframe(body.get("timeframe"), now), fmt)
 
 
 def from_query_string(params: dict[str, str]) -> dict[str, Any]:

@@ -6,13 +6,15 @@ import asyncio
 import dataclasses
 import datetime as dt
 import re
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import orjson
+from prometheus_client import Histogram
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from app.auth.keys import generate_key
@@ -22,10 +24,12 @@ from app.errors import (
     NotFound,
     PayloadTooLarge,
     RequestTimeout,
+    TooManyRequests,
     UnsupportedMediaType,
 )
-from app.query import params, shapes
+from app.query import exporting, params, shapes
 from app.query.openapi import KEY_PATTERN, document
+from app.storage import export as export_store
 from app.storage import key_store, stats
 from app.values import UnsafeValue, check_json
 
@@ -100,11 +104,20 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+QUERY_SECONDS = Histogram("vidmetrics_query_seconds", "Database time of a query API answer",
+                          ["endpoint"])
+
+
 async def _run(request: Request, work: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Any:
     """Run storage work on a pooled connection; map database refusals to clear answers."""
+    started = time.perf_counter()
+    endpoint = request.url.path.removeprefix("/api/v1/").split("/")[0]
     try:
         async with request.app.state.pool.acquire() as conn:
-            return await work(conn)
+            result = await work(conn)
+        if endpoint in QUERY_ENDPOINTS:  # a fixed set of label values
+            QUERY_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+        return result
     except asyncpg.InvalidParameterValueError as exc:  # e.g. a zone PostgreSQL does not know
         raise BadRequest(f"invalid parameter: {exc.args[0] if exc.args else exc}") from exc
     except asyncpg.DataError as exc:
@@ -139,6 +152,38 @@ async def engagement(request: Request) -> Response:
         q.window, settings.retention_days, now))
     total, counts = await _run(request, lambda conn: stats.engagement(conn, q))
     return json(shapes.engagement(total, q.ranges, counts))
+
+
+EXPORTS_AT_ONCE = 2
+
+
+async def export(request: Request) -> Response:
+    """Per-session summaries, streamed: one pooled connection and one batch in memory."""
+    settings, now = request.app.state.settings, _now()
+    q = params.export_query(await read_body(request), now)
+    q = dataclasses.replace(q, window=params.within_retention(
+        q.window, settings.retention_days, now))
+    try:
+        exporting.encoder(q.format)  # an optional package may be missing: say so now
+    except exporting.FormatUnavailable as exc:
+        raise BadRequest(str(exc)) from None
+    slots: asyncio.Semaphore = request.app.state.export_slots
+    if slots.locked():
+        raise TooManyRequests(f"at most {EXPORTS_AT_ONCE} exports run at once")
+    await slots.acquire()
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async with request.app.state.pool.acquire() as conn:
+                batches = export_store.summaries(conn, q.selection, q.window)
+                async for chunk in exporting.encode(q.format, batches):
+                    yield chunk
+        finally:
+            slots.release()
+
+    extension = "ndjson" if q.format == "ndjson" else q.format
+    return StreamingResponse(body(), media_type=exporting.MEDIA_TYPES[q.format], headers={
+        "Content-Disposition": f'attachment; filename="vidmetrics-sessions.{extension}"'})
 
 
 async def watching(request: Request) -> Response:
@@ -191,11 +236,13 @@ async def keys(request: Request) -> Response:
 
 
 QUERY_METHODS = ["GET", "POST"]
+QUERY_ENDPOINTS = frozenset({"plays", "engagement", "sources", "watching", "keys"})
 routes = [
     Route("/api/v1/plays", plays, methods=QUERY_METHODS),
     Route("/api/v1/engagement", engagement, methods=QUERY_METHODS),
     Route("/api/v1/sources", sources, methods=QUERY_METHODS),
     Route("/api/v1/watching", watching, methods=QUERY_METHODS),
+    Route("/api/v1/export", export, methods=QUERY_METHODS),
     Route("/api/v1/keys", keys, methods=["GET", "POST"]),
     Route("/api/v1/keys/{key:path}", revoke_key, methods=["DELETE"]),
     Route("/api/v1/openapi.json", openapi, methods=["GET"]),

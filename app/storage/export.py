@@ -38,6 +38,22 @@ class Summary:
     def idempotency_key(self) -> str:
         return f"session-{self.session}-{int(self.started_at.timestamp() * 1e6)}"
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of a summary (NDJSON export, webhook)."""
+        return {
+            "session": self.session,
+            "started_at": self.started_at.isoformat(),
+            "ended_at": self.ended_at.isoformat() if self.ended_at else None,
+            "identifier": self.identifier,
+            "metadata": self.metadata,
+            "browser": self.browser, "platform": self.platform, "device": self.device,
+            "page": self.page,
+            "duration": self.duration,
+            "watch_seconds": round(self.watch_seconds, 3),
+            "furthest": round(self.furthest, 3),
+            "watched": [[a, b] for a, b in self.watched],
+        }
+
 
 def merge_ranges(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """Union of [from, to) media ranges, sorted, rounded to milliseconds."""

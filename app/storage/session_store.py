@@ -82,7 +82,16 @@ class Presence:
     playing: bool
 
 
-Op = SessionRow | IntervalRow | EventRow | Presence
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """The session ended (leave, disconnect, idle timeout): its summary is final."""
+
+    session_id: int
+    video: VideoRef
+    session_started_at: dt.datetime
+
+
+Op = SessionRow | IntervalRow | EventRow | Presence | Ended
 
 
 class VideoIds:
@@ -148,14 +157,16 @@ async def _copy_events(conn: asyncpg.Connection, rows: list[EventRow],
 
 
 async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
-                      ) -> dict[tuple[str, str], int]:
+                      outbox: bool = False) -> dict[tuple[str, str], int]:
     """Write ops (in submission order) inside one transaction; the caller commits.
+    outbox=True: ended sessions also go into the export webhook's outbox.
 
     Returns the video ids resolved on the way, for the caller to cache after commit."""
     sessions: dict[int, SessionRow] = {}
     intervals: list[IntervalRow] = []
     events: list[EventRow] = []
     presence: dict[int, Presence] = {}
+    ended: list[Ended] = []
     for op in ops:
         if isinstance(op, SessionRow):
             sessions[op.id] = op
@@ -163,8 +174,10 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
             intervals.append(op)
         elif isinstance(op, EventRow):
             events.append(op)
-        else:
+        elif isinstance(op, Presence):
             presence[op.session_id] = op
+        else:
+            ended.append(op)
 
     wanted: dict[tuple[str, str], VideoRef] = {}
     for op in ops:
@@ -212,6 +225,15 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
         )
     if stopping:
         await conn.execute("DELETE FROM playing WHERE session_id = ANY($1::bigint[])", stopping)
+    if outbox and ended:
+        await conn.execute(
+            """
+            INSERT INTO export_outbox (session_id, session_started_at)
+            SELECT * FROM unnest($1::bigint[], $2::timestamptz[])
+            ON CONFLICT (session_id) DO NOTHING
+            """,
+            [e.session_id for e in ended], [e.session_started_at for e in ended],
+        )
     return found
 
 
