@@ -143,7 +143,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     settings = fit_to_fd_limit(settings)
     with database(settings, own=True) as url:
         if not args.no_migrate:
-            db.migrate(url)
+            db.migrate(url, progress=True)
         key, new_key = asyncio.run(_example_key(url, settings))
         where = (f"embedded PostgreSQL in {settings.data_dir.resolve()}" if settings.embedded
                  else db.redact(url))
@@ -188,7 +188,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
         if args.revision.startswith("-") or args.revision == "base":
             db.downgrade(url, args.revision)
         else:
-            db.migrate(url, args.revision)
+            db.migrate(url, args.revision, progress=True)
     print(f"schema at {args.revision}")
     return 0
 

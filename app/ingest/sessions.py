@@ -173,7 +173,8 @@ def _position(payload: dict[str, Any], name: str) -> float:
         raise InvalidInput(f"{name} must be a number") from None
     if not math.isfinite(value) or value < 0 or value > MAX_POSITION:
         raise InvalidInput(f"{name} is out of range")
-    return value
+    # milliseconds: finer is noise, and subnormal values would underflow in arithmetic
+    return round(value, 3)
 
 
 def _optional_number(payload: dict[str, Any], name: str) -> float | None:

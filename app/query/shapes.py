@@ -6,7 +6,8 @@ import datetime as dt
 from typing import Any
 
 from app.model import BROWSERS, DEVICES, PLATFORMS
-from app.storage.stats import PlaysRow
+from app.storage.rollups import BREAKDOWN_COLUMNS
+from app.storage.stats import PlaysBucket
 
 
 def label(bucket: dt.datetime) -> str:
@@ -18,25 +19,18 @@ def _seconds(value: float) -> float:
     return round(value, 3)
 
 
-def plays(rows: list[PlaysRow]) -> dict[str, Any]:
-    buckets: dict[dt.datetime, dict[str, Any]] = {}
-    for row in rows:
-        entry = buckets.get(row.bucket)
-        if entry is None:
-            entry = buckets[row.bucket] = {
-                "interval": label(row.bucket), "views": 0, "total_view_time": 0.0,
-                "browser": dict.fromkeys(BROWSERS, 0),
-                "device_type": dict.fromkeys(DEVICES, 0),
-                "platform": dict.fromkeys(PLATFORMS, 0),
-            }
-        entry["views"] += row.views
-        entry["total_view_time"] += row.watch_seconds
-        entry["browser"][row.browser if row.browser in BROWSERS else "other"] += row.views
-        entry["device_type"][row.device if row.device in DEVICES else "other"] += row.views
-        entry["platform"][row.platform if row.platform in PLATFORMS else "other"] += row.views
-    for entry in buckets.values():
-        entry["total_view_time"] = _seconds(entry["total_view_time"])
-    return {"views": [buckets[b] for b in sorted(buckets)]}
+def plays(buckets: list[PlaysBucket]) -> dict[str, Any]:
+    views = []
+    for b in buckets:
+        counts = dict(zip(BREAKDOWN_COLUMNS, b.counts, strict=True))
+        views.append({
+            "interval": label(b.bucket), "views": b.views,
+            "total_view_time": _seconds(b.watch_seconds),
+            "browser": {x: counts[f"browser_{x}"] for x in BROWSERS},
+            "device_type": {x: counts[f"device_{x}"] for x in DEVICES},
+            "platform": {x: counts[f"platform_{x}"] for x in PLATFORMS},
+        })
+    return {"views": views}
 
 
 def sources(rows: list[tuple[dt.datetime, str, int]]) -> dict[str, Any]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import sys
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -11,6 +14,8 @@ from alembic import command
 from alembic.config import Config
 
 from app.resources import MIGRATIONS
+
+log = logging.getLogger("vidmetrics")
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -36,9 +41,29 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def migrate(url: str, revision: str = "head") -> None:
-    """Upgrade the schema to `revision` (idempotent). Blocking: call from sync code or a thread."""
+def migrate(url: str, revision: str = "head", *, progress: bool = False) -> None:
+    """Upgrade the schema to `revision` (idempotent), then run the one-off data jobs a
+    migration left (the rollup backfill; progress=True shows a progress bar). Blocking:
+    call from sync code or a thread."""
     command.upgrade(alembic_config(url), revision)
+    if revision == "head":
+        asyncio.run(_backfill(url, progress))
+
+
+async def _backfill(url: str, progress: bool) -> None:
+    from tqdm import tqdm
+
+    from app.storage import rollups
+
+    conn = await connect(url)
+    try:
+        with tqdm(unit="session", desc="rollups", disable=not progress, file=sys.stderr,
+                  leave=False) as bar:
+            walked = await rollups.backfill(conn, bar)
+        if walked:
+            log.info("rollups backfilled from %d sessions", walked)
+    finally:
+        await conn.close()
 
 
 def downgrade(url: str, revision: str = "base") -> None:

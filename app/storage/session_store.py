@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from app.storage import rollups
 from app.storage.tables import SESSION_ID_BLOCK
 
 
@@ -191,23 +192,49 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
 
     if sessions:
         rows = list(sessions.values())
+        # the stored state of these sessions: what they contribute to the rollups now
+        old = {r["id"]: r for r in await conn.fetch(
+            """
+            SELECT s.id, s.started_at, s.video_id, s.browser, s.platform, s.device, s.page,
+                   s.watch_seconds, s.duration, s.islands
+              FROM sessions s
+              JOIN unnest($1::bigint[], $2::timestamptz[]) AS u(id, t)
+                ON s.id = u.id AND s.started_at = u.t
+            """, [r.id for r in rows], [r.started_at for r in rows])}
+        spans: dict[int, list[tuple[float, float]]] = {}
+        for i in intervals:
+            spans.setdefault(i.session_id, []).append((i.media_from, i.media_to))
+        deltas = rollups.Deltas()
+        islands: list[str] = []
+        for r in rows:
+            before = old.get(r.id)
+            merged = rollups.merge_islands(before["islands"] if before else None,
+                                           spans.get(r.id, ()))
+            islands.append("{" + ",".join(map(repr, merged)) + "}")
+            deltas.change(rollups.state_of(before) if before else None, rollups.State(
+                vid(r.video), r.started_at, r.browser, r.platform, r.device, r.page,
+                r.watch_seconds, r.duration, tuple(merged)))
         await conn.execute(
             """
             INSERT INTO sessions (id, started_at, video_id, ended_at, browser, platform, device,
-                                  page, session_data, duration, watch_seconds, furthest)
-            SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::bigint[],
-                                 $4::timestamptz[], $5::text[], $6::text[], $7::text[], $8::text[],
-                                 $9::jsonb[], $10::float8[], $11::float8[], $12::float8[])
+                                  page, session_data, duration, watch_seconds, furthest, islands)
+            SELECT a, b, c, d, e, f, g, h, i, j, k, l, m::float8[]
+              FROM unnest($1::bigint[], $2::timestamptz[], $3::bigint[], $4::timestamptz[],
+                          $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[],
+                          $10::float8[], $11::float8[], $12::float8[], $13::text[])
+                   AS u(a, b, c, d, e, f, g, h, i, j, k, l, m)
             ON CONFLICT (id, started_at) DO UPDATE SET
                 ended_at = EXCLUDED.ended_at, duration = EXCLUDED.duration,
-                watch_seconds = EXCLUDED.watch_seconds, furthest = EXCLUDED.furthest
+                watch_seconds = EXCLUDED.watch_seconds, furthest = EXCLUDED.furthest,
+                islands = EXCLUDED.islands
             """,
             [r.id for r in rows], [r.started_at for r in rows], [vid(r.video) for r in rows],
             [r.ended_at for r in rows], [r.browser for r in rows], [r.platform for r in rows],
             [r.device for r in rows], [r.page for r in rows], [r.session_data for r in rows],
             [r.duration for r in rows], [r.watch_seconds for r in rows],
-            [r.furthest for r in rows],
+            [r.furthest for r in rows], islands,
         )
+        await deltas.write(conn)
     await _copy_intervals(conn, intervals, vid)
     await _copy_events(conn, events, vid)
     starting = [p for p in presence.values() if p.playing]
@@ -255,21 +282,34 @@ async def ensure_videos(conn: asyncpg.Connection,
 async def copy_rows(conn: asyncpg.Connection, ids: dict[tuple[str, str], int],
                     sessions: list[SessionRow], intervals: list[IntervalRow],
                     events: list[EventRow]) -> None:
-    """Bulk-load finished sessions (seeding, imports) with COPY."""
+    """Bulk-load finished sessions (seeding, imports) with COPY, and count them into the
+    rollups in the same transaction."""
 
     def vid(ref: VideoRef) -> int:
         return ids[(ref.key, ref.identity)]
 
+    spans: dict[int, list[tuple[float, float]]] = {}
+    for i in intervals:
+        spans.setdefault(i.session_id, []).append((i.media_from, i.media_to))
+    deltas = rollups.Deltas()
+    records = []
+    for s in sessions:
+        merged = rollups.merge_islands(None, spans.get(s.id, ()))
+        video_id = vid(s.video)
+        deltas.add(rollups.State(video_id, s.started_at, s.browser, s.platform, s.device,
+                                 s.page, s.watch_seconds, s.duration, tuple(merged)), +1)
+        records.append((s.id, s.started_at, video_id, s.ended_at, s.browser, s.platform,
+                        s.device, s.page, s.session_data, s.duration, s.watch_seconds,
+                        s.furthest, merged))
     await conn.copy_records_to_table(
         "sessions",
         columns=["id", "started_at", "video_id", "ended_at", "browser", "platform", "device",
-                 "page", "session_data", "duration", "watch_seconds", "furthest"],
-        records=[(s.id, s.started_at, vid(s.video), s.ended_at, s.browser, s.platform, s.device,
-                  s.page, s.session_data,
-                  s.duration, s.watch_seconds, s.furthest) for s in sessions],
+                 "page", "session_data", "duration", "watch_seconds", "furthest", "islands"],
+        records=records,
     )
     await _copy_intervals(conn, intervals, vid)
     await _copy_events(conn, events, vid)
+    await deltas.write(conn)
 
 
 async def apply_retention(pool: asyncpg.Pool, days: int, raw_event_days: int) -> None:
@@ -280,6 +320,11 @@ async def apply_retention(pool: asyncpg.Pool, days: int, raw_event_days: int) ->
                                "WHERE session_started_at < now() - make_interval(days => $1)", days)
             await conn.execute("DELETE FROM sessions "
                                "WHERE started_at < now() - make_interval(days => $1)", days)
+            # rollup buckets wholly before the horizon (the query clamps to it anyway)
+            for table in ("rollup_plays", "rollup_sources", "rollup_engagement"):
+                await conn.execute(
+                    f"DELETE FROM {table} WHERE bucket < now() - make_interval(days => $1) "
+                    "- interval '15 minutes'", days)
         if raw_event_days > 0:
             await conn.execute("DELETE FROM events WHERE at < now() - make_interval(days => $1)",
                                raw_event_days)

@@ -9,12 +9,15 @@ month spans with calendar arithmetic on both.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
 from app.model import BucketQuery, EngagementQuery, Selection, Window
+from app.storage import rollups
 
 ORIGIN = "timestamp '2000-01-03 00:00:00'"  # a Monday: week buckets start on Mondays
 MONTH_ORIGIN_YEAR = 2000
@@ -53,8 +56,8 @@ def session_filters(sel: Selection, window: Window, p: Params, alias: str = "s")
     return conditions
 
 
-def _bucket(q: BucketQuery, p: Params, timescale: bool) -> str:
-    local = f"(s.started_at AT TIME ZONE {p.add(q.timezone, 'text')})"
+def _bucket(q: BucketQuery, p: Params, timescale: bool, column: str = "s.started_at") -> str:
+    local = f"({column} AT TIME ZONE {p.add(q.timezone, 'text')})"
     if q.interval.months:
         months = p.add(q.interval.months, "int")
         index = (f"((extract(year FROM {local})::int - {MONTH_ORIGIN_YEAR}) * 12 "
@@ -67,20 +70,76 @@ def _bucket(q: BucketQuery, p: Params, timescale: bool) -> str:
     return f"date_bin({width}, {local}, {ORIGIN})"
 
 
-@dataclass(frozen=True, slots=True)
-class PlaysRow:
+# -- which requests the rollups answer exactly ------------------------------------------
+@functools.lru_cache(maxsize=4096)
+def _quarter_hour_offsets(zone: str, first_day: int, last_day: int) -> bool:
+    """True when every UTC offset of `zone` between the two days (days since the epoch)
+    is a whole multiple of 15 minutes, sampled every 3 hours."""
+    tz = ZoneInfo(zone)
+    for hour in range(first_day * 24, (last_day + 1) * 24 + 1, 3):
+        moment = dt.datetime.fromtimestamp(hour * 3600, dt.UTC).astimezone(tz)
+        offset = moment.utcoffset()
+        if offset is None or offset.total_seconds() % rollups.GRAIN_SECONDS:
+            return False
+    return True
+
+
+def _inner(window: Window) -> Window | None:
+    """The whole 15-minute buckets inside the window, if any."""
+    start, end = rollups.grain_up(window.start), rollups.grain(window.end)
+    return Window(start, end) if start < end else None
+
+
+def _edges(window: Window, inner: Window) -> list[Window]:
+    return [w for w in (Window(window.start, inner.start), Window(inner.end, window.end))
+            if w.start < w.end]
+
+
+def bucket_rollup_plan(q: BucketQuery) -> tuple[int, Window] | None:
+    """(watch class, inner window) when the rollups answer `q` exactly, else None."""
+    cls = rollups.threshold_class(q.minimum_watch_seconds)
+    if cls is None or q.selection.session is not None:
+        return None
+    if q.interval.seconds % rollups.GRAIN_SECONDS:
+        return None
+    inner = _inner(q.window)
+    if inner is None:
+        return None
+    day = 86400
+    if not _quarter_hour_offsets(q.timezone, int(q.window.start.timestamp() // day) - 1,
+                                 int(q.window.end.timestamp() // day) + 1):
+        return None
+    return cls, inner
+
+
+# -- plays ------------------------------------------------------------------------------
+@dataclass(slots=True)
+class PlaysBucket:
+    """One bucket of /plays: views, watch seconds, and counts per BREAKDOWN_COLUMNS."""
+
     bucket: dt.datetime
-    browser: str
-    platform: str
-    device: str
-    views: int
-    watch_seconds: float
+    views: int = 0
+    watch_seconds: float = 0.0
+    counts: list[int] = field(default_factory=lambda: [0] * len(rollups.BREAKDOWN_COLUMNS))
 
 
-async def plays(conn: asyncpg.Connection, q: BucketQuery, timescale: bool) -> list[PlaysRow]:
+_COLUMN_AT = {c: i for i, c in enumerate(rollups.BREAKDOWN_COLUMNS)}
+
+
+def _window_condition(windows: list[Window], p: Params, column: str) -> str:
+    return "(" + " OR ".join(
+        f"({column} >= {p.add(w.start, 'timestamptz')} AND {column} < "
+        f"{p.add(w.end, 'timestamptz')})" for w in windows) + ")"
+
+
+async def _plays_raw(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
+                     windows: list[Window], into: dict[dt.datetime, PlaysBucket]) -> None:
     p = Params()
     bucket = _bucket(q, p, timescale)
-    where = session_filters(q.selection, q.window, p)
+    where = video_filter(q.selection, p, "s.video_id")
+    where.append(_window_condition(windows, p, "s.started_at"))
+    if q.selection.session is not None:
+        where.append(f"s.session_data @> {p.add(q.selection.session, 'jsonb')}")
     where.append(f"s.watch_seconds >= {p.add(q.minimum_watch_seconds, 'float8')}")
     rows = await conn.fetch(
         f"""
@@ -89,36 +148,159 @@ async def plays(conn: asyncpg.Connection, q: BucketQuery, timescale: bool) -> li
           FROM sessions s
          WHERE {' AND '.join(where)}
          GROUP BY 1, 2, 3, 4
-         ORDER BY 1
         """,
         *p.values,
     )
-    return [PlaysRow(*r) for r in rows]
+    for r in rows:
+        entry = into.get(r["bucket"]) or into.setdefault(r["bucket"], PlaysBucket(r["bucket"]))
+        entry.views += r["views"]
+        entry.watch_seconds += r["watch_seconds"]
+        for column in (f"browser_{r['browser']}", f"platform_{r['platform']}",
+                       f"device_{r['device']}"):
+            kind = column.split("_", 1)[0]
+            entry.counts[_COLUMN_AT.get(column, _COLUMN_AT[f"{kind}_other"])] += r["views"]
 
 
-async def sources(conn: asyncpg.Connection, q: BucketQuery,
-                  timescale: bool) -> list[tuple[dt.datetime, str, int]]:
+async def _plays_rollup(conn: asyncpg.Connection, q: BucketQuery, timescale: bool, cls: int,
+                        inner: Window, into: dict[dt.datetime, PlaysBucket]) -> None:
     p = Params()
-    bucket = _bucket(q, p, timescale)
-    where = session_filters(q.selection, q.window, p)
-    where.append(f"s.watch_seconds >= {p.add(q.minimum_watch_seconds, 'float8')}")
-    where.append("s.page IS NOT NULL")
+    bucket = _bucket(q, p, timescale, "r.bucket")
+    where = video_filter(q.selection, p, "r.video_id")
+    where.append(f"r.bucket >= {p.add(inner.start, 'timestamptz')}")
+    where.append(f"r.bucket < {p.add(inner.end, 'timestamptz')}")
+    where.append(f"r.class >= {p.add(cls, 'int')}")
+    sums = ", ".join(f"sum(r.{c})" for c in rollups.BREAKDOWN_COLUMNS)
     rows = await conn.fetch(
         f"""
-        SELECT {bucket} AS bucket, s.page, count(*) AS views
-          FROM sessions s
+        SELECT {bucket} AS bucket, sum(r.sessions) AS views, sum(r.watch_seconds) AS watch,
+               {sums}
+          FROM rollup_plays r
          WHERE {' AND '.join(where)}
-         GROUP BY 1, 2
-         ORDER BY 1, 3 DESC, 2
+         GROUP BY 1
+        HAVING sum(r.sessions) > 0
         """,
         *p.values,
     )
-    return [(r["bucket"], r["page"], r["views"]) for r in rows]
+    for r in rows:
+        entry = into.get(r["bucket"]) or into.setdefault(r["bucket"], PlaysBucket(r["bucket"]))
+        entry.views += r["views"]
+        entry.watch_seconds += r["watch"]
+        for i in range(len(rollups.BREAKDOWN_COLUMNS)):
+            entry.counts[i] += r[3 + i]
 
 
-async def engagement(conn: asyncpg.Connection,
-                     q: EngagementQuery) -> tuple[float | None, dict[int, int]]:
+async def plays(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
+                use_rollups: bool = True) -> list[PlaysBucket]:
+    """Views per bucket: whole 15-minute buckets from the rollup, the partial edges of the
+    window (and anything the rollup cannot answer exactly) from the sessions table."""
+    out: dict[dt.datetime, PlaysBucket] = {}
+    plan = bucket_rollup_plan(q) if use_rollups else None
+    if plan is None:
+        await _plays_raw(conn, q, timescale, [q.window], out)
+    else:
+        cls, inner = plan
+        await _plays_rollup(conn, q, timescale, cls, inner, out)
+        edges = _edges(q.window, inner)
+        if edges:
+            await _plays_raw(conn, q, timescale, edges, out)
+    return [out[b] for b in sorted(out) if out[b].views > 0]
+
+
+# -- sources ----------------------------------------------------------------------------
+async def sources(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
+                  use_rollups: bool = True) -> list[tuple[dt.datetime, str, int]]:
+    counts: dict[tuple[dt.datetime, str], int] = {}
+
+    async def raw(windows: list[Window]) -> None:
+        p = Params()
+        bucket = _bucket(q, p, timescale)
+        where = video_filter(q.selection, p, "s.video_id")
+        where.append(_window_condition(windows, p, "s.started_at"))
+        if q.selection.session is not None:
+            where.append(f"s.session_data @> {p.add(q.selection.session, 'jsonb')}")
+        where.append(f"s.watch_seconds >= {p.add(q.minimum_watch_seconds, 'float8')}")
+        where.append("s.page IS NOT NULL")
+        for r in await conn.fetch(
+                f"SELECT {bucket} AS bucket, s.page, count(*) AS views FROM sessions s "
+                f"WHERE {' AND '.join(where)} GROUP BY 1, 2", *p.values):
+            key = (r["bucket"], r["page"])
+            counts[key] = counts.get(key, 0) + r["views"]
+
+    plan = bucket_rollup_plan(q) if use_rollups else None
+    if plan is None:
+        await raw([q.window])
+    else:
+        cls, inner = plan
+        p = Params()
+        bucket = _bucket(q, p, timescale, "r.bucket")
+        where = video_filter(q.selection, p, "r.video_id")
+        where.append(f"r.bucket >= {p.add(inner.start, 'timestamptz')}")
+        where.append(f"r.bucket < {p.add(inner.end, 'timestamptz')}")
+        where.append(f"r.class >= {p.add(cls, 'int')}")
+        for r in await conn.fetch(
+                f"SELECT {bucket} AS bucket, r.page, sum(r.sessions) AS views "
+                f"FROM rollup_sources r WHERE {' AND '.join(where)} GROUP BY 1, 2", *p.values):
+            key = (r["bucket"], r["page"])
+            counts[key] = counts.get(key, 0) + int(r["views"])
+        edges = _edges(q.window, inner)
+        if edges:
+            await raw(edges)
+    rows = [(b, page, views) for (b, page), views in counts.items() if views > 0]
+    rows.sort(key=lambda r: (r[0], -r[2], r[1]))
+    return rows
+
+
+async def engagement(conn: asyncpg.Connection, q: EngagementQuery,
+                     use_rollups: bool = True) -> tuple[float | None, dict[int, int]]:
     """(timeline length, {range index: viewers}); length None when nothing was watched.
+
+    From the engagement rollup when every selected session reported the same duration
+    (the usual case for one video) and `ranges` is one the rollup keeps; the window's
+    partial edges, and everything else, from the raw intervals.
+    """
+    inner = _inner(q.window)
+    if (use_rollups and inner is not None and q.ranges in rollups.ENGAGEMENT_RANGES
+            and q.selection.session is None):
+        p = Params()
+        where = video_filter(q.selection, p, "r.video_id")
+        where += [f"r.bucket >= {p.add(inner.start, 'timestamptz')}",
+                  f"r.bucket < {p.add(inner.end, 'timestamptz')}",
+                  f"r.ranges = {p.add(q.ranges, 'int')}"]
+        found = await conn.fetch(
+            f"SELECT r.duration, sum(r.sessions) AS n FROM rollup_engagement r "
+            f"WHERE {' AND '.join(where)} GROUP BY 1 HAVING sum(r.sessions) > 0", *p.values)
+        durations = {r["duration"] for r in found}
+        edges = _edges(q.window, inner)
+        if edges:
+            p2 = Params()
+            cond = video_filter(q.selection, p2, "s.video_id")
+            cond.append(_window_condition(edges, p2, "s.started_at"))
+            durations |= {r[0] for r in await conn.fetch(
+                f"SELECT DISTINCT coalesce(s.duration, {rollups.UNKNOWN_DURATION}) "
+                f"FROM sessions s WHERE {' AND '.join(cond)}", *p2.values)}
+        if not durations:
+            return None, {}
+        if len(durations) == 1 and (length := durations.pop()) > 0:
+            counts: dict[int, int] = {}
+            for r in await conn.fetch(
+                    f"SELECT u.i - 1 AS i, sum(u.c) AS c FROM rollup_engagement r, "
+                    f"unnest(r.counts) WITH ORDINALITY AS u(c, i) "
+                    f"WHERE {' AND '.join(where)} AND r.duration = {p.add(length, 'float8')} "
+                    f"GROUP BY 1", *p.values):
+                if r["c"]:
+                    counts[r["i"]] = int(r["c"])
+            for window in edges:
+                _, more = await _engagement_raw(conn, q, window, length)
+                for index, viewers in more.items():
+                    counts[index] = counts.get(index, 0) + viewers
+            return length, {i: c for i, c in sorted(counts.items()) if c}
+    return await _engagement_raw(conn, q, q.window, None)
+
+
+async def _engagement_raw(conn: asyncpg.Connection, q: EngagementQuery, window: Window,
+                          length: float | None) -> tuple[float | None, dict[int, int]]:
+    """The raw path: from the watch intervals of the sessions started in `window`; the
+    timeline length is `length` if given, else computed from those sessions.
 
     Each interval becomes a span of range indexes; a session's overlapping spans are merged
     (gaps and islands), so every range is covered at most once per session. Viewers per
@@ -126,9 +308,11 @@ async def engagement(conn: asyncpg.Connection,
     DISTINCT, linear in the number of intervals.
     """
     p = Params()
-    where = session_filters(q.selection, q.window, p)
-    start, end = p.add(q.window.start, "timestamptz"), p.add(q.window.end, "timestamptz")
+    where = session_filters(q.selection, window, p)
+    start, end = p.add(window.start, "timestamptz"), p.add(window.end, "timestamptz")
     ranges = p.add(q.ranges, "int")
+    total = ("SELECT coalesce(max(duration), max(furthest)) AS total FROM sel" if length is None
+             else f"SELECT {p.add(length, 'float8')} AS total")
     rows = await conn.fetch(
         f"""
         WITH sel AS MATERIALIZED (
@@ -136,7 +320,7 @@ async def engagement(conn: asyncpg.Connection,
               FROM sessions s
              WHERE {' AND '.join(where)}
         ), len AS (
-            SELECT coalesce(max(duration), max(furthest)) AS total FROM sel
+            {total}
         ), spans AS (
             SELECT i.session_id,
                    greatest(0, floor(i.media_from / (len.total / {ranges})))::int AS first,

@@ -18,12 +18,15 @@ from sqlalchemy import (
     MetaData,
     PrimaryKeyConstraint,
     Sequence,
+    SmallInteger,
     Table,
     Text,
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+
+from app.storage.rollups import BREAKDOWN_COLUMNS
 
 metadata = MetaData()
 
@@ -72,6 +75,8 @@ sessions = Table(
     Column("duration", Float, nullable=True),
     Column("watch_seconds", Float, nullable=False, server_default=text("0")),
     Column("furthest", Float, nullable=False, server_default=text("0")),
+    # merged watched media ranges, flattened [from1, to1, from2, to2, ...]
+    Column("islands", ARRAY(Float), nullable=True),
     PrimaryKeyConstraint("id", "started_at", name="sessions_pkey"),
     Index("sessions_video_started_idx", "video_id", "started_at"),
 )
@@ -128,4 +133,49 @@ export_outbox = Table(
     Column("last_error", Text, nullable=True),
     PrimaryKeyConstraint("session_id", name="export_outbox_pkey"),
     Index("export_outbox_due_idx", "next_attempt_at"),
+)
+
+# Rollups kept exact at ingest (see app/storage/rollups.py).
+rollup_plays = Table(
+    "rollup_plays",
+    metadata,
+    Column("video_id", BigInteger, nullable=False),
+    Column("bucket", DateTime(timezone=True), nullable=False),
+    Column("class", SmallInteger, nullable=False),
+    Column("sessions", Integer, nullable=False),
+    Column("watch_seconds", Float, nullable=False),
+    *[Column(c, Integer, nullable=False, server_default=text("0")) for c in BREAKDOWN_COLUMNS],
+    PrimaryKeyConstraint("video_id", "bucket", "class", name="rollup_plays_pkey"),
+)
+
+rollup_sources = Table(
+    "rollup_sources",
+    metadata,
+    Column("video_id", BigInteger, nullable=False),
+    Column("bucket", DateTime(timezone=True), nullable=False),
+    Column("page", Text, nullable=False),
+    Column("class", SmallInteger, nullable=False),
+    Column("sessions", Integer, nullable=False),
+    PrimaryKeyConstraint("video_id", "bucket", "page", "class", name="rollup_sources_pkey"),
+)
+
+rollup_engagement = Table(
+    "rollup_engagement",
+    metadata,
+    Column("video_id", BigInteger, nullable=False),
+    Column("bucket", DateTime(timezone=True), nullable=False),
+    Column("ranges", SmallInteger, nullable=False),
+    Column("duration", Float, nullable=False),
+    Column("sessions", Integer, nullable=False),
+    Column("counts", ARRAY(Integer), nullable=False),
+    PrimaryKeyConstraint("video_id", "ranges", "bucket", "duration",
+                         name="rollup_engagement_pkey"),
+)
+
+# one row per one-off data job (the rollup backfill); done_at NULL: still to do
+rollup_state = Table(
+    "rollup_state",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("done_at", DateTime(timezone=True), nullable=True),
 )

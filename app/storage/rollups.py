@@ -1,0 +1,264 @@
+"""Rollups: per video x 15-minute UTC bucket aggregates, kept exact in the same
+transaction as the session rows they summarise, so "acknowledged" also means "counted".
+
+A session counts in the bucket it started in, and its contribution changes while it
+plays (watch time grows, its coverage widens). Every write therefore replaces the
+session's old contribution with its new one: the writer reads the session's stored state,
+subtracts what it contributed, adds what it contributes now, and upserts the sums.
+
+- rollup_plays (video, bucket, watch class): sessions, watch seconds, and counts per
+  browser / platform / device. The watch class is how many of WATCH_BOUNDS the session's
+  watch time reaches, so `minimum_watch_seconds` = 0 or any bound is answered exactly;
+  other thresholds use the raw path.
+- rollup_sources (video, bucket, page, watch class): sessions.
+- rollup_engagement (video, bucket, ranges, duration): sessions and, per range of the
+  video's timeline cut into `ranges` equal parts, the sessions that watched any of it —
+  computed with exactly the arithmetic of the raw engagement query, for the durations
+  the sessions reported. A selection whose sessions all share one duration is answered
+  from it; anything else uses the raw path.
+
+Every IANA offset is a multiple of 15 minutes, so 15-minute UTC buckets re-bucket exactly
+into any time zone for intervals that are whole multiples of 15 minutes (or months).
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from app.model import BROWSERS, DEVICES, PLATFORMS
+
+GRAIN_SECONDS = 900
+WATCH_BOUNDS = (1, 2, 3, 5, 10, 30, 60)
+ENGAGEMENT_RANGES = (10, 20, 50, 100)
+UNKNOWN_DURATION = -1.0
+BREAKDOWN_COLUMNS = ([f"browser_{b}" for b in BROWSERS] + [f"platform_{p}" for p in PLATFORMS]
+                     + [f"device_{d}" for d in DEVICES])
+_BROWSER_AT = {b: i for i, b in enumerate(BROWSERS)}
+_PLATFORM_AT = {p: len(BROWSERS) + i for i, p in enumerate(PLATFORMS)}
+_DEVICE_AT = {d: len(BROWSERS) + len(PLATFORMS) + i for i, d in enumerate(DEVICES)}
+
+
+def watch_class(watch_seconds: float) -> int:
+    """How many of WATCH_BOUNDS the watch time reaches (0..len(WATCH_BOUNDS))."""
+    return bisect.bisect_right(WATCH_BOUNDS, watch_seconds)
+
+
+def threshold_class(threshold: float) -> int | None:
+    """The smallest watch class whose sessions all reach `threshold`, if that is exact."""
+    if threshold == 0:
+        return 0
+    if threshold in WATCH_BOUNDS:
+        return WATCH_BOUNDS.index(threshold) + 1  # type: ignore[arg-type]
+    return None
+
+
+def grain(moment: dt.datetime) -> dt.datetime:
+    """The 15-minute UTC bucket a moment falls in."""
+    seconds = math.floor(moment.timestamp() / GRAIN_SECONDS) * GRAIN_SECONDS
+    return dt.datetime.fromtimestamp(seconds, dt.UTC)
+
+
+def grain_up(moment: dt.datetime) -> dt.datetime:
+    down = grain(moment)
+    return down if down == moment else down + dt.timedelta(seconds=GRAIN_SECONDS)
+
+
+def merge_islands(islands: list[float] | None, spans: Iterable[tuple[float, float]],
+                  ) -> list[float]:
+    """Merged watched media ranges, flattened [a1, b1, a2, b2, ...], sorted. Only spans with
+    to > from count (as in the engagement query)."""
+    pairs = [(islands[i], islands[i + 1]) for i in range(0, len(islands or []), 2)]
+    pairs += [(a, b) for a, b in spans if b > a]
+    pairs.sort()
+    merged: list[list[float]] = []
+    for a, b in pairs:
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return [x for pair in merged for x in pair]
+
+
+def covered_ranges(islands: list[float], length: float, ranges: int) -> set[int]:
+    """Range indexes a session's islands touch: the raw engagement query's arithmetic
+    (first = floor(from / (L / R)), last = ceil(to / (L / R)) - 1, clamped), in float8."""
+    if length <= 0:
+        return set()
+    step = length / ranges
+    out: set[int] = set()
+    for i in range(0, len(islands), 2):
+        first = max(0, math.floor(islands[i] / step))
+        last = min(ranges - 1, math.ceil(islands[i + 1] / step) - 1)
+        out.update(range(first, last + 1))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """What one session contributes to the rollups."""
+
+    video_id: int
+    started_at: dt.datetime
+    browser: str
+    platform: str
+    device: str
+    page: str | None
+    watch_seconds: float
+    duration: float | None
+    islands: tuple[float, ...]
+
+
+class Deltas:
+    """Changes to the rollups, summed per key, for one batch."""
+
+    def __init__(self) -> None:
+        self.plays: dict[tuple[int, dt.datetime, int], list[float]] = {}
+        self.sources: dict[tuple[int, dt.datetime, str, int], int] = {}
+        self.engagement: dict[tuple[int, dt.datetime, int, float], list[int]] = {}
+
+    def add(self, s: State, sign: int) -> None:
+        bucket = grain(s.started_at)
+        cls = watch_class(s.watch_seconds)
+        plays = self.plays.setdefault((s.video_id, bucket, cls),
+                                      [0.0] * (2 + len(BREAKDOWN_COLUMNS)))
+        plays[0] += sign
+        plays[1] += sign * s.watch_seconds
+        plays[2 + _BROWSER_AT.get(s.browser, _BROWSER_AT["other"])] += sign
+        plays[2 + _PLATFORM_AT.get(s.platform, _PLATFORM_AT["other"])] += sign
+        plays[2 + _DEVICE_AT.get(s.device, _DEVICE_AT["other"])] += sign
+        if s.page is not None:
+            key = (s.video_id, bucket, s.page, cls)
+            self.sources[key] = self.sources.get(key, 0) + sign
+        known = s.duration is not None and s.duration > 0
+        duration = float(s.duration) if known else UNKNOWN_DURATION  # type: ignore[arg-type]
+        for ranges in ENGAGEMENT_RANGES:
+            entry = self.engagement.setdefault((s.video_id, bucket, ranges, duration),
+                                               [0] * (1 + ranges))
+            entry[0] += sign
+            if known:
+                for index in covered_ranges(list(s.islands), duration, ranges):
+                    entry[1 + index] += sign
+
+    def change(self, old: State | None, new: State) -> None:
+        if old == new:
+            return
+        if old is not None:
+            self.add(old, -1)
+        self.add(new, +1)
+
+    async def write(self, conn: asyncpg.Connection) -> None:
+        """Upsert the non-zero deltas (in key order, so concurrent writers never deadlock)."""
+        plays = sorted((k, v) for k, v in self.plays.items()
+                       if any(v[i] for i in range(len(v)) if i != 1) or v[1])
+        if plays:
+            sets = ", ".join(f"{c} = r.{c} + EXCLUDED.{c}" for c in BREAKDOWN_COLUMNS)
+            casts = ", ".join(f"${6 + i}::int[]" for i in range(len(BREAKDOWN_COLUMNS)))
+            await conn.execute(
+                f"""
+                INSERT INTO rollup_plays AS r (video_id, bucket, class, sessions, watch_seconds,
+                                               {', '.join(BREAKDOWN_COLUMNS)})
+                SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::smallint[],
+                                     $4::int[], $5::float8[], {casts})
+                ON CONFLICT (video_id, bucket, class) DO UPDATE SET
+                    sessions = r.sessions + EXCLUDED.sessions,
+                    watch_seconds = r.watch_seconds + EXCLUDED.watch_seconds, {sets}
+                """,
+                [k[0] for k, _ in plays], [k[1] for k, _ in plays], [k[2] for k, _ in plays],
+                [int(v[0]) for _, v in plays], [v[1] for _, v in plays],
+                *[[int(v[2 + i]) for _, v in plays] for i in range(len(BREAKDOWN_COLUMNS))],
+            )
+        sources = sorted((k, v) for k, v in self.sources.items() if v)
+        if sources:
+            await conn.execute(
+                """
+                INSERT INTO rollup_sources AS r (video_id, bucket, page, class, sessions)
+                SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::text[],
+                                     $4::smallint[], $5::int[])
+                ON CONFLICT (video_id, bucket, page, class) DO UPDATE SET
+                    sessions = r.sessions + EXCLUDED.sessions
+                """,
+                [k[0] for k, _ in sources], [k[1] for k, _ in sources],
+                [k[2] for k, _ in sources], [k[3] for k, _ in sources], [v for _, v in sources],
+            )
+        engagement = sorted((k, v) for k, v in self.engagement.items() if any(v))
+        if engagement:
+            await conn.execute(
+                """
+                INSERT INTO rollup_engagement AS r (video_id, bucket, ranges, duration, sessions,
+                                                    counts)
+                SELECT v, b, n, d, s, c::int[]
+                  FROM unnest($1::bigint[], $2::timestamptz[], $3::smallint[], $4::float8[],
+                              $5::int[], $6::text[]) AS u(v, b, n, d, s, c)
+                ON CONFLICT (video_id, bucket, ranges, duration) DO UPDATE SET
+                    sessions = r.sessions + EXCLUDED.sessions,
+                    counts = (SELECT array_agg(x + y ORDER BY i)
+                                FROM unnest(r.counts, EXCLUDED.counts)
+                                     WITH ORDINALITY AS z(x, y, i))
+                """,
+                [k[0] for k, _ in engagement], [k[1] for k, _ in engagement],
+                [k[2] for k, _ in engagement], [k[3] for k, _ in engagement],
+                [v[0] for _, v in engagement],
+                ["{" + ",".join(map(str, v[1:])) + "}" for _, v in engagement],
+            )
+
+
+def state_of(row: Any) -> State:
+    """A State from a stored sessions row (id, started_at, video_id, browser, ...)."""
+    return State(row["video_id"], row["started_at"], row["browser"], row["platform"],
+                 row["device"], row["page"], row["watch_seconds"], row["duration"],
+                 tuple(row["islands"] or ()))
+
+
+async def backfill(conn: asyncpg.Connection, progress: Any = None, chunk: int = 5000) -> int:
+    """Fill the rollups and `sessions.islands` from the stored sessions, once (after the
+    migration that created them). Sessions are locked against writes meanwhile, so nothing
+    is counted twice. Returns the number of sessions walked (0: nothing to do)."""
+    pending = await conn.fetchval(
+        "SELECT 1 FROM rollup_state WHERE name = 'backfill' AND done_at IS NULL")
+    if not pending:
+        return 0
+    walked = 0
+    async with conn.transaction():
+        await conn.execute("LOCK TABLE sessions IN SHARE MODE")
+        await conn.execute("TRUNCATE rollup_plays, rollup_sources, rollup_engagement")
+        total = await conn.fetchval("SELECT count(*) FROM sessions")
+        if progress is not None:
+            progress.reset(total=total)
+        cursor = await conn.cursor(
+            """
+            SELECT s.id, s.started_at, s.video_id, s.browser, s.platform, s.device, s.page,
+                   s.watch_seconds, s.duration,
+                   ARRAY(SELECT ARRAY[i.media_from, i.media_to] FROM watch_intervals i
+                          WHERE i.session_id = s.id AND i.session_started_at = s.started_at)
+                       AS spans
+              FROM sessions s
+            """)
+        while rows := await cursor.fetch(chunk):
+            deltas = Deltas()
+            islands = []
+            for r in rows:
+                merged = merge_islands(None, [(a, b) for a, b in r["spans"] or []])
+                islands.append("{" + ",".join(map(repr, merged)) + "}")
+                deltas.add(State(r["video_id"], r["started_at"], r["browser"], r["platform"],
+                                 r["device"], r["page"], r["watch_seconds"], r["duration"],
+                                 tuple(merged)), +1)
+            await conn.execute(
+                """
+                UPDATE sessions s SET islands = u.i::float8[]
+                  FROM unnest($1::bigint[], $2::timestamptz[], $3::text[]) AS u(id, t, i)
+                 WHERE s.id = u.id AND s.started_at = u.t
+                """, [r["id"] for r in rows], [r["started_at"] for r in rows], islands)
+            await deltas.write(conn)
+            walked += len(rows)
+            if progress is not None:
+                progress.update(len(rows))
+        await conn.execute("UPDATE rollup_state SET done_at = now() WHERE name = 'backfill'")
+    await conn.execute("ANALYZE rollup_plays, rollup_sources, rollup_engagement")
+    return walked

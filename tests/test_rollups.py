@@ -1,0 +1,221 @@
+"""The rollups answer exactly what the raw tables answer: random sessions (written whole,
+and written incrementally as the socket writer does), random queries, every interval
+unit, odd time zones, timeframe edges inside buckets, exact and inexact thresholds."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import itertools
+import secrets
+from typing import Any
+
+import asyncpg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app.model import BucketQuery, EngagementQuery, Selection, Span, Window
+from app.storage import db, key_store, rollups, session_store, stats
+from app.storage.session_store import IntervalRow, SessionRow, VideoIds, VideoRef
+
+UTC = dt.UTC
+BASE = dt.datetime(2026, 3, 20, tzinfo=UTC)  # spans the 2026 DST switches in EU and US
+ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu",
+         "Australia/Lord_Howe"]
+SPANS = [Span(seconds=900), Span(seconds=3600), Span(seconds=86400), Span(seconds=604800),
+         Span(seconds=1800), Span(seconds=60), Span(seconds=7), Span(months=1), Span(months=12)]
+_ids = itertools.count(5 * 10**12)
+
+
+@st.composite
+def session_specs(draw: st.DrawFn) -> dict[str, Any]:
+    duration = draw(st.sampled_from([30.0, 30.0, 30.0, 600.5, None]))
+    spans = []
+    for _ in range(draw(st.integers(0, 4))):
+        a = draw(st.integers(0, 40_000)) / 1000  # positions arrive in milliseconds
+        spans.append((a, a + draw(st.integers(0, 25_000)) / 1000))
+    if duration is not None:
+        spans = [(min(a, duration), min(b, duration)) for a, b in spans]
+    return {
+        "offset": draw(st.integers(0, 10 * 86400 * 1000)) / 1000,
+        "video": draw(st.sampled_from(["a", "a", "b", "c"])),
+        "browser": draw(st.sampled_from(["chrome", "safari", "firefox", "other", "ie"])),
+        "platform": draw(st.sampled_from(["mac", "ios", "windows", "other"])),
+        "device": draw(st.sampled_from(["desktop", "mobile", "tablet"])),
+        "page": draw(st.sampled_from(["https://a.example/", "https://b.example/x", None])),
+        "duration": duration,
+        "spans": spans,
+        "incremental": draw(st.booleans()),
+        "duration_change": draw(st.booleans()),
+    }
+
+
+@st.composite
+def queries(draw: st.DrawFn) -> dict[str, Any]:
+    start = draw(st.integers(-86400, 9 * 86400)) + draw(st.sampled_from([0, 0, 0.5, 0.001]))
+    length = draw(st.sampled_from([900, 3600, 86400, 3 * 86400, 12 * 86400])) \
+        + draw(st.sampled_from([0, 0, 450, 3599.25]))
+    return {
+        "start": start, "end": start + length,
+        "selection": draw(st.sampled_from(["key", "video-a", "identifier", "video-b"])),
+        "interval": draw(st.sampled_from(SPANS)),
+        "timezone": draw(st.sampled_from(ZONES)),
+        "threshold": draw(st.sampled_from([0, 1, 1, 1.5, 5, 60, 61, 0.25])),
+        "ranges": draw(st.sampled_from([10, 20, 7, 100])),
+    }
+
+
+async def _write(conn: asyncpg.Connection, key: str, specs: list[dict[str, Any]]) -> None:
+    refs = {v: VideoRef.of(key, None, {"video_id": v}) for v in "abc"}
+    refs["identified"] = VideoRef.of(key, "legacy-id", {})
+    ids = await session_store.ensure_videos(conn, list(refs.values()))
+    whole_rows, whole_intervals = [], []
+    cache = VideoIds()
+    for spec in specs:
+        ref = refs["identified" if spec["video"] == "c" else spec["video"]]
+        start = BASE + dt.timedelta(seconds=spec["offset"])
+        row = SessionRow(next(_ids), start, ref, spec["browser"], spec["platform"],
+                         spec["device"], spec["page"], None, ended_at=start,
+                         duration=spec["duration"])
+        intervals = [IntervalRow(row.id, ref, start, start, a, b, b - a)
+                     for a, b in spec["spans"]]
+        if not spec["incremental"]:
+            for i in intervals:
+                row.watch_seconds += max(0.0, i.media_to - i.media_from)
+                row.furthest = max(row.furthest, i.media_to)
+            whole_rows.append(row)
+            whole_intervals += intervals
+            continue
+        # as the socket writer does: a snapshot per event, intervals as they close
+        async with conn.transaction():
+            await session_store.write_batch(conn, [dataclasses.replace(row)], cache)
+        for n, i in enumerate(intervals):
+            row.watch_seconds += max(0.0, i.media_to - i.media_from)
+            row.furthest = max(row.furthest, i.media_to)
+            if spec["duration_change"] and n == 0 and row.duration is not None:
+                row.duration = row.duration + 1  # a durationchange mid-session
+            async with conn.transaction():
+                await session_store.write_batch(conn, [i, dataclasses.replace(row)], cache)
+        if spec["duration_change"] and row.duration is not None:
+            row.duration = spec["duration"]  # and back
+            async with conn.transaction():
+                await session_store.write_batch(conn, [dataclasses.replace(row)], cache)
+    if whole_rows:
+        async with conn.transaction():
+            await session_store.copy_rows(conn, ids, whole_rows, whole_intervals, [])
+
+
+def _selection(key: str, which: str) -> Selection:
+    if which == "key":
+        return Selection(key=key)
+    if which == "identifier":
+        return Selection(identifier="legacy-id", key=key)
+    return Selection(video={"video_id": which.split("-")[1]}, key=key)
+
+
+def _same_plays(a: list[stats.PlaysBucket], b: list[stats.PlaysBucket]) -> None:
+    assert [(x.bucket, x.views, x.counts) for x in a] == [(x.bucket, x.views, x.counts)
+                                                           for x in b]
+    for x, y in zip(a, b, strict=True):
+        assert x.watch_seconds == pytest.approx(y.watch_seconds, abs=1e-6)
+
+
+@settings(max_examples=40, deadline=None, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(specs=st.lists(session_specs(), min_size=0, max_size=25),
+       asks=st.lists(queries(), min_size=1, max_size=4))
+def test_rollups_equal_the_raw_answers(database_url: str, specs: list[dict[str, Any]],
+                                       asks: list[dict[str, Any]]) -> None:
+    async def run() -> None:
+        conn = await db.connect(database_url)
+        try:
+            key = "roll-" + secrets.token_hex(6)
+            await key_store.insert_key(conn, key)
+            await _write(conn, key, specs)
+            for ask in asks:
+                window = Window(BASE + dt.timedelta(seconds=ask["start"]),
+                                BASE + dt.timedelta(seconds=ask["end"]))
+                sel = _selection(key, ask["selection"])
+                q = BucketQuery(sel, window, ask["interval"], ask["timezone"],
+                                float(ask["threshold"]))
+                if q.interval.seconds and (window.end - window.start).total_seconds() \
+                        / q.interval.seconds > 5000:
+                    q = dataclasses.replace(q, interval=Span(seconds=3600))
+                _same_plays(await stats.plays(conn, q, False),
+                            await stats.plays(conn, q, False, use_rollups=False))
+                assert await stats.sources(conn, q, False) == \
+                    await stats.sources(conn, q, False, use_rollups=False)
+                e = EngagementQuery(sel, window, ask["ranges"])
+                fast, slow = await stats.engagement(conn, e), \
+                    await stats.engagement(conn, e, use_rollups=False)
+                assert fast[1] == slow[1]
+                assert fast[0] == pytest.approx(slow[0]) if slow[0] else fast[0] is None
+        finally:
+            await conn.close()
+    asyncio.run(run())
+
+
+def test_plans_use_the_rollups_where_they_are_exact() -> None:
+    sel = Selection(key="k")
+    window = Window(dt.datetime(2026, 1, 1, 0, 7, tzinfo=UTC),
+                    dt.datetime(2026, 1, 31, 13, 2, tzinfo=UTC))
+    q = BucketQuery(sel, window, Span(seconds=3600), "Europe/Berlin", 1.0)
+    cls, inner = stats.bucket_rollup_plan(q)  # type: ignore[misc]
+    assert cls == 1 and inner.start.minute == 15 and inner.end.minute == 0
+    assert stats.bucket_rollup_plan(dataclasses.replace(q, timezone="Asia/Kathmandu"))
+    assert stats.bucket_rollup_plan(dataclasses.replace(q, minimum_watch_seconds=1.5)) is None
+    assert stats.bucket_rollup_plan(dataclasses.replace(q, interval=Span(seconds=60))) is None
+    assert stats.bucket_rollup_plan(dataclasses.replace(
+        q, selection=Selection(key="k", session={"a": 1}))) is None
+    assert rollups.watch_class(0.99) == 0 and rollups.watch_class(1) == 1
+    assert rollups.watch_class(59.9) == 6 and rollups.watch_class(600) == 7
+
+
+async def test_a_session_still_playing_counts_with_its_current_watch_time(
+        server: Any, conn: asyncpg.Connection) -> None:
+    import httpx
+
+    from tests.conftest import AUTH
+    from tests.phx import Phx, join_payload
+    from tests.test_ingest_socket import new_key, topic
+    key = new_key(server)
+    phx = await Phx.open(server.ws())
+    t = topic()
+    await phx.join(t, join_payload(key))
+    await phx.event(t, name="play", duration=100, **{"from": 0})
+    await phx.event(t, name="pause", duration=100, to=4)
+    await phx.event(t, name="play", duration=100, **{"from": 4})
+    await phx.event(t, name="pause", duration=100, to=7.5)  # still open: the page stays
+    body = {"query": {"key": key}, "interval": "1 day", "timeframe": "1 day"}
+    plays = httpx.post(f"{server.http}/api/v1/plays", auth=AUTH, json=body).json()
+    assert plays["views"][0]["views"] == 1 and plays["views"][0]["total_view_time"] == 7.5
+    engagement = httpx.post(f"{server.http}/api/v1/engagement", auth=AUTH,
+                            json={"query": {"key": key}, "timeframe": "1 day"}).json()
+    assert [r["viewers"] for r in engagement["engagement"]] == [1] + [0] * 9
+    await phx.close()
+
+
+async def test_backfill_matches_what_ingest_maintains(conn: asyncpg.Connection) -> None:
+    """Rebuilding the rollups from the sessions gives exactly what was maintained."""
+    tables = ("rollup_plays", "rollup_sources", "rollup_engagement")
+
+    async def snapshot() -> list[list[Any]]:
+        out = []
+        for table in tables:
+            rows = await conn.fetch(f"SELECT * FROM {table} ORDER BY 1, 2, 3, 4")
+            out.append([tuple(round(v, 6) if isinstance(v, float) else v for v in r.values())
+                        for r in rows if r["sessions"] != 0])
+        return out
+    key = "bf-" + secrets.token_hex(4)
+    await key_store.insert_key(conn, key)
+    specs = [{"offset": i * 4000.0, "video": "abc"[i % 3], "browser": "chrome",
+              "platform": "mac", "device": "desktop", "page": "https://p.example/",
+              "duration": 30.0, "spans": [(0, 5 + i), (3, 9)], "incremental": i % 2 == 0,
+              "duration_change": i % 4 == 0} for i in range(12)]
+    await _write(conn, key, specs)
+    before = await snapshot()
+    await conn.execute("UPDATE rollup_state SET done_at = NULL WHERE name = 'backfill'")
+    assert await rollups.backfill(conn) >= 12
+    assert await snapshot() == before
