@@ -23,6 +23,7 @@ import orjson
 from app.settings import Settings, SettingsError, from_env
 
 log = logging.getLogger("vidmetrics")
+SEED_ROLLUP_KEYS = 300_000  # rollup deltas a seed run holds before writing them
 
 
 class _JsonFormatter(logging.Formatter):
@@ -246,7 +247,7 @@ def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from app import seed
-    from app.storage import db, key_store, session_store
+    from app.storage import db, key_store, rollups, session_store
 
     async def run(url: str) -> tuple[int, int, int]:
         conn = await db.connect(url)
@@ -263,15 +264,22 @@ def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
             ids_iter = itertools.chain.from_iterable(blocks)
             totals = [0, 0, 0]
             bar = tqdm(total=args.sessions, unit="session", disable=args.quiet, file=sys.stderr)
+            pending = rollups.Deltas()  # rollup deltas, written in large batches
             for chunk in seed.generate(rng, refs, ids_iter, args.sessions, args.days, end):
                 async with conn.transaction():
                     await session_store.copy_rows(conn, ids, chunk.sessions, chunk.intervals,
-                                             chunk.events)
+                                                  chunk.events, pending)
+                    if len(pending) > SEED_ROLLUP_KEYS:
+                        await pending.write(conn)
+                        pending = rollups.Deltas()
                 totals[0] += len(chunk.sessions)
                 totals[1] += len(chunk.intervals)
                 totals[2] += len(chunk.events)
                 bar.update(len(chunk.sessions))
+            async with conn.transaction():
+                await pending.write(conn)
             bar.close()
+            await conn.execute("ANALYZE")  # fresh statistics for the planner
             return totals[0], totals[1], totals[2]
         finally:
             await conn.close()

@@ -1,13 +1,19 @@
-"""Query latency: seeds N sessions over 30 days (via `vidmetrics seed`) into a fresh embedded
-PostgreSQL, starts a server, and reports p50/p95 of every query endpoint for one video and
-for all videos of a key, with and without a timezone. Loopback traffic only.
+"""Query latency, rollups vs raw: seeds N sessions over 30 days (via `vidmetrics seed`,
+50 videos, Zipf-like) into a fresh embedded PostgreSQL (or --database-url), starts a server,
+and reports warm p50/p95 of plays, sources and engagement through the API (rollup path),
+beside the same questions answered by the raw path (storage called directly with
+use_rollups=False, fewer repeats), for one video and all videos of a key, UTC and
+Europe/Berlin, intervals 1 hour and 1 day; plus storage in bytes per event. Appends a dated
+section to bench/RESULTS.md. Loopback traffic only.
 
-    .venv/bin/python bench/query.py --sessions 100000 1000000
+    .venv/bin/python bench/query.py --sessions 1000000 10000000
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import datetime as dt
 import os
 import random
 import signal
@@ -21,47 +27,100 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.model import BucketQuery, EngagementQuery  # noqa: E402
+from app.query import params  # noqa: E402
+from app.storage import db, stats  # noqa: E402
+from app.storage.embedded import EmbeddedPostgres  # noqa: E402
+
 PASSWORD = "bench"
 TARGET_MS = 100.0
 
 
-def env_for(tmp: Path, port: int) -> dict[str, str]:
+def env_for(tmp: Path, port: int, url: str | None) -> dict[str, str]:
     env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "METRICS_PASSWORD": PASSWORD,
            "METRICS_DATA_DIR": str(tmp / "data"), "LOG_LEVEL": "warning"}
     env.pop("DATABASE_URL", None)
+    if url:
+        env["DATABASE_URL"] = url
     return env
 
 
-def seed(tmp: Path, sessions: int) -> None:
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "app.cli", "seed", "--sessions", str(sessions),
-                    "--days", "30", "--videos", "50", "--key", "bench", "--quiet"],
-                   cwd=ROOT, env=env_for(tmp, 0), check=True)
-    print(f"  seeded in {time.perf_counter() - started:.0f}s")
+def percentiles(times: list[float]) -> tuple[float, float]:
+    ordered = sorted(times)
+    return statistics.median(ordered), ordered[max(0, int(len(ordered) * 0.95 + 0.5) - 1)]
 
 
-def measure(client: httpx.Client, path: str, body: dict[str, object], n: int) -> list[float]:
-    times = []
-    for _ in range(n):
-        started = time.perf_counter()
-        response = client.post(path, json=body)
-        times.append((time.perf_counter() - started) * 1000)
-        assert response.status_code == 200, response.text
-    return times
+def cases() -> list[tuple[str, str, str | None, str]]:
+    out = []
+    for path in ("plays", "sources", "engagement"):
+        for label in ("one video", "all videos"):
+            for tz in ("UTC", "Europe/Berlin"):
+                for interval in ("1 hour", "1 day"):
+                    if path == "engagement" and (tz != "UTC" or interval != "1 day"):
+                        continue  # engagement has no buckets
+                    out.append((path, label, tz, interval))
+    return out
 
 
-def run(sessions: int, repeats: int) -> None:
-    print(f"\n== {sessions:,} sessions over 30 days, 50 videos ==")
+def body_for(label: str, tz: str, interval: str) -> dict[str, object]:
+    query: dict[str, object] = {"key": "bench"}
+    if label == "one video":
+        query["video"] = {"video_id": "seed-0"}
+    return {"query": query, "timeframe": "30 days", "interval": interval, "timezone": tz}
+
+
+async def raw_times(url: str, path: str, body: dict[str, object], repeats: int) -> list[float]:
+    conn = await db.connect(url)
+    try:
+        times = []
+        for i in range(repeats + 1):
+            now = dt.datetime.now(dt.UTC)
+            started = time.perf_counter()
+            if path == "engagement":
+                q: BucketQuery | EngagementQuery = params.engagement_query(body, now)
+                await stats.engagement(conn, q, use_rollups=False)  # type: ignore[arg-type]
+            else:
+                q = params.bucket_query(body, now, 10**6)
+                fn = stats.plays if path == "plays" else stats.sources
+                await fn(conn, q, False, use_rollups=False)
+            if i:  # the first run warms the cache
+                times.append((time.perf_counter() - started) * 1000)
+        return times
+    finally:
+        await conn.close()
+
+
+async def storage(url: str) -> tuple[int, int, int]:
+    conn = await db.connect(url)
+    try:
+        events = await conn.fetchval("SELECT count(*) FROM events")
+        sessions = await conn.fetchval("SELECT count(*) FROM sessions")
+        size = await conn.fetchval("SELECT pg_database_size(current_database())")
+        return int(events), int(sessions), int(size)
+    finally:
+        await conn.close()
+
+
+def run(sessions: int, repeats: int, raw_repeats: int, url: str | None) -> list[str]:
+    print(f"\n== {sessions:,} sessions over 30 days, 50 videos ==", flush=True)
+    lines = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        seed(tmp, sessions)
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "app.cli", "seed", "--sessions", str(sessions),
+                        "--days", "30", "--videos", "50", "--key", "bench", "--quiet"],
+                       cwd=ROOT, env=env_for(tmp, 0, url), check=True)
+        seeded = time.perf_counter() - started
+        print(f"  seeded in {seeded:.0f}s ({sessions / seeded:,.0f} sessions/s)", flush=True)
         port = 38000 + random.randrange(1000)
         proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT,
-                                env=env_for(tmp, port), stdout=subprocess.DEVNULL,
+                                env=env_for(tmp, port, url), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         try:
             base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 120
             while True:
                 try:
                     if httpx.get(base + "/healthz", timeout=1).status_code == 200:
@@ -71,41 +130,57 @@ def run(sessions: int, repeats: int) -> None:
                 if time.monotonic() > deadline:
                     raise SystemExit("server did not start")
                 time.sleep(0.2)
-            selections = {
-                "one video": {"query": {"key": "bench", "video": {"video_id": "seed-0"}}},
-                "all videos of key": {"query": {"key": "bench"}},
-            }
-            print(f"  {'endpoint':<12} {'selection':<18} {'timezone':<14} "
-                  f"{'p50 ms':>8} {'p95 ms':>8} {'p95/target':>10}")
-            with httpx.Client(base_url=base, auth=("admin", PASSWORD), timeout=120) as client:
-                for path in ("plays", "engagement", "sources", "watching"):
-                    for label, sel in selections.items():
-                        for tz in (None, "Europe/Berlin"):
-                            if path in ("engagement", "watching") and tz:
-                                continue
-                            body: dict[str, object] = {**sel, "timeframe": "30 days",
-                                                       "interval": "1 day"}
-                            if tz:
-                                body["timezone"] = tz
-                            measure(client, f"/api/v1/{path}", body, 1)  # warm
-                            times = measure(client, f"/api/v1/{path}", body, repeats)
-                            p50 = statistics.median(times)
-                            p95 = sorted(times)[max(0, int(len(times) * 0.95) - 1)]
-                            print(f"  {path:<12} {label:<18} {tz or '-':<14} {p50:>8.1f} "
-                                  f"{p95:>8.1f} {p95 / TARGET_MS:>10.2f}")
+            db_url = url or EmbeddedPostgres(tmp / "data").url  # the server's running cluster
+            events, n_sessions, size = asyncio.run(storage(db_url))
+            print(f"  storage: {size / 1e6:,.0f} MB for {n_sessions:,} sessions / {events:,} "
+                  f"events = {size / max(events, 1):.0f} B per event", flush=True)
+            header = (f"  {'endpoint':<11} {'selection':<11} {'timezone':<14} {'interval':<7} "
+                      f"{'p50':>7} {'p95':>7} {'raw p50':>8} {'speed-up':>8}")
+            print(header)
+            lines.append(f"\n### query, {dt.date.today()}, {sessions:,} sessions "
+                         f"(seeded in {seeded:.0f}s), storage {size / max(events, 1):.0f} B "
+                         f"per event ({size / 1e6:,.0f} MB, {events:,} events)\n")
+            lines.append("| endpoint | selection | timezone | interval | p50 ms | p95 ms "
+                         "| raw p50 ms | speed-up |\n|---|---|---|---|---|---|---|---|\n")
+            with httpx.Client(base_url=base, auth=("admin", PASSWORD), timeout=300) as client:
+                for path, label, tz, interval in cases():
+                    body = body_for(label, tz, interval)
+                    client.post(f"/api/v1/{path}", json=body)  # warm
+                    times = []
+                    for _ in range(repeats):
+                        t0 = time.perf_counter()
+                        response = client.post(f"/api/v1/{path}", json=body)
+                        times.append((time.perf_counter() - t0) * 1000)
+                        assert response.status_code == 200, response.text
+                    p50, p95 = percentiles(times)
+                    raw = asyncio.run(raw_times(db_url, path, body, raw_repeats))
+                    raw50 = statistics.median(raw)
+                    row = (f"  {path:<11} {label:<11} {tz:<14} {interval:<7} {p50:>7.1f} "
+                           f"{p95:>7.1f} {raw50:>8.0f} {raw50 / p50:>7.0f}x")
+                    print(row, flush=True)
+                    lines.append(f"| {path} | {label} | {tz} | {interval} | {p50:.1f} | "
+                                 f"{p95:.1f} | {raw50:.0f} | {raw50 / p50:.0f}x |\n")
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sessions", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--raw-repeats", type=int, default=3)
+    parser.add_argument("--database-url", help="use this database instead of an embedded one")
     args = parser.parse_args()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()
     for n in args.sessions:
-        run(n, args.repeats)
+        lines = run(n, args.repeats, args.raw_repeats, args.database_url)
+        with open(ROOT / "bench" / "RESULTS.md", "a") as results:
+            results.write(lines[0].rstrip("\n") + f", commit {commit}, {os.cpu_count()} cores\n")
+            results.writelines(lines[1:])
 
 
 if __name__ == "__main__":

@@ -65,6 +65,10 @@ def grain(moment: dt.datetime) -> dt.datetime:
     return dt.datetime.fromtimestamp(seconds, dt.UTC)
 
 
+def _at(epoch: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC)
+
+
 def grain_up(moment: dt.datetime) -> dt.datetime:
     down = grain(moment)
     return down if down == moment else down + dt.timedelta(seconds=GRAIN_SECONDS)
@@ -119,32 +123,50 @@ class Deltas:
     """Changes to the rollups, summed per key, for one batch."""
 
     def __init__(self) -> None:
-        self.plays: dict[tuple[int, dt.datetime, int], list[float]] = {}
-        self.sources: dict[tuple[int, dt.datetime, str, int], int] = {}
-        self.engagement: dict[tuple[int, dt.datetime, int, float], list[int]] = {}
+        # keys: (video id, bucket start in epoch seconds, ...)
+        self.plays: dict[tuple[int, float, int], list[float]] = {}
+        self.sources: dict[tuple[int, float, str, int], int] = {}
+        self.engagement: dict[tuple[int, float, int, float], list[int]] = {}
 
     def add(self, s: State, sign: int) -> None:
-        bucket = grain(s.started_at)
-        cls = watch_class(s.watch_seconds)
-        plays = self.plays.setdefault((s.video_id, bucket, cls),
-                                      [0.0] * (2 + len(BREAKDOWN_COLUMNS)))
+        # hot in bulk loads: keys hold the bucket as epoch seconds (a datetime at write time)
+        moment = s.started_at.timestamp()
+        bucket = moment - moment % GRAIN_SECONDS
+        cls = bisect.bisect_right(WATCH_BOUNDS, s.watch_seconds)
+        key = (s.video_id, bucket, cls)
+        plays = self.plays.get(key)
+        if plays is None:
+            plays = self.plays[key] = [0.0] * (2 + len(BREAKDOWN_COLUMNS))
         plays[0] += sign
         plays[1] += sign * s.watch_seconds
         plays[2 + _BROWSER_AT.get(s.browser, _BROWSER_AT["other"])] += sign
         plays[2 + _PLATFORM_AT.get(s.platform, _PLATFORM_AT["other"])] += sign
         plays[2 + _DEVICE_AT.get(s.device, _DEVICE_AT["other"])] += sign
         if s.page is not None:
-            key = (s.video_id, bucket, s.page, cls)
-            self.sources[key] = self.sources.get(key, 0) + sign
-        known = s.duration is not None and s.duration > 0
-        duration = float(s.duration) if known else UNKNOWN_DURATION  # type: ignore[arg-type]
+            page_key = (s.video_id, bucket, s.page, cls)
+            self.sources[page_key] = self.sources.get(page_key, 0) + sign
+        duration = s.duration if s.duration is not None and s.duration > 0 else None
+        islands = s.islands
         for ranges in ENGAGEMENT_RANGES:
-            entry = self.engagement.setdefault((s.video_id, bucket, ranges, duration),
-                                               [0] * (1 + ranges))
+            eng_key = (s.video_id, bucket, ranges, duration or UNKNOWN_DURATION)
+            entry = self.engagement.get(eng_key)
+            if entry is None:
+                entry = self.engagement[eng_key] = [0] * (1 + ranges)
             entry[0] += sign
-            if known:
-                for index in covered_ranges(list(s.islands), duration, ranges):
+            if duration is None or not islands:
+                continue
+            step = duration / ranges
+            if len(islands) == 2:  # one island: a contiguous run of ranges
+                first = max(0, math.floor(islands[0] / step))
+                last = min(ranges - 1, math.ceil(islands[1] / step) - 1)
+                for index in range(first + 1, last + 2):
+                    entry[index] += sign
+            else:
+                for index in covered_ranges(list(islands), duration, ranges):
                     entry[1 + index] += sign
+
+    def __len__(self) -> int:
+        return len(self.plays) + len(self.sources) + len(self.engagement)
 
     def change(self, old: State | None, new: State) -> None:
         if old == new:
@@ -170,7 +192,7 @@ class Deltas:
                     sessions = r.sessions + EXCLUDED.sessions,
                     watch_seconds = r.watch_seconds + EXCLUDED.watch_seconds, {sets}
                 """,
-                [k[0] for k, _ in plays], [k[1] for k, _ in plays], [k[2] for k, _ in plays],
+                [k[0] for k, _ in plays], [_at(k[1]) for k, _ in plays], [k[2] for k, _ in plays],
                 [int(v[0]) for _, v in plays], [v[1] for _, v in plays],
                 *[[int(v[2 + i]) for _, v in plays] for i in range(len(BREAKDOWN_COLUMNS))],
             )
@@ -184,7 +206,7 @@ class Deltas:
                 ON CONFLICT (video_id, bucket, page, class) DO UPDATE SET
                     sessions = r.sessions + EXCLUDED.sessions
                 """,
-                [k[0] for k, _ in sources], [k[1] for k, _ in sources],
+                [k[0] for k, _ in sources], [_at(k[1]) for k, _ in sources],
                 [k[2] for k, _ in sources], [k[3] for k, _ in sources], [v for _, v in sources],
             )
         engagement = sorted((k, v) for k, v in self.engagement.items() if any(v))
@@ -202,7 +224,7 @@ class Deltas:
                                 FROM unnest(r.counts, EXCLUDED.counts)
                                      WITH ORDINALITY AS z(x, y, i))
                 """,
-                [k[0] for k, _ in engagement], [k[1] for k, _ in engagement],
+                [k[0] for k, _ in engagement], [_at(k[1]) for k, _ in engagement],
                 [k[2] for k, _ in engagement], [k[3] for k, _ in engagement],
                 [v[0] for _, v in engagement],
                 ["{" + ",".join(map(str, v[1:])) + "}" for _, v in engagement],

@@ -281,9 +281,10 @@ async def ensure_videos(conn: asyncpg.Connection,
 
 async def copy_rows(conn: asyncpg.Connection, ids: dict[tuple[str, str], int],
                     sessions: list[SessionRow], intervals: list[IntervalRow],
-                    events: list[EventRow]) -> None:
+                    events: list[EventRow], pending: rollups.Deltas | None = None) -> None:
     """Bulk-load finished sessions (seeding, imports) with COPY, and count them into the
-    rollups in the same transaction."""
+    rollups in the same transaction — or into `pending`, for a bulk load that writes its
+    accumulated rollup deltas itself (fewer, larger upserts)."""
 
     def vid(ref: VideoRef) -> int:
         return ids[(ref.key, ref.identity)]
@@ -291,7 +292,7 @@ async def copy_rows(conn: asyncpg.Connection, ids: dict[tuple[str, str], int],
     spans: dict[int, list[tuple[float, float]]] = {}
     for i in intervals:
         spans.setdefault(i.session_id, []).append((i.media_from, i.media_to))
-    deltas = rollups.Deltas()
+    deltas = rollups.Deltas() if pending is None else pending
     records = []
     for s in sessions:
         merged = rollups.merge_islands(None, spans.get(s.id, ()))
@@ -309,7 +310,8 @@ async def copy_rows(conn: asyncpg.Connection, ids: dict[tuple[str, str], int],
     )
     await _copy_intervals(conn, intervals, vid)
     await _copy_events(conn, events, vid)
-    await deltas.write(conn)
+    if pending is None:
+        await deltas.write(conn)
 
 
 async def apply_retention(pool: asyncpg.Pool, days: int, raw_event_days: int) -> None:
