@@ -185,3 +185,42 @@ async def test_webhook_delivers_each_ended_session_across_outage_and_restart(
         assert "vidmetrics_webhook_sessions_total" in metrics
     finally:
         srv.stop()
+
+
+async def test_sessions_pages_and_one_session(api: httpx.Client, data: Data) -> None:
+    body = {"query": {"key": data.key}, "timeframe": MAY, "limit": 2}
+    first = api.post("/api/v1/sessions", json=body).json()
+    assert [s["started_at"][:10] for s in first["sessions"]] == ["2023-05-04", "2023-05-03"]
+    assert first["next"]
+    second = api.post("/api/v1/sessions", json={**body, "cursor": first["next"]}).json()
+    assert [s["started_at"][:10] for s in second["sessions"]] == ["2023-05-02"]
+    assert second["next"] is None
+    bad = api.post("/api/v1/sessions", json={**body, "cursor": "nope"})
+    assert bad.status_code == 400 and "cursor" in bad.json()["error"]
+    one = api.get(f"/api/v1/sessions/{second['sessions'][0]['session']}").json()
+    assert one["session"]["watched"] == [[0.0, 6.0], [10.0, 12.0]] and one["events"] == []
+    assert api.get("/api/v1/sessions/999999999999999").status_code == 404
+    assert api.get("/api/v1/sessions/abc").status_code == 400
+
+
+async def test_session_events_relative_to_its_start(server: Server, api: httpx.Client) -> None:
+    key = new_key(server)
+    phx = await _play(server, key, "timeline")
+    del phx
+    listed = api.post("/api/v1/sessions", json={"query": {"key": key}, "timeframe": "1 day"})
+    session = listed.json()["sessions"][0]["session"]
+    detail = api.get(f"/api/v1/sessions/{session}").json()
+    assert [e["name"] for e in detail["events"]] == ["play", "pause"]
+    assert detail["events"][0]["at_ms"] == 0.0 and detail["events"][1]["at_ms"] >= 0
+    assert detail["events"][1]["payload"] == {"duration": 30.0, "to": 1.5}
+
+
+async def test_top_videos(api: httpx.Client, data: Data) -> None:
+    top = api.post("/api/v1/videos", json={"query": {"key": data.key}, "timeframe": MAY,
+                                           "minimum_watch_seconds": 0}).json()["videos"]
+    assert [(v["video"], v["views"]) for v in top] == [({"video_id": "a"}, 2),
+                                                       ({"video_id": "b"}, 1)]
+    assert top[0]["total_view_time"] == 10.0
+    one = api.post("/api/v1/videos", json={"query": {"key": data.key}, "timeframe": MAY,
+                                           "limit": 1}).json()["videos"]
+    assert len(one) == 1

@@ -47,6 +47,48 @@ SCHEMAS: dict[str, Any] = {
         "ranges": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
     }},
     "SelectionRequest": {"type": "object", "properties": SELECTION},
+    "VideosRequest": {"type": "object", "properties": {
+        **SELECTION, "interval": SPAN, "timeframe": TIMEFRAME,
+        "minimum_watch_seconds": {"type": "number", "minimum": 0, "default": 1},
+        "limit": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+    }},
+    "SessionsRequest": {"type": "object", "properties": {
+        **SELECTION, "timeframe": TIMEFRAME,
+        "limit": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+        "cursor": {"type": "string", "description": "`next` of the previous page"},
+    }},
+    "Videos": {"type": "object", "required": ["videos"], "additionalProperties": False,
+               "properties": {"videos": {"type": "array", "items": {
+                   "type": "object", "additionalProperties": False,
+                   "required": ["video", "identifier", "views", "total_view_time"],
+                   "properties": {"video": {}, "identifier": {"type": ["string", "null"]},
+                                  "views": {"type": "integer", "minimum": 0},
+                                  "total_view_time": {"type": "number", "minimum": 0}}}}}},
+    "SessionSummary": {"type": "object", "required": [
+        "session", "started_at", "ended_at", "identifier", "metadata", "browser", "platform",
+        "device", "page", "duration", "watch_seconds", "furthest", "watched"],
+        "properties": {"session": {"type": "integer"}, "started_at": {"type": "string"},
+                       "ended_at": {"type": ["string", "null"]},
+                       "identifier": {"type": ["string", "null"]}, "metadata": {},
+                       "browser": {"type": "string"}, "platform": {"type": "string"},
+                       "device": {"type": "string"}, "page": {"type": ["string", "null"]},
+                       "duration": {"type": ["number", "null"]},
+                       "watch_seconds": {"type": "number"}, "furthest": {"type": "number"},
+                       "watched": {"type": "array", "items": {
+                           "type": "array", "items": {"type": "number"}}}}},
+    "Sessions": {"type": "object", "required": ["sessions", "next"],
+                 "additionalProperties": False, "properties": {
+                     "sessions": {"type": "array",
+                                  "items": {"$ref": "#/components/schemas/SessionSummary"}},
+                     "next": {"type": ["string", "null"]}}},
+    "Session": {"type": "object", "required": ["session", "events"],
+                "additionalProperties": False, "properties": {
+                    "session": {"$ref": "#/components/schemas/SessionSummary"},
+                    "events": {"type": "array", "items": {
+                        "type": "object", "required": ["at_ms", "name", "payload"],
+                        "additionalProperties": False,
+                        "properties": {"at_ms": {"type": "number"}, "name": {"type": "string"},
+                                       "payload": {"type": "object"}}}}}},
     "ExportRequest": {"type": "object", "properties": {
         **SELECTION, "timeframe": TIMEFRAME,
         "format": {"enum": ["ndjson", "csv", "parquet"], "default": "ndjson"},
@@ -120,7 +162,7 @@ def _query(summary: str, request: str, response: str) -> dict[str, Any]:
     get = {**operation, "parameters": [
         {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
         for name in ("query", "identifier", "interval", "timeframe", "timezone",
-                     "minimum_watch_seconds", "ranges")
+                     "minimum_watch_seconds", "ranges", "limit", "cursor")
     ]}
     return {"post": operation, "get": get}
 
@@ -159,6 +201,15 @@ def document() -> dict[str, Any]:
             "/api/v1/sources": _query("Views per page per bucket", "BucketRequest", "Sources"),
             "/api/v1/watching": _query("Sessions playing now", "SelectionRequest", "Watching"),
             "/api/v1/export": _export(),
+            "/api/v1/videos": _query("Most viewed videos", "VideosRequest", "Videos"),
+            "/api/v1/sessions": _query("Sessions, newest first, paginated", "SessionsRequest",
+                                       "Sessions"),
+            "/api/v1/sessions/{session}": {"get": {
+                "summary": "One session and its raw events",
+                "parameters": [{"name": "session", "in": "path", "required": True,
+                                "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}}],
+                "responses": {"200": _answer("the session", "Session"),
+                              "404": _answer("no such session", "Error"), **ERRORS}}},
             "/api/v1/keys": {
                 "post": {"summary": "Create an ingest key",
                          "requestBody": {"required": False, "content": {"application/json": {

@@ -203,6 +203,33 @@ def engagement_query(body: dict[str, Any], now: dt.datetime) -> EngagementQuery:
     )
 
 
+def parse_limit(value: Any, default: int, maximum: int) -> int:
+    number = _number("limit", value, default, 1, maximum)
+    if number != int(number):
+        raise BadRequest("limit must be an integer")
+    return int(number)
+
+
+def parse_cursor(value: Any) -> tuple[dt.datetime, int] | None:
+    """The opaque `next` of a sessions page: "<start in µs since the epoch>.<session id>"."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"\d{1,20}\.\d{1,20}", value):
+        raise BadRequest("cursor must be the `next` value of a previous page")
+    micros, session = value.split(".")
+    try:
+        moment = dt.datetime.fromtimestamp(int(micros) / 1e6, dt.UTC)
+    except (OverflowError, ValueError, OSError):
+        raise BadRequest("cursor must be the `next` value of a previous page") from None
+    if int(session) > 2**63 - 1:
+        raise BadRequest("cursor must be the `next` value of a previous page")
+    return moment, int(session)
+
+
+def make_cursor(started_at: dt.datetime, session: int) -> str:
+    return f"{round(started_at.timestamp() * 1e6)}.{session}"
+
+
 EXPORT_FORMATS = ("ndjson", "csv", "parquet")
 
 

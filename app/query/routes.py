@@ -157,6 +157,47 @@ async def engagement(request: Request) -> Response:
 EXPORTS_AT_ONCE = 2
 
 
+async def videos(request: Request) -> Response:
+    """The selection's most viewed videos in the timeframe."""
+    body = await read_body(request)
+    q = _bucket_query(request, body)
+    limit = params.parse_limit(body.get("limit"), 20, 100)
+    rows = await _run(request, lambda conn: stats.videos(conn, q, limit))
+    return json({"videos": [{"video": r.metadata, "identifier": r.identifier, "views": r.views,
+                             "total_view_time": round(r.watch_seconds, 3)} for r in rows]})
+
+
+async def sessions(request: Request) -> Response:
+    """Sessions newest first, one page at a time (`next` is the cursor of the next page)."""
+    settings, now = request.app.state.settings, _now()
+    body = await read_body(request)
+    q = params.export_query({**body, "format": "ndjson"}, now)
+    window = params.within_retention(q.window, settings.retention_days, now)
+    limit = params.parse_limit(body.get("limit"), 50, 200)
+    before = params.parse_cursor(body.get("cursor"))
+    rows = await _run(request, lambda conn: export_store.page_of_sessions(
+        conn, q.selection, window, limit + 1, before))
+    page = rows[:limit]
+    more = len(rows) > limit
+    return json({"sessions": [s.to_dict() for s in page],
+                 "next": params.make_cursor(page[-1].started_at, page[-1].session)
+                 if more else None})
+
+
+async def one_session(request: Request) -> Response:
+    raw = request.path_params["session"]
+    if not raw.isdigit() or int(raw) > 2**63 - 1:
+        raise BadRequest("session must be a session number")
+    found = await _run(request, lambda conn: export_store.one_session(conn, int(raw)))
+    if found is None:
+        raise NotFound(f"no session {raw}")
+    summary, events = found
+    start = summary.started_at
+    return json({"session": summary.to_dict(), "events": [
+        {"at_ms": round((e.at - start).total_seconds() * 1000, 1), "name": e.name,
+         "payload": e.payload or {}} for e in events]})
+
+
 async def export(request: Request) -> Response:
     """Per-session summaries, streamed: one pooled connection and one batch in memory."""
     settings, now = request.app.state.settings, _now()
@@ -236,13 +277,17 @@ async def keys(request: Request) -> Response:
 
 
 QUERY_METHODS = ["GET", "POST"]
-QUERY_ENDPOINTS = frozenset({"plays", "engagement", "sources", "watching", "keys"})
+QUERY_ENDPOINTS = frozenset({"plays", "engagement", "sources", "watching", "keys", "videos",
+                             "sessions"})
 routes = [
     Route("/api/v1/plays", plays, methods=QUERY_METHODS),
     Route("/api/v1/engagement", engagement, methods=QUERY_METHODS),
     Route("/api/v1/sources", sources, methods=QUERY_METHODS),
     Route("/api/v1/watching", watching, methods=QUERY_METHODS),
     Route("/api/v1/export", export, methods=QUERY_METHODS),
+    Route("/api/v1/videos", videos, methods=QUERY_METHODS),
+    Route("/api/v1/sessions", sessions, methods=QUERY_METHODS),
+    Route("/api/v1/sessions/{session}", one_session, methods=["GET"]),
     Route("/api/v1/keys", keys, methods=["GET", "POST"]),
     Route("/api/v1/keys/{key:path}", revoke_key, methods=["DELETE"]),
     Route("/api/v1/openapi.json", openapi, methods=["GET"]),

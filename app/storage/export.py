@@ -152,3 +152,40 @@ async def drop_orphans(conn: asyncpg.Connection) -> None:
 
 async def pending(conn: asyncpg.Connection | asyncpg.Pool) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM export_outbox"))
+
+
+# -- session drill-down -----------------------------------------------------------------
+async def page_of_sessions(conn: asyncpg.Connection, sel: Selection, window: Window,
+                           limit: int, before: tuple[dt.datetime, int] | None,
+                           ) -> list[Summary]:
+    """Newest first; `before` is the (started_at, id) of the last session already shown."""
+    p = Params()
+    where = session_filters(sel, window, p)
+    if before is not None:
+        where.append(f"(s.started_at, s.id) < ({p.add(before[0], 'timestamptz')}, "
+                     f"{p.add(before[1], 'bigint')})")
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM sessions s JOIN videos v ON v.id = s.video_id "
+        f"WHERE {' AND '.join(where)} ORDER BY s.started_at DESC, s.id DESC "
+        f"LIMIT {p.add(limit, 'int')}", *p.values)
+    return [_summary(r) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class EventEntry:
+    at: dt.datetime
+    name: str
+    payload: Any
+
+
+async def one_session(conn: asyncpg.Connection, session_id: int,
+                      ) -> tuple[Summary, list[EventEntry]] | None:
+    """A session's summary and every stored raw event in order (None: no such session)."""
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM sessions s JOIN videos v ON v.id = s.video_id "
+        f"WHERE s.id = $1", session_id)
+    if row is None:
+        return None
+    events = await conn.fetch(
+        "SELECT at, name, payload FROM events WHERE session_id = $1 ORDER BY at", session_id)
+    return _summary(row), [EventEntry(e["at"], e["name"], e["payload"]) for e in events]

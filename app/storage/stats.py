@@ -382,3 +382,62 @@ async def watching(conn: asyncpg.Connection, sel: Selection, ttl_seconds: float)
         f"SELECT count(*) FROM playing pl WHERE {' AND '.join(where)}", *p.values
     )
     return int(value or 0)
+
+
+# -- top videos -------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class VideoTotals:
+    video_id: int
+    identifier: str | None
+    metadata: Any
+    views: int
+    watch_seconds: float
+
+
+async def videos(conn: asyncpg.Connection, q: BucketQuery, limit: int,
+                 use_rollups: bool = True) -> list[VideoTotals]:
+    """The most viewed videos of the selection in the window (views, watch seconds)."""
+    totals: dict[int, list[float]] = {}
+
+    async def raw(windows: list[Window]) -> None:
+        p = Params()
+        where = video_filter(q.selection, p, "s.video_id")
+        where.append(_window_condition(windows, p, "s.started_at"))
+        if q.selection.session is not None:
+            where.append(f"s.session_data @> {p.add(q.selection.session, 'jsonb')}")
+        where.append(f"s.watch_seconds >= {p.add(q.minimum_watch_seconds, 'float8')}")
+        for r in await conn.fetch(
+                f"SELECT s.video_id, count(*) AS n, sum(s.watch_seconds) AS w FROM sessions s "
+                f"WHERE {' AND '.join(where)} GROUP BY 1", *p.values):
+            entry = totals.setdefault(r["video_id"], [0, 0.0])
+            entry[0] += r["n"]
+            entry[1] += r["w"]
+
+    plan = bucket_rollup_plan(q) if use_rollups else None
+    if plan is None:
+        await raw([q.window])
+    else:
+        cls, inner = plan
+        p = Params()
+        where = video_filter(q.selection, p, "r.video_id")
+        where += [f"r.bucket >= {p.add(inner.start, 'timestamptz')}",
+                  f"r.bucket < {p.add(inner.end, 'timestamptz')}",
+                  f"r.class >= {p.add(cls, 'int')}"]
+        for r in await conn.fetch(
+                f"SELECT r.video_id, sum(r.sessions) AS n, sum(r.watch_seconds) AS w "
+                f"FROM rollup_plays r WHERE {' AND '.join(where)} GROUP BY 1", *p.values):
+            entry = totals.setdefault(r["video_id"], [0, 0.0])
+            entry[0] += r["n"]
+            entry[1] += r["w"]
+        edges = _edges(q.window, inner)
+        if edges:
+            await raw(edges)
+    ranked = sorted(((v, t) for v, t in totals.items() if t[0] > 0),
+                    key=lambda item: (-item[1][0], -item[1][1], item[0]))[:limit]
+    if not ranked:
+        return []
+    info = {r["id"]: r for r in await conn.fetch(
+        "SELECT id, identifier, metadata FROM videos WHERE id = ANY($1::bigint[])",
+        [v for v, _ in ranked])}
+    return [VideoTotals(v, info[v]["identifier"], info[v]["metadata"], int(t[0]), t[1])
+            for v, t in ranked]
