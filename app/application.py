@@ -23,7 +23,7 @@ from app.ingest.socket import Hub, websocket_endpoint
 from app.ingest.writer import Writer
 from app.query.routes import EXPORTS_AT_ONCE
 from app.query.routes import routes as query_routes
-from app.resources import EXAMPLES
+from app.resources import DASHBOARD, EXAMPLES
 from app.settings import Settings
 from app.storage import db, session_store, timescale
 from app.webhook import Sender
@@ -44,7 +44,8 @@ class AuthMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if (self.auth is not None and scope["type"] == "http"
-                and path.startswith(("/api/", "/metrics")) and path not in PUBLIC_PATHS):
+                and path.startswith(("/api/", "/metrics", "/dashboard"))
+                and path not in PUBLIC_PATHS):
             header = None
             for name, value in scope.get("headers", []):
                 if name == b"authorization":
@@ -88,6 +89,24 @@ def example_static(request: Request) -> Response:
     if path.parent != (EXAMPLES / "static").resolve() or not path.is_file():
         return error_response(404, f"no file {name[:60]}")
     return FileResponse(path)  # honours Range requests, so browsers can seek
+
+
+DASHBOARD_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                   ".css": "text/css; charset=utf-8", ".LICENSE": "text/plain; charset=utf-8"}
+
+
+def dashboard(request: Request) -> Response:
+    """The dashboard's page and its static files (no CDN: everything comes from here)."""
+    name = request.path_params.get("path") or "index.html"
+    path = (DASHBOARD / name).resolve()
+    suffix = path.suffix if path.suffix else path.name
+    if not path.is_relative_to(DASHBOARD.resolve()) or not path.is_file() \
+            or suffix not in DASHBOARD_TYPES:
+        return error_response(404, f"no file {name[:60]}")
+    # the page is always fresh; its modules are revalidated (they change with releases)
+    cache = "no-cache" if name == "index.html" else "public, max-age=300, must-revalidate"
+    return FileResponse(path, media_type=DASHBOARD_TYPES[suffix],
+                        headers={"Cache-Control": cache, "X-Content-Type-Options": "nosniff"})
 
 
 async def health(request: Request) -> Response:
@@ -167,6 +186,8 @@ def create_app(settings: Settings, database_url: str, example_key: str | None = 
             Route("/", example_page),
             Route("/static/{name}", example_static),
             Route("/healthz", health),
+            Route("/dashboard", dashboard),
+            Route("/dashboard/{path:path}", dashboard),
             Route("/metrics", metrics),
             WebSocketRoute("/socket/websocket", websocket_endpoint),
             *query_routes,

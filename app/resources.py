@@ -20,3 +20,4 @@ def folder(name: str) -> Path:
 MIGRATIONS = folder("migrations")
 TIMESCALE = folder("timescale")
 EXAMPLES = folder("examples")
+DASHBOARD = PACKAGE / "dashboard"  # always inside the package

@@ -19,7 +19,9 @@ from tests.conftest import ROOT, free_port
 
 RUNTIME_FILES = ("app/migrations/env.py", "app/migrations/versions/0001_initial.py",
                  "app/timescale/policies.sql", "app/examples/index.html",
-                 "app/examples/static/metrics.js", "app/examples/static/sample.webm")
+                 "app/examples/static/metrics.js", "app/examples/static/sample.webm",
+                 "app/dashboard/index.html", "app/dashboard/main.js",
+                 "app/dashboard/vendor/uPlot.iife.min.js", "app/dashboard/vendor/uPlot.LICENSE")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,105 @@
+// Small DOM helpers, panels with a CSV download, number formats, and uPlot charts.
+
+export function h(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+export const fmt = {
+  int: (n) => Math.round(n).toLocaleString("en-US"),
+  duration(seconds) {
+    if (!seconds) return "0 s";
+    if (seconds < 60) return `${seconds.toFixed(1)} s`;
+    if (seconds < 3600) return `${(seconds / 60).toFixed(1)} min`;
+    return `${(seconds / 3600).toFixed(1)} h`;
+  },
+  pct: (x) => `${(100 * x).toFixed(1)} %`,
+};
+
+export function csvText(header, rows) {
+  const cell = (v) => {
+    const s = v === null || v === undefined ? "" : String(v);
+    return /[",\n]/.test(s) ? `"${s.replaceAll('"', '""')}"` : s;
+  };
+  return [header, ...rows].map((r) => r.map(cell).join(",")).join("\n") + "\n";
+}
+
+export function download(name, header, rows) {
+  const blob = new Blob([csvText(header, rows)], { type: "text/csv" });
+  const link = h("a", { href: URL.createObjectURL(blob), download: `${name}.csv` });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+}
+
+// A card with a title, a CSV button for the rows it shows, and its content.
+export function panel(id, title, { size = "", csv = null, note = null } = {}, ...content) {
+  const button = csv && h("button", {
+    type: "button", "aria-label": `Download ${title} as CSV`,
+    onclick: () => download(id, csv.header, csv.rows),
+  }, "CSV");
+  return h("section", { class: `card ${size}`, id, "aria-labelledby": `${id}-title` },
+    h("header", {}, h("h2", { id: `${id}-title` }, title), button),
+    note && h("p", { class: "legend-note" }, note), ...content);
+}
+
+export function empty(text, link) {
+  return h("p", { class: "empty" }, text, link ? [" — ", h("a", { href: link.href }, link.text)] : "");
+}
+
+export function table(columns, rows, onRow) {
+  const head = h("tr", {}, columns.map((c) => h("th", { class: c.num ? "num" : "" }, c.title)));
+  const body = rows.map((row) => h("tr", onRow ? {
+    class: "link", tabindex: "0", onclick: () => onRow(row),
+    onkeydown: (e) => { if (e.key === "Enter") onRow(row); },
+  } : {}, columns.map((c) => h("td", { class: c.num ? "num" : "" }, c.show(row)))));
+  return h("table", {}, h("thead", {}, head), h("tbody", {}, body));
+}
+
+export function bars(counts) {
+  const entries = Object.entries(counts).filter(([, n]) => n > 0).sort((a, b) => b[1] - a[1]);
+  const top = entries.length ? entries[0][1] : 1;
+  return h("div", { class: "bars" }, h("ul", {}, entries.map(([name, n]) => h("li", {},
+    h("span", {}, name),
+    h("span", { class: "track", role: "img", "aria-label": `${name}: ${n}` },
+      h("span", { class: "fill", style: `width:${(100 * n / top).toFixed(1)}%` })),
+    h("span", { class: "n" }, fmt.int(n))))));
+}
+
+// uPlot, sized to its container; x values are seconds shown in UTC (see labelSeconds).
+export function chart(series, data, { bars: asBars = false, xTime = true, height = 240 } = {}) {
+  const box = h("div", { class: "chart", role: "img",
+    "aria-label": series.slice(1).map((s) => s.label).join(" and ") });
+  const U = window.uPlot;
+  const axes = [{ stroke: "#555b66", grid: { stroke: "#eceef1" } },
+    { stroke: "#555b66", grid: { stroke: "#eceef1" }, size: 55 }];
+  if (series.length > 2) axes.push({ side: 1, scale: "y2", stroke: "#555b66", grid: { show: false }, size: 55 });
+  const opts = {
+    width: 600, height, series: [{}, ...series.slice(1).map((s, i) => ({
+      label: s.label, stroke: i ? "#e0782d" : "#3157d5", width: 2,
+      fill: i ? undefined : "rgba(49,87,213,0.12)", scale: i ? "y2" : "y",
+      paths: asBars && !i ? U.paths.bars({ size: [0.7, 40] }) : undefined,
+      points: { show: !asBars },
+    }))],
+    scales: { x: { time: xTime }, y: { range: (u, min, max) => [0, Math.max(1, max)] } },
+    axes,
+    tzDate: (ts) => U.tzDate(new Date(ts * 1e3), "Etc/UTC"),
+    legend: { live: false },
+  };
+  if (series.length > 2) opts.scales.y2 = { range: (u, min, max) => [0, Math.max(1, max)] };
+  const plot = new U(opts, data, box);
+  const fit = () => plot.setSize({ width: Math.max(240, box.clientWidth), height });
+  new ResizeObserver(fit).observe(box);
+  requestAnimationFrame(fit);
+  return box;
+}
