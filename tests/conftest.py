@@ -28,7 +28,9 @@ from app.storage.embedded import EmbeddedPostgres
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "test-secret"
 AUTH = ("admin", PASSWORD)
-TABLES = ("export_outbox", "playing", "events", "watch_intervals", "sessions", "videos", "ingest_keys")
+TABLES = ("rollup_plays", "rollup_sources", "rollup_engagement", "rollup_key_plays",
+          "rollup_key_sources", "export_outbox", "playing", "events", "watch_intervals",
+          "sessions", "videos", "ingest_keys")
 
 
 def free_port() -> int:

@@ -10,7 +10,9 @@ subtracts what it contributed, adds what it contributes now, and upserts the sum
   browser / platform / device. The watch class is how many of WATCH_BOUNDS the session's
   watch time reaches, so `minimum_watch_seconds` = 0 or any bound is answered exactly;
   other thresholds use the raw path.
-- rollup_sources (video, bucket, page, watch class): sessions.
+- rollup_sources (video, bucket, page): sessions reaching each watch class, cumulatively
+  (`reached[k]`: sessions whose class is at least k), so one row answers any exact
+  threshold.
 - rollup_engagement (video, bucket, ranges, duration): sessions and, per range of the
   video's timeline cut into `ranges` equal parts, the sessions that watched any of it —
   computed with exactly the arithmetic of the raw engagement query, for the durations
@@ -40,6 +42,7 @@ ENGAGEMENT_RANGES = (10, 20, 50, 100)
 UNKNOWN_DURATION = -1.0
 BREAKDOWN_COLUMNS = ([f"browser_{b}" for b in BROWSERS] + [f"platform_{p}" for p in PLATFORMS]
                      + [f"device_{d}" for d in DEVICES])
+REACHED_COLUMNS = [f"reached_{k}" for k in range(1 + len(WATCH_BOUNDS))]
 _BROWSER_AT = {b: i for i, b in enumerate(BROWSERS)}
 _PLATFORM_AT = {p: len(BROWSERS) + i for i, p in enumerate(PLATFORMS)}
 _DEVICE_AT = {d: len(BROWSERS) + len(PLATFORMS) + i for i, d in enumerate(DEVICES)}
@@ -108,6 +111,7 @@ def covered_ranges(islands: list[float], length: float, ranges: int) -> set[int]
 class State:
     """What one session contributes to the rollups."""
 
+    key: str
     video_id: int
     started_at: dt.datetime
     browser: str
@@ -125,26 +129,37 @@ class Deltas:
     def __init__(self) -> None:
         # keys: (video id, bucket start in epoch seconds, ...)
         self.plays: dict[tuple[int, float, int], list[float]] = {}
-        self.sources: dict[tuple[int, float, str, int], int] = {}
+        self.sources: dict[tuple[int, float, str], list[int]] = {}
         self.engagement: dict[tuple[int, float, int, float], list[int]] = {}
+        # the same per ingest key: (key, bucket, ...)
+        self.key_plays: dict[tuple[str, float, int], list[float]] = {}
+        self.key_sources: dict[tuple[str, float, str], list[int]] = {}
 
     def add(self, s: State, sign: int) -> None:
         # hot in bulk loads: keys hold the bucket as epoch seconds (a datetime at write time)
         moment = s.started_at.timestamp()
         bucket = moment - moment % GRAIN_SECONDS
         cls = bisect.bisect_right(WATCH_BOUNDS, s.watch_seconds)
-        key = (s.video_id, bucket, cls)
-        plays = self.plays.get(key)
-        if plays is None:
-            plays = self.plays[key] = [0.0] * (2 + len(BREAKDOWN_COLUMNS))
-        plays[0] += sign
-        plays[1] += sign * s.watch_seconds
-        plays[2 + _BROWSER_AT.get(s.browser, _BROWSER_AT["other"])] += sign
-        plays[2 + _PLATFORM_AT.get(s.platform, _PLATFORM_AT["other"])] += sign
-        plays[2 + _DEVICE_AT.get(s.device, _DEVICE_AT["other"])] += sign
+        columns = (2 + _BROWSER_AT.get(s.browser, _BROWSER_AT["other"]),
+                   2 + _PLATFORM_AT.get(s.platform, _PLATFORM_AT["other"]),
+                   2 + _DEVICE_AT.get(s.device, _DEVICE_AT["other"]))
+        for table, key in ((self.plays, (s.video_id, bucket, cls)),
+                           (self.key_plays, (s.key, bucket, cls))):
+            plays = table.get(key)  # type: ignore[attr-defined]
+            if plays is None:
+                plays = table[key] = [0.0] * (2 + len(BREAKDOWN_COLUMNS))  # type: ignore[index]
+            plays[0] += sign
+            plays[1] += sign * s.watch_seconds
+            for column in columns:
+                plays[column] += sign
         if s.page is not None:
-            page_key = (s.video_id, bucket, s.page, cls)
-            self.sources[page_key] = self.sources.get(page_key, 0) + sign
+            for table, key in ((self.sources, (s.video_id, bucket, s.page)),  # type: ignore
+                               (self.key_sources, (s.key, bucket, s.page))):
+                reached = table.get(key)  # type: ignore[attr-defined]
+                if reached is None:
+                    reached = table[key] = [0] * (1 + len(WATCH_BOUNDS))  # type: ignore[index]
+                for k in range(cls + 1):
+                    reached[k] += sign
         duration = s.duration if s.duration is not None and s.duration > 0 else None
         islands = s.islands
         for ranges in ENGAGEMENT_RANGES:
@@ -166,7 +181,8 @@ class Deltas:
                     entry[1 + index] += sign
 
     def __len__(self) -> int:
-        return len(self.plays) + len(self.sources) + len(self.engagement)
+        return len(self.plays) + len(self.sources) + len(self.engagement) \
+            + len(self.key_plays) + len(self.key_sources)
 
     def change(self, old: State | None, new: State) -> None:
         if old == new:
@@ -177,38 +193,10 @@ class Deltas:
 
     async def write(self, conn: asyncpg.Connection) -> None:
         """Upsert the non-zero deltas (in key order, so concurrent writers never deadlock)."""
-        plays = sorted((k, v) for k, v in self.plays.items()
-                       if any(v[i] for i in range(len(v)) if i != 1) or v[1])
-        if plays:
-            sets = ", ".join(f"{c} = r.{c} + EXCLUDED.{c}" for c in BREAKDOWN_COLUMNS)
-            casts = ", ".join(f"${6 + i}::int[]" for i in range(len(BREAKDOWN_COLUMNS)))
-            await conn.execute(
-                f"""
-                INSERT INTO rollup_plays AS r (video_id, bucket, class, sessions, watch_seconds,
-                                               {', '.join(BREAKDOWN_COLUMNS)})
-                SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::smallint[],
-                                     $4::int[], $5::float8[], {casts})
-                ON CONFLICT (video_id, bucket, class) DO UPDATE SET
-                    sessions = r.sessions + EXCLUDED.sessions,
-                    watch_seconds = r.watch_seconds + EXCLUDED.watch_seconds, {sets}
-                """,
-                [k[0] for k, _ in plays], [_at(k[1]) for k, _ in plays], [k[2] for k, _ in plays],
-                [int(v[0]) for _, v in plays], [v[1] for _, v in plays],
-                *[[int(v[2 + i]) for _, v in plays] for i in range(len(BREAKDOWN_COLUMNS))],
-            )
-        sources = sorted((k, v) for k, v in self.sources.items() if v)
-        if sources:
-            await conn.execute(
-                """
-                INSERT INTO rollup_sources AS r (video_id, bucket, page, class, sessions)
-                SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::text[],
-                                     $4::smallint[], $5::int[])
-                ON CONFLICT (video_id, bucket, page, class) DO UPDATE SET
-                    sessions = r.sessions + EXCLUDED.sessions
-                """,
-                [k[0] for k, _ in sources], [_at(k[1]) for k, _ in sources],
-                [k[2] for k, _ in sources], [k[3] for k, _ in sources], [v for _, v in sources],
-            )
+        await _write_plays(conn, "rollup_plays", "video_id", "bigint", self.plays)
+        await _write_plays(conn, "rollup_key_plays", "key", "text", self.key_plays)
+        await _write_sources(conn, "rollup_sources", "video_id", "bigint", self.sources)
+        await _write_sources(conn, "rollup_key_sources", "key", "text", self.key_sources)
         engagement = sorted((k, v) for k, v in self.engagement.items() if any(v))
         if engagement:
             await conn.execute(
@@ -231,9 +219,51 @@ class Deltas:
             )
 
 
+async def _write_plays(conn: asyncpg.Connection, table: str, owner: str, owner_type: str,
+                       deltas: dict[Any, list[float]]) -> None:
+    items = sorted((k, v) for k, v in deltas.items()
+                   if any(v[i] for i in range(len(v)) if i != 1) or v[1])
+    if not items:
+        return
+    sets = ", ".join(f"{c} = r.{c} + EXCLUDED.{c}" for c in BREAKDOWN_COLUMNS)
+    casts = ", ".join(f"${6 + i}::int[]" for i in range(len(BREAKDOWN_COLUMNS)))
+    await conn.execute(
+        f"""
+        INSERT INTO {table} AS r ({owner}, bucket, class, sessions, watch_seconds,
+                                  {', '.join(BREAKDOWN_COLUMNS)})
+        SELECT * FROM unnest($1::{owner_type}[], $2::timestamptz[], $3::smallint[],
+                             $4::int[], $5::float8[], {casts})
+        ON CONFLICT ({owner}, bucket, class) DO UPDATE SET
+            sessions = r.sessions + EXCLUDED.sessions,
+            watch_seconds = r.watch_seconds + EXCLUDED.watch_seconds, {sets}
+        """,
+        [k[0] for k, _ in items], [_at(k[1]) for k, _ in items], [k[2] for k, _ in items],
+        [int(v[0]) for _, v in items], [v[1] for _, v in items],
+        *[[int(v[2 + i]) for _, v in items] for i in range(len(BREAKDOWN_COLUMNS))],
+    )
+
+
+async def _write_sources(conn: asyncpg.Connection, table: str, owner: str, owner_type: str,
+                         deltas: dict[Any, list[int]]) -> None:
+    items = sorted((k, v) for k, v in deltas.items() if any(v))
+    if not items:
+        return
+    sets = ", ".join(f"{c} = r.{c} + EXCLUDED.{c}" for c in REACHED_COLUMNS)
+    casts = ", ".join(f"${4 + i}::int[]" for i in range(len(REACHED_COLUMNS)))
+    await conn.execute(
+        f"""
+        INSERT INTO {table} AS r ({owner}, bucket, page, {', '.join(REACHED_COLUMNS)})
+        SELECT * FROM unnest($1::{owner_type}[], $2::timestamptz[], $3::text[], {casts})
+        ON CONFLICT ({owner}, bucket, page) DO UPDATE SET {sets}
+        """,
+        [k[0] for k, _ in items], [_at(k[1]) for k, _ in items], [k[2] for k, _ in items],
+        *[[v[i] for _, v in items] for i in range(len(REACHED_COLUMNS))],
+    )
+
+
 def state_of(row: Any) -> State:
     """A State from a stored sessions row (id, started_at, video_id, browser, ...)."""
-    return State(row["video_id"], row["started_at"], row["browser"], row["platform"],
+    return State(row["key"], row["video_id"], row["started_at"], row["browser"], row["platform"],
                  row["device"], row["page"], row["watch_seconds"], row["duration"],
                  tuple(row["islands"] or ()))
 
@@ -249,18 +279,19 @@ async def backfill(conn: asyncpg.Connection, progress: Any = None, chunk: int = 
     walked = 0
     async with conn.transaction():
         await conn.execute("LOCK TABLE sessions IN SHARE MODE")
-        await conn.execute("TRUNCATE rollup_plays, rollup_sources, rollup_engagement")
+        await conn.execute("TRUNCATE rollup_plays, rollup_sources, rollup_engagement, "
+                           "rollup_key_plays, rollup_key_sources")
         total = await conn.fetchval("SELECT count(*) FROM sessions")
         if progress is not None:
             progress.reset(total=total)
         cursor = await conn.cursor(
             """
-            SELECT s.id, s.started_at, s.video_id, s.browser, s.platform, s.device, s.page,
-                   s.watch_seconds, s.duration,
+            SELECT s.id, s.started_at, s.video_id, v.key, s.browser, s.platform, s.device,
+                   s.page, s.watch_seconds, s.duration,
                    ARRAY(SELECT ARRAY[i.media_from, i.media_to] FROM watch_intervals i
                           WHERE i.session_id = s.id AND i.session_started_at = s.started_at)
                        AS spans
-              FROM sessions s
+              FROM sessions s JOIN videos v ON v.id = s.video_id
             """)
         while rows := await cursor.fetch(chunk):
             deltas = Deltas()
@@ -268,7 +299,8 @@ async def backfill(conn: asyncpg.Connection, progress: Any = None, chunk: int = 
             for r in rows:
                 merged = merge_islands(None, [(a, b) for a, b in r["spans"] or []])
                 islands.append("{" + ",".join(map(repr, merged)) + "}")
-                deltas.add(State(r["video_id"], r["started_at"], r["browser"], r["platform"],
+                deltas.add(State(r["key"], r["video_id"], r["started_at"], r["browser"],
+                                 r["platform"],
                                  r["device"], r["page"], r["watch_seconds"], r["duration"],
                                  tuple(merged)), +1)
             await conn.execute(
@@ -282,5 +314,6 @@ async def backfill(conn: asyncpg.Connection, progress: Any = None, chunk: int = 
             if progress is not None:
                 progress.update(len(rows))
         await conn.execute("UPDATE rollup_state SET done_at = now() WHERE name = 'backfill'")
-    await conn.execute("ANALYZE rollup_plays, rollup_sources, rollup_engagement")
+    await conn.execute("ANALYZE rollup_plays, rollup_sources, rollup_engagement, "
+                       "rollup_key_plays, rollup_key_sources")
     return walked

@@ -195,11 +195,12 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
         # the stored state of these sessions: what they contribute to the rollups now
         old = {r["id"]: r for r in await conn.fetch(
             """
-            SELECT s.id, s.started_at, s.video_id, s.browser, s.platform, s.device, s.page,
-                   s.watch_seconds, s.duration, s.islands
+            SELECT s.id, s.started_at, s.video_id, v.key, s.browser, s.platform, s.device,
+                   s.page, s.watch_seconds, s.duration, s.islands
               FROM sessions s
               JOIN unnest($1::bigint[], $2::timestamptz[]) AS u(id, t)
                 ON s.id = u.id AND s.started_at = u.t
+              JOIN videos v ON v.id = s.video_id
             """, [r.id for r in rows], [r.started_at for r in rows])}
         spans: dict[int, list[tuple[float, float]]] = {}
         for i in intervals:
@@ -212,7 +213,7 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
                                            spans.get(r.id, ()))
             islands.append("{" + ",".join(map(repr, merged)) + "}")
             deltas.change(rollups.state_of(before) if before else None, rollups.State(
-                vid(r.video), r.started_at, r.browser, r.platform, r.device, r.page,
+                r.video.key, vid(r.video), r.started_at, r.browser, r.platform, r.device, r.page,
                 r.watch_seconds, r.duration, tuple(merged)))
         await conn.execute(
             """
@@ -297,8 +298,9 @@ async def copy_rows(conn: asyncpg.Connection, ids: dict[tuple[str, str], int],
     for s in sessions:
         merged = rollups.merge_islands(None, spans.get(s.id, ()))
         video_id = vid(s.video)
-        deltas.add(rollups.State(video_id, s.started_at, s.browser, s.platform, s.device,
-                                 s.page, s.watch_seconds, s.duration, tuple(merged)), +1)
+        deltas.add(rollups.State(s.video.key, video_id, s.started_at, s.browser, s.platform,
+                                 s.device, s.page, s.watch_seconds, s.duration, tuple(merged)),
+                   +1)
         records.append((s.id, s.started_at, video_id, s.ended_at, s.browser, s.platform,
                         s.device, s.page, s.session_data, s.duration, s.watch_seconds,
                         s.furthest, merged))
@@ -323,7 +325,8 @@ async def apply_retention(pool: asyncpg.Pool, days: int, raw_event_days: int) ->
             await conn.execute("DELETE FROM sessions "
                                "WHERE started_at < now() - make_interval(days => $1)", days)
             # rollup buckets wholly before the horizon (the query clamps to it anyway)
-            for table in ("rollup_plays", "rollup_sources", "rollup_engagement"):
+            for table in ("rollup_plays", "rollup_sources", "rollup_engagement",
+                          "rollup_key_plays", "rollup_key_sources"):
                 await conn.execute(
                     f"DELETE FROM {table} WHERE bucket < now() - make_interval(days => $1) "
                     "- interval '15 minutes'", days)

@@ -112,6 +112,14 @@ def bucket_rollup_plan(q: BucketQuery) -> tuple[int, Window] | None:
     return cls, inner
 
 
+def _rollup_scope(sel: Selection, p: Params, kind: str) -> tuple[str, list[str]]:
+    """The rollup table and condition for a selection: the per-key table when the whole
+    key is selected (a few rows per bucket), else the per-video table."""
+    if sel.key is not None and sel.video is None and sel.identifier is None:
+        return f"rollup_key_{kind}", [f"r.key = {p.add(sel.key, 'text')}"]
+    return f"rollup_{kind}", video_filter(sel, p, "r.video_id")
+
+
 # -- plays ------------------------------------------------------------------------------
 @dataclass(slots=True)
 class PlaysBucket:
@@ -165,7 +173,7 @@ async def _plays_rollup(conn: asyncpg.Connection, q: BucketQuery, timescale: boo
                         inner: Window, into: dict[dt.datetime, PlaysBucket]) -> None:
     p = Params()
     bucket = _bucket(q, p, timescale, "r.bucket")
-    where = video_filter(q.selection, p, "r.video_id")
+    table, where = _rollup_scope(q.selection, p, "plays")
     where.append(f"r.bucket >= {p.add(inner.start, 'timestamptz')}")
     where.append(f"r.bucket < {p.add(inner.end, 'timestamptz')}")
     where.append(f"r.class >= {p.add(cls, 'int')}")
@@ -174,7 +182,7 @@ async def _plays_rollup(conn: asyncpg.Connection, q: BucketQuery, timescale: boo
         f"""
         SELECT {bucket} AS bucket, sum(r.sessions) AS views, sum(r.watch_seconds) AS watch,
                {sums}
-          FROM rollup_plays r
+          FROM {table} r
          WHERE {' AND '.join(where)}
          GROUP BY 1
         HAVING sum(r.sessions) > 0
@@ -233,13 +241,13 @@ async def sources(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
         cls, inner = plan
         p = Params()
         bucket = _bucket(q, p, timescale, "r.bucket")
-        where = video_filter(q.selection, p, "r.video_id")
+        table, where = _rollup_scope(q.selection, p, "sources")
         where.append(f"r.bucket >= {p.add(inner.start, 'timestamptz')}")
         where.append(f"r.bucket < {p.add(inner.end, 'timestamptz')}")
-        where.append(f"r.class >= {p.add(cls, 'int')}")
+        reached = rollups.REACHED_COLUMNS[cls]  # a constant column name, not user text
         for r in await conn.fetch(
-                f"SELECT {bucket} AS bucket, r.page, sum(r.sessions) AS views "
-                f"FROM rollup_sources r WHERE {' AND '.join(where)} GROUP BY 1, 2", *p.values):
+                f"SELECT {bucket} AS bucket, r.page, sum(r.{reached}) AS views "
+                f"FROM {table} r WHERE {' AND '.join(where)} GROUP BY 1, 2", *p.values):
             key = (r["bucket"], r["page"])
             counts[key] = counts.get(key, 0) + int(r["views"])
         edges = _edges(q.window, inner)

@@ -26,7 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
-from app.storage.rollups import BREAKDOWN_COLUMNS
+from app.storage.rollups import BREAKDOWN_COLUMNS, REACHED_COLUMNS
 
 metadata = MetaData()
 
@@ -154,9 +154,30 @@ rollup_sources = Table(
     Column("video_id", BigInteger, nullable=False),
     Column("bucket", DateTime(timezone=True), nullable=False),
     Column("page", Text, nullable=False),
+    *[Column(c, Integer, nullable=False, server_default=text("0")) for c in REACHED_COLUMNS],
+    PrimaryKeyConstraint("video_id", "bucket", "page", name="rollup_sources_pkey"),
+)
+
+rollup_key_plays = Table(
+    "rollup_key_plays",
+    metadata,
+    Column("key", Text, nullable=False),
+    Column("bucket", DateTime(timezone=True), nullable=False),
     Column("class", SmallInteger, nullable=False),
     Column("sessions", Integer, nullable=False),
-    PrimaryKeyConstraint("video_id", "bucket", "page", "class", name="rollup_sources_pkey"),
+    Column("watch_seconds", Float, nullable=False),
+    *[Column(c, Integer, nullable=False, server_default=text("0")) for c in BREAKDOWN_COLUMNS],
+    PrimaryKeyConstraint("key", "bucket", "class", name="rollup_key_plays_pkey"),
+)
+
+rollup_key_sources = Table(
+    "rollup_key_sources",
+    metadata,
+    Column("key", Text, nullable=False),
+    Column("bucket", DateTime(timezone=True), nullable=False),
+    Column("page", Text, nullable=False),
+    *[Column(c, Integer, nullable=False, server_default=text("0")) for c in REACHED_COLUMNS],
+    PrimaryKeyConstraint("key", "bucket", "page", name="rollup_key_sources_pkey"),
 )
 
 rollup_engagement = Table(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from app.storage.rollups import BREAKDOWN_COLUMNS
+from app.storage.rollups import BREAKDOWN_COLUMNS, REACHED_COLUMNS
 
 revision = "0003"
 down_revision = "0002"
@@ -43,10 +43,32 @@ def upgrade() -> None:
         sa.Column("video_id", sa.BigInteger, nullable=False),
         sa.Column("bucket", TZ, nullable=False),
         sa.Column("page", sa.Text, nullable=False),
+        *[sa.Column(c, sa.Integer, nullable=False, server_default=sa.text("0"))
+          for c in REACHED_COLUMNS],
+        sa.PrimaryKeyConstraint("video_id", "bucket", "page",
+                                name="rollup_sources_pkey"),
+    )
+    # the same per ingest key (all its videos): what a key-wide question reads
+    op.create_table(
+        "rollup_key_plays",
+        sa.Column("key", sa.Text, nullable=False),
+        sa.Column("bucket", TZ, nullable=False),
         sa.Column("class", sa.SmallInteger, nullable=False),
         sa.Column("sessions", sa.Integer, nullable=False),
-        sa.PrimaryKeyConstraint("video_id", "bucket", "page", "class",
-                                name="rollup_sources_pkey"),
+        sa.Column("watch_seconds", sa.Float, nullable=False),
+        *[sa.Column(c, sa.Integer, nullable=False, server_default=sa.text("0"))
+          for c in BREAKDOWN_COLUMNS],
+        sa.PrimaryKeyConstraint("key", "bucket", "class", name="rollup_key_plays_pkey"),
+    )
+    op.create_table(
+        "rollup_key_sources",
+        sa.Column("key", sa.Text, nullable=False),
+        sa.Column("bucket", TZ, nullable=False),
+        sa.Column("page", sa.Text, nullable=False),
+        *[sa.Column(c, sa.Integer, nullable=False, server_default=sa.text("0"))
+          for c in REACHED_COLUMNS],
+        sa.PrimaryKeyConstraint("key", "bucket", "page",
+                                name="rollup_key_sources_pkey"),
     )
     op.create_table(
         "rollup_engagement",
@@ -68,6 +90,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("rollup_state", "rollup_engagement", "rollup_sources", "rollup_plays"):
+    for table in ("rollup_state", "rollup_engagement", "rollup_key_sources",
+                  "rollup_key_plays", "rollup_sources", "rollup_plays"):
         op.drop_table(table)
     op.drop_column("sessions", "islands")
