@@ -42,7 +42,7 @@ class Settings:
     flush_max_rows: int = 2000
     # retention (days; 0 = keep forever)
     retention_days: int = 0
-    raw_events_retention_days: int = 90
+    raw_events_retention_days: int = 30
     compress_after_days: int = 7
     # presence
     watching_ttl_seconds: float = 30.0
@@ -149,7 +149,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         flush_interval_ms=_float(env, "METRICS_FLUSH_INTERVAL_MS", 5.0),
         flush_max_rows=_int(env, "METRICS_FLUSH_MAX_ROWS", 2000, minimum=1),
         retention_days=_int(env, "METRICS_RETENTION_DAYS", 0),
-        raw_events_retention_days=_int(env, "METRICS_RAW_EVENTS_RETENTION_DAYS", 90),
+        raw_events_retention_days=_int(env, "METRICS_RAW_EVENTS_RETENTION_DAYS", 30),
         compress_after_days=_int(env, "METRICS_COMPRESS_AFTER_DAYS", 7, minimum=1),
         watching_ttl_seconds=_float(env, "METRICS_WATCHING_TTL_SECONDS", 30.0),
         key_refresh_seconds=_float(env, "METRICS_KEY_REFRESH_SECONDS", 0.5),

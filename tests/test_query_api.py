@@ -114,6 +114,7 @@ async def test_plays_buckets_thresholds_and_breakdowns(api: httpx.Client, data: 
         "browser": {**zero(BROWSERS), "chrome": 1, "safari": 1},
         "device_type": {**zero(DEVICES), "desktop": 1, "mobile": 1},
         "platform": {**zero(PLATFORMS), "mac": 1, "ios": 1},
+        "impressions": 0, "play_rate": None,
     }
     assert views[1]["views"] == 1 and views[1]["device_type"]["tablet"] == 1
 

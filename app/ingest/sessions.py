@@ -19,6 +19,7 @@ from app.ingest.agents import Device
 from app.storage.session_store import (
     Ended,
     EventRow,
+    Impression,
     IntervalRow,
     Op,
     Presence,
@@ -237,6 +238,11 @@ class ViewingSession:
         client sent at join, each buffered pre-play event, and a fixed overhead."""
         return SESSION_OVERHEAD_BYTES + self.join.size + PREPLAY_EVENT_BYTES * len(self.preplay)
 
+    def impression(self, now: dt.datetime) -> Impression:
+        """The join itself: this video was loaded on a page."""
+        return Impression(self.join.video, now, self.device.browser, self.device.platform,
+                          self.device.device, self.join.page, self.join.session_data)
+
     def stop_presence(self) -> Presence:
         """Stop counting the session as playing, writing nothing else (key revoked)."""
         assert self.row is not None
@@ -281,6 +287,8 @@ class ViewingSession:
             ops.append(Presence(self.row.id, self.row.video, self.row.started_at, True))
         elif name in ("pause", "ended") and self.open is not None:
             ops.extend(self._close(now, _position(payload, "to") if "to" in payload else None))
+        if name == "ended" and self.row is not None:
+            self.row.ended = True
         if self.row is None:
             if len(self.preplay) < MAX_PREPLAY_EVENTS:
                 self.preplay.append((now, name, extra))

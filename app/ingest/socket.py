@@ -221,6 +221,20 @@ class Connection:
             return await self._refuse(frame, "memory_budget",
                                       "server is at its session memory limit, try again later")
         self.channels[frame.topic] = (frame.join_ref, session)
+        # the join is an impression: acknowledged once it is committed, like every event
+        future = self.hub.writer.submit([session.impression(_now())])
+        task = asyncio.create_task(self._ack_join(frame, future))
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    async def _ack_join(self, frame: protocol.Frame, future: asyncio.Future[None]) -> None:
+        try:
+            await future
+        except WriteFailed as exc:
+            joined = self.channels.get(frame.topic)
+            if joined is not None and joined[0] == frame.join_ref:
+                self.hub.release(self.channels.pop(frame.topic)[1].cost)
+            return await self._refuse(frame, "write_failed", str(exc))
         await self.send(protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic))
 
     async def event(self, frame: protocol.Frame, session: ViewingSession) -> None:

@@ -97,7 +97,7 @@ SCHEMAS: dict[str, Any] = {
               "properties": {"views": {"type": "array", "items": {
                   "type": "object", "additionalProperties": False,
                   "required": ["interval", "views", "total_view_time", "browser",
-                               "device_type", "platform"],
+                               "device_type", "platform", "impressions", "play_rate"],
                   "properties": {
                       "interval": LABEL,
                       "views": {"type": "integer", "minimum": 0},
@@ -105,7 +105,34 @@ SCHEMAS: dict[str, Any] = {
                       "browser": _counts(BROWSERS),
                       "device_type": _counts(DEVICES),
                       "platform": _counts(PLATFORMS),
+                      "impressions": {"type": "integer", "minimum": 0,
+                                      "description": "joins (page loads of the video), played "
+                                                     "or not, in this bucket"},
+                      "play_rate": {"type": ["number", "null"], "minimum": 0,
+                                    "description": "views / impressions; null without "
+                                                   "impressions"},
                   }}}}},
+    "Completion": {"type": "object", "required": ["completion"], "additionalProperties": False,
+                   "properties": {"completion": {"type": "array", "items": {
+                       "allOf": [{"$ref": "#/components/schemas/CompletionFigures"}],
+                       "type": "object", "required": ["interval", "device_type"],
+                       "properties": {"interval": LABEL, "device_type": {
+                           "type": "object", "required": list(DEVICES),
+                           "properties": {d: {"$ref": "#/components/schemas/CompletionFigures"}
+                                          for d in DEVICES}}}}}}},
+    "CompletionFigures": {"type": "object", "required": [
+        "views", "views_with_duration", "reached", "finishes", "finish_rate",
+        "average_percent_watched"], "properties": {
+        "views": {"type": "integer", "minimum": 0},
+        "views_with_duration": {"type": "integer", "minimum": 0},
+        "reached": {"type": "object", "required": ["25", "50", "75", "95", "100"],
+                    "additionalProperties": False,
+                    "properties": {m: {"type": "integer", "minimum": 0}
+                                   for m in ("25", "50", "75", "95", "100")}},
+        "finishes": {"type": "integer", "minimum": 0},
+        "finish_rate": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+        "average_percent_watched": {"type": ["number", "null"], "minimum": 0,
+                                    "maximum": 100}}},
     "Engagement": {"type": "object", "required": ["engagement"], "additionalProperties": False,
                    "properties": {"engagement": {"type": "array", "items": {
                        "type": "object", "additionalProperties": False,
@@ -198,6 +225,8 @@ def document() -> dict[str, Any]:
             "/api/v1/plays": _query("Views per bucket with breakdowns", "BucketRequest", "Plays"),
             "/api/v1/engagement": _query("Viewers per part of the timeline",
                                          "EngagementRequest", "Engagement"),
+            "/api/v1/completion": _query("How far views got: milestones, finishes, average "
+                                         "percent watched", "BucketRequest", "Completion"),
             "/api/v1/sources": _query("Views per page per bucket", "BucketRequest", "Sources"),
             "/api/v1/watching": _query("Sessions playing now", "SelectionRequest", "Watching"),
             "/api/v1/export": _export(),

@@ -145,6 +145,13 @@ async def sources(request: Request) -> Response:
     return await json_off_loop(len(rows), lambda: shapes.sources(rows))
 
 
+async def completion(request: Request) -> Response:
+    q = _bucket_query(request, await read_body(request))
+    ts = request.app.state.timescale
+    buckets = await _run(request, lambda conn: stats.completion(conn, q, ts))
+    return await json_off_loop(len(buckets), lambda: shapes.completion(buckets))
+
+
 async def engagement(request: Request) -> Response:
     settings, now = request.app.state.settings, _now()
     q = params.engagement_query(await read_body(request), now)
@@ -278,10 +285,11 @@ async def keys(request: Request) -> Response:
 
 QUERY_METHODS = ["GET", "POST"]
 QUERY_ENDPOINTS = frozenset({"plays", "engagement", "sources", "watching", "keys", "videos",
-                             "sessions"})
+                             "sessions", "completion"})
 routes = [
     Route("/api/v1/plays", plays, methods=QUERY_METHODS),
     Route("/api/v1/engagement", engagement, methods=QUERY_METHODS),
+    Route("/api/v1/completion", completion, methods=QUERY_METHODS),
     Route("/api/v1/sources", sources, methods=QUERY_METHODS),
     Route("/api/v1/watching", watching, methods=QUERY_METHODS),
     Route("/api/v1/export", export, methods=QUERY_METHODS),

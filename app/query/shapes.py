@@ -6,8 +6,8 @@ import datetime as dt
 from typing import Any
 
 from app.model import BROWSERS, DEVICES, PLATFORMS
-from app.storage.rollups import BREAKDOWN_COLUMNS
-from app.storage.stats import PlaysBucket
+from app.storage.rollups import BREAKDOWN_COLUMNS, COMPLETION_COLUMNS, MILESTONES
+from app.storage.stats import CompletionCounts, PlaysBucket
 
 
 def label(bucket: dt.datetime) -> str:
@@ -29,8 +29,37 @@ def plays(buckets: list[PlaysBucket]) -> dict[str, Any]:
             "browser": {x: counts[f"browser_{x}"] for x in BROWSERS},
             "device_type": {x: counts[f"device_{x}"] for x in DEVICES},
             "platform": {x: counts[f"platform_{x}"] for x in PLATFORMS},
+            "impressions": b.impressions,
+            "play_rate": round(b.views / b.impressions, 4) if b.impressions else None,
         })
     return {"views": views}
+
+
+def _completion_figures(values: list[float]) -> dict[str, Any]:
+    n = len(COMPLETION_COLUMNS)
+    counts = dict(zip(COMPLETION_COLUMNS, (int(v) for v in values[:n]), strict=True))
+    known = counts["known"]
+    return {
+        "views": counts["views"],
+        "views_with_duration": known,
+        "reached": {str(m): counts[f"reached_{m}"] for m in MILESTONES},
+        "finishes": counts["finishes"],
+        "finish_rate": round(counts["finishes"] / known, 4) if known else None,
+        "average_percent_watched": round(100 * values[n] / known, 2) if known else None,
+    }
+
+
+def completion(buckets: dict[dt.datetime, dict[str, CompletionCounts]]) -> dict[str, Any]:
+    out = []
+    for bucket, devices in buckets.items():
+        total = [0.0] * (len(COMPLETION_COLUMNS) + 1)
+        for counts in devices.values():
+            total = [a + b for a, b in zip(total, counts.values, strict=True)]
+        empty = [0.0] * (len(COMPLETION_COLUMNS) + 1)
+        out.append({"interval": label(bucket), **_completion_figures(total),
+                    "device_type": {d: _completion_figures(
+                        devices[d].values if d in devices else empty) for d in DEVICES}})
+    return {"completion": out}
 
 
 def sources(rows: list[tuple[dt.datetime, str, int]]) -> dict[str, Any]:

@@ -43,6 +43,13 @@ UNKNOWN_DURATION = -1.0
 BREAKDOWN_COLUMNS = ([f"browser_{b}" for b in BROWSERS] + [f"platform_{p}" for p in PLATFORMS]
                      + [f"device_{d}" for d in DEVICES])
 REACHED_COLUMNS = [f"reached_{k}" for k in range(1 + len(WATCH_BOUNDS))]
+ROLLUP_TABLES = ("rollup_plays", "rollup_sources", "rollup_engagement", "rollup_key_plays",
+                 "rollup_key_sources", "rollup_impressions", "rollup_key_impressions",
+                 "rollup_completion", "rollup_key_completion")
+# completion per (owner, bucket, watch class, device): views, views whose duration is known,
+# views that reached 25/50/75/95/100 % of it, finishes; plus the sum of % watched
+MILESTONES = (25, 50, 75, 95, 100)
+COMPLETION_COLUMNS = ["views", "known", *[f"reached_{m}" for m in MILESTONES], "finishes"]
 _BROWSER_AT = {b: i for i, b in enumerate(BROWSERS)}
 _PLATFORM_AT = {p: len(BROWSERS) + i for i, p in enumerate(PLATFORMS)}
 _DEVICE_AT = {d: len(BROWSERS) + len(PLATFORMS) + i for i, d in enumerate(DEVICES)}
@@ -121,6 +128,13 @@ class State:
     watch_seconds: float
     duration: float | None
     islands: tuple[float, ...]
+    furthest: float = 0.0
+    ended: bool = False
+
+    @property
+    def distinct_seconds(self) -> float:
+        """Seconds of distinct media watched (the islands' total length)."""
+        return sum(self.islands[i + 1] - self.islands[i] for i in range(0, len(self.islands), 2))
 
 
 class Deltas:
@@ -134,6 +148,16 @@ class Deltas:
         # the same per ingest key: (key, bucket, ...)
         self.key_plays: dict[tuple[str, float, int], list[float]] = {}
         self.key_sources: dict[tuple[str, float, str], list[int]] = {}
+        self.impressions: dict[tuple[int, float], int] = {}
+        self.key_impressions: dict[tuple[str, float], int] = {}
+        self.completion: dict[tuple[int, float, int, str], list[float]] = {}
+        self.key_completion: dict[tuple[str, float, int, str], list[float]] = {}
+
+    def impression(self, key: str, video_id: int, at: dt.datetime) -> None:
+        moment = at.timestamp()
+        bucket = moment - moment % GRAIN_SECONDS
+        self.impressions[(video_id, bucket)] = self.impressions.get((video_id, bucket), 0) + 1
+        self.key_impressions[(key, bucket)] = self.key_impressions.get((key, bucket), 0) + 1
 
     def add(self, s: State, sign: int) -> None:
         # hot in bulk loads: keys hold the bucket as epoch seconds (a datetime at write time)
@@ -161,6 +185,15 @@ class Deltas:
                 for k in range(cls + 1):
                     reached[k] += sign
         duration = s.duration if s.duration is not None and s.duration > 0 else None
+        device = s.device if s.device in _DEVICE_AT else "other"
+        done = completion_of(s.furthest, duration, s.ended, s.distinct_seconds)
+        for table, key in ((self.completion, (s.video_id, bucket, cls, device)),
+                           (self.key_completion, (s.key, bucket, cls, device))):
+            entry = table.get(key)  # type: ignore[attr-defined]
+            if entry is None:
+                entry = table[key] = [0.0] * (len(COMPLETION_COLUMNS) + 1)  # type: ignore
+            for i, value in enumerate(done):
+                entry[i] += sign * value
         islands = s.islands
         for ranges in ENGAGEMENT_RANGES:
             eng_key = (s.video_id, bucket, ranges, duration or UNKNOWN_DURATION)
@@ -182,7 +215,8 @@ class Deltas:
 
     def __len__(self) -> int:
         return len(self.plays) + len(self.sources) + len(self.engagement) \
-            + len(self.key_plays) + len(self.key_sources)
+            + len(self.key_plays) + len(self.key_sources) + len(self.completion) \
+            + len(self.key_completion) + len(self.impressions) + len(self.key_impressions)
 
     def change(self, old: State | None, new: State) -> None:
         if old == new:
@@ -197,6 +231,13 @@ class Deltas:
         await _write_plays(conn, "rollup_key_plays", "key", "text", self.key_plays)
         await _write_sources(conn, "rollup_sources", "video_id", "bigint", self.sources)
         await _write_sources(conn, "rollup_key_sources", "key", "text", self.key_sources)
+        await _write_impressions(conn, "rollup_impressions", "video_id", "bigint",
+                                 self.impressions)
+        await _write_impressions(conn, "rollup_key_impressions", "key", "text",
+                                 self.key_impressions)
+        await _write_completion(conn, "rollup_completion", "video_id", "bigint", self.completion)
+        await _write_completion(conn, "rollup_key_completion", "key", "text",
+                                self.key_completion)
         engagement = sorted((k, v) for k, v in self.engagement.items() if any(v))
         if engagement:
             await conn.execute(
@@ -261,11 +302,58 @@ async def _write_sources(conn: asyncpg.Connection, table: str, owner: str, owner
     )
 
 
+def completion_of(furthest: float, duration: float | None, ended: bool,
+                  distinct: float) -> list[float]:
+    """One view's contribution per COMPLETION_COLUMNS, then its fraction watched. The
+    arithmetic is the raw completion query's, in float8."""
+    if duration is None:
+        return [1.0] + [0.0] * len(COMPLETION_COLUMNS)
+    ratio = furthest / duration
+    reached = [1.0 if ratio >= m / 100 else 0.0 for m in MILESTONES]
+    finished = 1.0 if ended or furthest >= duration - 1 else 0.0
+    return [1.0, 1.0, *reached, finished, min(1.0, distinct / duration)]
+
+
+async def _write_impressions(conn: asyncpg.Connection, table: str, owner: str, owner_type: str,
+                             deltas: dict[Any, int]) -> None:
+    items = sorted((k, v) for k, v in deltas.items() if v)
+    if items:
+        await conn.execute(
+            f"""
+            INSERT INTO {table} AS r ({owner}, bucket, impressions)
+            SELECT * FROM unnest($1::{owner_type}[], $2::timestamptz[], $3::int[])
+            ON CONFLICT ({owner}, bucket) DO UPDATE SET
+                impressions = r.impressions + EXCLUDED.impressions
+            """,
+            [k[0] for k, _ in items], [_at(k[1]) for k, _ in items], [v for _, v in items])
+
+
+async def _write_completion(conn: asyncpg.Connection, table: str, owner: str, owner_type: str,
+                            deltas: dict[Any, list[float]]) -> None:
+    items = sorted((k, v) for k, v in deltas.items() if any(v))
+    if not items:
+        return
+    columns = [*COMPLETION_COLUMNS, "percent_sum"]
+    sets = ", ".join(f"{c} = r.{c} + EXCLUDED.{c}" for c in columns)
+    casts = ", ".join(f"${5 + i}::int[]" for i in range(len(COMPLETION_COLUMNS)))
+    await conn.execute(
+        f"""
+        INSERT INTO {table} AS r ({owner}, bucket, class, device, {', '.join(columns)})
+        SELECT * FROM unnest($1::{owner_type}[], $2::timestamptz[], $3::smallint[], $4::text[],
+                             {casts}, ${5 + len(COMPLETION_COLUMNS)}::float8[])
+        ON CONFLICT ({owner}, bucket, class, device) DO UPDATE SET {sets}
+        """,
+        [k[0] for k, _ in items], [_at(k[1]) for k, _ in items], [k[2] for k, _ in items],
+        [k[3] for k, _ in items],
+        *[[int(round(v[i])) for _, v in items] for i in range(len(COMPLETION_COLUMNS))],
+        [v[len(COMPLETION_COLUMNS)] for _, v in items])
+
+
 def state_of(row: Any) -> State:
     """A State from a stored sessions row (id, started_at, video_id, browser, ...)."""
     return State(row["key"], row["video_id"], row["started_at"], row["browser"], row["platform"],
                  row["device"], row["page"], row["watch_seconds"], row["duration"],
-                 tuple(row["islands"] or ()))
+                 tuple(row["islands"] or ()), row["furthest"], row["ended"])
 
 
 async def backfill(conn: asyncpg.Connection, progress: Any = None, chunk: int = 5000) -> int:
@@ -279,15 +367,23 @@ async def backfill(conn: asyncpg.Connection, progress: Any = None, chunk: int = 
     walked = 0
     async with conn.transaction():
         await conn.execute("LOCK TABLE sessions IN SHARE MODE")
-        await conn.execute("TRUNCATE rollup_plays, rollup_sources, rollup_engagement, "
-                           "rollup_key_plays, rollup_key_sources")
+        await conn.execute("LOCK TABLE impressions IN SHARE MODE")
+        await conn.execute("TRUNCATE " + ", ".join(ROLLUP_TABLES))
+        # impressions: one set-based pass (rows carry no state that changes)
+        for table, owner, join in (
+                ("rollup_impressions", "i.video_id", ""),
+                ("rollup_key_impressions", "v.key", "JOIN videos v ON v.id = i.video_id")):
+            await conn.execute(
+                f"INSERT INTO {table} SELECT {owner}, to_timestamp(floor(extract(epoch FROM "
+                f"i.at) / {GRAIN_SECONDS}) * {GRAIN_SECONDS}), count(*) FROM impressions i "
+                f"{join} GROUP BY 1, 2")
         total = await conn.fetchval("SELECT count(*) FROM sessions")
         if progress is not None:
             progress.reset(total=total)
         cursor = await conn.cursor(
             """
             SELECT s.id, s.started_at, s.video_id, v.key, s.browser, s.platform, s.device,
-                   s.page, s.watch_seconds, s.duration,
+                   s.page, s.watch_seconds, s.duration, s.furthest, s.ended,
                    ARRAY(SELECT ARRAY[i.media_from, i.media_to] FROM watch_intervals i
                           WHERE i.session_id = s.id AND i.session_started_at = s.started_at)
                        AS spans
@@ -295,25 +391,27 @@ async def backfill(conn: asyncpg.Connection, progress: Any = None, chunk: int = 
             """)
         while rows := await cursor.fetch(chunk):
             deltas = Deltas()
-            islands = []
+            islands, distinct = [], []
             for r in rows:
                 merged = merge_islands(None, [(a, b) for a, b in r["spans"] or []])
                 islands.append("{" + ",".join(map(repr, merged)) + "}")
-                deltas.add(State(r["key"], r["video_id"], r["started_at"], r["browser"],
-                                 r["platform"],
-                                 r["device"], r["page"], r["watch_seconds"], r["duration"],
-                                 tuple(merged)), +1)
+                state = State(r["key"], r["video_id"], r["started_at"], r["browser"],
+                              r["platform"], r["device"], r["page"], r["watch_seconds"],
+                              r["duration"], tuple(merged), r["furthest"], r["ended"])
+                deltas.add(state, +1)
+                distinct.append(state.distinct_seconds)
             await conn.execute(
                 """
-                UPDATE sessions s SET islands = u.i::float8[]
-                  FROM unnest($1::bigint[], $2::timestamptz[], $3::text[]) AS u(id, t, i)
+                UPDATE sessions s SET islands = u.i::float8[], distinct_seconds = u.d
+                  FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::float8[])
+                       AS u(id, t, i, d)
                  WHERE s.id = u.id AND s.started_at = u.t
-                """, [r["id"] for r in rows], [r["started_at"] for r in rows], islands)
+                """, [r["id"] for r in rows], [r["started_at"] for r in rows], islands,
+                distinct)
             await deltas.write(conn)
             walked += len(rows)
             if progress is not None:
                 progress.update(len(rows))
         await conn.execute("UPDATE rollup_state SET done_at = now() WHERE name = 'backfill'")
-    await conn.execute("ANALYZE rollup_plays, rollup_sources, rollup_engagement, "
-                       "rollup_key_plays, rollup_key_sources")
+    await conn.execute("ANALYZE " + ", ".join(ROLLUP_TABLES))
     return walked

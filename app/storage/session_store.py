@@ -51,6 +51,7 @@ class SessionRow:
     duration: float | None = None
     watch_seconds: float = 0.0
     furthest: float = 0.0
+    ended: bool = False  # the media reached its end (an `ended` event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +93,20 @@ class Ended:
     session_started_at: dt.datetime
 
 
-Op = SessionRow | IntervalRow | EventRow | Presence | Ended
+@dataclass(frozen=True, slots=True)
+class Impression:
+    """A join: the video was loaded on a page (played or not)."""
+
+    video: VideoRef
+    at: dt.datetime
+    browser: str
+    platform: str
+    device: str
+    page: str | None
+    session_data: orjson.Fragment | None
+
+
+Op = SessionRow | IntervalRow | EventRow | Presence | Ended | Impression
 
 
 class VideoIds:
@@ -168,6 +182,7 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
     events: list[EventRow] = []
     presence: dict[int, Presence] = {}
     ended: list[Ended] = []
+    impressions: list[Impression] = []
     for op in ops:
         if isinstance(op, SessionRow):
             sessions[op.id] = op
@@ -177,6 +192,8 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
             events.append(op)
         elif isinstance(op, Presence):
             presence[op.session_id] = op
+        elif isinstance(op, Impression):
+            impressions.append(op)
         else:
             ended.append(op)
 
@@ -190,13 +207,14 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
         known = videos.get(ref)
         return known if known is not None else found[(ref.key, ref.identity)]
 
+    deltas = rollups.Deltas()
     if sessions:
         rows = list(sessions.values())
         # the stored state of these sessions: what they contribute to the rollups now
         old = {r["id"]: r for r in await conn.fetch(
             """
             SELECT s.id, s.started_at, s.video_id, v.key, s.browser, s.platform, s.device,
-                   s.page, s.watch_seconds, s.duration, s.islands
+                   s.page, s.watch_seconds, s.duration, s.islands, s.furthest, s.ended
               FROM sessions s
               JOIN unnest($1::bigint[], $2::timestamptz[]) AS u(id, t)
                 ON s.id = u.id AND s.started_at = u.t
@@ -205,37 +223,50 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
         spans: dict[int, list[tuple[float, float]]] = {}
         for i in intervals:
             spans.setdefault(i.session_id, []).append((i.media_from, i.media_to))
-        deltas = rollups.Deltas()
         islands: list[str] = []
+        distinct: list[float] = []
         for r in rows:
             before = old.get(r.id)
             merged = rollups.merge_islands(before["islands"] if before else None,
                                            spans.get(r.id, ()))
             islands.append("{" + ",".join(map(repr, merged)) + "}")
-            deltas.change(rollups.state_of(before) if before else None, rollups.State(
-                r.video.key, vid(r.video), r.started_at, r.browser, r.platform, r.device, r.page,
-                r.watch_seconds, r.duration, tuple(merged)))
+            state = rollups.State(r.video.key, vid(r.video), r.started_at, r.browser,
+                                  r.platform, r.device, r.page, r.watch_seconds, r.duration,
+                                  tuple(merged), r.furthest, r.ended)
+            distinct.append(state.distinct_seconds)
+            deltas.change(rollups.state_of(before) if before else None, state)
         await conn.execute(
             """
             INSERT INTO sessions (id, started_at, video_id, ended_at, browser, platform, device,
-                                  page, session_data, duration, watch_seconds, furthest, islands)
-            SELECT a, b, c, d, e, f, g, h, i, j, k, l, m::float8[]
+                                  page, session_data, duration, watch_seconds, furthest, islands,
+                                  ended, distinct_seconds)
+            SELECT a, b, c, d, e, f, g, h, i, j, k, l, m::float8[], n, o
               FROM unnest($1::bigint[], $2::timestamptz[], $3::bigint[], $4::timestamptz[],
                           $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[],
-                          $10::float8[], $11::float8[], $12::float8[], $13::text[])
-                   AS u(a, b, c, d, e, f, g, h, i, j, k, l, m)
+                          $10::float8[], $11::float8[], $12::float8[], $13::text[],
+                          $14::bool[], $15::float8[])
+                   AS u(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o)
             ON CONFLICT (id, started_at) DO UPDATE SET
                 ended_at = EXCLUDED.ended_at, duration = EXCLUDED.duration,
                 watch_seconds = EXCLUDED.watch_seconds, furthest = EXCLUDED.furthest,
-                islands = EXCLUDED.islands
+                islands = EXCLUDED.islands, ended = EXCLUDED.ended,
+                distinct_seconds = EXCLUDED.distinct_seconds
             """,
             [r.id for r in rows], [r.started_at for r in rows], [vid(r.video) for r in rows],
             [r.ended_at for r in rows], [r.browser for r in rows], [r.platform for r in rows],
             [r.device for r in rows], [r.page for r in rows], [r.session_data for r in rows],
             [r.duration for r in rows], [r.watch_seconds for r in rows],
-            [r.furthest for r in rows], islands,
+            [r.furthest for r in rows], islands, [r.ended for r in rows], distinct,
         )
-        await deltas.write(conn)
+    if impressions:
+        await conn.copy_records_to_table(
+            "impressions",
+            columns=["video_id", "at", "browser", "platform", "device", "page", "session_data"],
+            records=[(vid(i.video), i.at, i.browser, i.platform, i.device, i.page,
+                      i.session_data) for i in impressions])
+        for i in impressions:
+            deltas.impression(i.video.key, vid(i.video), i.at)
+    await deltas.write(conn)
     await _copy_intervals(conn, intervals, vid)
     await _copy_events(conn, events, vid)
     starting = [p for p in presence.values() if p.playing]
@@ -282,7 +313,8 @@ async def ensure_videos(conn: asyncpg.Connection,
 
 async def copy_rows(conn: asyncpg.Connection, ids: dict[tuple[str, str], int],
                     sessions: list[SessionRow], intervals: list[IntervalRow],
-                    events: list[EventRow], pending: rollups.Deltas | None = None) -> None:
+                    events: list[EventRow], pending: rollups.Deltas | None = None,
+                    impressions: list[Impression] | None = None) -> None:
     """Bulk-load finished sessions (seeding, imports) with COPY, and count them into the
     rollups in the same transaction — or into `pending`, for a bulk load that writes its
     accumulated rollup deltas itself (fewer, larger upserts)."""
@@ -298,18 +330,28 @@ async def copy_rows(conn: asyncpg.Connection, ids: dict[tuple[str, str], int],
     for s in sessions:
         merged = rollups.merge_islands(None, spans.get(s.id, ()))
         video_id = vid(s.video)
-        deltas.add(rollups.State(s.video.key, video_id, s.started_at, s.browser, s.platform,
-                                 s.device, s.page, s.watch_seconds, s.duration, tuple(merged)),
-                   +1)
+        state = rollups.State(s.video.key, video_id, s.started_at, s.browser, s.platform,
+                              s.device, s.page, s.watch_seconds, s.duration, tuple(merged),
+                              s.furthest, s.ended)
+        deltas.add(state, +1)
         records.append((s.id, s.started_at, video_id, s.ended_at, s.browser, s.platform,
                         s.device, s.page, s.session_data, s.duration, s.watch_seconds,
-                        s.furthest, merged))
+                        s.furthest, merged, s.ended, state.distinct_seconds))
     await conn.copy_records_to_table(
         "sessions",
         columns=["id", "started_at", "video_id", "ended_at", "browser", "platform", "device",
-                 "page", "session_data", "duration", "watch_seconds", "furthest", "islands"],
+                 "page", "session_data", "duration", "watch_seconds", "furthest", "islands",
+                 "ended", "distinct_seconds"],
         records=records,
     )
+    if impressions:
+        await conn.copy_records_to_table(
+            "impressions",
+            columns=["video_id", "at", "browser", "platform", "device", "page", "session_data"],
+            records=[(vid(i.video), i.at, i.browser, i.platform, i.device, i.page,
+                      i.session_data) for i in impressions])
+        for i in impressions:
+            deltas.impression(i.video.key, vid(i.video), i.at)
     await _copy_intervals(conn, intervals, vid)
     await _copy_events(conn, events, vid)
     if pending is None:
@@ -325,8 +367,9 @@ async def apply_retention(pool: asyncpg.Pool, days: int, raw_event_days: int) ->
             await conn.execute("DELETE FROM sessions "
                                "WHERE started_at < now() - make_interval(days => $1)", days)
             # rollup buckets wholly before the horizon (the query clamps to it anyway)
-            for table in ("rollup_plays", "rollup_sources", "rollup_engagement",
-                          "rollup_key_plays", "rollup_key_sources"):
+            await conn.execute("DELETE FROM impressions "
+                               "WHERE at < now() - make_interval(days => $1)", days)
+            for table in rollups.ROLLUP_TABLES:
                 await conn.execute(
                     f"DELETE FROM {table} WHERE bucket < now() - make_interval(days => $1) "
                     "- interval '15 minutes'", days)

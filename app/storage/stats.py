@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from app.model import BucketQuery, EngagementQuery, Selection, Window
+from app.model import DEVICES, BucketQuery, EngagementQuery, Selection, Window
 from app.storage import rollups
 
 ORIGIN = "timestamp '2000-01-03 00:00:00'"  # a Monday: week buckets start on Mondays
@@ -129,6 +129,7 @@ class PlaysBucket:
     views: int = 0
     watch_seconds: float = 0.0
     counts: list[int] = field(default_factory=lambda: [0] * len(rollups.BREAKDOWN_COLUMNS))
+    impressions: int = 0
 
 
 _COLUMN_AT = {c: i for i, c in enumerate(rollups.BREAKDOWN_COLUMNS)}
@@ -205,13 +206,115 @@ async def plays(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
     plan = bucket_rollup_plan(q) if use_rollups else None
     if plan is None:
         await _plays_raw(conn, q, timescale, [q.window], out)
+        await _impressions_raw(conn, q, timescale, [q.window], out)
     else:
         cls, inner = plan
         await _plays_rollup(conn, q, timescale, cls, inner, out)
+        await _impressions_rollup(conn, q, timescale, inner, out)
         edges = _edges(q.window, inner)
         if edges:
             await _plays_raw(conn, q, timescale, edges, out)
-    return [out[b] for b in sorted(out) if out[b].views > 0]
+            await _impressions_raw(conn, q, timescale, edges, out)
+    return [out[b] for b in sorted(out) if out[b].views > 0 or out[b].impressions > 0]
+
+
+async def _impressions_raw(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
+                           windows: list[Window], into: dict[dt.datetime, PlaysBucket]) -> None:
+    p = Params()
+    bucket = _bucket(q, p, timescale, "i.at")
+    where = video_filter(q.selection, p, "i.video_id")
+    where.append(_window_condition(windows, p, "i.at"))
+    if q.selection.session is not None:
+        where.append(f"i.session_data @> {p.add(q.selection.session, 'jsonb')}")
+    for r in await conn.fetch(f"SELECT {bucket} AS bucket, count(*) AS n FROM impressions i "
+                              f"WHERE {' AND '.join(where)} GROUP BY 1", *p.values):
+        entry = into.get(r["bucket"]) or into.setdefault(r["bucket"], PlaysBucket(r["bucket"]))
+        entry.impressions += r["n"]
+
+
+async def _impressions_rollup(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
+                              inner: Window, into: dict[dt.datetime, PlaysBucket]) -> None:
+    p = Params()
+    bucket = _bucket(q, p, timescale, "r.bucket")
+    table, where = _rollup_scope(q.selection, p, "impressions")
+    where.append(f"r.bucket >= {p.add(inner.start, 'timestamptz')}")
+    where.append(f"r.bucket < {p.add(inner.end, 'timestamptz')}")
+    for r in await conn.fetch(f"SELECT {bucket} AS bucket, sum(r.impressions) AS n "
+                              f"FROM {table} r WHERE {' AND '.join(where)} GROUP BY 1",
+                              *p.values):
+        entry = into.get(r["bucket"]) or into.setdefault(r["bucket"], PlaysBucket(r["bucket"]))
+        entry.impressions += int(r["n"])
+
+
+# -- completion -------------------------------------------------------------------------
+@dataclass(slots=True)
+class CompletionCounts:
+    """Per bucket and device: COMPLETION_COLUMNS, then the sum of fractions watched."""
+
+    values: list[float] = field(
+        default_factory=lambda: [0.0] * (len(rollups.COMPLETION_COLUMNS) + 1))
+
+
+async def completion(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
+                     use_rollups: bool = True,
+                     ) -> dict[dt.datetime, dict[str, CompletionCounts]]:
+    """{bucket: {device: counts}} for the views of the selection."""
+    out: dict[dt.datetime, dict[str, CompletionCounts]] = {}
+
+    def add(bucket: dt.datetime, device: str, values: list[float]) -> None:
+        entry = out.setdefault(bucket, {}).setdefault(device, CompletionCounts())
+        for i, value in enumerate(values):
+            entry.values[i] += value
+
+    async def raw(windows: list[Window]) -> None:
+        p = Params()
+        bucket = _bucket(q, p, timescale)
+        where = video_filter(q.selection, p, "s.video_id")
+        where.append(_window_condition(windows, p, "s.started_at"))
+        if q.selection.session is not None:
+            where.append(f"s.session_data @> {p.add(q.selection.session, 'jsonb')}")
+        where.append(f"s.watch_seconds >= {p.add(q.minimum_watch_seconds, 'float8')}")
+        known = "s.duration > 0"
+        reached = ", ".join(
+            f"count(*) FILTER (WHERE {known} AND s.furthest / s.duration >= "
+            f"{p.add(m / 100, 'float8')})" for m in rollups.MILESTONES)
+        devices = p.add(list(DEVICES), "text[]")
+        rows = await conn.fetch(
+            f"""
+            SELECT {bucket} AS bucket,
+                   CASE WHEN s.device = ANY({devices}) THEN s.device ELSE 'other' END AS device,
+                   count(*), count(*) FILTER (WHERE {known}), {reached},
+                   count(*) FILTER (WHERE {known} AND (s.ended OR s.furthest >= s.duration - 1)),
+                   coalesce(sum(least(1.0, s.distinct_seconds / s.duration))
+                            FILTER (WHERE {known}), 0)
+              FROM sessions s
+             WHERE {' AND '.join(where)}
+             GROUP BY 1, 2
+            """, *p.values)
+        for r in rows:
+            add(r["bucket"], r["device"], [float(r[i]) for i in range(2, len(r))])
+
+    plan = bucket_rollup_plan(q) if use_rollups else None
+    if plan is None:
+        await raw([q.window])
+    else:
+        cls, inner = plan
+        p = Params()
+        bucket = _bucket(q, p, timescale, "r.bucket")
+        table, where = _rollup_scope(q.selection, p, "completion")
+        where.append(f"r.bucket >= {p.add(inner.start, 'timestamptz')}")
+        where.append(f"r.bucket < {p.add(inner.end, 'timestamptz')}")
+        where.append(f"r.class >= {p.add(cls, 'int')}")
+        sums = ", ".join(f"sum(r.{c})" for c in [*rollups.COMPLETION_COLUMNS, "percent_sum"])
+        for r in await conn.fetch(f"SELECT {bucket} AS bucket, r.device, {sums} FROM {table} r "
+                                  f"WHERE {' AND '.join(where)} GROUP BY 1, 2", *p.values):
+            add(r["bucket"], r["device"], [float(r[i]) for i in range(2, len(r))])
+        edges = _edges(q.window, inner)
+        if edges:
+            await raw(edges)
+    return {b: {d: c for d, c in devices.items() if c.values[0] > 0}
+            for b, devices in sorted(out.items())
+            if any(c.values[0] > 0 for c in devices.values())}
 
 
 # -- sources ----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -26,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
-from app.storage.rollups import BREAKDOWN_COLUMNS, REACHED_COLUMNS
+from app.storage.rollups import BREAKDOWN_COLUMNS, COMPLETION_COLUMNS, REACHED_COLUMNS
 
 metadata = MetaData()
 
@@ -77,6 +78,8 @@ sessions = Table(
     Column("furthest", Float, nullable=False, server_default=text("0")),
     # merged watched media ranges, flattened [from1, to1, from2, to2, ...]
     Column("islands", ARRAY(Float), nullable=True),
+    Column("ended", Boolean, nullable=False, server_default=text("false")),
+    Column("distinct_seconds", Float, nullable=False, server_default=text("0")),
     PrimaryKeyConstraint("id", "started_at", name="sessions_pkey"),
     Index("sessions_video_started_idx", "video_id", "started_at"),
 )
@@ -200,3 +203,49 @@ rollup_state = Table(
     Column("name", Text, primary_key=True),
     Column("done_at", DateTime(timezone=True), nullable=True),
 )
+
+# Every join of a video (an impression), whether or not it played; as anonymous as a session.
+impressions = Table(
+    "impressions",
+    metadata,
+    Column("video_id", BigInteger, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("browser", Text, nullable=False),
+    Column("platform", Text, nullable=False),
+    Column("device", Text, nullable=False),
+    Column("page", Text, nullable=True),
+    Column("session_data", JSONB, nullable=True),
+    Index("impressions_video_at_idx", "video_id", "at"),
+)
+
+
+def _impressions_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-arg]
+    return Table(
+        name, metadata, owner,
+        Column("bucket", DateTime(timezone=True), nullable=False),
+        Column("impressions", Integer, nullable=False),
+        PrimaryKeyConstraint(owner.name, "bucket", name=f"{name}_pkey"),
+    )
+
+
+def _completion_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-arg]
+    return Table(
+        name, metadata, owner,
+        Column("bucket", DateTime(timezone=True), nullable=False),
+        Column("class", SmallInteger, nullable=False),
+        Column("device", Text, nullable=False),
+        *[Column(c, Integer, nullable=False, server_default=text("0"))
+          for c in COMPLETION_COLUMNS],
+        Column("percent_sum", Float, nullable=False, server_default=text("0")),
+        PrimaryKeyConstraint(owner.name, "bucket", "class", "device", name=f"{name}_pkey"),
+    )
+
+
+rollup_impressions = _impressions_rollup(
+    "rollup_impressions", Column("video_id", BigInteger, nullable=False))
+rollup_key_impressions = _impressions_rollup(
+    "rollup_key_impressions", Column("key", Text, nullable=False))
+rollup_completion = _completion_rollup(
+    "rollup_completion", Column("video_id", BigInteger, nullable=False))
+rollup_key_completion = _completion_rollup(
+    "rollup_key_completion", Column("key", Text, nullable=False))
