@@ -29,8 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "test-secret"
 AUTH = ("admin", PASSWORD)
 TABLES = ("rollup_plays", "rollup_sources", "rollup_engagement", "rollup_key_plays",
-          "rollup_key_sources", "export_outbox", "playing", "events", "watch_intervals",
-          "sessions", "videos", "ingest_keys")
+          "rollup_key_sources", "rollup_impressions", "rollup_key_impressions",
+          "rollup_completion", "rollup_key_completion", "impressions", "export_outbox",
+          "playing", "events", "watch_intervals", "sessions", "videos", "ingest_keys")
 
 
 def free_port() -> int:

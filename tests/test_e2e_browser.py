@@ -94,13 +94,14 @@ def static_site(build: Path) -> Iterator[str]:
     thread.join(5)
 
 
-def drive(static_site: str, server: Server, key: str, video_id: str) -> dict[str, Any]:
+def drive(static_site: str, server: Server, key: str, video_id: str,
+          mode: str = "watch") -> dict[str, Any]:
     page = (PAGE.replace("__SOCKET__", f"ws://127.0.0.1:{server.port}/socket")
             .replace("__KEY__", key).replace("__VIDEO__", video_id))
     name = f"page-{video_id}.html"
     (BUILD / name).write_text(page)
     result = subprocess.run(["node", str(E2E / "drive.cjs"),
-                             f"{static_site}/{name}?{SECRET_QUERY}#section"],
+                             f"{static_site}/{name}?{SECRET_QUERY}#section", mode],
                             cwd=E2E, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"driver failed:\n{result.stdout}\n{result.stderr}"
     return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
@@ -163,3 +164,33 @@ async def test_privacy_sweep(e2e_run: dict[str, Any], conn: asyncpg.Connection,
     log = server.output()
     for secret in (ua, "e2e-secret", "someone", "utm_source"):
         assert secret not in log, secret
+
+
+async def test_a_load_without_play_and_a_play_to_the_end(static_site: str, server: Server,
+                                                         conn: asyncpg.Connection) -> None:
+    """The unmodified client: a page that never plays is one impression and no view; a page
+    that plays to the end is a finish."""
+    import httpx
+
+    from tests.conftest import AUTH
+    key = new_key(server)
+    drive(static_site, server, key, "loaded-only", "load")
+    drive(static_site, server, key, "to-the-end", "finish")
+    body = {"query": {"key": key}, "interval": "1 year", "timeframe": "1 day",
+            "minimum_watch_seconds": 1}
+    deadline = time.monotonic() + 15
+    while True:
+        completion = httpx.post(f"{server.http}/api/v1/completion", auth=AUTH,
+                                json=body).json()["completion"]
+        if completion and completion[0]["finishes"] == 1:
+            break
+        assert time.monotonic() < deadline, completion
+        await asyncio.sleep(0.2)
+    assert completion[0]["views"] == 1 and completion[0]["reached"]["100"] == 1
+    plays = httpx.post(f"{server.http}/api/v1/plays", auth=AUTH, json=body).json()["views"]
+    assert plays[0]["impressions"] == 2 and plays[0]["views"] == 1
+    assert plays[0]["play_rate"] == 0.5
+    loaded = {"query": {"key": key, "video": {"video_id": "loaded-only"}}, **{
+        k: v for k, v in body.items() if k != "query"}}
+    only = httpx.post(f"{server.http}/api/v1/plays", auth=AUTH, json=loaded).json()["views"]
+    assert [(b["impressions"], b["views"]) for b in only] == [(1, 0)]

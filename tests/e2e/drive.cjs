@@ -1,4 +1,4 @@
-// Usage: node drive.cjs PAGE_URL
+// Usage: node drive.cjs PAGE_URL [watch|load|finish]
 // Opens the page in headless Chromium, plays 0 -> ~2 s, pauses, seeks to 10 s, plays ~1.5 s,
 // then closes the page while playing. Prints JSON: what the <video> reports it played.
 const { chromium } = require("playwright-core");
@@ -23,6 +23,27 @@ async function main() {
     }, null, { timeout: 20000 });
     await page.waitForFunction(() => window.socketReady === true, null, { timeout: 20000 });
     const ua = await page.evaluate(() => navigator.userAgent);
+    const mode = process.argv[3] || "watch";
+    if (mode === "load") { // loads the player and never plays
+      await page.waitForTimeout(500);
+      await page.close();
+      console.log(JSON.stringify({ played: [], ua, logs }));
+      return;
+    }
+    if (mode === "finish") { // plays the last 2 seconds to the end
+      await page.evaluate(() => {
+        const v = document.querySelector("#video");
+        v.currentTime = v.duration - 2;
+      });
+      await page.waitForFunction(() => !document.querySelector("#video").seeking);
+      await page.evaluate(() => document.querySelector("#video").play());
+      await page.waitForFunction(() => document.querySelector("#video").ended, null,
+                                 { timeout: 20000 });
+      await page.waitForTimeout(800);
+      await page.close();
+      console.log(JSON.stringify({ played: [], ua, logs }));
+      return;
+    }
     await page.evaluate(() => document.querySelector("#video").play());
     await page.waitForTimeout(2000);
     await page.evaluate(() => document.querySelector("#video").pause());
