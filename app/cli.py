@@ -268,7 +268,7 @@ def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
             for chunk in seed.generate(rng, refs, ids_iter, args.sessions, args.days, end):
                 async with conn.transaction():
                     await session_store.copy_rows(conn, ids, chunk.sessions, chunk.intervals,
-                                                  chunk.events, pending)
+                                                  chunk.events, pending, chunk.impressions)
                     if len(pending) > SEED_ROLLUP_KEYS:
                         await pending.write(conn)
                         pending = rollups.Deltas()

@@ -8,10 +8,10 @@ from __future__ import annotations
 import datetime as dt
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from app.model import BROWSERS, DEVICES, PLATFORMS
-from app.storage.session_store import EventRow, IntervalRow, SessionRow, VideoRef
+from app.storage.session_store import EventRow, Impression, IntervalRow, SessionRow, VideoRef
 
 CHUNK = 1000  # sessions per id block and per COPY
 
@@ -35,6 +35,10 @@ class Chunk:
     sessions: list[SessionRow]
     intervals: list[IntervalRow]
     events: list[EventRow]
+    impressions: list[Impression] = field(default_factory=list)
+
+
+UNPLAYED_LOADS = 0.6  # page loads that never play, per session that does (play rate ~62 %)
 
 
 def videos(key: str, count: int) -> list[VideoRef]:
@@ -54,8 +58,15 @@ def generate(rng: random.Random, refs: list[VideoRef], ids: Iterator[int], sessi
         _, browser, platform, device = rng.choices(MIX, weights)[0]
         started = end - dt.timedelta(seconds=rng.random() * span)
         host = f"https://site{v % 3}.example"
-        row = SessionRow(next(ids), started, ref, browser, platform, device,
-                         host + rng.choice(PAGES), None, duration=duration)
+        page = host + rng.choice(PAGES)
+        row = SessionRow(next(ids), started, ref, browser, platform, device, page, None,
+                         duration=duration)
+        loaded = started - dt.timedelta(seconds=rng.uniform(0.5, 8))
+        chunk.impressions.append(Impression(ref, loaded, browser, platform, device, page, None))
+        while rng.random() < UNPLAYED_LOADS / (1 + UNPLAYED_LOADS):  # loads that never play
+            chunk.impressions.append(Impression(
+                ref, end - dt.timedelta(seconds=rng.random() * span), browser, platform, device,
+                page, None))
         wall, position = started, 0.0
         for _ in range(rng.choice((1, 1, 1, 2, 2, 3, 4))):  # play/pause/seek segments
             if rng.random() < 0.3:
@@ -71,11 +82,15 @@ def generate(rng: random.Random, refs: list[VideoRef], ids: Iterator[int], sessi
             chunk.events.append(EventRow(row.id, ref, wall, "pause", {"to": round(position, 2)}))
             row.watch_seconds += length
             row.furthest = max(row.furthest, position)
+            if position >= duration:
+                row.ended = True
+                chunk.events.append(EventRow(row.id, ref, wall, "ended", None))
+                break
             wall += dt.timedelta(seconds=rng.expovariate(1 / 5))
         row.ended_at = wall
         chunk.sessions.append(row)
         if len(chunk.sessions) >= CHUNK:
             yield chunk
-            chunk = Chunk([], [], [])
+            chunk = Chunk([], [], [], [])
     if chunk.sessions:
         yield chunk

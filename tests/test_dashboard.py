@@ -15,6 +15,8 @@ import asyncpg
 import httpx
 import pytest
 
+from app.storage import session_store
+from app.storage.session_store import Impression, VideoRef
 from tests.conftest import AUTH, PASSWORD, Server
 from tests.test_e2e_browser import CHROMIUM, E2E
 from tests.test_query_api import Data
@@ -36,6 +38,14 @@ async def seeded(conn: asyncpg.Connection) -> Data:
                                browser="safari" if n % 3 else "chrome",
                                device="mobile" if n % 2 else "desktop",
                                page=f"https://shop.example/p/{n % 3}")
+    # page loads: one per session above, and 7 that never played
+    refs = [VideoRef.of(data.key, None, {"video_id": v, "title": v.title()})
+            for v in ("intro", "launch")]
+    ids = await session_store.ensure_videos(conn, refs)
+    loads = [Impression(refs[n % 2], dt.datetime.now(dt.UTC) - dt.timedelta(hours=n + 1),
+                        "chrome", "mac", "desktop", None, None) for n in range(28)]
+    async with conn.transaction():
+        await session_store.copy_rows(conn, ids, [], [], [], impressions=loads)
     return data
 
 
@@ -87,6 +97,13 @@ def test_dashboard_pages_show_what_the_api_answers(server: Server, seeded: Data)
     overview = report["overview-1280"]
     assert number(overview["tiles"]["tile-views"]) == views == 21
     assert overview["tiles"]["tile-watch"] == f"{watch / 60:.1f} min"
+    impressions = sum(b["impressions"] for b in plays["views"])
+    assert impressions == 28
+    assert overview["tiles"]["tile-play-rate"] == f"{100 * views / impressions:.1f} %"
+    completion = api(server, "completion", {**selection, "interval": "1 day",
+                                            "timezone": "Europe/Berlin"})["completion"]
+    reached = sum(b["reached"]["25"] for b in completion)
+    assert f"Reached 25 %\n{reached}" in overview["main"].replace("\t", "\n")
     top = api(server, "videos", {**selection, "limit": 10})["videos"]
     assert [[r[0], number(r[1])] for r in overview["tables"]["top-videos"]] == \
         [[v["video"]["title"], v["views"]] for v in top]

@@ -150,6 +150,34 @@ function sourcesPanel(sources, size = "half") {
       rows.slice(0, 15)) : empty("No pages yet"));
 }
 
+function completionPanel(completion) {
+  const total = { views: 0, views_with_duration: 0, finishes: 0, percent: 0, reached: {} };
+  for (const b of completion.completion) {
+    total.views += b.views;
+    total.views_with_duration += b.views_with_duration;
+    total.finishes += b.finishes;
+    total.percent += (b.average_percent_watched || 0) * b.views_with_duration;
+    for (const [m, n] of Object.entries(b.reached)) total.reached[m] = (total.reached[m] || 0) + n;
+  }
+  const steps = [["Views", total.views_with_duration],
+    ...["25", "50", "75", "95", "100"].map((m) => [`Reached ${m} %`, total.reached[m] || 0]),
+    ["Finished", total.finishes]];
+  const average = total.views_with_duration ? total.percent / total.views_with_duration : null;
+  const note = total.views_with_duration
+    ? `Average ${average.toFixed(1)} % watched per view; views whose duration is unknown ` +
+      `(${fmt.int(total.views - total.views_with_duration)}) are left out.`
+    : null;
+  return panel("completion", "Completion funnel", { size: "half", note,
+    csv: { header: ["step", "views"], rows: steps } },
+  total.views_with_duration ? bars(Object.fromEntries(steps)) : empty("No views with a known duration yet"));
+}
+
+function playRate(plays) {
+  const views = sum(plays.views, (b) => b.views);
+  const impressions = sum(plays.views, (b) => b.impressions);
+  return impressions ? fmt.pct(views / impressions) : "–";
+}
+
 function tile(id, label, value, extra = "") {
   return h("div", { class: `tile ${extra}`, id }, h("div", { class: "label" }, label),
     h("div", { class: "value" }, value));
@@ -170,10 +198,11 @@ async function watchingTile(state) {
 
 // -- views --------------------------------------------------------------------------
 async function overview(state) {
-  const [plays, top, sources, watching] = await Promise.all([
+  const [plays, top, sources, completion, watching] = await Promise.all([
     call("plays", bucketBody(state)),
     call("videos", { ...selection(state), timeframe: timeframe(state), limit: 10 }),
     call("sources", bucketBody(state)),
+    call("completion", bucketBody(state)),
     watchingTile(state),
   ]);
   const views = sum(plays.views, (b) => b.views);
@@ -182,6 +211,7 @@ async function overview(state) {
     tile("tile-views", "Views", fmt.int(views)),
     tile("tile-watch", "Watch time", fmt.duration(watch)),
     tile("tile-average", "Average per view", fmt.duration(views ? watch / views : 0)),
+    tile("tile-play-rate", "Play rate", playRate(plays)),
     watching);
   const topRows = top.videos.map((v) => [videoName(v.video, v.identifier), v.views, v.total_view_time, v]);
   const topPanel = panel("top-videos", "Top videos", { size: "half",
@@ -191,8 +221,8 @@ async function overview(state) {
       { title: "Views", num: true, show: (r) => fmt.int(r[1]) },
       { title: "Watch time", num: true, show: (r) => fmt.duration(r[2]) },
     ], topRows, (r) => go({ view: "video", video: JSON.stringify(r[3].video) })) : empty("No videos yet"));
-  return [tiles, playsPanel(plays, "Views and watch time"), topPanel, sourcesPanel(sources),
-    ...breakdownPanels(plays)];
+  return [tiles, playsPanel(plays, "Views and watch time"), topPanel, completionPanel(completion),
+    sourcesPanel(sources, ""), ...breakdownPanels(plays)];
 }
 
 async function videoView(state) {
@@ -203,10 +233,11 @@ async function videoView(state) {
         { title: "Views", num: true, show: (v) => fmt.int(v.views) }], top.videos,
       (v) => go({ video: JSON.stringify(v.video) })) : empty("No videos yet", { href: "/", text: "open the example page" }))];
   }
-  const [plays, engagement, sources] = await Promise.all([
+  const [plays, engagement, sources, completion] = await Promise.all([
     call("plays", bucketBody(state)),
     call("engagement", { ...selection(state), timeframe: timeframe(state), ranges: 100 }),
     call("sources", bucketBody(state)),
+    call("completion", bucketBody(state)),
   ]);
   const ranges = engagement.engagement;
   const retention = panel("retention", "Retention over the video's timeline", {
@@ -218,9 +249,10 @@ async function videoView(state) {
   return [h("div", { class: "tiles" },
     tile("tile-views", "Views", fmt.int(sum(plays.views, (b) => b.views))),
     tile("tile-watch", "Watch time", fmt.duration(sum(plays.views, (b) => b.total_view_time))),
+    tile("tile-play-rate", "Play rate", playRate(plays)),
     await watchingTile(state)),
-  playsPanel(plays, "Views and watch time"), retention, ...breakdownPanels(plays),
-  sourcesPanel(sources, "")];
+  playsPanel(plays, "Views and watch time"), retention, completionPanel(completion),
+  sourcesPanel(sources), ...breakdownPanels(plays)];
 }
 
 function localTime(iso, zone) {
