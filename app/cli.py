@@ -158,14 +158,27 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         if key:
             line += f"; example ingest key {key}" + (" (new)" if new_key else "")
         log.info(line)
-        app = create_app(settings, url, example_key=key)
+        workers = args.workers or settings.workers
+        if workers > 1:
+            # each worker builds its own app (pool, writer, key cache) from the environment
+            os.environ["DATABASE_URL"] = url
+            if settings.password and not settings.password_hash:
+                os.environ["METRICS_PASSWORD"] = settings.password
+            os.environ["VIDMETRICS_EXAMPLE_KEY"] = key or ""
+            os.environ["METRICS_MAX_SOCKETS"] = str(settings.max_sockets)  # as fitted above
+            os.environ["METRICS_MAX_HTTP_CONNECTIONS"] = str(settings.max_http_connections)
+            app: object = "app.cli:worker_app"
+            log.info("starting %d worker processes on one port", workers)
+        else:
+            app = create_app(settings, url, example_key=key)
         # uvicorn re-raises the signal that stopped it once it has shut down; make SIGTERM
         # an exception (as SIGINT already is) so the `finally` that stops PostgreSQL runs.
         signal.signal(signal.SIGTERM, _terminate)
         status = 0
         try:
             uvicorn.run(
-                app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                app, factory=workers > 1, workers=workers if workers > 1 else None,
+                host=settings.host, port=settings.port, log_level=settings.log_level,
                 access_log=False,  # access logs would record client addresses
                 server_header=False, proxy_headers=False, ws_max_size=settings.max_frame_bytes,
                 ws_per_message_deflate=False, timeout_graceful_shutdown=10, log_config=None,
@@ -180,6 +193,19 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         else:
             log.info("stopped")
     return status
+
+
+def worker_app() -> object:
+    """The app of one worker process of `serve --workers N`: the parent has migrated the
+    database and put everything a worker needs into the environment."""
+    from app.application import create_app
+    from app.serving import http_protocol
+
+    settings = from_env()
+    setup_logging(settings)
+    http_protocol(settings)
+    return create_app(settings, os.environ["DATABASE_URL"],
+                      example_key=os.environ.get("VIDMETRICS_EXAMPLE_KEY") or None)
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -363,6 +389,8 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the server (migrations first)")
     serve.add_argument("--no-migrate", action="store_true", help="do not apply migrations")
+    serve.add_argument("--workers", type=int, default=0,
+                       help="server processes on one port (default: METRICS_WORKERS, 1)")
     serve.set_defaults(func=cmd_serve)
     migrate = sub.add_parser("migrate", help="upgrade the schema (idempotent)")
     migrate.add_argument("revision", nargs="?", default="head",

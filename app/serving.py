@@ -70,11 +70,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
 
 def http_protocol(settings: Settings) -> type[GuardedHttpProtocol]:
-    """The protocol class uvicorn should use, with this server's limits."""
-    return type("HttpProtocol", (GuardedHttpProtocol,), {
-        "request_timeout": settings.request_timeout_seconds,
-        "max_connections": settings.max_sockets + settings.max_http_connections,
-    })
+    """The protocol class uvicorn should use, set to this server's limits. (A module-level
+    class, so a worker process started by `serve --workers N` can be handed it; each worker
+    calls this too, with the settings it reads from the environment.)"""
+    GuardedHttpProtocol.request_timeout = settings.request_timeout_seconds
+    GuardedHttpProtocol.max_connections = settings.max_sockets + settings.max_http_connections
+    return GuardedHttpProtocol
 
 
 def fit_to_fd_limit(settings: Settings) -> Settings:

@@ -53,6 +53,7 @@ class Settings:
     export_webhook: str | None = None
     export_webhook_batch: int = 100
     db_pool_size: int = 10
+    workers: int = 1  # server processes on one port (METRICS_WORKERS; "auto": one per CPU)
 
     @property
     def embedded(self) -> bool:
@@ -159,4 +160,6 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         export_webhook=_url(env, "METRICS_EXPORT_WEBHOOK"),
         export_webhook_batch=_int(env, "METRICS_EXPORT_WEBHOOK_BATCH", 100, minimum=1),
         db_pool_size=_int(env, "METRICS_DB_POOL_SIZE", 10, minimum=2),
+        workers=(os.cpu_count() or 1) if (env.get("METRICS_WORKERS") or "").lower() == "auto"
+        else _int(env, "METRICS_WORKERS", 1, minimum=1),
     )

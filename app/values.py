@@ -43,23 +43,3 @@ def check_json(name: str, value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
             if depth >= max_depth:
                 raise UnsafeValue(f"{name} is nested deeper than {max_depth} levels")
             stack.extend((child, depth + 1) for child in item)
-
-
-def depth(value: Any, limit: int) -> int:
-    """Nesting depth of containers, counted up to `limit + 1` (iterative, bounded)."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        level += 1
-        deepest = max(deepest, level)
-        if deepest > limit:
-            return deepest
-        stack.extend((child, level) for child in children)
-    return deepest

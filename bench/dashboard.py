@@ -33,17 +33,23 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sessions", type=int, default=1_000_000)
     ap.add_argument("--loads", type=int, default=5)
+    ap.add_argument("--data-dir", type=Path,
+                    help="keep the embedded database here (seeded once, reused)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
+        tmp = args.data_dir or Path(tmp_name)
         port = 39000 + random.randrange(1000)
         env = {**os.environ, "METRICS_DATA_DIR": str(tmp / "data"), "LOG_LEVEL": "warning",
                "METRICS_PASSWORD": PASSWORD, "PORT": str(port), "HOST": "127.0.0.1"}
         env.pop("DATABASE_URL", None)
-        print(f"seeding {args.sessions:,} sessions ...", flush=True)
-        subprocess.run([sys.executable, "-m", "app.cli", "seed", "--sessions",
-                        str(args.sessions), "--days", "30", "--videos", "50", "--key", "bench",
-                        "--quiet"], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+        if not (tmp / "data" / "seeded").exists():
+            print(f"seeding {args.sessions:,} sessions ...", flush=True)
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "app.cli", "seed", "--sessions",
+                            str(args.sessions), "--days", "30", "--videos", "50", "--key",
+                            "bench", "--quiet"], cwd=ROOT, env=env, check=True,
+                           stdout=subprocess.DEVNULL)
+            (tmp / "data" / "seeded").write_text(str(time.perf_counter() - started))
         proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         base = f"http://127.0.0.1:{port}"

@@ -122,6 +122,11 @@ async def _write(conn: asyncpg.Connection, key: str, specs: list[dict[str, Any]]
             await session_store.copy_rows(conn, ids, whole_rows, whole_intervals, [])
 
 
+async def stats_backend(conn: asyncpg.Connection) -> bool:
+    from app.storage import timescale
+    return await timescale.is_enabled(conn)
+
+
 def _selection(key: str, which: str) -> Selection:
     if which == "key":
         return Selection(key=key)
@@ -137,14 +142,23 @@ def _same_plays(a: list[stats.PlaysBucket], b: list[stats.PlaysBucket]) -> None:
         assert x.watch_seconds == pytest.approx(y.watch_seconds, abs=1e-6)
 
 
+@pytest.fixture(params=["postgresql", "timescaledb"])
+def any_database(request: pytest.FixtureRequest, database_url: str) -> str:
+    """The randomised equivalence runs on plain PostgreSQL and on TimescaleDB."""
+    if request.param == "timescaledb":
+        return str(request.getfixturevalue("timescale_url"))
+    return database_url
+
+
 @settings(max_examples=40, deadline=None, database=None,
           suppress_health_check=list(HealthCheck))
 @given(specs=st.lists(session_specs(), min_size=0, max_size=25),
        asks=st.lists(queries(), min_size=1, max_size=4))
-def test_rollups_equal_the_raw_answers(database_url: str, specs: list[dict[str, Any]],
+def test_rollups_equal_the_raw_answers(any_database: str, specs: list[dict[str, Any]],
                                        asks: list[dict[str, Any]]) -> None:
     async def run() -> None:
-        conn = await db.connect(database_url)
+        conn = await db.connect(any_database)
+        timescale = await stats_backend(conn)
         try:
             key = "roll-" + secrets.token_hex(6)
             await key_store.insert_key(conn, key)
@@ -158,12 +172,12 @@ def test_rollups_equal_the_raw_answers(database_url: str, specs: list[dict[str, 
                 if q.interval.seconds and (window.end - window.start).total_seconds() \
                         / q.interval.seconds > 5000:
                     q = dataclasses.replace(q, interval=Span(seconds=3600))
-                _same_plays(await stats.plays(conn, q, False),
-                            await stats.plays(conn, q, False, use_rollups=False))
-                assert await stats.sources(conn, q, False) == \
-                    await stats.sources(conn, q, False, use_rollups=False)
-                fast_c = await stats.completion(conn, q, False)
-                slow_c = await stats.completion(conn, q, False, use_rollups=False)
+                _same_plays(await stats.plays(conn, q, timescale),
+                            await stats.plays(conn, q, timescale, use_rollups=False))
+                assert await stats.sources(conn, q, timescale) == \
+                    await stats.sources(conn, q, timescale, use_rollups=False)
+                fast_c = await stats.completion(conn, q, timescale)
+                slow_c = await stats.completion(conn, q, timescale, use_rollups=False)
                 assert list(fast_c) == list(slow_c)
                 for bucket, devices in fast_c.items():
                     assert set(devices) == set(slow_c[bucket])

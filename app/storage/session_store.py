@@ -161,6 +161,17 @@ async def _copy_intervals(conn: asyncpg.Connection, rows: list[IntervalRow],
         )
 
 
+async def _copy_impressions(conn: asyncpg.Connection, rows: list[Impression],
+                            vid: Callable[[VideoRef], int], deltas: rollups.Deltas) -> None:
+    await conn.copy_records_to_table(
+        "impressions",
+        columns=["video_id", "at", "browser", "platform", "device", "page", "session_data"],
+        records=[(vid(i.video), i.at, i.browser, i.platform, i.device, i.page, i.session_data)
+                 for i in rows])
+    for i in rows:
+        deltas.impression(i.video.key, vid(i.video), i.at)
+
+
 async def _copy_events(conn: asyncpg.Connection, rows: list[EventRow],
                        vid: Callable[[VideoRef], int]) -> None:
     if rows:
@@ -259,13 +270,7 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
             [r.furthest for r in rows], islands, [r.ended for r in rows], distinct,
         )
     if impressions:
-        await conn.copy_records_to_table(
-            "impressions",
-            columns=["video_id", "at", "browser", "platform", "device", "page", "session_data"],
-            records=[(vid(i.video), i.at, i.browser, i.platform, i.device, i.page,
-                      i.session_data) for i in impressions])
-        for i in impressions:
-            deltas.impression(i.video.key, vid(i.video), i.at)
+        await _copy_impressions(conn, impressions, vid, deltas)
     await deltas.write(conn)
     await _copy_intervals(conn, intervals, vid)
     await _copy_events(conn, events, vid)
@@ -345,13 +350,7 @@ async def copy_rows(conn: asyncpg.Connection, ids: dict[tuple[str, str], int],
         records=records,
     )
     if impressions:
-        await conn.copy_records_to_table(
-            "impressions",
-            columns=["video_id", "at", "browser", "platform", "device", "page", "session_data"],
-            records=[(vid(i.video), i.at, i.browser, i.platform, i.device, i.page,
-                      i.session_data) for i in impressions])
-        for i in impressions:
-            deltas.impression(i.video.key, vid(i.video), i.at)
+        await _copy_impressions(conn, impressions, vid, deltas)
     await _copy_intervals(conn, intervals, vid)
     await _copy_events(conn, events, vid)
     if pending is None:

@@ -211,10 +211,9 @@ async def plays(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
         cls, inner = plan
         await _plays_rollup(conn, q, timescale, cls, inner, out)
         await _impressions_rollup(conn, q, timescale, inner, out)
-        edges = _edges(q.window, inner)
-        if edges:
-            await _plays_raw(conn, q, timescale, edges, out)
-            await _impressions_raw(conn, q, timescale, edges, out)
+        for edge in _edges(q.window, inner):  # one plain time range each: index-friendly
+            await _plays_raw(conn, q, timescale, [edge], out)
+            await _impressions_raw(conn, q, timescale, [edge], out)
     return [out[b] for b in sorted(out) if out[b].views > 0 or out[b].impressions > 0]
 
 
@@ -309,9 +308,8 @@ async def completion(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
         for r in await conn.fetch(f"SELECT {bucket} AS bucket, r.device, {sums} FROM {table} r "
                                   f"WHERE {' AND '.join(where)} GROUP BY 1, 2", *p.values):
             add(r["bucket"], r["device"], [float(r[i]) for i in range(2, len(r))])
-        edges = _edges(q.window, inner)
-        if edges:
-            await raw(edges)
+        for edge in _edges(q.window, inner):  # one plain time range each: index-friendly
+            await raw([edge])
     return {b: {d: c for d, c in devices.items() if c.values[0] > 0}
             for b, devices in sorted(out.items())
             if any(c.values[0] > 0 for c in devices.values())}
@@ -353,9 +351,8 @@ async def sources(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
                 f"FROM {table} r WHERE {' AND '.join(where)} GROUP BY 1, 2", *p.values):
             key = (r["bucket"], r["page"])
             counts[key] = counts.get(key, 0) + int(r["views"])
-        edges = _edges(q.window, inner)
-        if edges:
-            await raw(edges)
+        for edge in _edges(q.window, inner):  # one plain time range each: index-friendly
+            await raw([edge])
     rows = [(b, page, views) for (b, page), views in counts.items() if views > 0]
     rows.sort(key=lambda r: (r[0], -r[2], r[1]))
     return rows
@@ -382,10 +379,10 @@ async def engagement(conn: asyncpg.Connection, q: EngagementQuery,
             f"WHERE {' AND '.join(where)} GROUP BY 1 HAVING sum(r.sessions) > 0", *p.values)
         durations = {r["duration"] for r in found}
         edges = _edges(q.window, inner)
-        if edges:
+        for edge in edges:  # one plain time range each: index-friendly
             p2 = Params()
             cond = video_filter(q.selection, p2, "s.video_id")
-            cond.append(_window_condition(edges, p2, "s.started_at"))
+            cond.append(_window_condition([edge], p2, "s.started_at"))
             durations |= {r[0] for r in await conn.fetch(
                 f"SELECT DISTINCT coalesce(s.duration, {rollups.UNKNOWN_DURATION}) "
                 f"FROM sessions s WHERE {' AND '.join(cond)}", *p2.values)}
@@ -540,9 +537,8 @@ async def videos(conn: asyncpg.Connection, q: BucketQuery, limit: int,
             entry = totals.setdefault(r["video_id"], [0, 0.0])
             entry[0] += r["n"]
             entry[1] += r["w"]
-        edges = _edges(q.window, inner)
-        if edges:
-            await raw(edges)
+        for edge in _edges(q.window, inner):  # one plain time range each: index-friendly
+            await raw([edge])
     ranked = sorted(((v, t) for v, t in totals.items() if t[0] > 0),
                     key=lambda item: (-item[1][0], -item[1][1], item[0]))[:limit]
     if not ranked:

@@ -138,50 +138,36 @@ export_outbox = Table(
     Index("export_outbox_due_idx", "next_attempt_at"),
 )
 
-# Rollups kept exact at ingest (see app/storage/rollups.py).
-rollup_plays = Table(
-    "rollup_plays",
-    metadata,
-    Column("video_id", BigInteger, nullable=False),
-    Column("bucket", DateTime(timezone=True), nullable=False),
-    Column("class", SmallInteger, nullable=False),
-    Column("sessions", Integer, nullable=False),
-    Column("watch_seconds", Float, nullable=False),
-    *[Column(c, Integer, nullable=False, server_default=text("0")) for c in BREAKDOWN_COLUMNS],
-    PrimaryKeyConstraint("video_id", "bucket", "class", name="rollup_plays_pkey"),
-)
+# Rollups kept exact at ingest (see app/storage/rollups.py), per video and per ingest key.
+def _plays_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-arg]
+    return Table(
+        name, metadata, owner,
+        Column("bucket", DateTime(timezone=True), nullable=False),
+        Column("class", SmallInteger, nullable=False),
+        Column("sessions", Integer, nullable=False),
+        Column("watch_seconds", Float, nullable=False),
+        *[Column(c, Integer, nullable=False, server_default=text("0"))
+          for c in BREAKDOWN_COLUMNS],
+        PrimaryKeyConstraint(owner.name, "bucket", "class", name=f"{name}_pkey"),
+    )
 
-rollup_sources = Table(
-    "rollup_sources",
-    metadata,
-    Column("video_id", BigInteger, nullable=False),
-    Column("bucket", DateTime(timezone=True), nullable=False),
-    Column("page", Text, nullable=False),
-    *[Column(c, Integer, nullable=False, server_default=text("0")) for c in REACHED_COLUMNS],
-    PrimaryKeyConstraint("video_id", "bucket", "page", name="rollup_sources_pkey"),
-)
 
-rollup_key_plays = Table(
-    "rollup_key_plays",
-    metadata,
-    Column("key", Text, nullable=False),
-    Column("bucket", DateTime(timezone=True), nullable=False),
-    Column("class", SmallInteger, nullable=False),
-    Column("sessions", Integer, nullable=False),
-    Column("watch_seconds", Float, nullable=False),
-    *[Column(c, Integer, nullable=False, server_default=text("0")) for c in BREAKDOWN_COLUMNS],
-    PrimaryKeyConstraint("key", "bucket", "class", name="rollup_key_plays_pkey"),
-)
+def _sources_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-arg]
+    return Table(
+        name, metadata, owner,
+        Column("bucket", DateTime(timezone=True), nullable=False),
+        Column("page", Text, nullable=False),
+        *[Column(c, Integer, nullable=False, server_default=text("0"))
+          for c in REACHED_COLUMNS],
+        PrimaryKeyConstraint(owner.name, "bucket", "page", name=f"{name}_pkey"),
+    )
 
-rollup_key_sources = Table(
-    "rollup_key_sources",
-    metadata,
-    Column("key", Text, nullable=False),
-    Column("bucket", DateTime(timezone=True), nullable=False),
-    Column("page", Text, nullable=False),
-    *[Column(c, Integer, nullable=False, server_default=text("0")) for c in REACHED_COLUMNS],
-    PrimaryKeyConstraint("key", "bucket", "page", name="rollup_key_sources_pkey"),
-)
+
+rollup_plays = _plays_rollup("rollup_plays", Column("video_id", BigInteger, nullable=False))
+rollup_key_plays = _plays_rollup("rollup_key_plays", Column("key", Text, nullable=False))
+rollup_sources = _sources_rollup("rollup_sources",
+                                 Column("video_id", BigInteger, nullable=False))
+rollup_key_sources = _sources_rollup("rollup_key_sources", Column("key", Text, nullable=False))
 
 rollup_engagement = Table(
     "rollup_engagement",
