@@ -82,6 +82,7 @@ sessions = Table(
     Column("distinct_seconds", Float, nullable=False, server_default=text("0")),
     PrimaryKeyConstraint("id", "started_at", name="sessions_pkey"),
     Index("sessions_video_started_idx", "video_id", "started_at"),
+    Index("sessions_started_idx", "started_at"),
 )
 
 watch_intervals = Table(

@@ -54,6 +54,8 @@ def upgrade() -> None:
         sa.Column("session_data", JSONB, nullable=True),
     )
     op.create_index("impressions_video_at_idx", "impressions", ["video_id", "at"])
+    # newest sessions first, whatever the video (the session list)
+    op.create_index("sessions_started_idx", "sessions", ["started_at"])
     op.create_table(
         "rollup_impressions",
         sa.Column("video_id", sa.BigInteger, nullable=False),
@@ -83,5 +85,6 @@ def downgrade() -> None:
     for table in ("rollup_key_completion", "rollup_completion", "rollup_key_impressions",
                   "rollup_impressions", "impressions"):
         op.drop_table(table)
+    op.drop_index("sessions_started_idx", "sessions")
     op.drop_column("sessions", "distinct_seconds")
     op.drop_column("sessions", "ended")
