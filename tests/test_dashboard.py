@@ -83,8 +83,10 @@ def test_dashboard_pages_show_what_the_api_answers(server: Server, seeded: Data)
             {"name": f"sessions-{width}", "path": f"{base}&view=sessions", "width": width,
              "height": height},
         ]
-    steps.append({"name": "session-1280", "path": f"{base}&view=sessions", "width": 1280,
-                  "height": 800, "actions": [{"click": "#sessions tbody tr"}]})
+    for width, height in ((1280, 800), (390, 844)):
+        steps.append({"name": f"session-{width}", "path": f"{base}&view=sessions",
+                      "width": width, "height": height,
+                      "actions": [{"click": "#sessions tbody tr"}]})
     report = {r["name"]: r for r in drive(server, steps)}
     for name, result in report.items():
         assert result["errors"] == [], (name, result["errors"])
