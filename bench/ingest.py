@@ -125,9 +125,15 @@ class Client(asyncio.Protocol):
                 n, start = int.from_bytes(self.buffer[2:10], "big"), 10
             if len(self.buffer) < start + n:
                 return
+            opcode = self.buffer[0] & 0x0F
             body = self.buffer[start:start + n]
             self.buffer = self.buffer[start + n:]
-            self.reply(body)
+            if opcode == 0x9:  # the server's keep-alive ping: answer it, it is no reply
+                assert self.transport is not None and n < 126
+                self.transport.write(bytes([0x8A, 0x80 | n]) + MASK
+                                     + bytes(b ^ MASK[i % 4] for i, b in enumerate(body)))
+            elif opcode == 0x1:
+                self.reply(body)
 
     def reply(self, body: bytes) -> None:
         ok = self.run.echo or b'"ok"' in body  # the echo answers with the frame itself
@@ -178,12 +184,14 @@ async def drive(port: int, key: str, sockets: int, outstanding: int, every: floa
                 c.send_event()
     else:  # every socket sends one event every `every` seconds, spread evenly
         async def pace() -> None:
-            gap = every / len(run.clients)
-            i = 0
+            rate = len(run.clients) / every  # events per second over all sockets
+            began, i = time.perf_counter(), 0
             while not run.stopping:
-                run.clients[i % len(run.clients)].send_event()
-                i += 1
-                await asyncio.sleep(gap)
+                due = int((time.perf_counter() - began) * rate)
+                while i < due:  # catch up in small batches: sleeps are coarse
+                    run.clients[i % len(run.clients)].send_event()
+                    i += 1
+                await asyncio.sleep(0.005)
         loop.create_task(pace())
     await asyncio.sleep(min(3.0, seconds / 4))  # warm up
     run.measuring = True
@@ -332,7 +340,10 @@ def main() -> None:
                         await conn.close()
                 return asyncio.run(count())
 
-            ours = measure("vidmetrics", [*pinned(0), sys.executable, "-m", "app.cli", "serve"],
+            # one worker shares CPU 0 with nothing; N workers get every core (and so
+            # share CPU 1 with the generator)
+            server_cpu = pinned(0) if args.workers == 1 else []
+            ours = measure("vidmetrics", [*server_cpu, sys.executable, "-m", "app.cli", "serve"],
                            env, port, "bench-ingest", case, "/healthz",
                            stored=lambda what, s=stored: s(what))
             acked_so_far += ours["acked"]
