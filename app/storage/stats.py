@@ -120,6 +120,28 @@ def _rollup_scope(sel: Selection, p: Params, kind: str) -> tuple[str, list[str]]
     return f"rollup_{kind}", video_filter(sel, p, "r.video_id")
 
 
+def _rollup_where(q: BucketQuery, p: Params, kind: str, inner: Window,
+                  cls: int | None = None) -> tuple[str, list[str]]:
+    """Table and conditions for the whole buckets of `inner` (and watch class >= cls)."""
+    table, where = _rollup_scope(q.selection, p, kind)
+    where.append(f"r.bucket >= {p.add(inner.start, 'timestamptz')}")
+    where.append(f"r.bucket < {p.add(inner.end, 'timestamptz')}")
+    if cls is not None:
+        where.append(f"r.class >= {p.add(cls, 'int')}")
+    return table, where
+
+
+def _sessions_where(q: BucketQuery, p: Params, windows: list[Window]) -> list[str]:
+    """Conditions for the raw path: the selection's sessions started in `windows` that
+    reach the threshold."""
+    where = video_filter(q.selection, p, "s.video_id")
+    where.append(_window_condition(windows, p, "s.started_at"))
+    if q.selection.session is not None:
+        where.append(f"s.session_data @> {p.add(q.selection.session, 'jsonb')}")
+    where.append(f"s.watch_seconds >= {p.add(q.minimum_watch_seconds, 'float8')}")
+    return where
+
+
 # -- plays ------------------------------------------------------------------------------
 @dataclass(slots=True)
 class PlaysBucket:
@@ -145,11 +167,7 @@ async def _plays_raw(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
                      windows: list[Window], into: dict[dt.datetime, PlaysBucket]) -> None:
     p = Params()
     bucket = _bucket(q, p, timescale)
-    where = video_filter(q.selection, p, "s.video_id")
-    where.append(_window_condition(windows, p, "s.started_at"))
-    if q.selection.session is not None:
-        where.append(f"s.session_data @> {p.add(q.selection.session, 'jsonb')}")
-    where.append(f"s.watch_seconds >= {p.add(q.minimum_watch_seconds, 'float8')}")
+    where = _sessions_where(q, p, windows)
     rows = await conn.fetch(
         f"""
         SELECT {bucket} AS bucket, s.browser, s.platform, s.device,
@@ -174,10 +192,7 @@ async def _plays_rollup(conn: asyncpg.Connection, q: BucketQuery, timescale: boo
                         inner: Window, into: dict[dt.datetime, PlaysBucket]) -> None:
     p = Params()
     bucket = _bucket(q, p, timescale, "r.bucket")
-    table, where = _rollup_scope(q.selection, p, "plays")
-    where.append(f"r.bucket >= {p.add(inner.start, 'timestamptz')}")
-    where.append(f"r.bucket < {p.add(inner.end, 'timestamptz')}")
-    where.append(f"r.class >= {p.add(cls, 'int')}")
+    table, where = _rollup_where(q, p, "plays", inner, cls)
     sums = ", ".join(f"sum(r.{c})" for c in rollups.BREAKDOWN_COLUMNS)
     rows = await conn.fetch(
         f"""
@@ -235,9 +250,7 @@ async def _impressions_rollup(conn: asyncpg.Connection, q: BucketQuery, timescal
                               inner: Window, into: dict[dt.datetime, PlaysBucket]) -> None:
     p = Params()
     bucket = _bucket(q, p, timescale, "r.bucket")
-    table, where = _rollup_scope(q.selection, p, "impressions")
-    where.append(f"r.bucket >= {p.add(inner.start, 'timestamptz')}")
-    where.append(f"r.bucket < {p.add(inner.end, 'timestamptz')}")
+    table, where = _rollup_where(q, p, "impressions", inner)
     for r in await conn.fetch(f"SELECT {bucket} AS bucket, sum(r.impressions) AS n "
                               f"FROM {table} r WHERE {' AND '.join(where)} GROUP BY 1",
                               *p.values):
@@ -268,11 +281,7 @@ async def completion(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
     async def raw(windows: list[Window]) -> None:
         p = Params()
         bucket = _bucket(q, p, timescale)
-        where = video_filter(q.selection, p, "s.video_id")
-        where.append(_window_condition(windows, p, "s.started_at"))
-        if q.selection.session is not None:
-            where.append(f"s.session_data @> {p.add(q.selection.session, 'jsonb')}")
-        where.append(f"s.watch_seconds >= {p.add(q.minimum_watch_seconds, 'float8')}")
+        where = _sessions_where(q, p, windows)
         known = "s.duration > 0"
         reached = ", ".join(
             f"count(*) FILTER (WHERE {known} AND s.furthest / s.duration >= "
@@ -300,10 +309,7 @@ async def completion(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
         cls, inner = plan
         p = Params()
         bucket = _bucket(q, p, timescale, "r.bucket")
-        table, where = _rollup_scope(q.selection, p, "completion")
-        where.append(f"r.bucket >= {p.add(inner.start, 'timestamptz')}")
-        where.append(f"r.bucket < {p.add(inner.end, 'timestamptz')}")
-        where.append(f"r.class >= {p.add(cls, 'int')}")
+        table, where = _rollup_where(q, p, "completion", inner, cls)
         sums = ", ".join(f"sum(r.{c})" for c in [*rollups.COMPLETION_COLUMNS, "percent_sum"])
         for r in await conn.fetch(f"SELECT {bucket} AS bucket, r.device, {sums} FROM {table} r "
                                   f"WHERE {' AND '.join(where)} GROUP BY 1, 2", *p.values):
@@ -323,11 +329,7 @@ async def sources(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
     async def raw(windows: list[Window]) -> None:
         p = Params()
         bucket = _bucket(q, p, timescale)
-        where = video_filter(q.selection, p, "s.video_id")
-        where.append(_window_condition(windows, p, "s.started_at"))
-        if q.selection.session is not None:
-            where.append(f"s.session_data @> {p.add(q.selection.session, 'jsonb')}")
-        where.append(f"s.watch_seconds >= {p.add(q.minimum_watch_seconds, 'float8')}")
+        where = _sessions_where(q, p, windows)
         where.append("s.page IS NOT NULL")
         for r in await conn.fetch(
                 f"SELECT {bucket} AS bucket, s.page, count(*) AS views FROM sessions s "
@@ -342,9 +344,7 @@ async def sources(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
         cls, inner = plan
         p = Params()
         bucket = _bucket(q, p, timescale, "r.bucket")
-        table, where = _rollup_scope(q.selection, p, "sources")
-        where.append(f"r.bucket >= {p.add(inner.start, 'timestamptz')}")
-        where.append(f"r.bucket < {p.add(inner.end, 'timestamptz')}")
+        table, where = _rollup_where(q, p, "sources", inner)
         reached = rollups.REACHED_COLUMNS[cls]  # a constant column name, not user text
         for r in await conn.fetch(
                 f"SELECT {bucket} AS bucket, r.page, sum(r.{reached}) AS views "
@@ -509,11 +509,7 @@ async def videos(conn: asyncpg.Connection, q: BucketQuery, limit: int,
 
     async def raw(windows: list[Window]) -> None:
         p = Params()
-        where = video_filter(q.selection, p, "s.video_id")
-        where.append(_window_condition(windows, p, "s.started_at"))
-        if q.selection.session is not None:
-            where.append(f"s.session_data @> {p.add(q.selection.session, 'jsonb')}")
-        where.append(f"s.watch_seconds >= {p.add(q.minimum_watch_seconds, 'float8')}")
+        where = _sessions_where(q, p, windows)
         for r in await conn.fetch(
                 f"SELECT s.video_id, count(*) AS n, sum(s.watch_seconds) AS w FROM sessions s "
                 f"WHERE {' AND '.join(where)} GROUP BY 1", *p.values):
