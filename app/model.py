@@ -70,3 +70,4 @@ class EngagementQuery:
     selection: Selection
     window: Window
     ranges: int
+    normalize: str | None = None  # "sessions": also each range's share of the sessions

@@ -206,6 +206,12 @@ async def test_engagement(api: httpx.Client, data: Data) -> None:
     ]
     default = post(api, "engagement", {**body, "ranges": None})["engagement"]
     assert len(default) == 10 and default[1]["range_time"] == {"from": 4.0, "to": 8.0}
+    # the share of the 4 selected sessions that watched each range (PeerTube's retention)
+    shares = post(api, "engagement", {**body, "normalize": "sessions"})["engagement"]
+    assert [r["share"] for r in shares] == [0.5, 0.5, 0.0, 0.25]
+    assert [r["viewers"] for r in shares] == [2, 2, 0, 1]
+    bad = api.post("/api/v1/engagement", json={**body, "normalize": "viewers"})
+    assert bad.status_code == 400 and "normalize" in bad.json()["error"]
     empty = post(api, "engagement", {**body, "query": {"key": "none"}})
     assert empty == {"engagement": []}
 

@@ -45,6 +45,8 @@ SCHEMAS: dict[str, Any] = {
     "EngagementRequest": {"type": "object", "properties": {
         **SELECTION, "timeframe": TIMEFRAME,
         "ranges": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
+        "normalize": {"enum": ["sessions"], "description": "also give each range's share of "
+                      "the selected sessions (0..1)"},
     }},
     "SelectionRequest": {"type": "object", "properties": SELECTION},
     "VideosRequest": {"type": "object", "properties": {
@@ -144,6 +146,7 @@ SCHEMAS: dict[str, Any] = {
                                           "properties": {"from": {"type": "number"},
                                                          "to": {"type": "number"}}},
                            "viewers": {"type": "integer", "minimum": 0},
+                           "share": {"type": "number", "minimum": 0, "maximum": 1},
                        }}}}},
     "Sources": {"type": "object", "required": ["sources"], "additionalProperties": False,
                 "properties": {"sources": {"type": "array", "items": {
@@ -189,7 +192,7 @@ def _query(summary: str, request: str, response: str) -> dict[str, Any]:
     get = {**operation, "parameters": [
         {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
         for name in ("query", "identifier", "interval", "timeframe", "timezone",
-                     "minimum_watch_seconds", "ranges", "limit", "cursor")
+                     "minimum_watch_seconds", "ranges", "limit", "cursor", "normalize")
     ]}
     return {"post": operation, "get": get}
 

@@ -196,10 +196,14 @@ def bucket_query(body: dict[str, Any], now: dt.datetime, max_buckets: int) -> Bu
 
 
 def engagement_query(body: dict[str, Any], now: dt.datetime) -> EngagementQuery:
+    normalize = body.get("normalize")
+    if normalize is not None and normalize != "sessions":
+        raise BadRequest('normalize must be "sessions" (or absent)')
     return EngagementQuery(
         selection=parse_selection(body),
         window=parse_timeframe(body.get("timeframe"), now),
         ranges=parse_ranges(body.get("ranges")),
+        normalize=normalize,
     )
 
 

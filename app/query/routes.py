@@ -27,6 +27,7 @@ from app.errors import (
     TooManyRequests,
     UnsupportedMediaType,
 )
+from app.model import BucketQuery, Span
 from app.query import exporting, params, shapes
 from app.query.openapi import KEY_PATTERN, document
 from app.storage import export as export_store
@@ -158,7 +159,14 @@ async def engagement(request: Request) -> Response:
     q = dataclasses.replace(q, window=params.within_retention(
         q.window, settings.retention_days, now))
     total, counts = await _run(request, lambda conn: stats.engagement(conn, q))
-    return json(shapes.engagement(total, q.ranges, counts))
+    sessions = None
+    if q.normalize == "sessions" and total is not None:
+        # every selected session, played a second or not: the plays answer at threshold 0
+        every = BucketQuery(q.selection, q.window, Span(months=120), "UTC", 0.0)
+        ts = request.app.state.timescale
+        buckets = await _run(request, lambda conn: stats.plays(conn, every, ts))
+        sessions = sum(b.views for b in buckets)
+    return json(shapes.engagement(total, q.ranges, counts, sessions))
 
 
 EXPORTS_AT_ONCE = 2

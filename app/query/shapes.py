@@ -67,12 +67,19 @@ def sources(rows: list[tuple[dt.datetime, str, int]]) -> dict[str, Any]:
                         for b, page, views in rows]}
 
 
-def engagement(total: float | None, ranges: int, counts: dict[int, int]) -> dict[str, Any]:
+def engagement(total: float | None, ranges: int, counts: dict[int, int],
+               sessions: int | None = None) -> dict[str, Any]:
+    """sessions given (normalize=sessions): each range also carries `share`, the part of
+    the selected sessions that watched it (0..1)."""
     if total is None:
         return {"engagement": []}
     step = total / ranges
-    return {"engagement": [
-        {"range": r, "range_time": {"from": _seconds(r * step), "to": _seconds((r + 1) * step)},
-         "viewers": counts.get(r, 0)}
-        for r in range(ranges)
-    ]}
+    out = []
+    for r in range(ranges):
+        entry: dict[str, Any] = {
+            "range": r, "range_time": {"from": _seconds(r * step), "to": _seconds((r + 1) * step)},
+            "viewers": counts.get(r, 0)}
+        if sessions is not None:
+            entry["share"] = round(counts.get(r, 0) / sessions, 4) if sessions else 0.0
+        out.append(entry)
+    return {"engagement": out}
