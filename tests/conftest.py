@@ -213,13 +213,18 @@ def start_server(tmp: Path, env: dict[str, str], *, wait_healthy: bool = True,
     return server
 
 
-@pytest.fixture(scope="session")
-def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def serving(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server on `database_url` for as long as the fixture that yields from this lives."""
     srv = start_server(tmp_path_factory.mktemp("srv"), {"DATABASE_URL": database_url})
     try:
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="session")
+def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from serving(database_url, tmp_path_factory)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 
 from app.storage import key_store, session_store
 from app.storage.session_store import IntervalRow, SessionRow, VideoRef
-from tests.conftest import AUTH, Server, start_server
+from tests.conftest import AUTH, Server, serving, start_server
 
 UTC = dt.UTC
 _ids = itertools.count(10**12)
@@ -68,11 +68,7 @@ def database_url(request: pytest.FixtureRequest, database_url: str) -> str:
 
 @pytest.fixture(scope="module")
 def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = start_server(tmp_path_factory.mktemp("srv"), {"DATABASE_URL": database_url})
-    try:
-        yield srv
-    finally:
-        srv.stop()
+    yield from serving(database_url, tmp_path_factory)
 
 
 @pytest.fixture

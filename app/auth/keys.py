@@ -29,13 +29,17 @@ class KeyCache:
         self._pool = pool
         self._refresh_seconds = refresh_seconds
         self._active: frozenset[str] = frozenset()
+        self.generation = 0  # grows whenever the active set changes
         self._task: asyncio.Task[None] | None = None
 
     def is_active(self, key: str) -> bool:
         return key in self._active
 
     async def refresh(self) -> None:
-        self._active = frozenset(await key_store.active_keys(self._pool))
+        active = frozenset(await key_store.active_keys(self._pool))
+        if active != self._active:
+            self._active = active
+            self.generation += 1
 
     async def start(self) -> None:
         try:

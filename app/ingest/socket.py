@@ -64,6 +64,7 @@ class Hub:
     sockets: set[Connection] = field(default_factory=set)
     accepting: bool = True
     state_bytes: int = 0  # client-supplied state held by all open channels
+    keys_seen: int = 0  # the key cache generation the last sweep checked channels against
 
     @property
     def limits(self) -> Limits:
@@ -82,13 +83,18 @@ class Hub:
         SESSION_BYTES.set(self.state_bytes)
 
     def sweep(self) -> None:
-        """Close channels whose key was revoked, and sockets silent for too long."""
+        """Close channels whose key was revoked, and sockets silent for too long. Channels
+        are only walked when the set of active keys has changed since the last sweep."""
         deadline = time.monotonic() - self.settings.socket_idle_seconds
+        keys_changed = self.keys.generation != self.keys_seen
+        self.keys_seen = self.keys.generation
         for conn in list(self.sockets):
             if conn.last_seen < deadline:
                 _REFUSED["idle"].inc()
                 conn.leave_all()
                 conn.closing = asyncio.ensure_future(conn.close(1001))
+                continue
+            if not keys_changed:
                 continue
             for topic, (join_ref, session) in list(conn.channels.items()):
                 if not self.keys.is_active(session.join.key):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -142,6 +143,21 @@ def _sessions_where(q: BucketQuery, p: Params, windows: list[Window]) -> list[st
     return where
 
 
+async def _by_plan(q: BucketQuery, use_rollups: bool,
+                   raw: Callable[[list[Window]], Awaitable[None]],
+                   rollup: Callable[[int, Window], Awaitable[None]]) -> None:
+    """Answer from the rollups where they are exact (whole buckets, then each partial edge
+    of the window from raw rows, one plain time range each: index-friendly), else raw."""
+    plan = bucket_rollup_plan(q) if use_rollups else None
+    if plan is None:
+        await raw([q.window])
+        return
+    cls, inner = plan
+    await rollup(cls, inner)
+    for edge in _edges(q.window, inner):
+        await raw([edge])
+
+
 # -- plays ------------------------------------------------------------------------------
 @dataclass(slots=True)
 class PlaysBucket:
@@ -218,17 +234,16 @@ async def plays(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
     """Views per bucket: whole 15-minute buckets from the rollup, the partial edges of the
     window (and anything the rollup cannot answer exactly) from the sessions table."""
     out: dict[dt.datetime, PlaysBucket] = {}
-    plan = bucket_rollup_plan(q) if use_rollups else None
-    if plan is None:
-        await _plays_raw(conn, q, timescale, [q.window], out)
-        await _impressions_raw(conn, q, timescale, [q.window], out)
-    else:
-        cls, inner = plan
+
+    async def raw(windows: list[Window]) -> None:
+        await _plays_raw(conn, q, timescale, windows, out)
+        await _impressions_raw(conn, q, timescale, windows, out)
+
+    async def rollup(cls: int, inner: Window) -> None:
         await _plays_rollup(conn, q, timescale, cls, inner, out)
         await _impressions_rollup(conn, q, timescale, inner, out)
-        for edge in _edges(q.window, inner):  # one plain time range each: index-friendly
-            await _plays_raw(conn, q, timescale, [edge], out)
-            await _impressions_raw(conn, q, timescale, [edge], out)
+
+    await _by_plan(q, use_rollups, raw, rollup)
     return [out[b] for b in sorted(out) if out[b].views > 0 or out[b].impressions > 0]
 
 
@@ -302,11 +317,7 @@ async def completion(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
         for r in rows:
             add(r["bucket"], r["device"], [float(r[i]) for i in range(2, len(r))])
 
-    plan = bucket_rollup_plan(q) if use_rollups else None
-    if plan is None:
-        await raw([q.window])
-    else:
-        cls, inner = plan
+    async def rollup(cls: int, inner: Window) -> None:
         p = Params()
         bucket = _bucket(q, p, timescale, "r.bucket")
         table, where = _rollup_where(q, p, "completion", inner, cls)
@@ -314,8 +325,8 @@ async def completion(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
         for r in await conn.fetch(f"SELECT {bucket} AS bucket, r.device, {sums} FROM {table} r "
                                   f"WHERE {' AND '.join(where)} GROUP BY 1, 2", *p.values):
             add(r["bucket"], r["device"], [float(r[i]) for i in range(2, len(r))])
-        for edge in _edges(q.window, inner):  # one plain time range each: index-friendly
-            await raw([edge])
+
+    await _by_plan(q, use_rollups, raw, rollup)
     return {b: {d: c for d, c in devices.items() if c.values[0] > 0}
             for b, devices in sorted(out.items())
             if any(c.values[0] > 0 for c in devices.values())}
@@ -337,11 +348,7 @@ async def sources(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
             key = (r["bucket"], r["page"])
             counts[key] = counts.get(key, 0) + r["views"]
 
-    plan = bucket_rollup_plan(q) if use_rollups else None
-    if plan is None:
-        await raw([q.window])
-    else:
-        cls, inner = plan
+    async def rollup(cls: int, inner: Window) -> None:
         p = Params()
         bucket = _bucket(q, p, timescale, "r.bucket")
         table, where = _rollup_where(q, p, "sources", inner)
@@ -351,8 +358,8 @@ async def sources(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
                 f"FROM {table} r WHERE {' AND '.join(where)} GROUP BY 1, 2", *p.values):
             key = (r["bucket"], r["page"])
             counts[key] = counts.get(key, 0) + int(r["views"])
-        for edge in _edges(q.window, inner):  # one plain time range each: index-friendly
-            await raw([edge])
+
+    await _by_plan(q, use_rollups, raw, rollup)
     rows = [(b, page, views) for (b, page), views in counts.items() if views > 0]
     rows.sort(key=lambda r: (r[0], -r[2], r[1]))
     return rows
@@ -517,13 +524,9 @@ async def videos(conn: asyncpg.Connection, q: BucketQuery, limit: int,
             entry[0] += r["n"]
             entry[1] += r["w"]
 
-    plan = bucket_rollup_plan(q) if use_rollups else None
-    if plan is None:
-        await raw([q.window])
-    else:
-        cls, inner = plan
+    async def rollup(cls: int, inner: Window) -> None:
         p = Params()
-        where = video_filter(q.selection, p, "r.video_id")
+        where = video_filter(q.selection, p, "r.video_id")  # per video, even for a key
         where += [f"r.bucket >= {p.add(inner.start, 'timestamptz')}",
                   f"r.bucket < {p.add(inner.end, 'timestamptz')}",
                   f"r.class >= {p.add(cls, 'int')}"]
@@ -533,8 +536,8 @@ async def videos(conn: asyncpg.Connection, q: BucketQuery, limit: int,
             entry = totals.setdefault(r["video_id"], [0, 0.0])
             entry[0] += r["n"]
             entry[1] += r["w"]
-        for edge in _edges(q.window, inner):  # one plain time range each: index-friendly
-            await raw([edge])
+
+    await _by_plan(q, use_rollups, raw, rollup)
     ranked = sorted(((v, t) for v, t in totals.items() if t[0] > 0),
                     key=lambda item: (-item[1][0], -item[1][1], item[0]))[:limit]
     if not ranked:
