@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from app.ingest.agents import Device
+from app.storage.rollups import Qoe
 from app.storage.session_store import (
     Ended,
     EventRow,
@@ -35,6 +36,21 @@ LEGACY_EVENTS = frozenset({
     "ended", "timeupdate", "rebuffering_start", "rebuffering_end", "playback_failure",
     "fullscreen_enter", "fullscreen_exit", "source_set", "track_set",
 })
+# What the first-party client (/client/vidmetrics.js) adds: playback requested, the first
+# frame on screen, a rendition change, a clean exit (pagehide). See docs/protocol.md.
+QOE_EVENTS = frozenset({"play_request", "first_frame", "rendition", "exit"})
+EVENTS = LEGACY_EVENTS | QOE_EVENTS
+# Events that begin a session when none has begun: playback started (`play`, a play), or
+# a view that may never start (`play_request`, `playback_failure`).
+STARTERS = frozenset({"play", "play_request", "playback_failure"})
+# Events that mark a session as one with QoE data (its client reports QoE); sessions
+# without any are left out of every QoE figure, never counted as perfect.
+QOE_SIGNALS = frozenset({"play_request", "first_frame", "rebuffering_start", "rebuffering_end",
+                         "playback_failure", "exit"})
+# A duration the client measured (`ms`) may exceed what the server's clock saw between
+# the two events by network jitter; beyond this slack the server's figure is used.
+CLIENT_MS_SLACK = 2000.0
+MAX_MEDIA_ERROR = 4  # MediaError codes are 1..4; anything else is stored as 0 (unknown)
 MAX_POSITION = 7 * 24 * 3600.0  # a week of media; anything beyond is not a real position
 MAX_PAGE_LENGTH = 2048
 MAX_PREPLAY_EVENTS = 32
@@ -49,7 +65,8 @@ MAX_PLAYBACK_RATE = 16.0
 WATCH_SLACK_SECONDS = 10.0
 # The fields of an event payload that the protocol defines; anything else a client sends
 # is dropped before storage (never stored verbatim). Numbers may arrive as numeric strings.
-NUMBER_FIELDS = ("duration", "from", "to", "timestamp", "rate", "playbackRate", "volume")
+NUMBER_FIELDS = ("duration", "from", "to", "timestamp", "rate", "playbackRate", "volume",
+                 "ms", "code", "width", "height", "br", "pr", "at")
 TEXT_FIELDS = {"language": 35}
 _SESSION_TOPIC = re.compile(r"^session:[A-Za-z0-9_\-:.]{1,128}$")
 
@@ -215,6 +232,37 @@ class _Open:
 
 
 @dataclass
+class _Quality:
+    """A view's QoE as it accumulates (frozen into a Qoe for every snapshot)."""
+
+    startup_ms: float | None = None
+    rebuffer_count: int = 0
+    rebuffer_seconds: float = 0.0
+    seek_count: int = 0
+    seek_ms: float = 0.0
+    failure: int | None = None
+    failed_before_start: bool = False
+    exited_before_start: bool = False
+    stalled_since: dt.datetime | None = None
+    seeking_since: dt.datetime | None = None
+
+    def frozen(self) -> Qoe:
+        return Qoe(self.startup_ms, self.rebuffer_count, self.rebuffer_seconds, self.seek_count,
+                   self.seek_ms, self.failure, self.failed_before_start,
+                   self.exited_before_start)
+
+
+def _measured_ms(payload: dict[str, Any], since: dt.datetime, now: dt.datetime) -> float:
+    """How long something took: the client's `ms` if it sent a plausible one (it measured
+    on its own clock, without network delay), else what the server's clock saw."""
+    seen = max(0.0, (now - since).total_seconds() * 1000)
+    claimed = _optional_number(payload, "ms")
+    if claimed is not None and claimed <= seen + CLIENT_MS_SLACK:
+        return claimed
+    return round(seen, 3)
+
+
+@dataclass
 class ViewingSession:
     join: JoinInfo
     device: Device
@@ -223,6 +271,8 @@ class ViewingSession:
     rate: float = 1.0
     duration: float | None = None
     preplay: list[tuple[dt.datetime, str, dict[str, Any]]] = field(default_factory=list)
+    quality: _Quality | None = None  # None until the client sends a QoE event
+    closed: bool = False
 
     @property
     def started(self) -> bool:
@@ -251,37 +301,41 @@ class ViewingSession:
 
     def needs_id(self, payload: dict[str, Any]) -> bool:
         """True when this event starts the session and a session id must be allocated."""
-        return self.row is None and payload.get("name") == "play"
+        return self.row is None and payload.get("name") in STARTERS
 
     def handle(self, payload: dict[str, Any], now: dt.datetime,
                new_id: int | None = None) -> list[Op]:
         """Apply one `event` push; return the rows to write (empty: nothing to store)."""
         name = payload.get("name")
-        if not isinstance(name, str) or name not in LEGACY_EVENTS:
+        if not isinstance(name, str) or name not in EVENTS:
             raise InvalidInput(f"unknown event name {str(name)[:40]!r}")
         duration = _optional_number(payload, "duration")
         if duration is not None and duration > 0:
             self.duration = duration
         if name == "ratechange":
-            rate = _optional_number(payload, "rate") or _optional_number(payload, "playbackRate")
+            rate = (_optional_number(payload, "rate") or _optional_number(payload, "playbackRate")
+                    or _optional_number(payload, "pr"))
             if rate is not None and 0 < rate <= 16:
                 self.rate = rate
         extra = _stored_fields(payload)
+        self.closed = False
 
         ops: list[Op] = []
+        if self.row is None and name in STARTERS:
+            assert new_id is not None
+            self.row = SessionRow(
+                id=new_id, started_at=now, video=self.join.video,
+                browser=self.device.browser, platform=self.device.platform,
+                device=self.device.device, page=self.join.page,
+                session_data=self.join.session_data, played=False,
+            )
+            ops.extend(self._event(at, n, p) for at, n, p in self.preplay)
+            self.preplay.clear()
         if name == "play":
+            assert self.row is not None
             position = _position(payload, "from") if "from" in payload else 0.0
-            if self.row is None:
-                assert new_id is not None
-                self.row = SessionRow(
-                    id=new_id, started_at=now, video=self.join.video,
-                    browser=self.device.browser, platform=self.device.platform,
-                    device=self.device.device, page=self.join.page,
-                    session_data=self.join.session_data,
-                )
-                ops.extend(self._event(at, n, p) for at, n, p in self.preplay)
-                self.preplay.clear()
-            elif self.open is not None:  # play while playing: close at the implied position
+            self.row.played = True
+            if self.open is not None:  # play while playing: close at the implied position
                 ops.extend(self._close(now, None))
             self.open = _Open(position, now, self.rate)
             ops.append(Presence(self.row.id, self.row.video, self.row.started_at, True))
@@ -293,20 +347,72 @@ class ViewingSession:
             if len(self.preplay) < MAX_PREPLAY_EVENTS:
                 self.preplay.append((now, name, extra))
             return []
+        self._quality_event(name, payload, now)
         ops.append(self._event(now, name, extra))
+        if name == "exit":  # the page is going away: the session is over, as on a leave
+            ops.extend(self._finish(now, _position(payload, "to") if "to" in payload else None))
+            return ops
         ops.append(self._snapshot(now))
         return ops
 
     def close(self, now: dt.datetime) -> list[Op]:
         """The page went away (leave or disconnect): close an open interval at this moment."""
-        if self.row is None:
+        if self.row is None or self.closed:
             return []
-        ops = self._close(now, None)
+        return self._finish(now, None)
+
+    # -- internals ---------------------------------------------------------------------
+    def _quality_event(self, name: str, payload: dict[str, Any], now: dt.datetime) -> None:
+        """Derive QoE from one event of a started session (see docs/api.md, /qoe)."""
+        assert self.row is not None
+        q = self.quality
+        if q is None:
+            if name not in QOE_SIGNALS:
+                return
+            q = self.quality = _Quality()
+        if name == "first_frame":
+            if q.startup_ms is None and q.failure is None:
+                q.startup_ms = _measured_ms(payload, self.row.started_at, now)
+        elif name == "rebuffering_start":
+            if q.stalled_since is None and q.failure is None:
+                q.stalled_since = now
+                q.rebuffer_count += 1
+        elif name == "rebuffering_end":
+            self._end_stall(q, payload, now)
+        elif name == "seeking":
+            q.seeking_since = now
+        elif name == "seeked":
+            if q.seeking_since is not None:
+                q.seek_ms += _measured_ms(payload, q.seeking_since, now)
+                q.seek_count += 1
+                q.seeking_since = None
+        elif name == "playback_failure":
+            if q.failure is None:
+                code = _optional_number(payload, "code")
+                q.failure = int(code) if code is not None and code == int(code) \
+                    and 1 <= code <= MAX_MEDIA_ERROR else 0
+                q.failed_before_start = q.startup_ms is None and not self.row.played
+                self._end_stall(q, {}, now)
+
+    def _end_stall(self, q: _Quality, payload: dict[str, Any], now: dt.datetime) -> None:
+        if q.stalled_since is not None:
+            q.rebuffer_seconds += _measured_ms(payload, q.stalled_since, now) / 1000
+            q.stalled_since = None
+
+    def _finish(self, now: dt.datetime, position: float | None) -> list[Op]:
+        """The session is over: its summary is final (until the page comes back)."""
+        assert self.row is not None
+        ops = self._close(now, position)
+        q = self.quality
+        if q is not None:
+            self._end_stall(q, {}, now)
+            q.exited_before_start = (not self.row.played and q.startup_ms is None
+                                     and q.failure is None)
+        self.closed = True
         ops.append(self._snapshot(now))
         ops.append(Ended(self.row.id, self.row.video, self.row.started_at))
         return ops
 
-    # -- internals ---------------------------------------------------------------------
     def _event(self, at: dt.datetime, name: str, payload: dict[str, Any]) -> EventRow:
         assert self.row is not None
         return EventRow(self.row.id, self.row.video, at, name, payload or None)
@@ -315,6 +421,7 @@ class ViewingSession:
         assert self.row is not None
         self.row.ended_at = now
         self.row.duration = self.duration
+        self.row.qoe = self.quality.frozen() if self.quality is not None else None
         return SessionRow(**{f: getattr(self.row, f) for f in SessionRow.__slots__})
 
     def _close(self, now: dt.datetime, position: float | None) -> list[Op]:

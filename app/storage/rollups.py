@@ -34,6 +34,7 @@ from typing import Any
 
 import asyncpg
 
+from app import sketch
 from app.model import BROWSERS, DEVICES, PLATFORMS
 
 GRAIN_SECONDS = 900
@@ -45,11 +46,17 @@ BREAKDOWN_COLUMNS = ([f"browser_{b}" for b in BROWSERS] + [f"platform_{p}" for p
 REACHED_COLUMNS = [f"reached_{k}" for k in range(1 + len(WATCH_BOUNDS))]
 ROLLUP_TABLES = ("rollup_plays", "rollup_sources", "rollup_engagement", "rollup_key_plays",
                  "rollup_key_sources", "rollup_impressions", "rollup_key_impressions",
-                 "rollup_completion", "rollup_key_completion")
+                 "rollup_completion", "rollup_key_completion", "rollup_qoe", "rollup_key_qoe")
 # completion per (owner, bucket, watch class, device): views, views whose duration is known,
 # views that reached 25/50/75/95/100 % of it, finishes; plus the sum of % watched
 MILESTONES = (25, 50, 75, 95, 100)
 COMPLETION_COLUMNS = ["views", "known", *[f"reached_{m}" for m in MILESTONES], "finishes"]
+# QoE per (owner, bucket, browser, platform, device), views with QoE data only: views,
+# views with a startup time, their watch seconds, rebuffer events and seconds, failed views,
+# views failed before the first frame, exits before start, views with seeks; plus the
+# startup-time histogram and the histogram of each view's mean seek latency (app/sketch.py)
+QOE_COLUMNS = ["views", "startups", "watch_seconds", "rebuffer_count", "rebuffer_seconds",
+               "failures", "startup_failures", "exits", "seek_views"]
 _BROWSER_AT = {b: i for i, b in enumerate(BROWSERS)}
 _PLATFORM_AT = {p: len(BROWSERS) + i for i, p in enumerate(PLATFORMS)}
 _DEVICE_AT = {d: len(BROWSERS) + len(PLATFORMS) + i for i, d in enumerate(DEVICES)}
@@ -115,6 +122,24 @@ def covered_ranges(islands: list[float], length: float, ranges: int) -> set[int]
 
 
 @dataclass(frozen=True, slots=True)
+class Qoe:
+    """A view's quality of experience so far (see docs/api.md for the definitions)."""
+
+    startup_ms: float | None = None
+    rebuffer_count: int = 0
+    rebuffer_seconds: float = 0.0
+    seek_count: int = 0
+    seek_ms: float = 0.0
+    failure: int | None = None  # MediaError code (0: unknown) of a fatal error
+    failed_before_start: bool = False
+    exited_before_start: bool = False
+
+    @property
+    def seek_latency_ms(self) -> float | None:
+        return self.seek_ms / self.seek_count if self.seek_count else None
+
+
+@dataclass(frozen=True, slots=True)
 class State:
     """What one session contributes to the rollups."""
 
@@ -130,6 +155,8 @@ class State:
     islands: tuple[float, ...]
     furthest: float = 0.0
     ended: bool = False
+    played: bool = True
+    qoe: Qoe | None = None
 
     @property
     def distinct_seconds(self) -> float:
@@ -152,6 +179,9 @@ class Deltas:
         self.key_impressions: dict[tuple[str, float], int] = {}
         self.completion: dict[tuple[int, float, int, str], list[float]] = {}
         self.key_completion: dict[tuple[str, float, int, str], list[float]] = {}
+        # (owner, bucket, browser, platform, device) -> QOE_COLUMNS, startup and seek hists
+        self.qoe: dict[tuple[Any, ...], QoeSums] = {}
+        self.key_qoe: dict[tuple[Any, ...], QoeSums] = {}
 
     def impression(self, key: str, video_id: int, at: dt.datetime) -> None:
         moment = at.timestamp()
@@ -163,6 +193,10 @@ class Deltas:
         # hot in bulk loads: keys hold the bucket as epoch seconds (a datetime at write time)
         moment = s.started_at.timestamp()
         bucket = moment - moment % GRAIN_SECONDS
+        if s.qoe is not None:
+            self._add_qoe(s, s.qoe, bucket, sign)
+        if not s.played:  # a view that never started: QoE only, not a play
+            return
         cls = bisect.bisect_right(WATCH_BOUNDS, s.watch_seconds)
         columns = (2 + _BROWSER_AT.get(s.browser, _BROWSER_AT["other"]),
                    2 + _PLATFORM_AT.get(s.platform, _PLATFORM_AT["other"]),
@@ -213,10 +247,26 @@ class Deltas:
                 for index in covered_ranges(list(islands), duration, ranges):
                     entry[1 + index] += sign
 
+    def _add_qoe(self, s: State, q: Qoe, bucket: float, sign: int) -> None:
+        classes = (s.browser if s.browser in _BROWSER_AT else "other",
+                   s.platform if s.platform in _PLATFORM_AT else "other",
+                   s.device if s.device in _DEVICE_AT else "other")
+        latency = q.seek_latency_ms
+        values = (1, 1 if q.startup_ms is not None else 0, s.watch_seconds, q.rebuffer_count,
+                  q.rebuffer_seconds, 1 if q.failure is not None else 0,
+                  1 if q.failed_before_start else 0, 1 if q.exited_before_start else 0,
+                  1 if latency is not None else 0)
+        for table, owner in ((self.qoe, s.video_id), (self.key_qoe, s.key)):
+            entry = table.get((owner, bucket, *classes))
+            if entry is None:
+                entry = table[(owner, bucket, *classes)] = QoeSums()
+            entry.add(values, q.startup_ms, latency, sign)
+
     def __len__(self) -> int:
         return len(self.plays) + len(self.sources) + len(self.engagement) \
             + len(self.key_plays) + len(self.key_sources) + len(self.completion) \
-            + len(self.key_completion) + len(self.impressions) + len(self.key_impressions)
+            + len(self.key_completion) + len(self.impressions) + len(self.key_impressions) \
+            + len(self.qoe) + len(self.key_qoe)
 
     def change(self, old: State | None, new: State) -> None:
         if old == new:
@@ -238,6 +288,8 @@ class Deltas:
         await _write_completion(conn, "rollup_completion", "video_id", "bigint", self.completion)
         await _write_completion(conn, "rollup_key_completion", "key", "text",
                                 self.key_completion)
+        await _write_qoe(conn, "rollup_qoe", "video_id", "bigint", self.qoe)
+        await _write_qoe(conn, "rollup_key_qoe", "key", "text", self.key_qoe)
         engagement = sorted((k, v) for k, v in self.engagement.items() if any(v))
         if engagement:
             await conn.execute(
@@ -349,11 +401,93 @@ async def _write_completion(conn: asyncpg.Connection, table: str, owner: str, ow
         [v[len(COMPLETION_COLUMNS)] for _, v in items])
 
 
-def state_of(row: Any) -> State:
-    """A State from a stored sessions row (id, started_at, video_id, browser, ...)."""
+class QoeSums:
+    """One QoE rollup row's change: QOE_COLUMNS, and the two histograms."""
+
+    __slots__ = ("values", "startup", "seek")
+
+    def __init__(self) -> None:
+        self.values = [0.0] * len(QOE_COLUMNS)
+        self.startup: dict[int, int] = {}
+        self.seek: dict[int, int] = {}
+
+    def add(self, values: tuple[float, ...], startup_ms: float | None,
+            seek_ms: float | None, sign: int) -> None:
+        for i, value in enumerate(values):
+            self.values[i] += sign * value
+        if startup_ms is not None:
+            i = sketch.index(startup_ms)
+            self.startup[i] = self.startup.get(i, 0) + sign
+        if seek_ms is not None:
+            i = sketch.index(seek_ms)
+            self.seek[i] = self.seek.get(i, 0) + sign
+
+    def __bool__(self) -> bool:
+        return any(self.values) or any(self.startup.values()) or any(self.seek.values())
+
+
+def hist_literal(counts: dict[int, int]) -> str | None:
+    """A histogram as a PostgreSQL int[] literal whose subscripts are its buckets,
+    e.g. '[41:43]={2,0,-1}'; None when it changes nothing."""
+    used = [i for i, c in counts.items() if c]
+    if not used:
+        return None
+    low, high = min(used), max(used)
+    return f"[{low}:{high}]={{" + ",".join(str(counts.get(i, 0)) for i in range(low, high + 1)) \
+        + "}"
+
+
+async def _write_qoe(conn: asyncpg.Connection, table: str, owner: str, owner_type: str,
+                     deltas: dict[Any, QoeSums]) -> None:
+    items = sorted(((k, v) for k, v in deltas.items() if v), key=lambda kv: kv[0])
+    if not items:
+        return
+    n = len(QOE_COLUMNS)
+    casts = ", ".join(f"${6 + i}::{'float8' if c.endswith('seconds') else 'int'}[]"
+                      for i, c in enumerate(QOE_COLUMNS))
+    sets = ", ".join(f"{c} = r.{c} + EXCLUDED.{c}" for c in QOE_COLUMNS)
+    names = ", ".join(f"c{i}" for i in range(n))
+    await conn.execute(
+        f"""
+        INSERT INTO {table} AS r ({owner}, bucket, browser, platform, device,
+                                  {', '.join(QOE_COLUMNS)}, startup_hist, seek_hist)
+        SELECT o, b, br, pl, de, {names}, sh::int[], kh::int[]
+          FROM unnest($1::{owner_type}[], $2::timestamptz[], $3::text[], $4::text[],
+                      $5::text[], {casts}, ${6 + n}::text[], ${7 + n}::text[])
+               AS u(o, b, br, pl, de, {names}, sh, kh)
+        ON CONFLICT ({owner}, bucket, browser, platform, device) DO UPDATE SET {sets},
+            startup_hist = vidmetrics_hist_add(r.startup_hist, EXCLUDED.startup_hist),
+            seek_hist = vidmetrics_hist_add(r.seek_hist, EXCLUDED.seek_hist)
+        """,
+        [k[0] for k, _ in items], [_at(k[1]) for k, _ in items], [k[2] for k, _ in items],
+        [k[3] for k, _ in items], [k[4] for k, _ in items],
+        *[[v.values[i] if c.endswith("seconds") else int(round(v.values[i]))
+           for _, v in items] for i, c in enumerate(QOE_COLUMNS)],
+        [hist_literal(v.startup) for _, v in items], [hist_literal(v.seek) for _, v in items])
+
+
+# the sessions columns a State is built from (after s.* aliases); see state_of
+STATE_COLUMNS = """s.id, s.started_at, s.video_id, v.key, s.browser, s.platform, s.device,
+    s.page, s.watch_seconds, s.duration, s.islands, s.furthest, s.ended, s.played, s.qoe,
+    s.startup_ms, s.rebuffer_count, s.rebuffer_seconds, s.seek_count, s.seek_ms, s.failure,
+    s.failed_before_start, s.exited_before_start"""
+
+
+def qoe_of(row: Any) -> Qoe | None:
+    """The Qoe of a stored sessions row (None: the session has no QoE data)."""
+    if not row["qoe"]:
+        return None
+    return Qoe(row["startup_ms"], row["rebuffer_count"] or 0, row["rebuffer_seconds"] or 0.0,
+               row["seek_count"] or 0, row["seek_ms"] or 0.0, row["failure"],
+               bool(row["failed_before_start"]), bool(row["exited_before_start"]))
+
+
+def state_of(row: Any, islands: tuple[float, ...] | None = None) -> State:
+    """A State from a stored sessions row (STATE_COLUMNS)."""
     return State(row["key"], row["video_id"], row["started_at"], row["browser"], row["platform"],
                  row["device"], row["page"], row["watch_seconds"], row["duration"],
-                 tuple(row["islands"] or ()), row["furthest"], row["ended"])
+                 tuple(row["islands"] or ()) if islands is None else islands, row["furthest"],
+                 row["ended"], row["played"], qoe_of(row))
 
 
 async def backfill(conn: asyncpg.Connection, progress: Any = None, chunk: int = 5000) -> int:
@@ -381,9 +515,8 @@ async def backfill(conn: asyncpg.Connection, progress: Any = None, chunk: int = 
         if progress is not None:
             progress.reset(total=total)
         cursor = await conn.cursor(
-            """
-            SELECT s.id, s.started_at, s.video_id, v.key, s.browser, s.platform, s.device,
-                   s.page, s.watch_seconds, s.duration, s.furthest, s.ended,
+            f"""
+            SELECT {STATE_COLUMNS},
                    ARRAY(SELECT ARRAY[i.media_from, i.media_to] FROM watch_intervals i
                           WHERE i.session_id = s.id AND i.session_started_at = s.started_at)
                        AS spans
@@ -395,9 +528,7 @@ async def backfill(conn: asyncpg.Connection, progress: Any = None, chunk: int = 
             for r in rows:
                 merged = merge_islands(None, [(a, b) for a, b in r["spans"] or []])
                 islands.append("{" + ",".join(map(repr, merged)) + "}")
-                state = State(r["key"], r["video_id"], r["started_at"], r["browser"],
-                              r["platform"], r["device"], r["page"], r["watch_seconds"],
-                              r["duration"], tuple(merged), r["furthest"], r["ended"])
+                state = state_of(r, tuple(merged))
                 deltas.add(state, +1)
                 distinct.append(state.distinct_seconds)
             await conn.execute(

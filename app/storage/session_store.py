@@ -52,6 +52,27 @@ class SessionRow:
     watch_seconds: float = 0.0
     furthest: float = 0.0
     ended: bool = False  # the media reached its end (an `ended` event)
+    played: bool = True  # False: requested (or failed) but never started playing
+    qoe: rollups.Qoe | None = None  # None: the client sends no QoE events
+
+    def state(self, video_id: int, islands: tuple[float, ...]) -> rollups.State:
+        """What this snapshot contributes to the rollups."""
+        return rollups.State(self.video.key, video_id, self.started_at, self.browser,
+                             self.platform, self.device, self.page, self.watch_seconds,
+                             self.duration, islands, self.furthest, self.ended, self.played,
+                             self.qoe)
+
+    def qoe_columns(self) -> tuple[Any, ...]:
+        """The sessions table's QoE columns (all NULL without QoE data)."""
+        q = self.qoe
+        if q is None:
+            return (None,) * 9
+        return (True, q.startup_ms, q.rebuffer_count, q.rebuffer_seconds, q.seek_count,
+                q.seek_ms, q.failure, q.failed_before_start, q.exited_before_start)
+
+
+QOE_SESSION_COLUMNS = ["qoe", "startup_ms", "rebuffer_count", "rebuffer_seconds", "seek_count",
+                       "seek_ms", "failure", "failed_before_start", "exited_before_start"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,9 +244,8 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
         rows = list(sessions.values())
         # the stored state of these sessions: what they contribute to the rollups now
         old = {r["id"]: r for r in await conn.fetch(
-            """
-            SELECT s.id, s.started_at, s.video_id, v.key, s.browser, s.platform, s.device,
-                   s.page, s.watch_seconds, s.duration, s.islands, s.furthest, s.ended
+            f"""
+            SELECT {rollups.STATE_COLUMNS}
               FROM sessions s
               JOIN unnest($1::bigint[], $2::timestamptz[]) AS u(id, t)
                 ON s.id = u.id AND s.started_at = u.t
@@ -241,33 +261,38 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
             merged = rollups.merge_islands(before["islands"] if before else None,
                                            spans.get(r.id, ()))
             islands.append("{" + ",".join(map(repr, merged)) + "}")
-            state = rollups.State(r.video.key, vid(r.video), r.started_at, r.browser,
-                                  r.platform, r.device, r.page, r.watch_seconds, r.duration,
-                                  tuple(merged), r.furthest, r.ended)
+            state = r.state(vid(r.video), tuple(merged))
             distinct.append(state.distinct_seconds)
             deltas.change(rollups.state_of(before) if before else None, state)
+        qoe = [r.qoe_columns() for r in rows]
         await conn.execute(
-            """
+            f"""
             INSERT INTO sessions (id, started_at, video_id, ended_at, browser, platform, device,
                                   page, session_data, duration, watch_seconds, furthest, islands,
-                                  ended, distinct_seconds)
-            SELECT a, b, c, d, e, f, g, h, i, j, k, l, m::float8[], n, o
+                                  ended, distinct_seconds, played, {", ".join(QOE_SESSION_COLUMNS)})
+            SELECT a, b, c, d, e, f, g, h, i, j, k, l, m::float8[], n, o, p,
+                   q1, q2, q3, q4, q5, q6, q7, q8, q9
               FROM unnest($1::bigint[], $2::timestamptz[], $3::bigint[], $4::timestamptz[],
                           $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[],
                           $10::float8[], $11::float8[], $12::float8[], $13::text[],
-                          $14::bool[], $15::float8[])
-                   AS u(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o)
+                          $14::bool[], $15::float8[], $16::bool[], $17::bool[], $18::float8[],
+                          $19::int[], $20::float8[], $21::int[], $22::float8[], $23::int2[],
+                          $24::bool[], $25::bool[])
+                   AS u(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p,
+                        q1, q2, q3, q4, q5, q6, q7, q8, q9)
             ON CONFLICT (id, started_at) DO UPDATE SET
                 ended_at = EXCLUDED.ended_at, duration = EXCLUDED.duration,
                 watch_seconds = EXCLUDED.watch_seconds, furthest = EXCLUDED.furthest,
                 islands = EXCLUDED.islands, ended = EXCLUDED.ended,
-                distinct_seconds = EXCLUDED.distinct_seconds
+                distinct_seconds = EXCLUDED.distinct_seconds, played = EXCLUDED.played,
+                {", ".join(f"{c} = EXCLUDED.{c}" for c in QOE_SESSION_COLUMNS)}
             """,
             [r.id for r in rows], [r.started_at for r in rows], [vid(r.video) for r in rows],
             [r.ended_at for r in rows], [r.browser for r in rows], [r.platform for r in rows],
             [r.device for r in rows], [r.page for r in rows], [r.session_data for r in rows],
             [r.duration for r in rows], [r.watch_seconds for r in rows],
             [r.furthest for r in rows], islands, [r.ended for r in rows], distinct,
+            [r.played for r in rows], *[[q[i] for q in qoe] for i in range(9)],
         )
     if impressions:
         await _copy_impressions(conn, impressions, vid, deltas)
@@ -335,18 +360,17 @@ async def copy_rows(conn: asyncpg.Connection, ids: dict[tuple[str, str], int],
     for s in sessions:
         merged = rollups.merge_islands(None, spans.get(s.id, ()))
         video_id = vid(s.video)
-        state = rollups.State(s.video.key, video_id, s.started_at, s.browser, s.platform,
-                              s.device, s.page, s.watch_seconds, s.duration, tuple(merged),
-                              s.furthest, s.ended)
+        state = s.state(video_id, tuple(merged))
         deltas.add(state, +1)
         records.append((s.id, s.started_at, video_id, s.ended_at, s.browser, s.platform,
                         s.device, s.page, s.session_data, s.duration, s.watch_seconds,
-                        s.furthest, merged, s.ended, state.distinct_seconds))
+                        s.furthest, merged, s.ended, state.distinct_seconds, s.played,
+                        *s.qoe_columns()))
     await conn.copy_records_to_table(
         "sessions",
         columns=["id", "started_at", "video_id", "ended_at", "browser", "platform", "device",
                  "page", "session_data", "duration", "watch_seconds", "furthest", "islands",
-                 "ended", "distinct_seconds"],
+                 "ended", "distinct_seconds", "played", *QOE_SESSION_COLUMNS],
         records=records,
     )
     if impressions:

@@ -17,7 +17,16 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from app.model import DEVICES, BucketQuery, EngagementQuery, Selection, Window
+from app import sketch
+from app.model import (
+    BROWSERS,
+    DEVICES,
+    PLATFORMS,
+    BucketQuery,
+    EngagementQuery,
+    Selection,
+    Window,
+)
 from app.storage import rollups
 
 ORIGIN = "timestamp '2000-01-03 00:00:00'"  # a Monday: week buckets start on Mondays
@@ -140,6 +149,7 @@ def _sessions_where(q: BucketQuery, p: Params, windows: list[Window]) -> list[st
     if q.selection.session is not None:
         where.append(f"s.session_data @> {p.add(q.selection.session, 'jsonb')}")
     where.append(f"s.watch_seconds >= {p.add(q.minimum_watch_seconds, 'float8')}")
+    where.append("s.played")
     return where
 
 
@@ -332,6 +342,100 @@ async def completion(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
             if any(c.values[0] > 0 for c in devices.values())}
 
 
+# -- quality of experience --------------------------------------------------------------
+Classes = tuple[str, str, str]  # browser, platform, device
+
+
+@dataclass(slots=True)
+class QoeCounts:
+    """QoE sums per rollups.QOE_COLUMNS, and the startup / seek-latency histograms."""
+
+    values: list[float] = field(default_factory=lambda: [0.0] * len(rollups.QOE_COLUMNS))
+    startup: dict[int, int] = field(default_factory=dict)
+    seek: dict[int, int] = field(default_factory=dict)
+
+    def merge(self, other: QoeCounts) -> None:
+        for i, value in enumerate(other.values):
+            self.values[i] += value
+        sketch.add(self.startup, other.startup)
+        sketch.add(self.seek, other.seek)
+
+
+def _classes(browser: str, platform: str, device: str) -> Classes:
+    return (browser if browser in BROWSERS else "other",
+            platform if platform in PLATFORMS else "other",
+            device if device in DEVICES else "other")
+
+
+async def qoe(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
+              use_rollups: bool = True) -> dict[dt.datetime, dict[Classes, QoeCounts]]:
+    """{bucket: {(browser, platform, device): counts}} over the views with QoE data."""
+    out: dict[dt.datetime, dict[Classes, QoeCounts]] = {}
+
+    def entry(r: asyncpg.Record) -> QoeCounts:
+        classes = _classes(r["browser"], r["platform"], r["device"])
+        return out.setdefault(r["bucket"], {}).setdefault(classes, QoeCounts())
+
+    n = len(rollups.QOE_COLUMNS)
+
+    async def raw(windows: list[Window]) -> None:
+        p = Params()
+        bucket = _bucket(q, p, timescale)
+        where = video_filter(q.selection, p, "s.video_id")
+        where.append(_window_condition(windows, p, "s.started_at"))
+        if q.selection.session is not None:
+            where.append(f"s.session_data @> {p.add(q.selection.session, 'jsonb')}")
+        where.append("s.qoe")
+        rows = await conn.fetch(
+            f"""
+            SELECT {bucket} AS bucket, s.browser, s.platform, s.device,
+                   count(*), count(s.startup_ms), sum(s.watch_seconds), sum(s.rebuffer_count),
+                   sum(s.rebuffer_seconds), count(s.failure),
+                   count(*) FILTER (WHERE s.failed_before_start),
+                   count(*) FILTER (WHERE s.exited_before_start),
+                   count(*) FILTER (WHERE s.seek_count > 0),
+                   array_agg(s.startup_ms) FILTER (WHERE s.startup_ms IS NOT NULL) AS startups,
+                   array_agg(s.seek_ms / s.seek_count) FILTER (WHERE s.seek_count > 0) AS seeks
+              FROM sessions s
+             WHERE {' AND '.join(where)}
+             GROUP BY 1, 2, 3, 4
+            """, *p.values)
+        for r in rows:
+            counts = QoeCounts([float(r[4 + i] or 0) for i in range(n)],
+                               sketch.histogram(r["startups"] or ()),
+                               sketch.histogram(r["seeks"] or ()))
+            entry(r).merge(counts)
+
+    async def rollup(cls: int, inner: Window) -> None:
+        p = Params()
+        bucket = _bucket(q, p, timescale, "r.bucket")
+        table, where = _rollup_where(q, p, "qoe", inner)
+        sums = ", ".join(f"sum(r.{c})" for c in rollups.QOE_COLUMNS)
+        condition = " AND ".join(where)
+        for r in await conn.fetch(
+                f"SELECT {bucket} AS bucket, r.browser, r.platform, r.device, {sums} "
+                f"FROM {table} r WHERE {condition} GROUP BY 1, 2, 3, 4", *p.values):
+            counts = QoeCounts([float(r[4 + i]) for i in range(n)])
+            entry(r).merge(counts)
+        hists = " UNION ALL ".join(
+            f"SELECT {bucket} AS bucket, r.browser, r.platform, r.device, {kind} AS kind, i, "
+            f"sum(r.{column}[i]) AS c FROM {table} r, generate_subscripts(r.{column}, 1) i "
+            f"WHERE {condition} GROUP BY 1, 2, 3, 4, 5, 6"
+            for kind, column in ((0, "startup_hist"), (1, "seek_hist")))
+        for r in await conn.fetch(hists, *p.values):
+            if r["c"]:
+                hist = entry(r).startup if r["kind"] == 0 else entry(r).seek
+                hist[r["i"]] = hist.get(r["i"], 0) + int(r["c"])
+
+    await _by_plan(q, use_rollups, raw, rollup)
+    result: dict[dt.datetime, dict[Classes, QoeCounts]] = {}
+    for b in sorted(out):
+        groups = {c: v for c, v in out[b].items() if v.values[0] > 0}
+        if groups:
+            result[b] = groups
+    return result
+
+
 # -- sources ----------------------------------------------------------------------------
 async def sources(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
                   use_rollups: bool = True) -> list[tuple[dt.datetime, str, int]]:
@@ -390,6 +494,7 @@ async def engagement(conn: asyncpg.Connection, q: EngagementQuery,
             p2 = Params()
             cond = video_filter(q.selection, p2, "s.video_id")
             cond.append(_window_condition([edge], p2, "s.started_at"))
+            cond.append("s.played")
             durations |= {r[0] for r in await conn.fetch(
                 f"SELECT DISTINCT coalesce(s.duration, {rollups.UNKNOWN_DURATION}) "
                 f"FROM sessions s WHERE {' AND '.join(cond)}", *p2.values)}
@@ -424,6 +529,7 @@ async def _engagement_raw(conn: asyncpg.Connection, q: EngagementQuery, window: 
     """
     p = Params()
     where = session_filters(q.selection, window, p)
+    where.append("s.played")
     start, end = p.add(window.start, "timestamptz"), p.add(window.end, "timestamptz")
     ranges = p.add(q.ranges, "int")
     total = ("SELECT coalesce(max(duration), max(furthest)) AS total FROM sel" if length is None

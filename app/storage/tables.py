@@ -27,7 +27,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
-from app.storage.rollups import BREAKDOWN_COLUMNS, COMPLETION_COLUMNS, REACHED_COLUMNS
+from app.storage.rollups import (
+    BREAKDOWN_COLUMNS,
+    COMPLETION_COLUMNS,
+    QOE_COLUMNS,
+    REACHED_COLUMNS,
+)
 
 metadata = MetaData()
 
@@ -80,6 +85,18 @@ sessions = Table(
     Column("islands", ARRAY(Float), nullable=True),
     Column("ended", Boolean, nullable=False, server_default=text("false")),
     Column("distinct_seconds", Float, nullable=False, server_default=text("0")),
+    # false: playback was requested (or failed) but never started; not a play
+    Column("played", Boolean, nullable=False, server_default=text("true")),
+    # quality of experience, NULL for sessions whose client sends no QoE events
+    Column("qoe", Boolean, nullable=True),
+    Column("startup_ms", Float, nullable=True),
+    Column("rebuffer_count", Integer, nullable=True),
+    Column("rebuffer_seconds", Float, nullable=True),
+    Column("seek_count", Integer, nullable=True),
+    Column("seek_ms", Float, nullable=True),
+    Column("failure", SmallInteger, nullable=True),  # MediaError code, 0 if unknown
+    Column("failed_before_start", Boolean, nullable=True),
+    Column("exited_before_start", Boolean, nullable=True),
     PrimaryKeyConstraint("id", "started_at", name="sessions_pkey"),
     Index("sessions_video_started_idx", "video_id", "started_at"),
     Index("sessions_started_idx", "started_at"),
@@ -236,3 +253,24 @@ rollup_completion = _completion_rollup(
     "rollup_completion", Column("video_id", BigInteger, nullable=False))
 rollup_key_completion = _completion_rollup(
     "rollup_key_completion", Column("key", Text, nullable=False))
+
+
+def _qoe_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-arg]
+    return Table(
+        name, metadata, owner,
+        Column("bucket", DateTime(timezone=True), nullable=False),
+        Column("browser", Text, nullable=False),
+        Column("platform", Text, nullable=False),
+        Column("device", Text, nullable=False),
+        *[Column(c, Float if c.endswith("seconds") else Integer, nullable=False,
+                 server_default=text("0")) for c in QOE_COLUMNS],
+        # histograms (app/sketch.py): subscript = histogram bucket, value = views
+        Column("startup_hist", ARRAY(Integer), nullable=True),
+        Column("seek_hist", ARRAY(Integer), nullable=True),
+        PrimaryKeyConstraint(owner.name, "bucket", "browser", "platform", "device",
+                             name=f"{name}_pkey"),
+    )
+
+
+rollup_qoe = _qoe_rollup("rollup_qoe", Column("video_id", BigInteger, nullable=False))
+rollup_key_qoe = _qoe_rollup("rollup_key_qoe", Column("key", Text, nullable=False))
