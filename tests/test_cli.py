@@ -74,7 +74,8 @@ async def test_seed_volume_and_shape(database_url: str, conn: asyncpg.Connection
         """SELECT count(*) AS n, count(DISTINCT s.video_id) AS videos,
                   count(DISTINCT browser) AS browsers, min(started_at) AS first,
                   max(started_at) AS last, count(DISTINCT page) AS pages
-             FROM sessions s JOIN videos v ON v.id = s.video_id WHERE v.key = 'seed-test'""")
+             FROM sessions s JOIN videos v ON v.id = s.video_id
+            WHERE v.key = 'seed-test' AND s.played""")
     assert row["n"] == 5000 and 2 <= row["videos"] <= 7 and row["browsers"] >= 6
     assert row["last"] - row["first"] > dt.timedelta(days=9) and row["pages"] >= 5
     stats = await conn.fetchrow(
@@ -83,6 +84,16 @@ async def test_seed_volume_and_shape(database_url: str, conn: asyncpg.Connection
              FROM watch_intervals i JOIN sessions s ON s.id = i.session_id
              JOIN videos v ON v.id = s.video_id WHERE v.key = 'seed-test'""")
     assert stats["intervals"] > 5000 and stats["ordered"] and stats["within"]
+    # plausible QoE: ~40 % of views report it; startup ~1 s; some stalls, exits, failures
+    qoe = await conn.fetchrow(
+        """SELECT count(*) FILTER (WHERE s.qoe) AS views,
+                  percentile_cont(0.5) WITHIN GROUP (ORDER BY s.startup_ms) AS startup,
+                  count(*) FILTER (WHERE s.rebuffer_count > 0) AS stalled,
+                  count(*) FILTER (WHERE s.exited_before_start AND NOT s.played) AS exits,
+                  count(*) FILTER (WHERE s.failed_before_start AND NOT s.played) AS failed
+             FROM sessions s JOIN videos v ON v.id = s.video_id WHERE v.key = 'seed-test'""")
+    assert 1700 < qoe["views"] < 2500 and 600 < qoe["startup"] < 2000
+    assert qoe["stalled"] > 200 and qoe["exits"] > 20 and qoe["failed"] > 2
 
 
 def test_bad_seed_arguments() -> None:

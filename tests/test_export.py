@@ -60,13 +60,14 @@ async def test_export_formats_agree(api: httpx.Client, data: Data) -> None:
     for row in rows:
         assert set(row) == {"session", "started_at", "ended_at", "identifier", "metadata",
                             "browser", "platform", "device", "page", "duration",
-                            "watch_seconds", "furthest", "watched"}
+                            "watch_seconds", "furthest", "watched", "played", "qoe"}
+        assert row["played"] is True and row["qoe"] is None  # written without QoE data
 
     text = _export(api, "csv", data.key).text
     table = list(csv.DictReader(io.StringIO(text)))
     assert [int(r["session"]) for r in table] == [r["session"] for r in rows]
     assert json.loads(table[0]["watched"]) == first["watched"]
-    assert table[2]["duration"] == ""
+    assert table[2]["duration"] == "" and table[0]["qoe"] == "" and table[0]["played"] == "True"
 
     parquet = _export(api, "parquet", data.key)
     assert parquet.status_code == 200
@@ -74,6 +75,7 @@ async def test_export_formats_agree(api: httpx.Client, data: Data) -> None:
     assert [r["session"] for r in read] == [r["session"] for r in rows]
     assert read[0]["watched"] == [{"from": 0.0, "to": 6.0}, {"from": 10.0, "to": 12.0}]
     assert read[1]["watch_seconds"] == pytest.approx(1.0)
+    assert read[0]["played"] is True and read[0]["qoe"] is None
 
 
 def test_export_validation(api: httpx.Client) -> None:

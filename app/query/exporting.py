@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from app.storage.export import Summary
+from app.storage.export import Summary, qoe_dict
 
 MEDIA_TYPES = {
     "ndjson": "application/x-ndjson",
@@ -19,7 +19,8 @@ MEDIA_TYPES = {
     "parquet": "application/vnd.apache.parquet",
 }
 COLUMNS = ("session", "started_at", "ended_at", "identifier", "metadata", "browser",
-           "platform", "device", "page", "duration", "watch_seconds", "furthest", "watched")
+           "platform", "device", "page", "duration", "watch_seconds", "furthest", "watched",
+           "played", "qoe")
 
 
 class FormatUnavailable(Exception):
@@ -57,6 +58,7 @@ class _Csv:
             d = s.to_dict()
             d["metadata"] = orjson.dumps(d["metadata"]).decode()
             d["watched"] = orjson.dumps(d["watched"]).decode()
+            d["qoe"] = orjson.dumps(d["qoe"]).decode() if d["qoe"] is not None else None
             self._writer.writerow("" if d[c] is None else d[c] for c in COLUMNS)
         return self._take()
 
@@ -100,6 +102,11 @@ class _Parquet:
             ("platform", pa.string()), ("device", pa.string()), ("page", pa.string()),
             ("duration", pa.float64()), ("watch_seconds", pa.float64()),
             ("furthest", pa.float64()), ("watched", pa.list_(span)),
+            ("played", pa.bool_()), ("qoe", pa.struct([
+                ("startup_ms", pa.float64()), ("rebuffer_count", pa.int32()),
+                ("rebuffer_seconds", pa.float64()), ("seek_count", pa.int32()),
+                ("seek_latency_ms", pa.float64()), ("failure", pa.int16()),
+                ("failed_before_start", pa.bool_()), ("exited_before_start", pa.bool_())])),
         ])
         self._sink = _Sink()
         self._writer = pq.ParquetWriter(self._sink, self._schema, compression="zstd")
@@ -123,6 +130,8 @@ class _Parquet:
             columns["watch_seconds"].append(s.watch_seconds)
             columns["furthest"].append(s.furthest)
             columns["watched"].append([{"from": a, "to": b} for a, b in s.watched])
+            columns["played"].append(s.played)
+            columns["qoe"].append(qoe_dict(s.qoe))
         self._writer.write_table(self._pa.table(columns, schema=self._schema))
         return self._sink.take()
 

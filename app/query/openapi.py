@@ -48,6 +48,47 @@ SCHEMAS: dict[str, Any] = {
         "normalize": {"enum": ["sessions"], "description": "also give each range's share of "
                       "the selected sessions (0..1)"},
     }},
+    "QoeRequest": {"type": "object", "properties": {
+        **SELECTION, "interval": SPAN, "timeframe": TIMEFRAME,
+        "timezone": {"type": "string", "default": "UTC"},
+        "breakdown": {"enum": ["browser", "platform", "device"],
+                      "description": "also give the figures per browser, platform or device "
+                                     "class"},
+    }},
+    "Qoe": {"type": "object", "required": ["qoe"], "additionalProperties": False,
+            "properties": {"qoe": {"type": "array", "items": {
+                "allOf": [{"$ref": "#/components/schemas/QoeFigures"}],
+                "type": "object", "required": ["interval"],
+                "properties": {"interval": LABEL, "breakdown": {
+                    "type": "object", "additionalProperties": {
+                        "$ref": "#/components/schemas/QoeFigures"}}}}}}},
+    "QoeFigures": {"type": "object", "required": [
+        "views", "startup_time_ms", "rebuffer_percentage", "rebuffer_frequency",
+        "rebuffer_count", "rebuffer_seconds", "watch_seconds", "playback_failure_percentage",
+        "startup_failure_percentage", "exits_before_start_percentage", "seek_latency_ms"],
+        "properties": {
+            "views": {"type": "integer", "minimum": 0,
+                      "description": "views with QoE data"},
+            "startup_time_ms": {"type": "object", "required": ["p50", "p95", "views"],
+                                "properties": {"p50": {"type": ["number", "null"]},
+                                               "p95": {"type": ["number", "null"]},
+                                               "views": {"type": "integer", "minimum": 0}}},
+            "rebuffer_percentage": {"type": ["number", "null"], "minimum": 0, "maximum": 100},
+            "rebuffer_frequency": {"type": ["number", "null"], "minimum": 0,
+                                   "description": "rebuffer events per minute watched"},
+            "rebuffer_count": {"type": "integer", "minimum": 0},
+            "rebuffer_seconds": {"type": "number", "minimum": 0},
+            "watch_seconds": {"type": "number", "minimum": 0},
+            "playback_failure_percentage": {"type": ["number", "null"], "minimum": 0,
+                                            "maximum": 100},
+            "startup_failure_percentage": {"type": ["number", "null"], "minimum": 0,
+                                           "maximum": 100},
+            "exits_before_start_percentage": {"type": ["number", "null"], "minimum": 0,
+                                              "maximum": 100},
+            "seek_latency_ms": {"type": "object", "required": ["p50", "views"],
+                                "properties": {"p50": {"type": ["number", "null"]},
+                                               "views": {"type": "integer", "minimum": 0}}},
+        }},
     "SelectionRequest": {"type": "object", "properties": SELECTION},
     "VideosRequest": {"type": "object", "properties": {
         **SELECTION, "interval": SPAN, "timeframe": TIMEFRAME,
@@ -68,7 +109,7 @@ SCHEMAS: dict[str, Any] = {
                                   "total_view_time": {"type": "number", "minimum": 0}}}}}},
     "SessionSummary": {"type": "object", "required": [
         "session", "started_at", "ended_at", "identifier", "metadata", "browser", "platform",
-        "device", "page", "duration", "watch_seconds", "furthest", "watched"],
+        "device", "page", "duration", "watch_seconds", "furthest", "watched", "played", "qoe"],
         "properties": {"session": {"type": "integer"}, "started_at": {"type": "string"},
                        "ended_at": {"type": ["string", "null"]},
                        "identifier": {"type": ["string", "null"]}, "metadata": {},
@@ -77,7 +118,20 @@ SCHEMAS: dict[str, Any] = {
                        "duration": {"type": ["number", "null"]},
                        "watch_seconds": {"type": "number"}, "furthest": {"type": "number"},
                        "watched": {"type": "array", "items": {
-                           "type": "array", "items": {"type": "number"}}}}},
+                           "type": "array", "items": {"type": "number"}}},
+                       "played": {"type": "boolean", "description": "false: playback was "
+                                  "requested (or failed) but never started"},
+                       "qoe": {"oneOf": [{"type": "null"}, {
+                           "type": "object", "description": "this view's QoE (null: its "
+                           "client reports none)", "properties": {
+                               "startup_ms": {"type": ["number", "null"]},
+                               "rebuffer_count": {"type": "integer"},
+                               "rebuffer_seconds": {"type": "number"},
+                               "seek_count": {"type": "integer"},
+                               "seek_latency_ms": {"type": ["number", "null"]},
+                               "failure": {"type": ["integer", "null"]},
+                               "failed_before_start": {"type": "boolean"},
+                               "exited_before_start": {"type": "boolean"}}}]}}},
     "Sessions": {"type": "object", "required": ["sessions", "next"],
                  "additionalProperties": False, "properties": {
                      "sessions": {"type": "array",
@@ -192,7 +246,8 @@ def _query(summary: str, request: str, response: str) -> dict[str, Any]:
     get = {**operation, "parameters": [
         {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
         for name in ("query", "identifier", "interval", "timeframe", "timezone",
-                     "minimum_watch_seconds", "ranges", "limit", "cursor", "normalize")
+                     "minimum_watch_seconds", "ranges", "limit", "cursor", "normalize",
+                     "breakdown")
     ]}
     return {"post": operation, "get": get}
 
@@ -231,6 +286,9 @@ def document() -> dict[str, Any]:
             "/api/v1/completion": _query("How far views got: milestones, finishes, average "
                                          "percent watched", "BucketRequest", "Completion"),
             "/api/v1/sources": _query("Views per page per bucket", "BucketRequest", "Sources"),
+            "/api/v1/qoe": _query("Quality of experience per bucket: startup time, "
+                                  "rebuffering, failures, exits before start, seek latency",
+                                  "QoeRequest", "Qoe"),
             "/api/v1/watching": _query("Sessions playing now", "SelectionRequest", "Watching"),
             "/api/v1/export": _export(),
             "/api/v1/videos": _query("Most viewed videos", "VideosRequest", "Videos"),

@@ -195,6 +195,14 @@ def bucket_query(body: dict[str, Any], now: dt.datetime, max_buckets: int) -> Bu
     )
 
 
+def parse_breakdown(value: Any) -> str | None:
+    if value is None:
+        return None
+    if value not in ("browser", "platform", "device"):
+        raise BadRequest("breakdown must be one of browser, platform, device")
+    return str(value)
+
+
 def engagement_query(body: dict[str, Any], now: dt.datetime) -> EngagementQuery:
     normalize = body.get("normalize")
     if normalize is not None and normalize != "sessions":

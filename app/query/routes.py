@@ -153,6 +153,17 @@ async def completion(request: Request) -> Response:
     return await json_off_loop(len(buckets), lambda: shapes.completion(buckets))
 
 
+async def qoe(request: Request) -> Response:
+    """Quality of experience per bucket, over the views whose client reports it."""
+    body = await read_body(request)
+    breakdown = params.parse_breakdown(body.get("breakdown"))
+    # every view with QoE data, whatever it watched (an exit before start watched nothing)
+    q = dataclasses.replace(_bucket_query(request, body), minimum_watch_seconds=0.0)
+    ts = request.app.state.timescale
+    buckets = await _run(request, lambda conn: stats.qoe(conn, q, ts))
+    return await json_off_loop(len(buckets), lambda: shapes.qoe(buckets, breakdown))
+
+
 async def engagement(request: Request) -> Response:
     settings, now = request.app.state.settings, _now()
     q = params.engagement_query(await read_body(request), now)
@@ -293,12 +304,13 @@ async def keys(request: Request) -> Response:
 
 QUERY_METHODS = ["GET", "POST"]
 QUERY_ENDPOINTS = frozenset({"plays", "engagement", "sources", "watching", "keys", "videos",
-                             "sessions", "completion"})
+                             "sessions", "completion", "qoe"})
 routes = [
     Route("/api/v1/plays", plays, methods=QUERY_METHODS),
     Route("/api/v1/engagement", engagement, methods=QUERY_METHODS),
     Route("/api/v1/completion", completion, methods=QUERY_METHODS),
     Route("/api/v1/sources", sources, methods=QUERY_METHODS),
+    Route("/api/v1/qoe", qoe, methods=QUERY_METHODS),
     Route("/api/v1/watching", watching, methods=QUERY_METHODS),
     Route("/api/v1/export", export, methods=QUERY_METHODS),
     Route("/api/v1/videos", videos, methods=QUERY_METHODS),

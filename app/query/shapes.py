@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from app import sketch
 from app.model import BROWSERS, DEVICES, PLATFORMS
-from app.storage.rollups import BREAKDOWN_COLUMNS, COMPLETION_COLUMNS, MILESTONES
-from app.storage.stats import CompletionCounts, PlaysBucket
+from app.storage.rollups import BREAKDOWN_COLUMNS, COMPLETION_COLUMNS, MILESTONES, QOE_COLUMNS
+from app.storage.stats import Classes, CompletionCounts, PlaysBucket, QoeCounts
 
 
 def label(bucket: dt.datetime) -> str:
@@ -83,3 +84,49 @@ def engagement(total: float | None, ranges: int, counts: dict[int, int],
             entry["share"] = round(counts.get(r, 0) / sessions, 4) if sessions else 0.0
         out.append(entry)
     return {"engagement": out}
+
+
+BREAKDOWNS = {"browser": 0, "platform": 1, "device": 2}
+
+
+def _share(part: float, whole: float) -> float | None:
+    return round(100 * part / whole, 2) if whole > 0 else None
+
+
+def qoe_figures(c: QoeCounts) -> dict[str, Any]:
+    """The QoE figures of a set of views (definitions: docs/api.md, /api/v1/qoe)."""
+    v = dict(zip(QOE_COLUMNS, c.values, strict=True))
+    views, watch, stalled = int(v["views"]), v["watch_seconds"], v["rebuffer_seconds"]
+    return {
+        "views": views,
+        "startup_time_ms": {"p50": sketch.quantile(c.startup, 0.5),
+                            "p95": sketch.quantile(c.startup, 0.95),
+                            "views": int(v["startups"])},
+        "rebuffer_percentage": _share(stalled, watch + stalled),
+        "rebuffer_frequency": round(v["rebuffer_count"] / (watch / 60), 4) if watch > 0
+        else None,
+        "rebuffer_count": int(v["rebuffer_count"]),
+        "rebuffer_seconds": _seconds(stalled),
+        "watch_seconds": _seconds(watch),
+        "playback_failure_percentage": _share(v["failures"], views),
+        "startup_failure_percentage": _share(v["startup_failures"], views),
+        "exits_before_start_percentage": _share(v["exits"], views),
+        "seek_latency_ms": {"p50": sketch.quantile(c.seek, 0.5), "views": int(v["seek_views"])},
+    }
+
+
+def qoe(buckets: dict[dt.datetime, dict[Classes, QoeCounts]],
+        breakdown: str | None) -> dict[str, Any]:
+    out = []
+    for bucket, groups in buckets.items():
+        total = QoeCounts()
+        by: dict[str, QoeCounts] = {}
+        for classes, counts in groups.items():
+            total.merge(counts)
+            if breakdown is not None:
+                by.setdefault(classes[BREAKDOWNS[breakdown]], QoeCounts()).merge(counts)
+        entry = {"interval": label(bucket), **qoe_figures(total)}
+        if breakdown is not None:
+            entry["breakdown"] = {name: qoe_figures(by[name]) for name in sorted(by)}
+        out.append(entry)
+    return {"qoe": out}

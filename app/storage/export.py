@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 
 from app.model import Selection, Window
+from app.storage.rollups import Qoe, qoe_of
 from app.storage.stats import Params, session_filters
 
 BATCH = 2000
@@ -33,6 +34,8 @@ class Summary:
     watch_seconds: float
     furthest: float
     watched: list[tuple[float, float]]  # merged media ranges, in order
+    played: bool = True  # False: playback requested (or failed) but never started
+    qoe: Qoe | None = None  # None: the client reported no QoE
 
     @property
     def idempotency_key(self) -> str:
@@ -52,7 +55,26 @@ class Summary:
             "watch_seconds": round(self.watch_seconds, 3),
             "furthest": round(self.furthest, 3),
             "watched": [[a, b] for a, b in self.watched],
+            "played": self.played,
+            "qoe": qoe_dict(self.qoe),
         }
+
+
+def qoe_dict(q: Qoe | None) -> dict[str, Any] | None:
+    """A view's QoE summary as JSON (None without QoE data)."""
+    if q is None:
+        return None
+    latency = q.seek_latency_ms
+    return {
+        "startup_ms": None if q.startup_ms is None else round(q.startup_ms, 1),
+        "rebuffer_count": q.rebuffer_count,
+        "rebuffer_seconds": round(q.rebuffer_seconds, 3),
+        "seek_count": q.seek_count,
+        "seek_latency_ms": None if latency is None else round(latency, 1),
+        "failure": q.failure,
+        "failed_before_start": q.failed_before_start,
+        "exited_before_start": q.exited_before_start,
+    }
 
 
 def merge_ranges(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -70,7 +92,9 @@ def merge_ranges(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
 
 _COLUMNS = """
     s.id, s.started_at, s.ended_at, v.identifier, v.metadata, s.browser, s.platform,
-    s.device, s.page, s.duration, s.watch_seconds, s.furthest,
+    s.device, s.page, s.duration, s.watch_seconds, s.furthest, s.played, s.qoe, s.startup_ms,
+    s.rebuffer_count, s.rebuffer_seconds, s.seek_count, s.seek_ms, s.failure,
+    s.failed_before_start, s.exited_before_start,
     ARRAY(SELECT ARRAY[i.media_from, i.media_to] FROM watch_intervals i
            WHERE i.session_id = s.id AND i.session_started_at = s.started_at) AS spans
 """
@@ -80,7 +104,8 @@ def _summary(row: asyncpg.Record) -> Summary:
     spans = [(float(a), float(b)) for a, b in (row["spans"] or [])]
     return Summary(row["id"], row["started_at"], row["ended_at"], row["identifier"],
                    row["metadata"], row["browser"], row["platform"], row["device"], row["page"],
-                   row["duration"], row["watch_seconds"], row["furthest"], merge_ranges(spans))
+                   row["duration"], row["watch_seconds"], row["furthest"], merge_ranges(spans),
+                   row["played"], qoe_of(row))
 
 
 async def count_sessions(conn: asyncpg.Connection, sel: Selection, window: Window) -> int:
