@@ -57,6 +57,12 @@ def session_specs(draw: st.DrawFn) -> dict[str, Any]:
         "duration_change": draw(st.booleans()),
         "ended": draw(st.booleans()),
         "impressions": draw(st.integers(0, 2)),
+        "qoe": draw(st.none() | st.builds(
+            dict, startup=st.none() | st.integers(0, 20_000).map(lambda v: v / 10),
+            stalls=st.integers(0, 3), stalled=st.integers(0, 50_000).map(lambda v: v / 1000),
+            seeks=st.integers(0, 3), seek_ms=st.integers(1, 9_000).map(lambda v: v / 10),
+            failure=st.none() | st.sampled_from([0, 2, 4]), exited=st.booleans(),
+            played=st.booleans())),
     }
 
 
@@ -87,8 +93,19 @@ async def _write(conn: asyncpg.Connection, key: str, specs: list[dict[str, Any]]
         row = SessionRow(next(_ids), start, ref, spec["browser"], spec["platform"],
                          spec["device"], spec["page"], None, ended_at=start,
                          duration=spec["duration"])
+        quality = spec.get("qoe")
+        final_qoe = None
+        if quality is not None:
+            row.played = quality["played"]
+            final_qoe = rollups.Qoe(
+                quality["startup"], quality["stalls"], quality["stalled"], quality["seeks"],
+                quality["seek_ms"] * quality["seeks"], quality["failure"],
+                quality["failure"] is not None and quality["startup"] is None,
+                quality["exited"] and quality["failure"] is None)
+            # what the first snapshot knew: requested, nothing measured yet
+            row.qoe = rollups.Qoe() if spec["incremental"] else final_qoe
         intervals = [IntervalRow(row.id, ref, start, start, a, b, b - a)
-                     for a, b in spec["spans"]]
+                     for a, b in (spec["spans"] if row.played else [])]
         loads = [Impression(ref, start - dt.timedelta(seconds=30 * n), spec["browser"],
                             spec["platform"], spec["device"], spec["page"], None)
                  for n in range(spec.get("impressions", 1))]
@@ -106,6 +123,7 @@ async def _write(conn: asyncpg.Connection, key: str, specs: list[dict[str, Any]]
         # as the socket writer does: a snapshot per event, intervals as they close
         async with conn.transaction():
             await session_store.write_batch(conn, [dataclasses.replace(row)], cache)
+        row.qoe = final_qoe
         for n, i in enumerate(intervals):
             row.watch_seconds += max(0.0, i.media_to - i.media_from)
             row.furthest = max(row.furthest, i.media_to)
@@ -113,8 +131,9 @@ async def _write(conn: asyncpg.Connection, key: str, specs: list[dict[str, Any]]
                 row.duration = row.duration + 1  # a durationchange mid-session
             async with conn.transaction():
                 await session_store.write_batch(conn, [i, dataclasses.replace(row)], cache)
-        if spec["duration_change"] and row.duration is not None:
-            row.duration = spec["duration"]  # and back
+        if (spec["duration_change"] and row.duration is not None) or not intervals:
+            if row.duration is not None:
+                row.duration = spec["duration"]  # and back
             async with conn.transaction():
                 await session_store.write_batch(conn, [dataclasses.replace(row)], cache)
     if whole_rows:
@@ -140,6 +159,18 @@ def _same_plays(a: list[stats.PlaysBucket], b: list[stats.PlaysBucket]) -> None:
         [(x.bucket, x.views, x.counts, x.impressions) for x in b]
     for x, y in zip(a, b, strict=True):
         assert x.watch_seconds == pytest.approx(y.watch_seconds, abs=1e-6)
+
+
+def _same_qoe(a: dict[dt.datetime, dict[stats.Classes, stats.QoeCounts]],
+              b: dict[dt.datetime, dict[stats.Classes, stats.QoeCounts]]) -> None:
+    assert list(a) == list(b)
+    for bucket, groups in a.items():
+        assert set(groups) == set(b[bucket])
+        for classes, counts in groups.items():
+            other = b[bucket][classes]
+            assert counts.values == pytest.approx(other.values, abs=1e-6)
+            for mine, theirs in ((counts.startup, other.startup), (counts.seek, other.seek)):
+                assert {i: c for i, c in mine.items() if c} == theirs
 
 
 @pytest.fixture(params=["postgresql", "timescaledb"])
@@ -184,6 +215,8 @@ def test_rollups_equal_the_raw_answers(any_database: str, specs: list[dict[str, 
                     for device, counts in devices.items():
                         assert counts.values == pytest.approx(slow_c[bucket][device].values,
                                                               abs=1e-9)
+                _same_qoe(await stats.qoe(conn, q, timescale),
+                          await stats.qoe(conn, q, timescale, use_rollups=False))
                 e = EngagementQuery(sel, window, ask["ranges"])
                 fast, slow = await stats.engagement(conn, e), \
                     await stats.engagement(conn, e, use_rollups=False)
@@ -237,11 +270,13 @@ async def test_a_session_still_playing_counts_with_its_current_watch_time(
 async def test_backfill_matches_what_ingest_maintains(conn: asyncpg.Connection) -> None:
     """Rebuilding the rollups from the sessions gives exactly what was maintained."""
     tables = ("rollup_plays", "rollup_sources", "rollup_engagement", "rollup_key_plays",
-              "rollup_key_sources")
+              "rollup_key_sources", "rollup_qoe", "rollup_key_qoe")
 
     def counted(r: asyncpg.Record) -> bool:
         if "sessions" in r.keys():
             return bool(r["sessions"])
+        if "views" in r.keys():
+            return bool(r["views"])
         return any(r[c] for c in rollups.REACHED_COLUMNS)
 
     async def snapshot() -> list[list[Any]]:
@@ -256,7 +291,11 @@ async def test_backfill_matches_what_ingest_maintains(conn: asyncpg.Connection) 
     specs = [{"offset": i * 4000.0, "video": "abc"[i % 3], "browser": "chrome",
               "platform": "mac", "device": "desktop", "page": "https://p.example/",
               "duration": 30.0, "spans": [(0, 5 + i), (3, 9)], "incremental": i % 2 == 0,
-              "duration_change": i % 4 == 0} for i in range(12)]
+              "duration_change": i % 4 == 0,
+              "qoe": None if i % 3 == 0 else {
+                  "startup": 100.0 * i, "stalls": i % 2, "stalled": 0.5 * (i % 2), "seeks": 1,
+                  "seek_ms": 40.0 + i, "failure": 4 if i == 5 else None, "exited": i == 7,
+                  "played": i not in (5, 7)}} for i in range(12)]
     await _write(conn, key, specs)
     before = await snapshot()
     await conn.execute("UPDATE rollup_state SET done_at = NULL WHERE name = 'backfill'")

@@ -1,0 +1,163 @@
+"""Quality of experience over a hand-computed scenario played through real sockets: every
+/api/v1/qoe formula pinned, the QoE summary of /sessions, and that sessions from clients
+without QoE (the unmodified @maveio/metrics) stay out of every denominator."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from app import sketch
+from tests.conftest import AUTH, Server
+from tests.phx import IPHONE_UA, Phx, join_payload
+from tests.test_ingest_socket import new_key, sessions_for, topic
+
+DURATION = 100
+
+
+async def _viewer(server: Server, key: str, pushes: list[dict[str, Any]],
+                  user_agent: str | None = None) -> None:
+    phx = await (Phx.open(server.ws(), user_agent) if user_agent else Phx.open(server.ws()))
+    t = topic()
+    assert (await phx.join(t, join_payload(key, video_id="qoe")))["status"] == "ok"
+    for push in pushes:
+        if "sleep" in push:
+            await asyncio.sleep(float(push["sleep"]))
+            continue
+        reply = await phx.event(t, duration=DURATION, **push)
+        assert reply["status"] == "ok", (push, reply)
+    await phx.close()
+
+
+def _rep(ms: float) -> float:
+    """What the histogram reports for a sample of `ms`."""
+    return round(sketch.representative(sketch.index(ms)), 1)
+
+
+async def _scenario(server: Server, key: str) -> None:
+    await asyncio.gather(
+        # 1: starts in 800 ms, one 2 s stall, watches 9 s, one 300 ms seek, exits cleanly
+        _viewer(server, key, [
+            {"name": "play_request"}, {"name": "first_frame", "ms": 800},
+            {"name": "play", "from": 0}, {"name": "rebuffering_start"},
+            {"name": "rebuffering_end", "ms": 2000}, {"name": "pause", "to": 9},
+            {"name": "seeking"}, {"name": "seeked", "ms": 300}, {"name": "exit"}]),
+        # 2: starts in 1.5 s, watches 6 s, two seeks (100 + 700 ms: 400 ms mean), tab closed
+        _viewer(server, key, [
+            {"name": "play_request"}, {"name": "first_frame", "ms": 1500},
+            {"name": "play", "from": 0}, {"name": "pause", "to": 6},
+            {"name": "seeking"}, {"name": "seeked", "ms": 100},
+            {"name": "seeking"}, {"name": "seeked", "ms": 700}]),
+        # 3 (iPhone): starts in 3 s, watches 3 s, then a fatal network error
+        _viewer(server, key, [
+            {"name": "play_request"}, {"sleep": 1.1}, {"name": "first_frame", "ms": 3000},
+            {"name": "play", "from": 0}, {"name": "pause", "to": 3},
+            {"name": "playback_failure", "code": 2}], IPHONE_UA),
+        # 4: the source is broken: fails before the first frame
+        _viewer(server, key, [{"name": "play_request"},
+                              {"name": "playback_failure", "code": 4}]),
+        # 5: asks to play, leaves before anything shows: an exit before start
+        _viewer(server, key, [{"name": "play_request"}, {"name": "exit"}]),
+        # 6: @maveio/metrics: no QoE events at all: not in any QoE figure
+        _viewer(server, key, [{"name": "play", "from": 0}, {"name": "pause", "to": 5}]),
+        # 7: a 0.0.x client that reports a stall (1 s) but no startup
+        _viewer(server, key, [{"name": "play", "from": 0}, {"name": "rebuffering_start"},
+                              {"name": "rebuffering_end", "ms": 1000},
+                              {"name": "pause", "to": 4}]),
+    )
+    await asyncio.sleep(0.3)  # disconnects are written without a reply
+
+
+async def test_every_qoe_formula_on_a_hand_computed_scenario(server: Server) -> None:
+    key = new_key(server)
+    await _scenario(server, key)
+    body = {"query": {"key": key}, "interval": "1 year", "timeframe": "1 day",
+            "breakdown": "device"}
+    answer = httpx.post(f"{server.http}/api/v1/qoe", auth=AUTH, json=body)
+    assert answer.status_code == 200, answer.text
+    (bucket,) = answer.json()["qoe"]
+    # views with QoE data: 1, 2, 3, 4, 5, 7 (6 sent none)
+    assert bucket["views"] == 6
+    # startup 800, 1500, 3000 ms: nearest rank p50 = the 2nd, p95 = the 3rd
+    assert bucket["startup_time_ms"] == {"p50": _rep(1500), "p95": _rep(3000), "views": 3}
+    assert bucket["startup_time_ms"]["p50"] == pytest.approx(1500, rel=sketch.RELATIVE_ERROR)
+    # watched 9 + 6 + 3 + 4 = 22 s; stalled 2 + 1 = 3 s in 2 events
+    assert bucket["watch_seconds"] == 22.0 and bucket["rebuffer_seconds"] == 3.0
+    assert bucket["rebuffer_count"] == 2
+    assert bucket["rebuffer_percentage"] == round(100 * 3 / (22 + 3), 2)  # 12.0
+    assert bucket["rebuffer_frequency"] == round(2 / (22 / 60), 4)  # per minute watched
+    assert bucket["playback_failure_percentage"] == round(100 * 2 / 6, 2)  # 3 and 4
+    assert bucket["startup_failure_percentage"] == round(100 * 1 / 6, 2)  # 4
+    assert bucket["exits_before_start_percentage"] == round(100 * 1 / 6, 2)  # 5
+    # each view's mean seek latency (300, 400): nearest-rank median = 300
+    assert bucket["seek_latency_ms"] == {"p50": _rep(300), "views": 2}
+    mobile = bucket["breakdown"]["mobile"]
+    assert mobile["views"] == 1 and mobile["playback_failure_percentage"] == 100.0
+    assert mobile["startup_time_ms"]["p50"] == _rep(3000)
+    assert mobile["startup_failure_percentage"] == 0.0
+    assert bucket["breakdown"]["desktop"]["views"] == 5
+    assert set(bucket["breakdown"]) == {"desktop", "mobile"}
+
+    # views that never started are not plays; the plays are 1, 2, 3, 6 and 7
+    plays = httpx.post(f"{server.http}/api/v1/plays", auth=AUTH,
+                       json={"query": {"key": key}, "interval": "1 year", "timeframe": "1 day",
+                             "minimum_watch_seconds": 0}).json()["views"]
+    assert plays[0]["views"] == 5 and plays[0]["impressions"] == 7
+
+    # without a breakdown there is none; with a bad one, a clear 400
+    plain = httpx.post(f"{server.http}/api/v1/qoe", auth=AUTH,
+                       json={**body, "breakdown": None}).json()["qoe"][0]
+    assert "breakdown" not in plain and plain["views"] == 6
+    bad = httpx.post(f"{server.http}/api/v1/qoe", auth=AUTH, json={**body, "breakdown": "os"})
+    assert bad.status_code == 400 and "breakdown" in bad.json()["error"]
+
+
+async def test_sessions_carry_their_qoe_summary(server: Server,
+                                                conn: asyncpg.Connection) -> None:
+    key = new_key(server)
+    await _scenario(server, key)
+    listed = httpx.post(f"{server.http}/api/v1/sessions", auth=AUTH,
+                        json={"query": {"key": key}, "timeframe": "1 day"}).json()["sessions"]
+    assert len(listed) == 7
+    by_startup = {s["qoe"]["startup_ms"] if s["qoe"] else "none": s for s in listed}
+    first = by_startup[800]
+    assert first["played"] is True and first["qoe"] == {
+        "startup_ms": 800, "rebuffer_count": 1, "rebuffer_seconds": 2.0, "seek_count": 1,
+        "seek_latency_ms": 300, "failure": None, "failed_before_start": False,
+        "exited_before_start": False}
+    assert by_startup[1500]["qoe"]["seek_latency_ms"] == 400
+    unstarted = [s for s in listed if not s["played"]]
+    assert sorted(((s["qoe"]["failure"], s["qoe"]["failed_before_start"],
+                    s["qoe"]["exited_before_start"]) for s in unstarted), key=str) == \
+        [(4, True, False), (None, False, True)]
+    assert sum(1 for s in listed if s["qoe"] is None) == 1  # the @maveio/metrics one
+    one = httpx.get(f"{server.http}/api/v1/sessions/{first['session']}", auth=AUTH).json()
+    names = [e["name"] for e in one["events"]]
+    assert names == ["play_request", "first_frame", "play", "rebuffering_start",
+                     "rebuffering_end", "pause", "seeking", "seeked", "exit"]
+    assert one["events"][1]["payload"]["ms"] == 800
+    assert all(e["at_ms"] >= 0 for e in one["events"])
+    rows = await sessions_for(conn, key)
+    assert sum(1 for r in rows if r["ended_at"] is not None) == 7
+
+
+async def test_client_durations_are_checked_against_the_server_clock(server: Server,
+                                                                     conn: asyncpg.Connection,
+                                                                     ) -> None:
+    """A claimed startup far beyond what the server saw is replaced by the server's own
+    measurement; a duration that is not a number is too; QoE events cannot start twice."""
+    key = new_key(server)
+    await _viewer(server, key, [
+        {"name": "play_request"}, {"name": "first_frame", "ms": 3_600_000},
+        {"name": "first_frame", "ms": 10}, {"name": "play", "from": 0},
+        {"name": "rebuffering_start"}, {"name": "rebuffering_start"},
+        {"name": "rebuffering_end", "ms": "soon"}, {"name": "pause", "to": 1}])
+    await asyncio.sleep(0.3)
+    (row,) = await sessions_for(conn, key)
+    assert row["qoe"] and row["startup_ms"] < 3000  # the server's figure, not an hour
+    assert row["rebuffer_count"] == 1 and row["rebuffer_seconds"] < 3
+    assert row["played"] and not row["exited_before_start"]
