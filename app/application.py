@@ -23,7 +23,7 @@ from app.ingest.socket import Hub, websocket_endpoint
 from app.ingest.writer import Writer
 from app.query.routes import EXPORTS_AT_ONCE
 from app.query.routes import routes as query_routes
-from app.resources import DASHBOARD, EXAMPLES
+from app.resources import CLIENT, DASHBOARD, EXAMPLES
 from app.settings import Settings
 from app.storage import db, session_store, timescale
 from app.webhook import Sender
@@ -109,6 +109,15 @@ def dashboard(request: Request) -> Response:
                         headers={"Cache-Control": cache, "X-Content-Type-Options": "nosniff"})
 
 
+def client(request: Request) -> Response:
+    """The first-party browser client, an ES module: public (pages load it), readable from
+    any origin (a module script from another origin needs CORS), revalidated hourly."""
+    return FileResponse(CLIENT, media_type="text/javascript; charset=utf-8", headers={
+        "Cache-Control": "public, max-age=3600, must-revalidate",
+        "Access-Control-Allow-Origin": "*", "X-Content-Type-Options": "nosniff",
+        "Cross-Origin-Resource-Policy": "cross-origin"})
+
+
 async def health(request: Request) -> Response:
     """200 when the database answers and the writer commits; else 503 naming which part
     fails, so a load balancer takes this process out while it cannot acknowledge events."""
@@ -186,6 +195,7 @@ def create_app(settings: Settings, database_url: str, example_key: str | None = 
             Route("/", example_page),
             Route("/static/{name}", example_static),
             Route("/healthz", health),
+            Route("/client/vidmetrics.js", client),
             Route("/dashboard", dashboard),
             Route("/dashboard/{path:path}", dashboard),
             Route("/metrics", metrics),

@@ -21,3 +21,4 @@ MIGRATIONS = folder("migrations")
 TIMESCALE = folder("timescale")
 EXAMPLES = folder("examples")
 DASHBOARD = PACKAGE / "dashboard"  # always inside the package
+CLIENT = PACKAGE / "client" / "vidmetrics.js"  # the first-party browser client

@@ -21,7 +21,8 @@ RUNTIME_FILES = ("app/migrations/env.py", "app/migrations/versions/0001_initial.
                  "app/timescale/policies.sql", "app/examples/index.html",
                  "app/examples/static/metrics.js", "app/examples/static/sample.webm",
                  "app/dashboard/index.html", "app/dashboard/main.js",
-                 "app/dashboard/vendor/uPlot.iife.min.js", "app/dashboard/vendor/uPlot.LICENSE")
+                 "app/dashboard/vendor/uPlot.iife.min.js", "app/dashboard/vendor/uPlot.LICENSE",
+                 "app/client/vidmetrics.js")
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +83,7 @@ def test_installed_wheel_serves_from_an_empty_directory(dist: Path, tmp_path: Pa
         page = httpx.get(f"{base}/")
         assert page.status_code == 200 and "<video" in page.text
         assert httpx.get(f"{base}/static/sample.webm").status_code == 200
+        assert "export class Metrics" in httpx.get(f"{base}/client/vidmetrics.js").text
         answer = httpx.post(f"{base}/api/v1/plays", auth=("admin", "pw"),
                             json={"query": {"key": "any"}, "interval": "1 day"})
         assert answer.status_code == 200 and answer.json() == {"views": []}

@@ -1,0 +1,49 @@
+// Usage: node qoe.cjs PAGE_URL play|broken|exit
+// Drives a page that uses the first-party client (/client/vidmetrics.js) in headless
+// Chromium. The page measures its own startup time and stalls (window.measured); this
+// prints them as JSON once the scenario is over and the page is closed.
+//   play:   request playback, wait for a stall, end it 2 s later, play one second more
+//   broken: request playback of a source that fails
+//   exit:   request playback of a source that never arrives, close the page after 1 s
+const { chromium } = require("playwright-core");
+
+async function main() {
+  const [url, mode] = process.argv.slice(2);
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic",
+           "--autoplay-policy=no-user-gesture-required"],
+  });
+  try {
+    const page = await browser.newPage();
+    const logs = [];
+    page.on("console", (m) => logs.push(m.text()));
+    page.on("pageerror", (e) => logs.push("pageerror: " + e.message));
+    // not the load event: a media element that is still fetching delays it
+    await page.goto(url, { waitUntil: "domcontentloaded" });
+    await page.waitForFunction(() => window.socketReady === true, null, { timeout: 20000 });
+    await page.evaluate(() => { document.querySelector("#video").play().catch(() => {}); });
+    if (mode === "play") { // the media server holds bytes back: a stall; end it after 2 s
+      await page.waitForFunction(() => window.measured.stalling, null, { timeout: 40000 });
+      await page.waitForTimeout(2000);
+      await page.evaluate(() => fetch("/release" + new URL(document.querySelector("#video").src).search));
+      await page.waitForFunction(() => window.measured.stalls.length >= 1, null,
+                                 { timeout: 20000 });
+      await page.waitForTimeout(1000);
+    } else if (mode === "broken") {
+      await page.waitForFunction(() => window.measured.errors >= 1, null, { timeout: 20000 });
+      await page.waitForTimeout(500);
+    } else {
+      await page.waitForTimeout(1000);
+    }
+    const measured = await page.evaluate(() => window.measured);
+    await page.close(); // pagehide: the client says `exit`, then the socket closes
+    console.log(JSON.stringify({ measured, logs }));
+  } finally {
+    await browser.close();
+  }
+}
+
+main().catch((e) => { console.error(e); process.exit(1); });
