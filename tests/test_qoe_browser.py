@@ -267,3 +267,19 @@ def test_the_client_is_small_and_served_to_any_origin(server: Server) -> None:
     assert minified.returncode == 0, minified.stderr
     assert len(gzip.compress(minified.stdout.encode(), 9)) <= 6 * 1024
     assert len(gzip.compress(response.content, 9)) <= 6 * 1024  # even unminified
+
+
+async def test_the_example_page_reports_qoe(server: Server, conn: asyncpg.Connection) -> None:
+    key = new_key(server)
+    shots = E2E / "build" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    result = await asyncio.to_thread(
+        subprocess.run, ["node", str(E2E / "qoe.cjs"), f"{server.http}/?key={key}", "example"],
+        cwd=E2E, capture_output=True, text=True, timeout=120,
+        env={**__import__("os").environ, "SCREENSHOT": str(shots / "example-page.png")})
+    assert result.returncode == 0, result.stderr
+    assert not [line for line in json.loads(result.stdout.strip().splitlines()[-1])["logs"]
+                if "vidmetrics" in line or "pageerror" in line]
+    row = await _final(conn, key)
+    assert row["qoe"] and row["played"] and row["startup_ms"] is not None
+    assert row["watch_seconds"] > 0.5

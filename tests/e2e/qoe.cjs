@@ -5,6 +5,7 @@
 //   play:   request playback, wait for a stall, end it 2 s later, play one second more
 //   broken: request playback of a source that fails
 //   exit:   request playback of a source that never arrives, close the page after 1 s
+//   example: the server's example page: play 1.5 s, pause, close
 const { chromium } = require("playwright-core");
 
 async function main() {
@@ -23,6 +24,19 @@ async function main() {
     page.on("pageerror", (e) => logs.push("pageerror: " + e.message));
     // not the load event: a media element that is still fetching delays it
     await page.goto(url, { waitUntil: "domcontentloaded" });
+    if (mode === "example") { // the server's own example page (first-party client)
+      await page.waitForFunction(() => window.metrics && window.metrics.channel
+                                 && window.metrics.channel.state === "joined", null,
+                                 { timeout: 20000 });
+      await page.evaluate(() => document.querySelector("#video").play());
+      await page.waitForTimeout(1500);
+      await page.evaluate(() => document.querySelector("#video").pause());
+      await page.waitForTimeout(300);
+      if (process.env.SCREENSHOT) await page.screenshot({ path: process.env.SCREENSHOT });
+      await page.close();
+      console.log(JSON.stringify({ measured: {}, logs }));
+      return;
+    }
     await page.waitForFunction(() => window.socketReady === true, null, { timeout: 20000 });
     await page.evaluate(() => { document.querySelector("#video").play().catch(() => {}); });
     if (mode === "play") { // the media server holds bytes back: a stall; end it after 2 s
