@@ -15,7 +15,7 @@ import asyncpg
 import httpx
 import pytest
 
-from app.storage import session_store
+from app.storage import rollups, session_store
 from app.storage.session_store import Impression, VideoRef
 from tests.conftest import AUTH, PASSWORD, Server
 from tests.test_e2e_browser import CHROMIUM, E2E
@@ -46,6 +46,16 @@ async def seeded(conn: asyncpg.Connection) -> Data:
                         "chrome", "mac", "desktop", None, None) for n in range(28)]
     async with conn.transaction():
         await session_store.copy_rows(conn, ids, [], [], [], impressions=loads)
+    # two thirds of the views come from the vidmetrics client: QoE data (rollups rebuilt)
+    await conn.execute(
+        """UPDATE sessions s SET qoe = true, startup_ms = 400 + 150 * (s.id % 9),
+                  rebuffer_count = (s.id % 4 = 0)::int, rebuffer_seconds = (s.id % 4 = 0)::int * 1.5,
+                  seek_count = 0, seek_ms = 0, failed_before_start = false,
+                  exited_before_start = false
+             FROM videos v WHERE v.id = s.video_id AND v.key = $1 AND s.id % 3 <> 0""",
+        data.key)
+    await conn.execute("UPDATE rollup_state SET done_at = NULL WHERE name = 'backfill'")
+    await rollups.backfill(conn)
     return data
 
 
@@ -109,7 +119,14 @@ def test_dashboard_pages_show_what_the_api_answers(server: Server, seeded: Data)
     top = api(server, "videos", {**selection, "limit": 10})["videos"]
     assert [[r[0], number(r[1])] for r in overview["tables"]["top-videos"]] == \
         [[v["video"]["title"], v["views"]] for v in top]
-    assert overview["charts"] >= 1
+    assert overview["charts"] >= 2  # plays, startup time
+    qoe = api(server, "qoe", {**selection, "interval": "10 years",
+                              "timezone": "Europe/Berlin"})["qoe"][0]
+    assert qoe["views"] > 5
+    p50 = qoe["startup_time_ms"]["p50"]
+    assert overview["tiles"]["tile-startup"] == (
+        f"{round(p50)} ms" if p50 < 1000 else f"{p50 / 1000:.2f} s")
+    assert overview["tiles"]["tile-rebuffer"] == f"{qoe['rebuffer_percentage']:.1f} %"
 
     one = {"query": {"key": seeded.key, "video": {"video_id": "launch", "title": "Launch"}},
            "timeframe": "7 days"}

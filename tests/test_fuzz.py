@@ -47,7 +47,10 @@ def test_schemathesis_finds_no_server_errors(fuzz_server: Server) -> None:
         [str(st_cli), "run", f"{fuzz_server.http}/api/v1/openapi.json",
          "--url", fuzz_server.http, "--auth", f"admin:{PASSWORD}",
          "--checks", "all", "--exclude-checks", SKIPPED_CHECKS,
-         "--max-examples", "25", "--workers", "2", "--seed", "7", "--max-time", "40",
+         # one worker: with two threads, CPython 3.11's parser (which hypothesis uses to
+         # describe its filters) sporadically fails with "AST constructor recursion depth
+         # mismatch" inside schemathesis: a crash of the fuzzer, not of the server
+         "--max-examples", "25", "--workers", "1", "--seed", "7", "--max-time", "40",
          "--no-color"],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]

@@ -161,3 +161,29 @@ async def test_client_durations_are_checked_against_the_server_clock(server: Ser
     assert row["qoe"] and row["startup_ms"] < 3000  # the server's figure, not an hour
     assert row["rebuffer_count"] == 1 and row["rebuffer_seconds"] < 3
     assert row["played"] and not row["exited_before_start"]
+
+
+async def test_a_final_summary_outlives_its_raw_events(server: Server, conn: asyncpg.Connection,
+                                                       database_url: str) -> None:
+    """Once raw events pass their retention they are deleted; /sessions/{id} still answers
+    the session's final summary, QoE included, and /qoe is unchanged."""
+    from app.storage import db, session_store
+    key = new_key(server)
+    await _viewer(server, key, [
+        {"name": "play_request"}, {"name": "first_frame", "ms": 900},
+        {"name": "play", "from": 0}, {"name": "pause", "to": 5}, {"name": "exit"}])
+    await asyncio.sleep(0.3)
+    (row,) = await sessions_for(conn, key)
+    body = {"query": {"key": key}, "interval": "1 day", "timeframe": "1 day"}
+    before = httpx.post(f"{server.http}/api/v1/qoe", auth=AUTH, json=body).json()
+    await conn.execute("UPDATE events SET at = at - interval '40 days' WHERE session_id = $1",
+                       row["id"])
+    pool = await db.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        await session_store.apply_retention(pool, 0, 30)
+    finally:
+        await pool.close()
+    one = httpx.get(f"{server.http}/api/v1/sessions/{row['id']}", auth=AUTH).json()
+    assert one["events"] == []
+    assert one["session"]["qoe"]["startup_ms"] == 900 and one["session"]["watch_seconds"] == 5
+    assert httpx.post(f"{server.http}/api/v1/qoe", auth=AUTH, json=body).json() == before

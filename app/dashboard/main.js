@@ -172,6 +172,38 @@ function completionPanel(completion) {
   total.views_with_duration ? bars(Object.fromEntries(steps)) : empty("No views with a known duration yet"));
 }
 
+// Quality of experience: totals over the timeframe (one 10-year bucket holds it whole, so
+// the percentiles are the server's, not averages of averages) and startup time per bucket
+function qoePanel(total, perBucket) {
+  const t = total.qoe.reduce((a, b) => (b.views > (a ? a.views : -1) ? b : a), null);
+  const ms = (x) => (x === null || x === undefined ? "–" : x < 1000 ? `${Math.round(x)} ms` : `${(x / 1000).toFixed(2)} s`);
+  const pct = (x) => (x === null || x === undefined ? "–" : `${x.toFixed(1)} %`);
+  const note = "Views whose page uses the vidmetrics client (/client/vidmetrics.js); " +
+    "@maveio/metrics sends no QoE and is left out. Definitions: docs/api.md.";
+  if (!t || !t.views) {
+    return panel("qoe", "Quality of experience", { note }, empty("No views with QoE data yet",
+      { href: "/", text: "the example page uses the vidmetrics client" }));
+  }
+  const figures = h("div", { class: "tiles" },
+    tile("tile-startup", "Startup p50", ms(t.startup_time_ms.p50)),
+    tile("tile-startup-95", "Startup p95", ms(t.startup_time_ms.p95)),
+    tile("tile-rebuffer", "Rebuffering", pct(t.rebuffer_percentage)),
+    tile("tile-failures", "Playback failures", pct(t.playback_failure_percentage)),
+    tile("tile-startup-failures", "Startup failures", pct(t.startup_failure_percentage)),
+    tile("tile-exits", "Exits before start", pct(t.exits_before_start_percentage)));
+  const rows = perBucket.qoe.map((b) => [b.interval, b.views, b.startup_time_ms.p50, b.startup_time_ms.p95,
+    b.rebuffer_percentage, b.playback_failure_percentage, b.exits_before_start_percentage]);
+  const withStartup = perBucket.qoe.filter((b) => b.startup_time_ms.p50 !== null);
+  const body = withStartup.length
+    ? chart([{}, { label: "Startup p50 (ms)" }, { label: "Startup p95 (ms)" }],
+      [withStartup.map((b) => labelSeconds(b.interval)), withStartup.map((b) => b.startup_time_ms.p50),
+        withStartup.map((b) => b.startup_time_ms.p95)], { height: 200, sameScale: true })
+    : "";
+  return panel("qoe", `Quality of experience · ${fmt.int(t.views)} views`, { note, csv: { header: [
+    "interval", "views", "startup_p50_ms", "startup_p95_ms", "rebuffer_percentage",
+    "playback_failure_percentage", "exits_before_start_percentage"], rows } }, figures, body);
+}
+
 function playRate(plays) {
   const views = sum(plays.views, (b) => b.views);
   const impressions = sum(plays.views, (b) => b.impressions);
@@ -198,12 +230,14 @@ async function watchingTile(state) {
 
 // -- views --------------------------------------------------------------------------
 async function overview(state) {
-  const [plays, top, sources, completion, watching] = await Promise.all([
+  const [plays, top, sources, completion, watching, qoeTotal, qoe] = await Promise.all([
     call("plays", bucketBody(state)),
     call("videos", { ...selection(state), timeframe: timeframe(state), limit: 10 }),
     call("sources", bucketBody(state)),
     call("completion", bucketBody(state)),
     watchingTile(state),
+    call("qoe", bucketBody(state, { interval: "10 years" })),
+    call("qoe", bucketBody(state)),
   ]);
   const views = sum(plays.views, (b) => b.views);
   const watch = sum(plays.views, (b) => b.total_view_time);
@@ -222,7 +256,7 @@ async function overview(state) {
       { title: "Watch time", num: true, show: (r) => fmt.duration(r[2]) },
     ], topRows, (r) => go({ view: "video", video: JSON.stringify(r[3].video) })) : empty("No videos yet"));
   return [tiles, playsPanel(plays, "Views and watch time"), topPanel, completionPanel(completion),
-    sourcesPanel(sources, ""), ...breakdownPanels(plays)];
+    qoePanel(qoeTotal, qoe), sourcesPanel(sources, ""), ...breakdownPanels(plays)];
 }
 
 async function videoView(state) {
@@ -233,11 +267,13 @@ async function videoView(state) {
         { title: "Views", num: true, show: (v) => fmt.int(v.views) }], top.videos,
       (v) => go({ video: JSON.stringify(v.video) })) : empty("No videos yet", { href: "/", text: "open the example page" }))];
   }
-  const [plays, engagement, sources, completion] = await Promise.all([
+  const [plays, engagement, sources, completion, qoeTotal, qoe] = await Promise.all([
     call("plays", bucketBody(state)),
     call("engagement", { ...selection(state), timeframe: timeframe(state), ranges: 100 }),
     call("sources", bucketBody(state)),
     call("completion", bucketBody(state)),
+    call("qoe", bucketBody(state, { interval: "10 years" })),
+    call("qoe", bucketBody(state)),
   ]);
   const ranges = engagement.engagement;
   const retention = panel("retention", "Retention over the video's timeline", {
@@ -252,7 +288,18 @@ async function videoView(state) {
     tile("tile-play-rate", "Play rate", playRate(plays)),
     await watchingTile(state)),
   playsPanel(plays, "Views and watch time"), retention, completionPanel(completion),
-  sourcesPanel(sources), ...breakdownPanels(plays)];
+  qoePanel(qoeTotal, qoe), sourcesPanel(sources), ...breakdownPanels(plays)];
+}
+
+// a session's QoE in a few characters: its startup time, or what went wrong
+function quality(s) {
+  const q = s.qoe;
+  if (!q) return "–";
+  if (q.failed_before_start) return "failed";
+  if (q.exited_before_start) return "left before start";
+  const startup = q.startup_ms === null ? "" : q.startup_ms < 1000 ? `${Math.round(q.startup_ms)} ms` : `${(q.startup_ms / 1000).toFixed(2)} s`;
+  return [startup, q.rebuffer_count ? `${q.rebuffer_count} stall${q.rebuffer_count > 1 ? "s" : ""}` : "",
+    q.failure !== null ? "failed" : ""].filter(Boolean).join(" · ") || "starting";
 }
 
 function localTime(iso, zone) {
@@ -269,6 +316,7 @@ async function sessionsView(state) {
     { title: "Device", show: (s) => `${s.browser} · ${s.platform} · ${s.device}` },
     { title: "Page", show: (s) => s.page || "" },
     { title: "Watched", num: true, show: (s) => fmt.duration(s.watch_seconds) },
+    { title: "Startup", num: true, show: (s) => quality(s) },
   ];
   const rows = [...first.sessions];
   const csvRows = () => rows.map((s) => [s.session, s.started_at, videoName(s.metadata, s.identifier),
@@ -297,7 +345,8 @@ async function sessionDetail(state) {
     tile("tile-started", "Started", localTime(session.started_at, state.tz)),
     tile("tile-watch", "Watched", fmt.duration(session.watch_seconds)),
     tile("tile-device", "Device", `${session.browser} · ${session.device}`),
-    tile("tile-video", "Video", videoName(session.metadata, session.identifier)));
+    tile("tile-video", "Video", videoName(session.metadata, session.identifier)),
+    tile("tile-quality", "Quality", quality(session)));
   const timeline = panel("timeline", "Timeline", {
     note: `Every stored event on a time axis (seconds since the session started): ${kinds.join(", ") || "none"}.`,
     csv: { header: ["at_ms", "name", "payload"], rows: events.map((e) => [e.at_ms, e.name, JSON.stringify(e.payload)]) },

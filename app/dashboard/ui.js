@@ -77,17 +77,19 @@ export function bars(counts) {
 }
 
 // uPlot, sized to its container; x values are seconds shown in UTC (see labelSeconds).
-export function chart(series, data, { bars: asBars = false, xTime = true, height = 240 } = {}) {
+// sameScale: every series on the left axis (else the second one has its own, on the right)
+export function chart(series, data, { bars: asBars = false, xTime = true, height = 240, sameScale = false } = {}) {
   const box = h("div", { class: "chart", role: "img",
     "aria-label": series.slice(1).map((s) => s.label).join(" and ") });
   const U = window.uPlot;
   const axes = [{ stroke: "#555b66", grid: { stroke: "#eceef1" } },
     { stroke: "#555b66", grid: { stroke: "#eceef1" }, size: 55 }];
-  if (series.length > 2) axes.push({ side: 1, scale: "y2", stroke: "#555b66", grid: { show: false }, size: 55 });
+  const twoScales = series.length > 2 && !sameScale;
+  if (twoScales) axes.push({ side: 1, scale: "y2", stroke: "#555b66", grid: { show: false }, size: 55 });
   const opts = {
     width: 600, height, series: [{}, ...series.slice(1).map((s, i) => ({
       label: s.label, stroke: i ? "#e0782d" : "#3157d5", width: 2,
-      fill: i ? undefined : "rgba(49,87,213,0.12)", scale: i ? "y2" : "y",
+      fill: i ? undefined : "rgba(49,87,213,0.12)", scale: i && twoScales ? "y2" : "y",
       paths: asBars && !i ? U.paths.bars({ size: [0.7, 40] }) : undefined,
       points: { show: !asBars },
     }))],
@@ -96,7 +98,7 @@ export function chart(series, data, { bars: asBars = false, xTime = true, height
     tzDate: (ts) => U.tzDate(new Date(ts * 1e3), "Etc/UTC"),
     legend: { live: false },
   };
-  if (series.length > 2) opts.scales.y2 = { range: (u, min, max) => [0, Math.max(1, max)] };
+  if (twoScales) opts.scales.y2 = { range: (u, min, max) => [0, Math.max(1, max)] };
   const plot = new U(opts, data, box);
   const fit = () => plot.setSize({ width: Math.max(240, box.clientWidth), height });
   new ResizeObserver(fit).observe(box);
