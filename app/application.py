@@ -60,6 +60,20 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
 
+class SocketFirst:
+    """Hands the ingest websocket straight to its handler, before the exception and routing
+    layers (which would wrap every send of every reply); everything else passes on."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope.get("path") == "/socket/websocket":
+            await websocket_endpoint(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def _sync(work: Callable[[], None]) -> Callable[[], Awaitable[None]]:
     async def run() -> None:
         work()
@@ -213,4 +227,5 @@ def create_app(settings: Settings, database_url: str, example_key: str | None = 
         auth = BasicAuth(settings.user, settings.password, settings.password_hash,
                          settings.max_password_checks)
     app.add_middleware(AuthMiddleware, auth=auth)
+    app.add_middleware(SocketFirst)
     return app

@@ -1,6 +1,6 @@
 """Query latency, rollups vs raw: seeds N sessions over 30 days (via `vidmetrics seed`,
 50 videos, Zipf-like) into a fresh embedded PostgreSQL (or --database-url), starts a server,
-and reports warm p50/p95 of plays, sources and engagement through the API (rollup path),
+and reports warm p50/p95 of plays, sources, qoe and engagement through the API (rollup path),
 beside the same questions answered by the raw path (storage called directly with
 use_rollups=False, fewer repeats), for one video and all videos of a key, UTC and
 Europe/Berlin, intervals 1 hour and 1 day; plus storage in bytes per event. Appends a dated
@@ -54,7 +54,7 @@ def percentiles(times: list[float]) -> tuple[float, float]:
 
 def cases() -> list[tuple[str, str, str | None, str]]:
     out = []
-    for path in ("plays", "sources", "engagement"):
+    for path in ("plays", "sources", "qoe", "engagement"):
         for label in ("one video", "all videos"):
             for tz in ("UTC", "Europe/Berlin"):
                 for interval in ("1 hour", "1 day"):
@@ -83,8 +83,8 @@ async def raw_times(url: str, path: str, body: dict[str, object], repeats: int) 
                 await stats.engagement(conn, q, use_rollups=False)  # type: ignore[arg-type]
             else:
                 q = params.bucket_query(body, now, 10**6)
-                fn = stats.plays if path == "plays" else stats.sources
-                await fn(conn, q, False, use_rollups=False)
+                fn = {"plays": stats.plays, "sources": stats.sources, "qoe": stats.qoe}[path]
+                await fn(conn, q, False, use_rollups=False)  # type: ignore[operator]
             if i:  # the first run warms the cache
                 times.append((time.perf_counter() - started) * 1000)
         return times

@@ -422,7 +422,7 @@ class ViewingSession:
         self.row.ended_at = now
         self.row.duration = self.duration
         self.row.qoe = self.quality.frozen() if self.quality is not None else None
-        return SessionRow(**{f: getattr(self.row, f) for f in SessionRow.__slots__})
+        return self.row.copy()
 
     def _close(self, now: dt.datetime, position: float | None) -> list[Op]:
         """Close the open interval at `position`, or where the clock says playback got to."""

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
@@ -65,6 +67,24 @@ class Hub:
     accepting: bool = True
     state_bytes: int = 0  # client-supplied state held by all open channels
     keys_seen: int = 0  # the key cache generation the last sweep checked channels against
+    # replies to committed events, in commit order, sent by one task per commit (not one
+    # task per event)
+    replies: deque[tuple[Connection, str]] = field(default_factory=deque)
+    sending: bool = False
+
+    def reply(self, conn: Connection, text: str) -> None:
+        self.replies.append((conn, text))
+        if not self.sending:
+            self.sending = True
+            asyncio.get_running_loop().create_task(self._send_replies())
+
+    async def _send_replies(self) -> None:
+        try:
+            while self.replies:
+                conn, text = self.replies.popleft()
+                await conn.send(text)
+        finally:
+            self.sending = False
 
     @property
     def limits(self) -> Limits:
@@ -269,19 +289,24 @@ class Connection:
             await self.send(protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic))
             return
         future = self.hub.writer.submit(ops)
-        task = asyncio.create_task(self._ack(frame, future, arrived))
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
+        future.add_done_callback(functools.partial(self._committed, frame, arrived))
 
-    async def _ack(self, frame: protocol.Frame, future: asyncio.Future[None],
-                   arrived: float) -> None:
-        try:
-            await future
-        except WriteFailed as exc:
-            return await self._refuse(frame, "write_failed", str(exc))
-        await self.send(protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic))
-        _EVENTS["acked"].inc()
-        ACK_SECONDS.observe(time.perf_counter() - arrived)
+    def _committed(self, frame: protocol.Frame, arrived: float,
+                   future: asyncio.Future[None]) -> None:
+        """The event's batch committed (or failed): queue its reply, in commit order."""
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is None:
+            _EVENTS["acked"].inc()
+            ACK_SECONDS.observe(time.perf_counter() - arrived)
+            text = protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic)
+        else:
+            _REFUSED["write_failed"].inc()
+            _EVENTS["failed"].inc()
+            reason = str(exc) if isinstance(exc, WriteFailed) else "write failed"
+            text = protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic, reason)
+        self.hub.reply(self, text)
 
     def _track(self, session: ViewingSession, was_playing: bool) -> None:
         if session.row is None or was_playing == session.playing:

@@ -189,7 +189,7 @@ class Deltas:
         self.impressions[(video_id, bucket)] = self.impressions.get((video_id, bucket), 0) + 1
         self.key_impressions[(key, bucket)] = self.key_impressions.get((key, bucket), 0) + 1
 
-    def add(self, s: State, sign: int) -> None:
+    def add(self, s: State, sign: int, engagement: bool = True) -> None:
         # hot in bulk loads: keys hold the bucket as epoch seconds (a datetime at write time)
         moment = s.started_at.timestamp()
         bucket = moment - moment % GRAIN_SECONDS
@@ -228,6 +228,11 @@ class Deltas:
                 entry = table[key] = [0.0] * (len(COMPLETION_COLUMNS) + 1)  # type: ignore
             for i, value in enumerate(done):
                 entry[i] += sign * value
+        if engagement:
+            self._add_engagement(s, bucket, duration, sign)
+
+    def _add_engagement(self, s: State, bucket: float, duration: float | None,
+                        sign: int) -> None:
         islands = s.islands
         for ranges in ENGAGEMENT_RANGES:
             eng_key = (s.video_id, bucket, ranges, duration or UNKNOWN_DURATION)
@@ -271,9 +276,37 @@ class Deltas:
     def change(self, old: State | None, new: State) -> None:
         if old == new:
             return
-        if old is not None:
-            self.add(old, -1)
-        self.add(new, +1)
+        if old is None:
+            self.add(new, +1)
+            return
+        # the usual change: a session of the same video, bucket and duration watched more;
+        # its engagement then changes only in the ranges it newly covers (no full -1/+1)
+        same = (old.played and new.played and old.video_id == new.video_id
+                and old.started_at == new.started_at and old.duration == new.duration)
+        self.add(old, -1, engagement=not same)
+        self.add(new, +1, engagement=not same)
+        if same and old.islands != new.islands:
+            self._engagement_change(old, new)
+
+    def _engagement_change(self, old: State, new: State) -> None:
+        duration = new.duration if new.duration is not None and new.duration > 0 else None
+        if duration is None:
+            return  # no timeline: only the session count, which did not change
+        moment = new.started_at.timestamp()
+        bucket = moment - moment % GRAIN_SECONDS
+        for ranges in ENGAGEMENT_RANGES:
+            before = covered_ranges(list(old.islands), duration, ranges)
+            after = covered_ranges(list(new.islands), duration, ranges)
+            if before == after:
+                continue
+            entry = self.engagement.get((new.video_id, bucket, ranges, duration))
+            if entry is None:
+                entry = self.engagement[(new.video_id, bucket, ranges, duration)] = \
+                    [0] * (1 + ranges)
+            for index in after - before:
+                entry[1 + index] += 1
+            for index in before - after:
+                entry[1 + index] -= 1
 
     async def write(self, conn: asyncpg.Connection) -> None:
         """Upsert the non-zero deltas (in key order, so concurrent writers never deadlock)."""

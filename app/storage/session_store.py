@@ -55,6 +55,13 @@ class SessionRow:
     played: bool = True  # False: requested (or failed) but never started playing
     qoe: rollups.Qoe | None = None  # None: the client sends no QoE events
 
+    def copy(self) -> SessionRow:
+        """A snapshot (cheaper than dataclasses.replace: no field introspection)."""
+        return SessionRow(self.id, self.started_at, self.video, self.browser, self.platform,
+                          self.device, self.page, self.session_data, self.ended_at,
+                          self.duration, self.watch_seconds, self.furthest, self.ended,
+                          self.played, self.qoe)
+
     def state(self, video_id: int, islands: tuple[float, ...]) -> rollups.State:
         """What this snapshot contributes to the rollups."""
         return rollups.State(self.video.key, video_id, self.started_at, self.browser,
