@@ -182,6 +182,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                 access_log=False,  # access logs would record client addresses
                 server_header=False, proxy_headers=False, ws_max_size=settings.max_frame_bytes,
                 ws_per_message_deflate=False, timeout_graceful_shutdown=10, log_config=None,
+                ws="websockets-sansio", ws_ping_interval=settings.ws_ping_seconds or None,
                 backlog=4096, http=http_protocol(settings), timeout_keep_alive=5,
             )
         except KeyboardInterrupt:

@@ -32,6 +32,9 @@ class Settings:
     max_channels_per_socket: int = 16
     max_session_state_bytes: int = 128 * 1024 * 1024
     socket_idle_seconds: float = 120.0
+    # websocket protocol pings (0: none; the idle timeout and the clients' heartbeats
+    # already find dead peers, and pings to every socket at once cost latency)
+    ws_ping_seconds: float = 0.0
     # HTTP connections (not websockets) and how long a request may take to arrive
     max_http_connections: int = 1000
     request_timeout_seconds: float = 15.0
@@ -73,7 +76,9 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0,
+           zero: bool = False) -> float:
+    """A number greater than `minimum` (or exactly 0, when `zero` allows it: "off")."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -81,8 +86,9 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if not value > minimum:
-        raise SettingsError(f"{name} must be greater than {minimum}, got {raw}")
+    if not (value > minimum or (zero and value == 0)):
+        raise SettingsError(f"{name} must be greater than {minimum}"
+                            f"{' (or 0: off)' if zero else ''}, got {raw}")
     return value
 
 
@@ -143,6 +149,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         max_session_state_bytes=_int(env, "METRICS_MAX_SESSION_STATE_MB", 128, minimum=1)
         * 1024 * 1024,
         socket_idle_seconds=_float(env, "METRICS_SOCKET_IDLE_SECONDS", 120.0),
+        ws_ping_seconds=_float(env, "METRICS_WS_PING_SECONDS", 0.0, zero=True),
         max_http_connections=_int(env, "METRICS_MAX_HTTP_CONNECTIONS", 1000, minimum=1),
         request_timeout_seconds=_float(env, "METRICS_REQUEST_TIMEOUT_SECONDS", 15.0),
         max_buckets=_int(env, "METRICS_MAX_BUCKETS", 10_000, minimum=1),

@@ -316,7 +316,8 @@ def main() -> None:
                                     "--app-dir", str(tmp), "--port", str(port),
                                     "--log-level", "warning", "--no-access-log",
                                     "--ws-per-message-deflate", "false", "--http", "httptools",
-                                    "--ws", "websockets", "--backlog", "4096"],
+                                    "--ws", "websockets-sansio", "--ws-ping-interval", "0",
+                                    "--backlog", "4096"],
                            base_env, port, "x", case, "/")
             port += 1
             env = {**base_env, "METRICS_DATA_DIR": str(data), "PORT": str(port),

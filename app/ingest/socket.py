@@ -95,12 +95,13 @@ class Hub:
         if self.state_bytes + size > self.settings.max_session_state_bytes:
             return False
         self.state_bytes += size
-        SESSION_BYTES.set(self.state_bytes)
         return True
 
     def release(self, size: int) -> None:
         self.state_bytes -= size
-        SESSION_BYTES.set(self.state_bytes)
+
+    def __post_init__(self) -> None:
+        SESSION_BYTES.set_function(lambda: self.state_bytes)  # read at scrape time
 
     def sweep(self) -> None:
         """Close channels whose key was revoked, and sockets silent for too long. Channels
@@ -282,7 +283,8 @@ class Connection:
             ops = session.handle(frame.payload, _now(), new_id)
         except InvalidInput as exc:
             return await self._refuse(frame, "invalid_input", str(exc))
-        self.hub.release(cost - session.cost)  # buffered pre-play events come and go
+        if cost != session.cost:  # buffered pre-play events come and go
+            self.hub.release(cost - session.cost)
         self._track(session, was_playing)
         if not ops:
             _EVENTS["acked"].inc()

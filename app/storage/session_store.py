@@ -82,7 +82,7 @@ QOE_SESSION_COLUMNS = ["qoe", "startup_ms", "rebuffer_count", "rebuffer_seconds"
                        "seek_ms", "failure", "failed_before_start", "exited_before_start"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built for every event, and frozen costs
 class IntervalRow:
     session_id: int
     video: VideoRef
@@ -93,7 +93,7 @@ class IntervalRow:
     elapsed: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built for every event, and frozen costs
 class EventRow:
     session_id: int
     video: VideoRef
@@ -102,7 +102,7 @@ class EventRow:
     payload: dict[str, Any] | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built for every event, and frozen costs
 class Presence:
     """The session is playing (True) or not (False) as of this write."""
 
@@ -112,7 +112,7 @@ class Presence:
     playing: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built for every event, and frozen costs
 class Ended:
     """The session ended (leave, disconnect, idle timeout): its summary is final."""
 
@@ -121,7 +121,7 @@ class Ended:
     session_started_at: dt.datetime
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built for every event, and frozen costs
 class Impression:
     """A join: the video was loaded on a page (played or not)."""
 
