@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import asyncpg
 import orjson
@@ -19,11 +20,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.auth.basic import BasicAuth
 from app.auth.keys import KeyCache
 from app.errors import HANDLERS, REALM_HEADER, ApiError, Unauthorized, error_response
-from app.ingest.socket import Hub, websocket_endpoint
+from app.ingest.socket import Hub, serve_socket, websocket_endpoint
 from app.ingest.writer import Writer
 from app.query.routes import EXPORTS_AT_ONCE
 from app.query.routes import routes as query_routes
 from app.resources import CLIENT, DASHBOARD, EXAMPLES
+from app.serving import tune_gc
 from app.settings import Settings
 from app.storage import db, session_store, timescale
 from app.webhook import Sender
@@ -61,15 +63,22 @@ class AuthMiddleware:
 
 
 class SocketFirst:
-    """Hands the ingest websocket straight to its handler, before the exception and routing
-    layers (which would wrap every send of every reply); everything else passes on."""
+    """The ASGI app uvicorn runs: hands the ingest websocket straight to its handler, in
+    front of Starlette's middleware, exception and routing layers (which would wrap every
+    reply's send, and hold a coroutine frame each for every open socket); everything else
+    goes to the Starlette app."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: Starlette) -> None:
         self.app = app
+
+    @property
+    def state(self) -> Any:
+        return self.app.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and scope.get("path") == "/socket/websocket":
-            await websocket_endpoint(scope, receive, send)
+            scope["app"] = self.app
+            await serve_socket(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -154,7 +163,8 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-def create_app(settings: Settings, database_url: str, example_key: str | None = None) -> Starlette:
+def create_app(settings: Settings, database_url: str,
+               example_key: str | None = None) -> SocketFirst:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pool = await db.create_pool(database_url, min_size=2, max_size=settings.db_pool_size)
@@ -167,6 +177,7 @@ def create_app(settings: Settings, database_url: str, example_key: str | None = 
         writer = Writer(pool, flush_interval=settings.flush_interval_ms / 1000,
                         max_rows=settings.flush_max_rows, outbox=bool(settings.export_webhook))
         writer.start()
+        tune_gc()
         sender = None
         if settings.export_webhook:
             sender = Sender(pool, settings.export_webhook, batch=settings.export_webhook_batch)
@@ -227,5 +238,4 @@ def create_app(settings: Settings, database_url: str, example_key: str | None = 
         auth = BasicAuth(settings.user, settings.password, settings.password_hash,
                          settings.max_password_checks)
     app.add_middleware(AuthMiddleware, auth=auth)
-    app.add_middleware(SocketFirst)
-    return app
+    return SocketFirst(app)

@@ -1,5 +1,6 @@
 """Connection hygiene for uvicorn: reap slow or silent HTTP connections, cap how many are
-open, and keep every cap below the process's file-descriptor limit.
+open, and keep every cap below the process's file-descriptor limit; and garbage
+collection tuned for a process holding thousands of sockets.
 
 uvicorn closes idle keep-alive connections, but not one that never sends a complete
 request: a silent TCP connection, half a header block, or a body that stops arriving
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import resource
 
@@ -101,3 +103,19 @@ def fit_to_fd_limit(settings: Settings) -> Settings:
                 "connections (raise `ulimit -n` for more)", soft, sockets,
                 settings.max_http_connections)
     return dataclasses.replace(settings, max_sockets=sockets)
+
+
+# Collections: the youngest generation every 50,000 allocations (not 700), the middle one
+# every 50 of those, the oldest every 100 of those. With 10,000 open sockets a full
+# collection walks millions of objects and stops every socket for hundreds of
+# milliseconds; at the default thresholds that happened every few seconds (ack p99 of
+# 0.5-1 s at 2,000 events/s), now it is rare. Cycles are still collected.
+GC_THRESHOLDS = (50_000, 50, 100)
+
+
+def tune_gc() -> None:
+    """Once the server has started: collect, freeze what exists (modules, settings, the
+    pool: never garbage, so never walked again) and collect less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)

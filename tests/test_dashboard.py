@@ -49,7 +49,8 @@ async def seeded(conn: asyncpg.Connection) -> Data:
     # two thirds of the views come from the vidmetrics client: QoE data (rollups rebuilt)
     await conn.execute(
         """UPDATE sessions s SET qoe = true, startup_ms = 400 + 150 * (s.id % 9),
-                  rebuffer_count = (s.id % 4 = 0)::int, rebuffer_seconds = (s.id % 4 = 0)::int * 1.5,
+                  rebuffer_count = (s.id % 4 = 0)::int,
+                  rebuffer_seconds = (s.id % 4 = 0)::int * 1.5,
                   seek_count = 0, seek_ms = 0, failed_before_start = false,
                   exited_before_start = false
              FROM videos v WHERE v.id = s.video_id AND v.key = $1 AND s.id % 3 <> 0""",
