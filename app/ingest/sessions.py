@@ -224,14 +224,14 @@ def _stored_fields(payload: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
-@dataclass
+@dataclass(slots=True)
 class _Open:
     media_from: float
     wall_start: dt.datetime
     rate: float
 
 
-@dataclass
+@dataclass(slots=True)
 class _Quality:
     """A view's QoE as it accumulates (frozen into a Qoe for every snapshot)."""
 
@@ -262,7 +262,7 @@ def _measured_ms(payload: dict[str, Any], since: dt.datetime, now: dt.datetime) 
     return round(seen, 3)
 
 
-@dataclass
+@dataclass(slots=True)  # one per open channel: no per-instance __dict__
 class ViewingSession:
     join: JoinInfo
     device: Device

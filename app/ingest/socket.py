@@ -71,12 +71,13 @@ class Hub:
     # task per event)
     replies: deque[tuple[Connection, str]] = field(default_factory=deque)
     sending: bool = False
+    sender: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
 
     def reply(self, conn: Connection, text: str) -> None:
         self.replies.append((conn, text))
         if not self.sending:
             self.sending = True
-            asyncio.get_running_loop().create_task(self._send_replies())
+            self.sender = asyncio.get_running_loop().create_task(self._send_replies())
 
     async def _send_replies(self) -> None:
         try:
@@ -147,6 +148,9 @@ class _Bucket:
 
 
 class Connection:
+    __slots__ = ("hub", "_send", "vsn", "key", "source_url", "device", "channels", "bucket",
+                 "closed", "closing", "last_seen")  # one per open socket
+
     def __init__(self, hub: Hub, scope: Scope, send: Send) -> None:
         self.hub = hub
         self._send = send
@@ -162,7 +166,6 @@ class Connection:
         self.device = classify(user_agent, brave)  # the UA string itself goes no further
         self.channels: dict[str, tuple[str | None, ViewingSession]] = {}
         self.bucket = _Bucket(hub.settings.max_events_per_second)
-        self.pending: set[asyncio.Task[None]] = set()
         self.closed = False
         self.closing: asyncio.Future[None] | None = None
         self.last_seen = time.monotonic()
@@ -250,19 +253,23 @@ class Connection:
         self.channels[frame.topic] = (frame.join_ref, session)
         # the join is an impression: acknowledged once it is committed, like every event
         future = self.hub.writer.submit([session.impression(_now())])
-        task = asyncio.create_task(self._ack_join(frame, future))
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
+        future.add_done_callback(functools.partial(self._joined, frame))
 
-    async def _ack_join(self, frame: protocol.Frame, future: asyncio.Future[None]) -> None:
-        try:
-            await future
-        except WriteFailed as exc:
-            joined = self.channels.get(frame.topic)
-            if joined is not None and joined[0] == frame.join_ref:
-                self.hub.release(self.channels.pop(frame.topic)[1].cost)
-            return await self._refuse(frame, "write_failed", str(exc))
-        await self.send(protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic))
+    def _joined(self, frame: protocol.Frame, future: asyncio.Future[None]) -> None:
+        """The join's impression committed (or failed): queue the join's reply."""
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is None:
+            return self.hub.reply(self, protocol.reply(self.vsn, frame.join_ref, frame.ref,
+                                                       frame.topic))
+        joined = self.channels.get(frame.topic)
+        if joined is not None and joined[0] == frame.join_ref:
+            self.hub.release(self.channels.pop(frame.topic)[1].cost)
+        _REFUSED["write_failed"].inc()
+        reason = str(exc) if isinstance(exc, WriteFailed) else "write failed"
+        self.hub.reply(self, protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic,
+                                            reason))
 
     async def event(self, frame: protocol.Frame, session: ViewingSession) -> None:
         arrived = time.perf_counter()
@@ -328,10 +335,8 @@ class Connection:
         if session.playing:
             future = self.hub.writer.submit([session.stop_presence()])
             future.add_done_callback(lambda f: f.exception())
-        task = asyncio.ensure_future(self.send(protocol.encode(
-            self.vsn, join_ref, join_ref, topic, "phx_close", {})))
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
+        self.hub.reply(self, protocol.encode(self.vsn, join_ref, join_ref, topic, "phx_close",
+                                             {}))
 
     def leave(self, topic: str) -> None:
         """Close a channel's session at this moment; its rows are written without a reply."""
