@@ -226,6 +226,14 @@ def postgres_processes() -> list[psutil.Process]:
     return [p for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]
 
 
+def free_port() -> int:
+    """A port nobody listens on now (a random one sometimes was: the server then exits)."""
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def wait_healthy(url: str) -> None:
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -311,7 +319,7 @@ def main() -> None:
                        cwd=ROOT, env={**base_env, "METRICS_DATA_DIR": str(data)},
                        check=True, capture_output=True)
         for case in cases:
-            port = 40000 + random.randrange(2000)
+            port = free_port()
             echo = measure("echo", [*pinned(0), sys.executable, "-m", "uvicorn", "echo:app",
                                     "--app-dir", str(tmp), "--port", str(port),
                                     "--log-level", "warning", "--no-access-log",
@@ -319,7 +327,7 @@ def main() -> None:
                                     "--ws", "websockets-sansio", "--ws-ping-interval", "0",
                                     "--backlog", "4096"],
                            base_env, port, "x", case, "/")
-            port += 1
+            port = free_port()
             env = {**base_env, "METRICS_DATA_DIR": str(data), "PORT": str(port),
                    "HOST": "127.0.0.1", "METRICS_PASSWORD": PASSWORD,
                    "METRICS_MAX_EVENTS_PER_SECOND": "100000",
