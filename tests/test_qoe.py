@@ -187,3 +187,25 @@ async def test_a_final_summary_outlives_its_raw_events(server: Server, conn: asy
     assert one["events"] == []
     assert one["session"]["qoe"]["startup_ms"] == 900 and one["session"]["watch_seconds"] == 5
     assert httpx.post(f"{server.http}/api/v1/qoe", auth=AUTH, json=body).json() == before
+
+
+def test_a_snapshot_copies_every_field() -> None:
+    """SessionRow.copy lists the fields by hand (it is built for every event): a field
+    added to the row and forgotten there would silently not be written."""
+    import dataclasses
+    import datetime as dt
+
+    from app.storage.rollups import Qoe
+    from app.storage.session_store import SessionRow, VideoRef
+    row = SessionRow(7, dt.datetime(2026, 1, 1, tzinfo=dt.UTC), VideoRef.of("k", None, {}),
+                     "chrome", "mac", "desktop", "https://p.example/", None,
+                     ended_at=dt.datetime(2026, 1, 2, tzinfo=dt.UTC), duration=12.5,
+                     watch_seconds=3.25, furthest=4.0, ended=True, played=False,
+                     qoe=Qoe(startup_ms=10.0))
+    values = {f.name: getattr(row, f.name) for f in dataclasses.fields(SessionRow)}
+    defaults = {f.name: f.default for f in dataclasses.fields(SessionRow)
+                if f.default is not dataclasses.MISSING}
+    assert all(values[name] != default for name, default in defaults.items()), values
+    copy = row.copy()
+    assert copy is not row
+    assert {f.name: getattr(copy, f.name) for f in dataclasses.fields(SessionRow)} == values
