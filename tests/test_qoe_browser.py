@@ -283,3 +283,38 @@ async def test_the_example_page_reports_qoe(server: Server, conn: asyncpg.Connec
     row = await _final(conn, key)
     assert row["qoe"] and row["played"] and row["startup_ms"] is not None
     assert row["watch_seconds"] > 0.5
+
+
+MISUSE = """<!doctype html>
+<html><body><video id="video"></video>
+<script type="module">
+  import { Metrics } from "__CLIENT__";
+  window.misuse = [];
+  const attempt = (name, work) => {
+    try { work(); window.misuse.push([name, "ok"]); }
+    catch (error) { window.misuse.push([name, "threw " + error]); }
+  };
+  attempt("no arguments", () => new Metrics().monitor());
+  attempt("missing element", () => new Metrics("#nope", { video_id: "x" }).monitor());
+  attempt("not a video", () => new Metrics(document.body, { video_id: "x" }).monitor());
+  attempt("demonitor before monitor", () => new Metrics("#video", { video_id: "x" }).demonitor());
+  attempt("config null", () => { Metrics.config = null; });
+  attempt("monitor twice", () => { const m = new Metrics("#video", { video_id: "x" });
+                                   m.monitor(); m.monitor(); m.demonitor(); m.demonitor(); });
+  window.misuseDone = true;
+</script></body></html>
+"""
+
+
+def test_the_client_never_throws_into_the_page(media_site: tuple[str, MediaServer],
+                                               server: Server) -> None:
+    base, media = media_site
+    media.pages["misuse.html"] = MISUSE.replace("__CLIENT__",
+                                                f"{server.http}/client/vidmetrics.js")
+    result = subprocess.run(["node", str(E2E / "qoe.cjs"), f"{base}/pages/misuse.html",
+                             "misuse"], cwd=E2E, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    observed = json.loads(result.stdout.strip().splitlines()[-1])
+    assert all(outcome == "ok" for _, outcome in observed["measured"]), observed
+    assert not [line for line in observed["logs"] if line.startswith("pageerror")], observed
+    assert any("[vidmetrics]" in line for line in observed["logs"])  # said on the console

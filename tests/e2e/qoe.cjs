@@ -24,6 +24,13 @@ async function main() {
     page.on("pageerror", (e) => logs.push("pageerror: " + e.message));
     // not the load event: a media element that is still fetching delays it
     await page.goto(url, { waitUntil: "domcontentloaded" });
+    if (mode === "misuse") { // wrong arguments must never throw into the page
+      await page.waitForFunction(() => window.misuseDone === true, null, { timeout: 20000 });
+      const outcome = await page.evaluate(() => window.misuse);
+      await page.close();
+      console.log(JSON.stringify({ measured: outcome, logs }));
+      return;
+    }
     if (mode === "example") { // the server's own example page (first-party client)
       await page.waitForFunction(() => window.metrics && window.metrics.channel
                                  && window.metrics.channel.state === "joined", null,
