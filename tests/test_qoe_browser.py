@@ -207,6 +207,9 @@ async def test_startup_and_rebuffering_match_what_the_page_measured(
     assert abs(row["rebuffer_seconds"] * 1000 - measured["stalls"][0]) <= TOLERANCE_MS, (
         dict(row), measured)
     assert row["failure"] is None and not row["exited_before_start"]
+    print(f"startup: page {measured['startup']:.0f} ms, stored {row['startup_ms']:.0f} ms; "
+          f"stall: page {measured['stalls'][0]:.0f} ms, stored "
+          f"{row['rebuffer_seconds'] * 1000:.0f} ms")
     names = [r["name"] for r in await conn.fetch(
         "SELECT name FROM events WHERE session_id = $1 ORDER BY at", row["id"])]
     assert names[0] == "play_request" and names[-1] == "exit", names
