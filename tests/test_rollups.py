@@ -161,8 +161,8 @@ def _same_plays(a: list[stats.PlaysBucket], b: list[stats.PlaysBucket]) -> None:
         assert x.watch_seconds == pytest.approx(y.watch_seconds, abs=1e-6)
 
 
-def _same_qoe(a: dict[dt.datetime, dict[stats.Classes, stats.QoeCounts]],
-              b: dict[dt.datetime, dict[stats.Classes, stats.QoeCounts]]) -> None:
+def _same_qoe(a: dict[dt.datetime, dict[str, stats.QoeCounts]],
+              b: dict[dt.datetime, dict[str, stats.QoeCounts]]) -> None:
     assert list(a) == list(b)
     for bucket, groups in a.items():
         assert set(groups) == set(b[bucket])
@@ -215,8 +215,10 @@ def test_rollups_equal_the_raw_answers(any_database: str, specs: list[dict[str, 
                     for device, counts in devices.items():
                         assert counts.values == pytest.approx(slow_c[bucket][device].values,
                                                               abs=1e-9)
-                _same_qoe(await stats.qoe(conn, q, timescale),
-                          await stats.qoe(conn, q, timescale, use_rollups=False))
+                for breakdown in (None, "browser", "device"):
+                    _same_qoe(await stats.qoe(conn, q, timescale, breakdown=breakdown),
+                              await stats.qoe(conn, q, timescale, use_rollups=False,
+                                              breakdown=breakdown))
                 e = EngagementQuery(sel, window, ask["ranges"])
                 fast, slow = await stats.engagement(conn, e), \
                     await stats.engagement(conn, e, use_rollups=False)
@@ -239,6 +241,12 @@ def test_plans_use_the_rollups_where_they_are_exact() -> None:
     assert stats.bucket_rollup_plan(dataclasses.replace(q, interval=Span(seconds=60))) is None
     assert stats.bucket_rollup_plan(dataclasses.replace(
         q, selection=Selection(key="k", session={"a": 1}))) is None
+    # QoE: hourly rollups, for zones whose offsets are whole hours
+    inner = stats.qoe_plan(q)
+    assert inner is not None and inner.start.minute == 0 and inner.start.hour == 1
+    assert stats.qoe_plan(dataclasses.replace(q, timezone="Asia/Kolkata")) is None
+    assert stats.qoe_plan(dataclasses.replace(q, interval=Span(seconds=900))) is None
+    assert stats.qoe_plan(dataclasses.replace(q, interval=Span(months=1)))
     assert rollups.watch_class(0.99) == 0 and rollups.watch_class(1) == 1
     assert rollups.watch_class(59.9) == 6 and rollups.watch_class(600) == 7
 
@@ -270,13 +278,14 @@ async def test_a_session_still_playing_counts_with_its_current_watch_time(
 async def test_backfill_matches_what_ingest_maintains(conn: asyncpg.Connection) -> None:
     """Rebuilding the rollups from the sessions gives exactly what was maintained."""
     tables = ("rollup_plays", "rollup_sources", "rollup_engagement", "rollup_key_plays",
-              "rollup_key_sources", "rollup_qoe", "rollup_key_qoe")
+              "rollup_key_sources", "rollup_qoe", "rollup_key_qoe", "rollup_qoe_hist",
+              "rollup_key_qoe_hist")
 
     def counted(r: asyncpg.Record) -> bool:
         if "sessions" in r.keys():
             return bool(r["sessions"])
         if "views" in r.keys():
-            return bool(r["views"])
+            return bool(r["views"])  # a QoE row, or a histogram row
         return any(r[c] for c in rollups.REACHED_COLUMNS)
 
     async def snapshot() -> list[list[Any]]:

@@ -160,7 +160,7 @@ async def qoe(request: Request) -> Response:
     # every view with QoE data, whatever it watched (an exit before start watched nothing)
     q = dataclasses.replace(_bucket_query(request, body), minimum_watch_seconds=0.0)
     ts = request.app.state.timescale
-    buckets = await _run(request, lambda conn: stats.qoe(conn, q, ts))
+    buckets = await _run(request, lambda conn: stats.qoe(conn, q, ts, breakdown=breakdown))
     return await json_off_loop(len(buckets), lambda: shapes.qoe(buckets, breakdown))
 
 

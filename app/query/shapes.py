@@ -8,7 +8,7 @@ from typing import Any
 from app import sketch
 from app.model import BROWSERS, DEVICES, PLATFORMS
 from app.storage.rollups import BREAKDOWN_COLUMNS, COMPLETION_COLUMNS, MILESTONES, QOE_COLUMNS
-from app.storage.stats import Classes, CompletionCounts, PlaysBucket, QoeCounts
+from app.storage.stats import CompletionCounts, PlaysBucket, QoeCounts
 
 
 def label(bucket: dt.datetime) -> str:
@@ -86,9 +86,6 @@ def engagement(total: float | None, ranges: int, counts: dict[int, int],
     return {"engagement": out}
 
 
-BREAKDOWNS = {"browser": 0, "platform": 1, "device": 2}
-
-
 def _share(part: float, whole: float) -> float | None:
     return round(100 * part / whole, 2) if whole > 0 else None
 
@@ -115,18 +112,16 @@ def qoe_figures(c: QoeCounts) -> dict[str, Any]:
     }
 
 
-def qoe(buckets: dict[dt.datetime, dict[Classes, QoeCounts]],
+def qoe(buckets: dict[dt.datetime, dict[str, QoeCounts]],
         breakdown: str | None) -> dict[str, Any]:
+    """buckets: per bucket, the counts per group ("" without a breakdown)."""
     out = []
     for bucket, groups in buckets.items():
         total = QoeCounts()
-        by: dict[str, QoeCounts] = {}
-        for classes, counts in groups.items():
+        for counts in groups.values():
             total.merge(counts)
-            if breakdown is not None:
-                by.setdefault(classes[BREAKDOWNS[breakdown]], QoeCounts()).merge(counts)
         entry = {"interval": label(bucket), **qoe_figures(total)}
         if breakdown is not None:
-            entry["breakdown"] = {name: qoe_figures(by[name]) for name in sorted(by)}
+            entry["breakdown"] = {name: qoe_figures(groups[name]) for name in sorted(groups)}
         out.append(entry)
     return {"qoe": out}

@@ -13,6 +13,10 @@ subtracts what it contributed, adds what it contributes now, and upserts the sum
 - rollup_sources (video, bucket, page): sessions reaching each watch class, cumulatively
   (`reached[k]`: sessions whose class is at least k), so one row answers any exact
   threshold.
+- rollup_qoe (video, hour, browser, platform, device): QoE sums of the views with QoE
+  data, with their startup / seek-latency histograms as arrays (for breakdowns);
+  rollup_qoe_hist (video, hour, metric, histogram bucket): the same histograms without
+  the device classes, one row per bucket (for totals).
 - rollup_engagement (video, bucket, ranges, duration): sessions and, per range of the
   video's timeline cut into `ranges` equal parts, the sessions that watched any of it —
   computed with exactly the arithmetic of the raw engagement query, for the durations
@@ -38,6 +42,9 @@ from app import sketch
 from app.model import BROWSERS, DEVICES, PLATFORMS
 
 GRAIN_SECONDS = 900
+# QoE rollups are hourly: their histograms have many rows per bucket, and an hour grain
+# answers every zone with whole-hour offsets (the others use the raw path)
+QOE_GRAIN_SECONDS = 3600
 WATCH_BOUNDS = (1, 2, 3, 5, 10, 30, 60)
 ENGAGEMENT_RANGES = (10, 20, 50, 100)
 UNKNOWN_DURATION = -1.0
@@ -46,7 +53,9 @@ BREAKDOWN_COLUMNS = ([f"browser_{b}" for b in BROWSERS] + [f"platform_{p}" for p
 REACHED_COLUMNS = [f"reached_{k}" for k in range(1 + len(WATCH_BOUNDS))]
 ROLLUP_TABLES = ("rollup_plays", "rollup_sources", "rollup_engagement", "rollup_key_plays",
                  "rollup_key_sources", "rollup_impressions", "rollup_key_impressions",
-                 "rollup_completion", "rollup_key_completion", "rollup_qoe", "rollup_key_qoe")
+                 "rollup_completion", "rollup_key_completion", "rollup_qoe", "rollup_key_qoe",
+                 "rollup_qoe_hist", "rollup_key_qoe_hist")
+STARTUP, SEEK = 0, 1  # the `metric` of rollup_qoe_hist rows
 # completion per (owner, bucket, watch class, device): views, views whose duration is known,
 # views that reached 25/50/75/95/100 % of it, finishes; plus the sum of % watched
 MILESTONES = (25, 50, 75, 95, 100)
@@ -182,6 +191,9 @@ class Deltas:
         # (owner, bucket, browser, platform, device) -> QOE_COLUMNS, startup and seek hists
         self.qoe: dict[tuple[Any, ...], QoeSums] = {}
         self.key_qoe: dict[tuple[Any, ...], QoeSums] = {}
+        # (owner, hour, metric, histogram bucket) -> views
+        self.qoe_hist: dict[tuple[Any, float, int, int], int] = {}
+        self.key_qoe_hist: dict[tuple[Any, float, int, int], int] = {}
 
     def impression(self, key: str, video_id: int, at: dt.datetime) -> None:
         moment = at.timestamp()
@@ -194,7 +206,7 @@ class Deltas:
         moment = s.started_at.timestamp()
         bucket = moment - moment % GRAIN_SECONDS
         if s.qoe is not None:
-            self._add_qoe(s, s.qoe, bucket, sign)
+            self._add_qoe(s, s.qoe, moment - moment % QOE_GRAIN_SECONDS, sign)
         if not s.played:  # a view that never started: QoE only, not a play
             return
         cls = bisect.bisect_right(WATCH_BOUNDS, s.watch_seconds)
@@ -266,12 +278,18 @@ class Deltas:
             if entry is None:
                 entry = table[(owner, bucket, *classes)] = QoeSums()
             entry.add(values, q.startup_ms, latency, sign)
+        for metric, ms in ((STARTUP, q.startup_ms), (SEEK, latency)):
+            if ms is None:
+                continue
+            i = sketch.index(ms)
+            for hist, owner in ((self.qoe_hist, s.video_id), (self.key_qoe_hist, s.key)):
+                hist[(owner, bucket, metric, i)] = hist.get((owner, bucket, metric, i), 0) + sign
 
     def __len__(self) -> int:
         return len(self.plays) + len(self.sources) + len(self.engagement) \
             + len(self.key_plays) + len(self.key_sources) + len(self.completion) \
             + len(self.key_completion) + len(self.impressions) + len(self.key_impressions) \
-            + len(self.qoe) + len(self.key_qoe)
+            + len(self.qoe) + len(self.key_qoe) + len(self.qoe_hist) + len(self.key_qoe_hist)
 
     def change(self, old: State | None, new: State) -> None:
         if old == new:
@@ -323,6 +341,8 @@ class Deltas:
                                 self.key_completion)
         await _write_qoe(conn, "rollup_qoe", "video_id", "bigint", self.qoe)
         await _write_qoe(conn, "rollup_key_qoe", "key", "text", self.key_qoe)
+        await _write_qoe_hist(conn, "rollup_qoe_hist", "video_id", "bigint", self.qoe_hist)
+        await _write_qoe_hist(conn, "rollup_key_qoe_hist", "key", "text", self.key_qoe_hist)
         engagement = sorted((k, v) for k, v in self.engagement.items() if any(v))
         if engagement:
             await conn.execute(
@@ -497,6 +517,22 @@ async def _write_qoe(conn: asyncpg.Connection, table: str, owner: str, owner_typ
         *[[v.values[i] if c.endswith("seconds") else int(round(v.values[i]))
            for _, v in items] for i, c in enumerate(QOE_COLUMNS)],
         [hist_literal(v.startup) for _, v in items], [hist_literal(v.seek) for _, v in items])
+
+
+async def _write_qoe_hist(conn: asyncpg.Connection, table: str, owner: str, owner_type: str,
+                          deltas: dict[tuple[Any, float, int, int], int]) -> None:
+    items = sorted((k, v) for k, v in deltas.items() if v)
+    if items:
+        await conn.execute(
+            f"""
+            INSERT INTO {table} AS r ({owner}, bucket, metric, idx, views)
+            SELECT * FROM unnest($1::{owner_type}[], $2::timestamptz[], $3::smallint[],
+                                 $4::smallint[], $5::int[])
+            ON CONFLICT ({owner}, bucket, metric, idx) DO UPDATE SET
+                views = r.views + EXCLUDED.views
+            """,
+            [k[0] for k, _ in items], [_at(k[1]) for k, _ in items], [k[2] for k, _ in items],
+            [k[3] for k, _ in items], [v for _, v in items])
 
 
 # the sessions columns a State is built from (after s.* aliases); see state_of

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,14 +83,15 @@ def _bucket(q: BucketQuery, p: Params, timescale: bool, column: str = "s.started
 
 # -- which requests the rollups answer exactly ------------------------------------------
 @functools.lru_cache(maxsize=4096)
-def _quarter_hour_offsets(zone: str, first_day: int, last_day: int) -> bool:
+def _whole_offsets(zone: str, first_day: int, last_day: int,
+                   grain: int = rollups.GRAIN_SECONDS) -> bool:
     """True when every UTC offset of `zone` between the two days (days since the epoch)
-    is a whole multiple of 15 minutes, sampled every 3 hours."""
+    is a whole multiple of `grain` seconds, sampled every 3 hours."""
     tz = ZoneInfo(zone)
     for hour in range(first_day * 24, (last_day + 1) * 24 + 1, 3):
         moment = dt.datetime.fromtimestamp(hour * 3600, dt.UTC).astimezone(tz)
         offset = moment.utcoffset()
-        if offset is None or offset.total_seconds() % rollups.GRAIN_SECONDS:
+        if offset is None or offset.total_seconds() % grain:
             return False
     return True
 
@@ -116,7 +118,7 @@ def bucket_rollup_plan(q: BucketQuery) -> tuple[int, Window] | None:
     if inner is None:
         return None
     day = 86400
-    if not _quarter_hour_offsets(q.timezone, int(q.window.start.timestamp() // day) - 1,
+    if not _whole_offsets(q.timezone, int(q.window.start.timestamp() // day) - 1,
                                  int(q.window.end.timestamp() // day) + 1):
         return None
     return cls, inner
@@ -343,9 +345,6 @@ async def completion(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
 
 
 # -- quality of experience --------------------------------------------------------------
-Classes = tuple[str, str, str]  # browser, platform, device
-
-
 @dataclass(slots=True)
 class QoeCounts:
     """QoE sums per rollups.QOE_COLUMNS, and the startup / seek-latency histograms."""
@@ -361,22 +360,47 @@ class QoeCounts:
         sketch.add(self.seek, other.seek)
 
 
-def _classes(browser: str, platform: str, device: str) -> Classes:
-    return (browser if browser in BROWSERS else "other",
-            platform if platform in PLATFORMS else "other",
-            device if device in DEVICES else "other")
+BREAKDOWN_CLASSES = {"browser": BROWSERS, "platform": PLATFORMS, "device": DEVICES}
+
+
+def _class_of(breakdown: str | None, value: str) -> str:
+    """The group a view counts in: "" without a breakdown, else its (known) class."""
+    if breakdown is None:
+        return ""
+    return value if value in BREAKDOWN_CLASSES[breakdown] else "other"
+
+
+def qoe_plan(q: BucketQuery) -> Window | None:
+    """The whole hours of the window when the hourly QoE rollups answer `q` exactly."""
+    if q.selection.session is not None or q.interval.seconds % rollups.QOE_GRAIN_SECONDS:
+        return None
+    grain = rollups.QOE_GRAIN_SECONDS
+    start = math.ceil(q.window.start.timestamp() / grain) * grain
+    end = math.floor(q.window.end.timestamp() / grain) * grain
+    if start >= end:
+        return None
+    day = 86400
+    if not _whole_offsets(q.timezone, int(q.window.start.timestamp() // day) - 1,
+                          int(q.window.end.timestamp() // day) + 1, grain):
+        return None
+    return Window(dt.datetime.fromtimestamp(start, dt.UTC), dt.datetime.fromtimestamp(end, dt.UTC))
 
 
 async def qoe(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
-              use_rollups: bool = True) -> dict[dt.datetime, dict[Classes, QoeCounts]]:
-    """{bucket: {(browser, platform, device): counts}} over the views with QoE data."""
-    out: dict[dt.datetime, dict[Classes, QoeCounts]] = {}
+              use_rollups: bool = True, breakdown: str | None = None,
+              ) -> dict[dt.datetime, dict[str, QoeCounts]]:
+    """{bucket: {group: counts}} over the views with QoE data; the group is "" without a
+    breakdown, else the view's browser, platform or device class.
 
-    def entry(r: asyncpg.Record) -> QoeCounts:
-        classes = _classes(r["browser"], r["platform"], r["device"])
-        return out.setdefault(r["bucket"], {}).setdefault(classes, QoeCounts())
-
+    Whole hours of the window come from the hourly rollups when the zone's offsets are
+    whole hours; the partial hours at its edges, and everything else, from the sessions."""
+    out: dict[dt.datetime, dict[str, QoeCounts]] = {}
     n = len(rollups.QOE_COLUMNS)
+    # a constant column name (the caller checked `breakdown`), never client text
+    group = f"{{alias}}.{breakdown}" if breakdown else "''"
+
+    def entry(bucket: dt.datetime, group: str) -> QoeCounts:
+        return out.setdefault(bucket, {}).setdefault(_class_of(breakdown, group), QoeCounts())
 
     async def raw(windows: list[Window]) -> None:
         p = Params()
@@ -388,7 +412,7 @@ async def qoe(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
         where.append("s.qoe")
         rows = await conn.fetch(
             f"""
-            SELECT {bucket} AS bucket, s.browser, s.platform, s.device,
+            SELECT {bucket} AS bucket, {group.format(alias="s")}::text AS grp,
                    count(*), count(s.startup_ms), sum(s.watch_seconds), sum(s.rebuffer_count),
                    sum(s.rebuffer_seconds), count(s.failure),
                    count(*) FILTER (WHERE s.failed_before_start),
@@ -398,39 +422,55 @@ async def qoe(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
                    array_agg(s.seek_ms / s.seek_count) FILTER (WHERE s.seek_count > 0) AS seeks
               FROM sessions s
              WHERE {' AND '.join(where)}
-             GROUP BY 1, 2, 3, 4
+             GROUP BY 1, 2
             """, *p.values)
         for r in rows:
-            counts = QoeCounts([float(r[4 + i] or 0) for i in range(n)],
-                               sketch.histogram(r["startups"] or ()),
-                               sketch.histogram(r["seeks"] or ()))
-            entry(r).merge(counts)
+            entry(r["bucket"], r["grp"]).merge(QoeCounts(
+                [float(r[2 + i] or 0) for i in range(n)], sketch.histogram(r["startups"] or ()),
+                sketch.histogram(r["seeks"] or ())))
 
-    async def rollup(cls: int, inner: Window) -> None:
+    async def rollup(inner: Window) -> None:
         p = Params()
         bucket = _bucket(q, p, timescale, "r.bucket")
-        table, where = _rollup_where(q, p, "qoe", inner)
-        sums = ", ".join(f"sum(r.{c})" for c in rollups.QOE_COLUMNS)
+        table, where = _rollup_scope(q.selection, p, "qoe")
+        where.append(f"r.bucket >= {p.add(inner.start, 'timestamptz')}")
+        where.append(f"r.bucket < {p.add(inner.end, 'timestamptz')}")
         condition = " AND ".join(where)
+        sums = ", ".join(f"sum(r.{c})" for c in rollups.QOE_COLUMNS)
         for r in await conn.fetch(
-                f"SELECT {bucket} AS bucket, r.browser, r.platform, r.device, {sums} "
-                f"FROM {table} r WHERE {condition} GROUP BY 1, 2, 3, 4", *p.values):
-            counts = QoeCounts([float(r[4 + i]) for i in range(n)])
-            entry(r).merge(counts)
-        hists = " UNION ALL ".join(
-            f"SELECT {bucket} AS bucket, r.browser, r.platform, r.device, {kind} AS kind, i, "
-            f"sum(r.{column}[i]) AS c FROM {table} r, generate_subscripts(r.{column}, 1) i "
-            f"WHERE {condition} GROUP BY 1, 2, 3, 4, 5, 6"
-            for kind, column in ((0, "startup_hist"), (1, "seek_hist")))
-        for r in await conn.fetch(hists, *p.values):
+                f"SELECT {bucket} AS bucket, {group.format(alias='r')}::text AS grp, {sums} "
+                f"FROM {table} r WHERE {condition} GROUP BY 1, 2", *p.values):
+            entry(r["bucket"], r["grp"]).merge(QoeCounts([float(r[2 + i]) for i in range(n)]))
+        if breakdown is None:  # totals: the histogram rows, a plain GROUP BY
+            hist = table.replace("rollup_qoe", "rollup_qoe_hist").replace(
+                "rollup_key_qoe", "rollup_key_qoe_hist")
+            rows = await conn.fetch(
+                f"SELECT {bucket} AS bucket, '' AS grp, r.metric AS kind, r.idx AS i, "
+                f"sum(r.views) AS c FROM {hist} r WHERE {condition} GROUP BY 1, 3, 4",
+                *p.values)
+        else:  # per class: the arrays of the class rows
+            rows = await conn.fetch(" UNION ALL ".join(
+                f"SELECT {bucket} AS bucket, r.{breakdown}::text AS grp, {kind} AS kind, i, "
+                f"sum(r.{array}[i]) AS c FROM {table} r, generate_subscripts(r.{array}, 1) i "
+                f"WHERE {condition} GROUP BY 1, 2, 3, 4"
+                for kind, array in ((rollups.STARTUP, "startup_hist"),
+                                    (rollups.SEEK, "seek_hist"))), *p.values)
+        for r in rows:
             if r["c"]:
-                hist = entry(r).startup if r["kind"] == 0 else entry(r).seek
-                hist[r["i"]] = hist.get(r["i"], 0) + int(r["c"])
+                counts = entry(r["bucket"], r["grp"])
+                into = counts.startup if r["kind"] == rollups.STARTUP else counts.seek
+                into[r["i"]] = into.get(r["i"], 0) + int(r["c"])
 
-    await _by_plan(q, use_rollups, raw, rollup)
-    result: dict[dt.datetime, dict[Classes, QoeCounts]] = {}
+    inner = qoe_plan(q) if use_rollups else None
+    if inner is None:
+        await raw([q.window])
+    else:
+        await rollup(inner)
+        for edge in _edges(q.window, inner):
+            await raw([edge])
+    result: dict[dt.datetime, dict[str, QoeCounts]] = {}
     for b in sorted(out):
-        groups = {c: v for c, v in out[b].items() if v.values[0] > 0}
+        groups = {g: v for g, v in out[b].items() if v.values[0] > 0}
         if groups:
             result[b] = groups
     return result

@@ -274,3 +274,21 @@ def _qoe_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-arg]
 
 rollup_qoe = _qoe_rollup("rollup_qoe", Column("video_id", BigInteger, nullable=False))
 rollup_key_qoe = _qoe_rollup("rollup_key_qoe", Column("key", Text, nullable=False))
+
+
+def _qoe_hist_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-arg]
+    """Histogram rows without device classes: metric 0 startup, 1 seek latency."""
+    return Table(
+        name, metadata, owner,
+        Column("bucket", DateTime(timezone=True), nullable=False),
+        Column("metric", SmallInteger, nullable=False),
+        Column("idx", SmallInteger, nullable=False),
+        Column("views", Integer, nullable=False),
+        PrimaryKeyConstraint(owner.name, "bucket", "metric", "idx", name=f"{name}_pkey"),
+    )
+
+
+rollup_qoe_hist = _qoe_hist_rollup("rollup_qoe_hist",
+                                   Column("video_id", BigInteger, nullable=False))
+rollup_key_qoe_hist = _qoe_hist_rollup("rollup_key_qoe_hist",
+                                       Column("key", Text, nullable=False))

@@ -1,8 +1,10 @@
 """Quality of experience: sessions gain `played` (false for a view that was requested or
 failed but never started playing) and per-session QoE figures (NULL for sessions from
-clients that send none); rollups of them per video and per key x 15-minute bucket x
-browser x platform x device, with startup and seek-latency histograms (app/sketch.py)
-kept as int arrays indexed by histogram bucket, merged by `vidmetrics_hist_add`.
+clients that send none); rollups of them per video and per key x hour x browser x
+platform x device, with startup and seek-latency histograms (app/sketch.py) kept as int
+arrays indexed by histogram bucket (merged by `vidmetrics_hist_add`; for breakdowns), and
+the same histograms without the device classes as one row per histogram bucket (for
+totals: a plain GROUP BY, no arrays to unnest).
 
 Revision ID: 0005
 Revises: 0004
@@ -75,17 +77,32 @@ def _qoe(name: str, owner: sa.Column) -> None:
     )
 
 
+def _hist(name: str, owner: sa.Column) -> None:
+    op.create_table(
+        name, owner,
+        sa.Column("bucket", TZ, nullable=False),
+        sa.Column("metric", sa.SmallInteger, nullable=False),
+        sa.Column("idx", sa.SmallInteger, nullable=False),
+        sa.Column("views", sa.Integer, nullable=False),
+        sa.PrimaryKeyConstraint(owner.name, "bucket", "metric", "idx", name=f"{name}_pkey"),
+    )
+
+
 def upgrade() -> None:
     for column in _session_columns():
         op.add_column("sessions", column)
     op.execute(HIST_ADD)
     _qoe("rollup_qoe", sa.Column("video_id", sa.BigInteger, nullable=False))
     _qoe("rollup_key_qoe", sa.Column("key", sa.Text, nullable=False))
+    _hist("rollup_qoe_hist", sa.Column("video_id", sa.BigInteger, nullable=False))
+    _hist("rollup_key_qoe_hist", sa.Column("key", sa.Text, nullable=False))
     # rebuild every rollup from the sessions (plays now count played sessions only)
     op.execute("UPDATE rollup_state SET done_at = NULL WHERE name = 'backfill'")
 
 
 def downgrade() -> None:
+    op.drop_table("rollup_key_qoe_hist")
+    op.drop_table("rollup_qoe_hist")
     op.drop_table("rollup_key_qoe")
     op.drop_table("rollup_qoe")
     op.execute("DROP FUNCTION IF EXISTS vidmetrics_hist_add(int[], int[])")
