@@ -1,6 +1,10 @@
 """A mergeable histogram for durations (startup time, seek latency): logarithmic buckets,
 each GAMMA times wider than the one before, so any quantile read from it is within
 RELATIVE_ERROR of a true sample value (the DDSketch construction, with fixed buckets).
+GAMMA trades precision for rows: an hour of a popular video fills every bucket between its
+fastest and slowest startups, and a month's answer reads every (hour, bucket) row; 10 %
+buckets (±4.8 %) keep that to ~40 rows per hour, and a startup of 1.20 s is reported as
+somewhere in 1.14–1.26 s.
 
 Why buckets and not exact values: the QoE rollups keep one histogram per video x
 15-minute bucket x device class, and histograms add up. Exact percentiles would need every
@@ -14,8 +18,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
-GAMMA = 1.04
-RELATIVE_ERROR = (GAMMA - 1) / (GAMMA + 1)  # ~1.96 %
+GAMMA = 1.1
+RELATIVE_ERROR = (GAMMA - 1) / (GAMMA + 1)  # ~4.8 %
 MAX_MS = 600_000.0  # ten minutes: anything longer is binned as ten minutes
 _LOG_GAMMA = math.log(GAMMA)
 
@@ -57,5 +61,8 @@ def quantile(counts: Mapping[int, int], q: float) -> float | None:
 
 
 def add(into: dict[int, int], more: Mapping[int, int], sign: int = 1) -> None:
+    if not into and sign == 1:
+        into.update(more)  # the usual case when merging: nothing there yet
+        return
     for i, c in more.items():
         into[i] = into.get(i, 0) + sign * c

@@ -288,10 +288,22 @@ async def test_backfill_matches_what_ingest_maintains(conn: asyncpg.Connection) 
             return bool(r["views"])  # a QoE row, or a histogram row
         return any(r[c] for c in rollups.REACHED_COLUMNS)
 
+    def semantic(array: str) -> str:
+        """A histogram array as its non-zero buckets ("12:3,14:1"): arrays that mean the
+        same may differ in bounds, NULL gaps and zeros left by a -1."""
+        return (f"(SELECT string_agg(i || ':' || {array}[i], ',' ORDER BY i) "
+                f"FROM generate_subscripts({array}, 1) i WHERE coalesce({array}[i], 0) <> 0)")
+
     async def snapshot() -> list[list[Any]]:
         out = []
         for table in tables:
-            rows = await conn.fetch(f"SELECT * FROM {table} ORDER BY 1, 2, 3")
+            columns = "*"
+            if table in ("rollup_qoe", "rollup_key_qoe"):
+                columns = ", ".join(c for c in (
+                    "video_id" if table == "rollup_qoe" else "key", "bucket", "browser",
+                    "platform", "device", *rollups.QOE_COLUMNS))
+                columns += f", {semantic('startup_hist')}, {semantic('seek_hist')}"
+            rows = await conn.fetch(f"SELECT {columns} FROM {table} ORDER BY 1, 2, 3")
             out.append(sorted(tuple(round(v, 6) if isinstance(v, float) else v
                                     for v in r.values()) for r in rows if counted(r)))
         return out

@@ -441,20 +441,27 @@ async def qoe(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
                 f"SELECT {bucket} AS bucket, {group.format(alias='r')}::text AS grp, {sums} "
                 f"FROM {table} r WHERE {condition} GROUP BY 1, 2", *p.values):
             entry(r["bucket"], r["grp"]).merge(QoeCounts([float(r[2 + i]) for i in range(n)]))
-        if breakdown is None:  # totals: the histogram rows, a plain GROUP BY
+        if breakdown is None:  # totals: the histogram rows, a plain GROUP BY, and each
+            # bucket's histogram returned as two arrays (a few rows, not one per bucket)
             hist = table.replace("rollup_qoe", "rollup_qoe_hist").replace(
                 "rollup_key_qoe", "rollup_key_qoe_hist")
-            rows = await conn.fetch(
-                f"SELECT {bucket} AS bucket, '' AS grp, r.metric AS kind, r.idx AS i, "
-                f"sum(r.views) AS c FROM {hist} r WHERE {condition} GROUP BY 1, 3, 4",
-                *p.values)
-        else:  # per class: the arrays of the class rows
-            rows = await conn.fetch(" UNION ALL ".join(
-                f"SELECT {bucket} AS bucket, r.{breakdown}::text AS grp, {kind} AS kind, i, "
-                f"sum(r.{array}[i]) AS c FROM {table} r, generate_subscripts(r.{array}, 1) i "
-                f"WHERE {condition} GROUP BY 1, 2, 3, 4"
-                for kind, array in ((rollups.STARTUP, "startup_hist"),
-                                    (rollups.SEEK, "seek_hist"))), *p.values)
+            for r in await conn.fetch(
+                    f"SELECT bucket, kind, array_agg(i ORDER BY i) AS i, "
+                    f"array_agg(c ORDER BY i) AS c FROM ("
+                    f"SELECT {bucket} AS bucket, r.metric AS kind, r.idx AS i, "
+                    f"sum(r.views)::int AS c FROM {hist} r WHERE {condition} "
+                    f"GROUP BY 1, 2, 3) h WHERE c <> 0 GROUP BY 1, 2", *p.values):
+                counts = entry(r["bucket"], "")
+                into = counts.startup if r["kind"] == rollups.STARTUP else counts.seek
+                sketch.add(into, dict(zip(r["i"], r["c"], strict=True)))
+            return
+        # per class: the arrays of the class rows
+        rows = await conn.fetch(" UNION ALL ".join(
+            f"SELECT {bucket} AS bucket, r.{breakdown}::text AS grp, {kind} AS kind, i, "
+            f"sum(r.{array}[i]) AS c FROM {table} r, generate_subscripts(r.{array}, 1) i "
+            f"WHERE {condition} GROUP BY 1, 2, 3, 4"
+            for kind, array in ((rollups.STARTUP, "startup_hist"),
+                                (rollups.SEEK, "seek_hist"))), *p.values)
         for r in rows:
             if r["c"]:
                 counts = entry(r["bucket"], r["grp"])
