@@ -316,7 +316,7 @@ async function sessionsView(state) {
     { title: "Device", show: (s) => `${s.browser} · ${s.platform} · ${s.device}` },
     { title: "Page", show: (s) => s.page || "" },
     { title: "Watched", num: true, show: (s) => fmt.duration(s.watch_seconds) },
-    { title: "Startup", num: true, show: (s) => quality(s) },
+    { title: "Quality (startup · stalls)", num: true, show: (s) => quality(s) },
   ];
   const rows = [...first.sessions];
   const csvRows = () => rows.map((s) => [s.session, s.started_at, videoName(s.metadata, s.identifier),
