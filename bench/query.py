@@ -52,9 +52,12 @@ def percentiles(times: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), ordered[max(0, int(len(ordered) * 0.95 + 0.5) - 1)]
 
 
-def cases() -> list[tuple[str, str, str | None, str]]:
+ENDPOINTS = ("plays", "sources", "qoe", "engagement")
+
+
+def cases(endpoints: tuple[str, ...] = ENDPOINTS) -> list[tuple[str, str, str | None, str]]:
     out = []
-    for path in ("plays", "sources", "qoe", "engagement"):
+    for path in endpoints:
         for label in ("one video", "all videos"):
             for tz in ("UTC", "Europe/Berlin"):
                 for interval in ("1 hour", "1 day"):
@@ -104,7 +107,7 @@ async def storage(url: str) -> tuple[int, int, int]:
 
 
 def run(sessions: int, repeats: int, raw_repeats: int, url: str | None,
-        data_dir: Path | None = None) -> list[str]:
+        data_dir: Path | None = None, endpoints: tuple[str, ...] = ENDPOINTS) -> list[str]:
     print(f"\n== {sessions:,} sessions over 30 days, 50 videos ==", flush=True)
     lines = []
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -150,7 +153,7 @@ def run(sessions: int, repeats: int, raw_repeats: int, url: str | None,
             lines.append("| endpoint | selection | timezone | interval | p50 ms | p95 ms "
                          "| raw p50 ms | speed-up |\n|---|---|---|---|---|---|---|---|\n")
             with httpx.Client(base_url=base, auth=("admin", PASSWORD), timeout=300) as client:
-                for path, label, tz, interval in cases():
+                for path, label, tz, interval in cases(endpoints):
                     body = body_for(label, tz, interval)
                     client.post(f"/api/v1/{path}", json=body)  # warm
                     times = []
@@ -180,13 +183,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--raw-repeats", type=int, default=3)
     parser.add_argument("--database-url", help="use this database instead of an embedded one")
+    parser.add_argument("--endpoints", nargs="+", choices=ENDPOINTS, default=list(ENDPOINTS))
     parser.add_argument("--data-dir", type=Path,
                         help="keep the embedded database here (seeded once, reused)")
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()
     for n in args.sessions:
-        lines = run(n, args.repeats, args.raw_repeats, args.database_url, args.data_dir)
+        lines = run(n, args.repeats, args.raw_repeats, args.database_url, args.data_dir,
+                    tuple(args.endpoints))
         with open(ROOT / "bench" / "RESULTS.md", "a") as results:
             results.write(lines[0].rstrip("\n") + f", commit {commit}, {os.cpu_count()} cores\n")
             results.writelines(lines[1:])
