@@ -12,9 +12,9 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from urllib.parse import quote
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import asyncpg
 import httpx
