@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -27,7 +28,7 @@ from app.query.routes import routes as query_routes
 from app.resources import CLIENT, DASHBOARD, EXAMPLES
 from app.serving import tune_gc
 from app.settings import Settings
-from app.storage import db, session_store, timescale
+from app.storage import db, rollups, session_store, timescale
 from app.webhook import Sender
 
 log = logging.getLogger("vidmetrics")
@@ -167,7 +168,10 @@ def create_app(settings: Settings, database_url: str,
                example_key: str | None = None) -> SocketFirst:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        pool = await db.create_pool(database_url, min_size=2, max_size=settings.db_pool_size)
+        # each process writes its own rollup rows (a shard), so --workers do not queue on
+        # the same rows' locks
+        pool = await db.create_pool(database_url, min_size=2, max_size=settings.db_pool_size,
+                                    shard=os.getpid() % rollups.SHARDS)
         async with pool.acquire() as conn:
             app.state.timescale = await timescale.is_enabled(conn)
             if app.state.timescale:

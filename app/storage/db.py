@@ -81,10 +81,15 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
-async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10,
+                      shard: int | None = None) -> asyncpg.Pool:
+    """shard: the rollup shard this process writes (see rollups.SHARDS)."""
+    settings = {"application_name": "vidmetrics"}
+    if shard is not None:
+        settings["vidmetrics.shard"] = str(shard)
     pool = await asyncpg.create_pool(
         url, min_size=min_size, max_size=max_size, init=_init_connection,
-        command_timeout=60, server_settings={"application_name": "vidmetrics"},
+        command_timeout=60, server_settings=settings,
     )
     assert pool is not None
     return pool

@@ -56,6 +56,12 @@ ROLLUP_TABLES = ("rollup_plays", "rollup_sources", "rollup_engagement", "rollup_
                  "rollup_completion", "rollup_key_completion", "rollup_qoe", "rollup_key_qoe",
                  "rollup_qoe_hist", "rollup_key_qoe_hist")
 STARTUP, SEEK = 0, 1  # the `metric` of rollup_qoe_hist rows
+# Every rollup row also has a `shard`: the writing process's (the connection setting
+# vidmetrics.shard, 0 when unset). Several processes adding to the same bucket then
+# update rows of their own instead of queueing on one row's lock; every rollup query sums
+# its rows anyway, so the shards add up to the same answer.
+SHARDS = 8
+SHARD_DEFAULT = "coalesce(nullif(current_setting('vidmetrics.shard', true), '')::smallint, 0)"
 # completion per (owner, bucket, watch class, device): views, views whose duration is known,
 # views that reached 25/50/75/95/100 % of it, finishes; plus the sum of % watched
 MILESTONES = (25, 50, 75, 95, 100)
@@ -352,7 +358,7 @@ class Deltas:
                 SELECT v, b, n, d, s, c::int[]
                   FROM unnest($1::bigint[], $2::timestamptz[], $3::smallint[], $4::float8[],
                               $5::int[], $6::text[]) AS u(v, b, n, d, s, c)
-                ON CONFLICT (video_id, bucket, ranges, duration) DO UPDATE SET
+                ON CONFLICT (video_id, bucket, ranges, duration, shard) DO UPDATE SET
                     sessions = r.sessions + EXCLUDED.sessions,
                     counts = (SELECT array_agg(x + y ORDER BY i)
                                 FROM unnest(r.counts, EXCLUDED.counts)
@@ -379,7 +385,7 @@ async def _write_plays(conn: asyncpg.Connection, table: str, owner: str, owner_t
                                   {', '.join(BREAKDOWN_COLUMNS)})
         SELECT * FROM unnest($1::{owner_type}[], $2::timestamptz[], $3::smallint[],
                              $4::int[], $5::float8[], {casts})
-        ON CONFLICT ({owner}, bucket, class) DO UPDATE SET
+        ON CONFLICT ({owner}, bucket, class, shard) DO UPDATE SET
             sessions = r.sessions + EXCLUDED.sessions,
             watch_seconds = r.watch_seconds + EXCLUDED.watch_seconds, {sets}
         """,
@@ -400,7 +406,7 @@ async def _write_sources(conn: asyncpg.Connection, table: str, owner: str, owner
         f"""
         INSERT INTO {table} AS r ({owner}, bucket, page, {', '.join(REACHED_COLUMNS)})
         SELECT * FROM unnest($1::{owner_type}[], $2::timestamptz[], $3::text[], {casts})
-        ON CONFLICT ({owner}, bucket, page) DO UPDATE SET {sets}
+        ON CONFLICT ({owner}, bucket, page, shard) DO UPDATE SET {sets}
         """,
         [k[0] for k, _ in items], [_at(k[1]) for k, _ in items], [k[2] for k, _ in items],
         *[[v[i] for _, v in items] for i in range(len(REACHED_COLUMNS))],
@@ -427,7 +433,7 @@ async def _write_impressions(conn: asyncpg.Connection, table: str, owner: str, o
             f"""
             INSERT INTO {table} AS r ({owner}, bucket, impressions)
             SELECT * FROM unnest($1::{owner_type}[], $2::timestamptz[], $3::int[])
-            ON CONFLICT ({owner}, bucket) DO UPDATE SET
+            ON CONFLICT ({owner}, bucket, shard) DO UPDATE SET
                 impressions = r.impressions + EXCLUDED.impressions
             """,
             [k[0] for k, _ in items], [_at(k[1]) for k, _ in items], [v for _, v in items])
@@ -446,7 +452,7 @@ async def _write_completion(conn: asyncpg.Connection, table: str, owner: str, ow
         INSERT INTO {table} AS r ({owner}, bucket, class, device, {', '.join(columns)})
         SELECT * FROM unnest($1::{owner_type}[], $2::timestamptz[], $3::smallint[], $4::text[],
                              {casts}, ${5 + len(COMPLETION_COLUMNS)}::float8[])
-        ON CONFLICT ({owner}, bucket, class, device) DO UPDATE SET {sets}
+        ON CONFLICT ({owner}, bucket, class, device, shard) DO UPDATE SET {sets}
         """,
         [k[0] for k, _ in items], [_at(k[1]) for k, _ in items], [k[2] for k, _ in items],
         [k[3] for k, _ in items],
@@ -508,7 +514,8 @@ async def _write_qoe(conn: asyncpg.Connection, table: str, owner: str, owner_typ
           FROM unnest($1::{owner_type}[], $2::timestamptz[], $3::text[], $4::text[],
                       $5::text[], {casts}, ${6 + n}::text[], ${7 + n}::text[])
                AS u(o, b, br, pl, de, {names}, sh, kh)
-        ON CONFLICT ({owner}, bucket, browser, platform, device) DO UPDATE SET {sets},
+        ON CONFLICT ({owner}, bucket, browser, platform, device, shard) DO UPDATE SET
+            {sets},
             startup_hist = vidmetrics_hist_add(r.startup_hist, EXCLUDED.startup_hist),
             seek_hist = vidmetrics_hist_add(r.seek_hist, EXCLUDED.seek_hist)
         """,
@@ -528,7 +535,7 @@ async def _write_qoe_hist(conn: asyncpg.Connection, table: str, owner: str, owne
             INSERT INTO {table} AS r ({owner}, bucket, metric, idx, views)
             SELECT * FROM unnest($1::{owner_type}[], $2::timestamptz[], $3::smallint[],
                                  $4::smallint[], $5::int[])
-            ON CONFLICT ({owner}, bucket, metric, idx) DO UPDATE SET
+            ON CONFLICT ({owner}, bucket, metric, idx, shard) DO UPDATE SET
                 views = r.views + EXCLUDED.views
             """,
             [k[0] for k, _ in items], [_at(k[1]) for k, _ in items], [k[2] for k, _ in items],

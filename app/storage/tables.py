@@ -32,7 +32,13 @@ from app.storage.rollups import (
     COMPLETION_COLUMNS,
     QOE_COLUMNS,
     REACHED_COLUMNS,
+    SHARD_DEFAULT,
 )
+
+
+def _shard() -> Column:  # type: ignore[type-arg]
+    """The writing process's rollup shard (see rollups.SHARDS)."""
+    return Column("shard", SmallInteger, nullable=False, server_default=text(SHARD_DEFAULT))
 
 metadata = MetaData()
 
@@ -166,7 +172,8 @@ def _plays_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-arg]
         Column("watch_seconds", Float, nullable=False),
         *[Column(c, Integer, nullable=False, server_default=text("0"))
           for c in BREAKDOWN_COLUMNS],
-        PrimaryKeyConstraint(owner.name, "bucket", "class", name=f"{name}_pkey"),
+        _shard(),
+        PrimaryKeyConstraint(owner.name, "bucket", "class", "shard", name=f"{name}_pkey"),
     )
 
 
@@ -177,7 +184,8 @@ def _sources_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-arg
         Column("page", Text, nullable=False),
         *[Column(c, Integer, nullable=False, server_default=text("0"))
           for c in REACHED_COLUMNS],
-        PrimaryKeyConstraint(owner.name, "bucket", "page", name=f"{name}_pkey"),
+        _shard(),
+        PrimaryKeyConstraint(owner.name, "bucket", "page", "shard", name=f"{name}_pkey"),
     )
 
 
@@ -196,7 +204,8 @@ rollup_engagement = Table(
     Column("duration", Float, nullable=False),
     Column("sessions", Integer, nullable=False),
     Column("counts", ARRAY(Integer), nullable=False),
-    PrimaryKeyConstraint("video_id", "ranges", "bucket", "duration",
+    _shard(),
+    PrimaryKeyConstraint("video_id", "ranges", "bucket", "duration", "shard",
                          name="rollup_engagement_pkey"),
 )
 
@@ -228,7 +237,8 @@ def _impressions_rollup(name: str, owner: Column) -> Table:  # type: ignore[type
         name, metadata, owner,
         Column("bucket", DateTime(timezone=True), nullable=False),
         Column("impressions", Integer, nullable=False),
-        PrimaryKeyConstraint(owner.name, "bucket", name=f"{name}_pkey"),
+        _shard(),
+        PrimaryKeyConstraint(owner.name, "bucket", "shard", name=f"{name}_pkey"),
     )
 
 
@@ -241,7 +251,9 @@ def _completion_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-
         *[Column(c, Integer, nullable=False, server_default=text("0"))
           for c in COMPLETION_COLUMNS],
         Column("percent_sum", Float, nullable=False, server_default=text("0")),
-        PrimaryKeyConstraint(owner.name, "bucket", "class", "device", name=f"{name}_pkey"),
+        _shard(),
+        PrimaryKeyConstraint(owner.name, "bucket", "class", "device", "shard",
+                             name=f"{name}_pkey"),
     )
 
 
@@ -267,7 +279,8 @@ def _qoe_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-arg]
         # histograms (app/sketch.py): subscript = histogram bucket, value = views
         Column("startup_hist", ARRAY(Integer), nullable=True),
         Column("seek_hist", ARRAY(Integer), nullable=True),
-        PrimaryKeyConstraint(owner.name, "bucket", "browser", "platform", "device",
+        _shard(),
+        PrimaryKeyConstraint(owner.name, "bucket", "browser", "platform", "device", "shard",
                              name=f"{name}_pkey"),
     )
 
@@ -284,7 +297,9 @@ def _qoe_hist_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-ar
         Column("metric", SmallInteger, nullable=False),
         Column("idx", SmallInteger, nullable=False),
         Column("views", Integer, nullable=False),
-        PrimaryKeyConstraint(owner.name, "bucket", "metric", "idx", name=f"{name}_pkey"),
+        _shard(),
+        PrimaryKeyConstraint(owner.name, "bucket", "metric", "idx", "shard",
+                             name=f"{name}_pkey"),
     )
 
 
