@@ -455,18 +455,22 @@ async def qoe(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
                 into = counts.startup if r["kind"] == rollups.STARTUP else counts.seek
                 sketch.add(into, dict(zip(r["i"], r["c"], strict=True)))
             return
-        # per class: the arrays of the class rows
-        rows = await conn.fetch(" UNION ALL ".join(
+        # per class: the arrays of the class rows, summed per bucket, class and index,
+        # and each (bucket, class) histogram returned as two arrays
+        unnested = " UNION ALL ".join(
             f"SELECT {bucket} AS bucket, r.{breakdown}::text AS grp, {kind} AS kind, i, "
-            f"sum(r.{array}[i]) AS c FROM {table} r, generate_subscripts(r.{array}, 1) i "
-            f"WHERE {condition} GROUP BY 1, 2, 3, 4"
+            f"r.{array}[i] AS c FROM {table} r, generate_subscripts(r.{array}, 1) i "
+            f"WHERE {condition}"
             for kind, array in ((rollups.STARTUP, "startup_hist"),
-                                (rollups.SEEK, "seek_hist"))), *p.values)
-        for r in rows:
-            if r["c"]:
-                counts = entry(r["bucket"], r["grp"])
-                into = counts.startup if r["kind"] == rollups.STARTUP else counts.seek
-                into[r["i"]] = into.get(r["i"], 0) + int(r["c"])
+                                (rollups.SEEK, "seek_hist")))
+        for r in await conn.fetch(
+                f"SELECT bucket, grp, kind, array_agg(i ORDER BY i) AS i, "
+                f"array_agg(c ORDER BY i) AS c FROM (SELECT bucket, grp, kind, i, "
+                f"sum(c)::int AS c FROM ({unnested}) u GROUP BY 1, 2, 3, 4) h "
+                f"WHERE c <> 0 GROUP BY 1, 2, 3", *p.values):
+            counts = entry(r["bucket"], r["grp"])
+            into = counts.startup if r["kind"] == rollups.STARTUP else counts.seek
+            sketch.add(into, dict(zip(r["i"], r["c"], strict=True)))
 
     inner = qoe_plan(q) if use_rollups else None
     if inner is None:
