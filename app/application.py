@@ -15,13 +15,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.auth.basic import BasicAuth
 from app.auth.keys import KeyCache
 from app.errors import HANDLERS, REALM_HEADER, ApiError, Unauthorized, error_response
-from app.ingest.socket import Hub, serve_socket, websocket_endpoint
+from app.ingest.socket import Hub, serve_socket
 from app.ingest.writer import Writer
 from app.query.routes import EXPORTS_AT_ONCE
 from app.query.routes import routes as query_routes
@@ -228,7 +228,6 @@ def create_app(settings: Settings, database_url: str,
             Route("/dashboard", dashboard),
             Route("/dashboard/{path:path}", dashboard),
             Route("/metrics", metrics),
-            WebSocketRoute("/socket/websocket", websocket_endpoint),
             *query_routes,
         ],
         exception_handlers=HANDLERS,  # type: ignore[arg-type]

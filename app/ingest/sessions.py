@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -231,27 +231,6 @@ class _Open:
     rate: float
 
 
-@dataclass(slots=True)
-class _Quality:
-    """A view's QoE as it accumulates (frozen into a Qoe for every snapshot)."""
-
-    startup_ms: float | None = None
-    rebuffer_count: int = 0
-    rebuffer_seconds: float = 0.0
-    seek_count: int = 0
-    seek_ms: float = 0.0
-    failure: int | None = None
-    failed_before_start: bool = False
-    exited_before_start: bool = False
-    stalled_since: dt.datetime | None = None
-    seeking_since: dt.datetime | None = None
-
-    def frozen(self) -> Qoe:
-        return Qoe(self.startup_ms, self.rebuffer_count, self.rebuffer_seconds, self.seek_count,
-                   self.seek_ms, self.failure, self.failed_before_start,
-                   self.exited_before_start)
-
-
 def _measured_ms(payload: dict[str, Any], since: dt.datetime, now: dt.datetime) -> float:
     """How long something took: the client's `ms` if it sent a plausible one (it measured
     on its own clock, without network delay), else what the server's clock saw."""
@@ -271,7 +250,10 @@ class ViewingSession:
     rate: float = 1.0
     duration: float | None = None
     preplay: list[tuple[dt.datetime, str, dict[str, Any]]] = field(default_factory=list)
-    quality: _Quality | None = None  # None until the client sends a QoE event
+    # QoE lives on the row (a frozen Qoe, replaced on each QoE event; None until the client
+    # sends one); what is in progress is here
+    stalled_since: dt.datetime | None = None
+    seeking_since: dt.datetime | None = None
     closed: bool = False
 
     @property
@@ -364,53 +346,59 @@ class ViewingSession:
     # -- internals ---------------------------------------------------------------------
     def _quality_event(self, name: str, payload: dict[str, Any], now: dt.datetime) -> None:
         """Derive QoE from one event of a started session (see docs/api.md, /qoe)."""
-        assert self.row is not None
-        q = self.quality
+        row = self.row
+        assert row is not None
+        q = row.qoe
         if q is None:
             if name not in QOE_SIGNALS:
                 return
-            q = self.quality = _Quality()
+            q = row.qoe = Qoe()
         if name == "first_frame":
             if q.startup_ms is None and q.failure is None:
-                q.startup_ms = _measured_ms(payload, self.row.started_at, now)
+                row.qoe = replace(q, startup_ms=_measured_ms(payload, row.started_at, now))
         elif name == "rebuffering_start":
-            if q.stalled_since is None and q.failure is None:
-                q.stalled_since = now
-                q.rebuffer_count += 1
+            if self.stalled_since is None and q.failure is None:
+                self.stalled_since = now
+                row.qoe = replace(q, rebuffer_count=q.rebuffer_count + 1)
         elif name == "rebuffering_end":
-            self._end_stall(q, payload, now)
+            self._end_stall(payload, now)
         elif name == "seeking":
-            q.seeking_since = now
+            self.seeking_since = now
         elif name == "seeked":
-            if q.seeking_since is not None:
-                q.seek_ms += _measured_ms(payload, q.seeking_since, now)
-                q.seek_count += 1
-                q.seeking_since = None
+            if self.seeking_since is not None:
+                row.qoe = replace(q, seek_count=q.seek_count + 1, seek_ms=q.seek_ms
+                                  + _measured_ms(payload, self.seeking_since, now))
+                self.seeking_since = None
         elif name == "playback_failure":
             if q.failure is None:
                 code = _optional_number(payload, "code")
-                q.failure = int(code) if code is not None and code == int(code) \
+                failure = int(code) if code is not None and code == int(code) \
                     and 1 <= code <= MAX_MEDIA_ERROR else 0
-                q.failed_before_start = q.startup_ms is None and not self.row.played
-                self._end_stall(q, {}, now)
+                row.qoe = replace(q, failure=failure, failed_before_start=(
+                    q.startup_ms is None and not row.played))
+                self._end_stall({}, now)
 
-    def _end_stall(self, q: _Quality, payload: dict[str, Any], now: dt.datetime) -> None:
-        if q.stalled_since is not None:
-            q.rebuffer_seconds += _measured_ms(payload, q.stalled_since, now) / 1000
-            q.stalled_since = None
+    def _end_stall(self, payload: dict[str, Any], now: dt.datetime) -> None:
+        """A stall ends (or the session does while stalled): add its length."""
+        row = self.row
+        if self.stalled_since is not None and row is not None and row.qoe is not None:
+            row.qoe = replace(row.qoe, rebuffer_seconds=row.qoe.rebuffer_seconds
+                              + _measured_ms(payload, self.stalled_since, now) / 1000)
+        self.stalled_since = None
 
     def _finish(self, now: dt.datetime, position: float | None) -> list[Op]:
         """The session is over: its summary is final (until the page comes back)."""
-        assert self.row is not None
+        row = self.row
+        assert row is not None
         ops = self._close(now, position)
-        q = self.quality
-        if q is not None:
-            self._end_stall(q, {}, now)
-            q.exited_before_start = (not self.row.played and q.startup_ms is None
-                                     and q.failure is None)
+        if row.qoe is not None:
+            self._end_stall({}, now)
+            q = row.qoe
+            row.qoe = replace(q, exited_before_start=(
+                not row.played and q.startup_ms is None and q.failure is None))
         self.closed = True
         ops.append(self._snapshot(now))
-        ops.append(Ended(self.row.id, self.row.video, self.row.started_at))
+        ops.append(Ended(row.id, row.video, row.started_at))
         return ops
 
     def _event(self, at: dt.datetime, name: str, payload: dict[str, Any]) -> EventRow:
@@ -421,7 +409,6 @@ class ViewingSession:
         assert self.row is not None
         self.row.ended_at = now
         self.row.duration = self.duration
-        self.row.qoe = self.quality.frozen() if self.quality is not None else None
         return self.row.copy()
 
     def _close(self, now: dt.datetime, position: float | None) -> list[Op]:

@@ -70,22 +70,17 @@ class Hub:
     # replies to committed events, in commit order, sent by one task per commit (not one
     # task per event)
     replies: deque[tuple[Connection, str]] = field(default_factory=deque)
-    sending: bool = False
     sender: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
 
     def reply(self, conn: Connection, text: str) -> None:
         self.replies.append((conn, text))
-        if not self.sending:
-            self.sending = True
+        if self.sender is None or self.sender.done():
             self.sender = asyncio.get_running_loop().create_task(self._send_replies())
 
     async def _send_replies(self) -> None:
-        try:
-            while self.replies:
-                conn, text = self.replies.popleft()
-                await conn.send(text)
-        finally:
-            self.sending = False
+        while self.replies:
+            conn, text = self.replies.popleft()
+            await conn.send(text)
 
     @property
     def limits(self) -> Limits:
@@ -393,13 +388,3 @@ async def serve_socket(scope: Scope, receive: Receive, send: Send) -> None:
         conn.leave_all()
         hub.sockets.discard(conn)
         SOCKETS.dec()
-
-
-class _SocketApp:
-    """A plain ASGI app (Starlette would wrap a bare function in its WebSocket class)."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await serve_socket(scope, receive, send)
-
-
-websocket_endpoint = _SocketApp()
