@@ -275,6 +275,10 @@ class Deltas:
                    s.platform if s.platform in _PLATFORM_AT else "other",
                    s.device if s.device in _DEVICE_AT else "other")
         latency = q.seek_latency_ms
+        # histogram buckets, once: each goes into four rows (video and key, with and
+        # without the device classes)
+        startup = None if q.startup_ms is None else sketch.index(q.startup_ms)
+        seek = None if latency is None else sketch.index(latency)
         values = (1, 1 if q.startup_ms is not None else 0, s.watch_seconds, q.rebuffer_count,
                   q.rebuffer_seconds, 1 if q.failure is not None else 0,
                   1 if q.failed_before_start else 0, 1 if q.exited_before_start else 0,
@@ -283,11 +287,10 @@ class Deltas:
             entry = table.get((owner, bucket, *classes))
             if entry is None:
                 entry = table[(owner, bucket, *classes)] = QoeSums()
-            entry.add(values, q.startup_ms, latency, sign)
-        for metric, ms in ((STARTUP, q.startup_ms), (SEEK, latency)):
-            if ms is None:
+            entry.add(values, startup, seek, sign)
+        for metric, i in ((STARTUP, startup), (SEEK, seek)):
+            if i is None:
                 continue
-            i = sketch.index(ms)
             for hist, owner in ((self.qoe_hist, s.video_id), (self.key_qoe_hist, s.key)):
                 hist[(owner, bucket, metric, i)] = hist.get((owner, bucket, metric, i), 0) + sign
 
@@ -470,16 +473,15 @@ class QoeSums:
         self.startup: dict[int, int] = {}
         self.seek: dict[int, int] = {}
 
-    def add(self, values: tuple[float, ...], startup_ms: float | None,
-            seek_ms: float | None, sign: int) -> None:
+    def add(self, values: tuple[float, ...], startup: int | None, seek: int | None,
+            sign: int) -> None:
+        """Add a view's values and its histogram buckets (sketch.index), each once."""
         for i, value in enumerate(values):
             self.values[i] += sign * value
-        if startup_ms is not None:
-            i = sketch.index(startup_ms)
-            self.startup[i] = self.startup.get(i, 0) + sign
-        if seek_ms is not None:
-            i = sketch.index(seek_ms)
-            self.seek[i] = self.seek.get(i, 0) + sign
+        if startup is not None:
+            self.startup[startup] = self.startup.get(startup, 0) + sign
+        if seek is not None:
+            self.seek[seek] = self.seek.get(seek, 0) + sign
 
     def __bool__(self) -> bool:
         return any(self.values) or any(self.startup.values()) or any(self.seek.values())

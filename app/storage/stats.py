@@ -443,8 +443,7 @@ async def qoe(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
             entry(r["bucket"], r["grp"]).merge(QoeCounts([float(r[2 + i]) for i in range(n)]))
         if breakdown is None:  # totals: the histogram rows, a plain GROUP BY, and each
             # bucket's histogram returned as two arrays (a few rows, not one per bucket)
-            hist = table.replace("rollup_qoe", "rollup_qoe_hist").replace(
-                "rollup_key_qoe", "rollup_key_qoe_hist")
+            hist = f"{table}_hist"  # rollup_qoe_hist or rollup_key_qoe_hist
             for r in await conn.fetch(
                     f"SELECT bucket, kind, array_agg(i ORDER BY i) AS i, "
                     f"array_agg(c ORDER BY i) AS c FROM ("
