@@ -336,84 +336,91 @@ class Deltas:
                 entry[1 + index] -= 1
 
     async def write(self, conn: asyncpg.Connection) -> None:
-        """Upsert the non-zero deltas (in key order, so concurrent writers never deadlock)."""
-        await _write_plays(conn, "rollup_plays", "video_id", "bigint", self.plays)
-        await _write_plays(conn, "rollup_key_plays", "key", "text", self.key_plays)
-        await _write_sources(conn, "rollup_sources", "video_id", "bigint", self.sources)
-        await _write_sources(conn, "rollup_key_sources", "key", "text", self.key_sources)
-        await _write_impressions(conn, "rollup_impressions", "video_id", "bigint",
-                                 self.impressions)
-        await _write_impressions(conn, "rollup_key_impressions", "key", "text",
-                                 self.key_impressions)
-        await _write_completion(conn, "rollup_completion", "video_id", "bigint", self.completion)
-        await _write_completion(conn, "rollup_key_completion", "key", "text",
-                                self.key_completion)
-        await _write_qoe(conn, "rollup_qoe", "video_id", "bigint", self.qoe)
-        await _write_qoe(conn, "rollup_key_qoe", "key", "text", self.key_qoe)
-        await _write_qoe_hist(conn, "rollup_qoe_hist", "video_id", "bigint", self.qoe_hist)
-        await _write_qoe_hist(conn, "rollup_key_qoe_hist", "key", "text", self.key_qoe_hist)
-        engagement = sorted((k, v) for k, v in self.engagement.items() if any(v))
-        if engagement:
-            await conn.execute(
-                """
-                INSERT INTO rollup_engagement AS r (video_id, bucket, ranges, duration, sessions,
-                                                    counts)
-                SELECT v, b, n, d, s, c::int[]
-                  FROM unnest($1::bigint[], $2::timestamptz[], $3::smallint[], $4::float8[],
-                              $5::int[], $6::text[]) AS u(v, b, n, d, s, c)
-                ON CONFLICT (video_id, bucket, ranges, duration, shard) DO UPDATE SET
-                    sessions = r.sessions + EXCLUDED.sessions,
-                    counts = (SELECT array_agg(x + y ORDER BY i)
-                                FROM unnest(r.counts, EXCLUDED.counts)
-                                     WITH ORDINALITY AS z(x, y, i))
-                """,
-                [k[0] for k, _ in engagement], [_at(k[1]) for k, _ in engagement],
-                [k[2] for k, _ in engagement], [k[3] for k, _ in engagement],
-                [v[0] for _, v in engagement],
-                ["{" + ",".join(map(str, v[1:])) + "}" for _, v in engagement],
-            )
+        """Add the non-zero deltas to the rollup tables."""
+        for table, owner, deltas in (("rollup_plays", VIDEO, self.plays),
+                                     ("rollup_key_plays", KEY, self.key_plays)):
+            await _upsert(conn, table, [owner, BUCKET, ("class", "smallint")],
+                          [("sessions", "int"), ("watch_seconds", "float8"),
+                           *[(c, "int") for c in BREAKDOWN_COLUMNS]],
+                          [(k[0], _at(k[1]), k[2], int(v[0]), v[1],
+                            *[int(x) for x in v[2:]]) for k, v in deltas.items() if any(v)])
+        for table, owner, reached in (("rollup_sources", VIDEO, self.sources),
+                                      ("rollup_key_sources", KEY, self.key_sources)):
+            await _upsert(conn, table, [owner, BUCKET, ("page", "text")],
+                          [(c, "int") for c in REACHED_COLUMNS],
+                          [(k[0], _at(k[1]), k[2], *v) for k, v in reached.items() if any(v)])
+        for table, owner, loads in (("rollup_impressions", VIDEO, self.impressions),
+                                    ("rollup_key_impressions", KEY, self.key_impressions)):
+            await _upsert(conn, table, [owner, BUCKET], [("impressions", "int")],
+                          [(k[0], _at(k[1]), v) for k, v in loads.items() if v])
+        for table, owner, done in (("rollup_completion", VIDEO, self.completion),
+                                   ("rollup_key_completion", KEY, self.key_completion)):
+            await _upsert(conn, table, [owner, BUCKET, ("class", "smallint"), ("device", "text")],
+                          [*[(c, "int") for c in COMPLETION_COLUMNS], ("percent_sum", "float8")],
+                          [(*k[:1], _at(k[1]), *k[2:], *[int(round(x)) for x in v[:-1]], v[-1])
+                           for k, v in done.items() if any(v)])
+        for table, owner, qoe in (("rollup_qoe", VIDEO, self.qoe),
+                                  ("rollup_key_qoe", KEY, self.key_qoe)):
+            await _upsert(conn, table, [owner, BUCKET, ("browser", "text"),
+                                        ("platform", "text"), ("device", "text")],
+                          [(c, "float8" if c.endswith("seconds") else "int")
+                           for c in QOE_COLUMNS],
+                          [(k[0], _at(k[1]), *k[2:],
+                            *[x if c.endswith("seconds") else int(round(x))
+                              for c, x in zip(QOE_COLUMNS, v.values, strict=True)],
+                            hist_literal(v.startup), hist_literal(v.seek))
+                           for k, v in qoe.items() if v],
+                          merged=[(h, "vidmetrics_hist_add({old}, {new})")
+                                  for h in ("startup_hist", "seek_hist")])
+        for table, owner, hist in (("rollup_qoe_hist", VIDEO, self.qoe_hist),
+                                   ("rollup_key_qoe_hist", KEY, self.key_qoe_hist)):
+            await _upsert(conn, table, [owner, BUCKET, ("metric", "smallint"),
+                                        ("idx", "smallint")], [("views", "int")],
+                          [(k[0], _at(k[1]), k[2], k[3], v) for k, v in hist.items() if v])
+        await _upsert(conn, "rollup_engagement",
+                      [VIDEO, BUCKET, ("ranges", "smallint"), ("duration", "float8")],
+                      [("sessions", "int")],
+                      [(k[0], _at(k[1]), k[2], k[3], v[0], "{" + ",".join(map(str, v[1:])) + "}")
+                       for k, v in self.engagement.items() if any(v)],
+                      merged=[("counts", "(SELECT array_agg(x + y ORDER BY i) FROM "
+                                         "unnest({old}, {new}) WITH ORDINALITY AS z(x, y, i))")])
 
 
-async def _write_plays(conn: asyncpg.Connection, table: str, owner: str, owner_type: str,
-                       deltas: dict[Any, list[float]]) -> None:
-    items = sorted((k, v) for k, v in deltas.items()
-                   if any(v[i] for i in range(len(v)) if i != 1) or v[1])
-    if not items:
+Column = tuple[str, str]  # a column's name and the PostgreSQL type of its values
+VIDEO: Column = ("video_id", "bigint")
+KEY: Column = ("key", "text")
+BUCKET: Column = ("bucket", "timestamptz")
+
+
+async def _upsert(conn: asyncpg.Connection, table: str, keys: list[Column],
+                  sums: list[Column], rows: list[tuple[Any, ...]],
+                  merged: list[tuple[str, str]] | None = None) -> None:
+    """Add `rows` (the key columns' values, then the sums', then each merged array as an
+    int[] literal) to a rollup table: a new key is inserted, an existing one gets the sums
+    added and each merged array combined by its SQL expression over {old} and {new}. Rows
+    go in key order, so concurrent writers never deadlock; the row's shard is the column
+    default (this process's, see SHARDS)."""
+    if not rows:
         return
-    sets = ", ".join(f"{c} = r.{c} + EXCLUDED.{c}" for c in BREAKDOWN_COLUMNS)
-    casts = ", ".join(f"${6 + i}::int[]" for i in range(len(BREAKDOWN_COLUMNS)))
+    rows.sort(key=lambda row: row[:len(keys)])
+    merged = merged or []
+    columns = [*keys, *sums, *((name, "text") for name, _ in merged)]
+    aliases = [f"c{i}" for i in range(len(columns))]
+    plain = len(keys) + len(sums)
+    selected = [*aliases[:plain], *(f"{a}::int[]" for a in aliases[plain:])]
+    updates = [f"{c} = r.{c} + EXCLUDED.{c}" for c, _ in sums] + [
+        f"{c} = " + expression.format(old=f"r.{c}", new=f"EXCLUDED.{c}")
+        for c, expression in merged]
     await conn.execute(
         f"""
-        INSERT INTO {table} AS r ({owner}, bucket, class, sessions, watch_seconds,
-                                  {', '.join(BREAKDOWN_COLUMNS)})
-        SELECT * FROM unnest($1::{owner_type}[], $2::timestamptz[], $3::smallint[],
-                             $4::int[], $5::float8[], {casts})
-        ON CONFLICT ({owner}, bucket, class, shard) DO UPDATE SET
-            sessions = r.sessions + EXCLUDED.sessions,
-            watch_seconds = r.watch_seconds + EXCLUDED.watch_seconds, {sets}
+        INSERT INTO {table} AS r ({", ".join(c for c, _ in columns)})
+        SELECT {", ".join(selected)}
+          FROM unnest({", ".join(f"${i + 1}::{t}[]" for i, (_, t) in enumerate(columns))})
+               AS u({", ".join(aliases)})
+        ON CONFLICT ({", ".join(c for c, _ in keys)}, shard) DO UPDATE SET
+            {", ".join(updates)}
         """,
-        [k[0] for k, _ in items], [_at(k[1]) for k, _ in items], [k[2] for k, _ in items],
-        [int(v[0]) for _, v in items], [v[1] for _, v in items],
-        *[[int(v[2 + i]) for _, v in items] for i in range(len(BREAKDOWN_COLUMNS))],
-    )
-
-
-async def _write_sources(conn: asyncpg.Connection, table: str, owner: str, owner_type: str,
-                         deltas: dict[Any, list[int]]) -> None:
-    items = sorted((k, v) for k, v in deltas.items() if any(v))
-    if not items:
-        return
-    sets = ", ".join(f"{c} = r.{c} + EXCLUDED.{c}" for c in REACHED_COLUMNS)
-    casts = ", ".join(f"${4 + i}::int[]" for i in range(len(REACHED_COLUMNS)))
-    await conn.execute(
-        f"""
-        INSERT INTO {table} AS r ({owner}, bucket, page, {', '.join(REACHED_COLUMNS)})
-        SELECT * FROM unnest($1::{owner_type}[], $2::timestamptz[], $3::text[], {casts})
-        ON CONFLICT ({owner}, bucket, page, shard) DO UPDATE SET {sets}
-        """,
-        [k[0] for k, _ in items], [_at(k[1]) for k, _ in items], [k[2] for k, _ in items],
-        *[[v[i] for _, v in items] for i in range(len(REACHED_COLUMNS))],
-    )
+        *[list(values) for values in zip(*rows, strict=True)])
 
 
 def completion_of(furthest: float, duration: float | None, ended: bool,
@@ -426,41 +433,6 @@ def completion_of(furthest: float, duration: float | None, ended: bool,
     reached = [1.0 if ratio >= m / 100 else 0.0 for m in MILESTONES]
     finished = 1.0 if ended or furthest >= duration - 1 else 0.0
     return [1.0, 1.0, *reached, finished, min(1.0, distinct / duration)]
-
-
-async def _write_impressions(conn: asyncpg.Connection, table: str, owner: str, owner_type: str,
-                             deltas: dict[Any, int]) -> None:
-    items = sorted((k, v) for k, v in deltas.items() if v)
-    if items:
-        await conn.execute(
-            f"""
-            INSERT INTO {table} AS r ({owner}, bucket, impressions)
-            SELECT * FROM unnest($1::{owner_type}[], $2::timestamptz[], $3::int[])
-            ON CONFLICT ({owner}, bucket, shard) DO UPDATE SET
-                impressions = r.impressions + EXCLUDED.impressions
-            """,
-            [k[0] for k, _ in items], [_at(k[1]) for k, _ in items], [v for _, v in items])
-
-
-async def _write_completion(conn: asyncpg.Connection, table: str, owner: str, owner_type: str,
-                            deltas: dict[Any, list[float]]) -> None:
-    items = sorted((k, v) for k, v in deltas.items() if any(v))
-    if not items:
-        return
-    columns = [*COMPLETION_COLUMNS, "percent_sum"]
-    sets = ", ".join(f"{c} = r.{c} + EXCLUDED.{c}" for c in columns)
-    casts = ", ".join(f"${5 + i}::int[]" for i in range(len(COMPLETION_COLUMNS)))
-    await conn.execute(
-        f"""
-        INSERT INTO {table} AS r ({owner}, bucket, class, device, {', '.join(columns)})
-        SELECT * FROM unnest($1::{owner_type}[], $2::timestamptz[], $3::smallint[], $4::text[],
-                             {casts}, ${5 + len(COMPLETION_COLUMNS)}::float8[])
-        ON CONFLICT ({owner}, bucket, class, device, shard) DO UPDATE SET {sets}
-        """,
-        [k[0] for k, _ in items], [_at(k[1]) for k, _ in items], [k[2] for k, _ in items],
-        [k[3] for k, _ in items],
-        *[[int(round(v[i])) for _, v in items] for i in range(len(COMPLETION_COLUMNS))],
-        [v[len(COMPLETION_COLUMNS)] for _, v in items])
 
 
 class QoeSums:
@@ -496,52 +468,6 @@ def hist_literal(counts: dict[int, int]) -> str | None:
     low, high = min(used), max(used)
     return f"[{low}:{high}]={{" + ",".join(str(counts.get(i, 0)) for i in range(low, high + 1)) \
         + "}"
-
-
-async def _write_qoe(conn: asyncpg.Connection, table: str, owner: str, owner_type: str,
-                     deltas: dict[Any, QoeSums]) -> None:
-    items = sorted(((k, v) for k, v in deltas.items() if v), key=lambda kv: kv[0])
-    if not items:
-        return
-    n = len(QOE_COLUMNS)
-    casts = ", ".join(f"${6 + i}::{'float8' if c.endswith('seconds') else 'int'}[]"
-                      for i, c in enumerate(QOE_COLUMNS))
-    sets = ", ".join(f"{c} = r.{c} + EXCLUDED.{c}" for c in QOE_COLUMNS)
-    names = ", ".join(f"c{i}" for i in range(n))
-    await conn.execute(
-        f"""
-        INSERT INTO {table} AS r ({owner}, bucket, browser, platform, device,
-                                  {', '.join(QOE_COLUMNS)}, startup_hist, seek_hist)
-        SELECT o, b, br, pl, de, {names}, sh::int[], kh::int[]
-          FROM unnest($1::{owner_type}[], $2::timestamptz[], $3::text[], $4::text[],
-                      $5::text[], {casts}, ${6 + n}::text[], ${7 + n}::text[])
-               AS u(o, b, br, pl, de, {names}, sh, kh)
-        ON CONFLICT ({owner}, bucket, browser, platform, device, shard) DO UPDATE SET
-            {sets},
-            startup_hist = vidmetrics_hist_add(r.startup_hist, EXCLUDED.startup_hist),
-            seek_hist = vidmetrics_hist_add(r.seek_hist, EXCLUDED.seek_hist)
-        """,
-        [k[0] for k, _ in items], [_at(k[1]) for k, _ in items], [k[2] for k, _ in items],
-        [k[3] for k, _ in items], [k[4] for k, _ in items],
-        *[[v.values[i] if c.endswith("seconds") else int(round(v.values[i]))
-           for _, v in items] for i, c in enumerate(QOE_COLUMNS)],
-        [hist_literal(v.startup) for _, v in items], [hist_literal(v.seek) for _, v in items])
-
-
-async def _write_qoe_hist(conn: asyncpg.Connection, table: str, owner: str, owner_type: str,
-                          deltas: dict[tuple[Any, float, int, int], int]) -> None:
-    items = sorted((k, v) for k, v in deltas.items() if v)
-    if items:
-        await conn.execute(
-            f"""
-            INSERT INTO {table} AS r ({owner}, bucket, metric, idx, views)
-            SELECT * FROM unnest($1::{owner_type}[], $2::timestamptz[], $3::smallint[],
-                                 $4::smallint[], $5::int[])
-            ON CONFLICT ({owner}, bucket, metric, idx, shard) DO UPDATE SET
-                views = r.views + EXCLUDED.views
-            """,
-            [k[0] for k, _ in items], [_at(k[1]) for k, _ in items], [k[2] for k, _ in items],
-            [k[3] for k, _ in items], [v for _, v in items])
 
 
 # the sessions columns a State is built from (after s.* aliases); see state_of
