@@ -28,11 +28,8 @@ BUILD = E2E / "build"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 SECRET_QUERY = "utm_source=e2e-secret&email=someone%40example.com"
 
-PAGE = """<!doctype html>
-<html><body>
-<video id="video" src="/test.webm" muted playsinline preload="auto"></video>
-<script>
-  // Observe (not alter) the socket so the driver knows the join was answered.
+# Observes (does not alter) the page's websocket, so a driver knows the join was answered.
+SOCKET_OBSERVER = """<script>
   const Native = window.WebSocket;
   window.WebSocket = class extends Native {
     constructor(...args) {
@@ -44,6 +41,12 @@ PAGE = """<!doctype html>
     }
   };
 </script>
+"""
+
+PAGE = """<!doctype html>
+<html><body>
+<video id="video" src="/test.webm" muted playsinline preload="auto"></video>
+__OBSERVER__
 <script src="/metrics.js"></script>
 <script>
   Metrics.config = { socketPath: "__SOCKET__", apiKey: "__KEY__" };
@@ -96,7 +99,8 @@ def static_site(build: Path) -> Iterator[str]:
 
 def drive(static_site: str, server: Server, key: str, video_id: str,
           mode: str = "watch") -> dict[str, Any]:
-    page = (PAGE.replace("__SOCKET__", f"ws://127.0.0.1:{server.port}/socket")
+    page = (PAGE.replace("__OBSERVER__", SOCKET_OBSERVER)
+            .replace("__SOCKET__", f"ws://127.0.0.1:{server.port}/socket")
             .replace("__KEY__", key).replace("__VIDEO__", video_id))
     name = f"page-{video_id}.html"
     (BUILD / name).write_text(page)

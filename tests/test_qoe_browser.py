@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from app import sketch
 from tests.conftest import AUTH, Server, free_port
-from tests.test_e2e_browser import CHROMIUM, E2E, _run
+from tests.test_e2e_browser import CHROMIUM, E2E, SOCKET_OBSERVER, _run
 from tests.test_ingest_socket import new_key
 
 BUILD = E2E / "build"
@@ -39,18 +39,8 @@ TOLERANCE_MS = 150
 PAGE = """<!doctype html>
 <html><body>
 <video id="video" src="__SRC__" muted playsinline preload="__PRELOAD__"></video>
+__OBSERVER__
 <script>
-  // Observe (not alter) the socket so the driver knows the join was answered.
-  const Native = window.WebSocket;
-  window.WebSocket = class extends Native {
-    constructor(...args) {
-      super(...args);
-      this.addEventListener("message", (e) => {
-        if (String(e.data).includes("phx_reply") && String(e.data).includes("session:"))
-          window.socketReady = true;
-      });
-    }
-  };
   // What the page itself measures: startup (first request -> playing) and stalls
   // (waiting -> playing after the start, not while seeking).
   const m = window.measured = { startup: null, stalls: [], errors: 0 };
@@ -167,7 +157,8 @@ def drive(site: tuple[str, MediaServer], server: Server, key: str, kind: str,
     media.pages[name] = (
         # nothing is fetched before the play request, except for a broken source, whose
         # failure comes first (before anybody asked to play)
-        PAGE.replace("__SRC__", f"/media/{kind}.webm?run={name}")
+        PAGE.replace("__OBSERVER__", SOCKET_OBSERVER)
+        .replace("__SRC__", f"/media/{kind}.webm?run={name}")
         .replace("__PRELOAD__", "auto" if kind == "broken" else "none")
         .replace("__CLIENT__", f"{server.http}/client/vidmetrics.js")
         .replace("__SOCKET__", f"ws://127.0.0.1:{server.port}/socket")

@@ -3,7 +3,7 @@
 // Opens each step's URL in headless Chromium with basic-auth credentials, waits until the
 // dashboard says it is ready, takes a screenshot, and reports what the page shows: tile
 // values, table cells, the API requests it made, CSV downloads, console errors.
-const { chromium } = require("playwright-core");
+const { launch } = require("./browser.cjs");
 const fs = require("fs");
 
 async function ready(page) {
@@ -12,12 +12,7 @@ async function ready(page) {
 
 async function main() {
   const plan = JSON.parse(process.argv[2]);
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"],
-  });
+  const browser = await launch();
   const report = [];
   try {
     for (const step of plan.steps) {

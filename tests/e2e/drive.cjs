@@ -1,17 +1,11 @@
 // Usage: node drive.cjs PAGE_URL [watch|load|finish]
 // Opens the page in headless Chromium, plays 0 -> ~2 s, pauses, seeks to 10 s, plays ~1.5 s,
 // then closes the page while playing. Prints JSON: what the <video> reports it played.
-const { chromium } = require("playwright-core");
+const { launch } = require("./browser.cjs");
 
 async function main() {
   const url = process.argv[2];
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic",
-           "--autoplay-policy=no-user-gesture-required"],
-  });
+  const browser = await launch();
   try {
     const page = await browser.newPage();
     const logs = [];

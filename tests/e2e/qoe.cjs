@@ -6,17 +6,11 @@
 //   broken: request playback of a source that fails
 //   exit:   request playback of a source that never arrives, close the page after 1 s
 //   example: the server's example page: play 1.5 s, pause, close
-const { chromium } = require("playwright-core");
+const { launch } = require("./browser.cjs");
 
 async function main() {
   const [url, mode] = process.argv.slice(2);
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic",
-           "--autoplay-policy=no-user-gesture-required"],
-  });
+  const browser = await launch();
   try {
     const page = await browser.newPage();
     const logs = [];
