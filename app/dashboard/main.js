@@ -176,7 +176,6 @@ function completionPanel(completion) {
 // the percentiles are the server's, not averages of averages) and startup time per bucket
 function qoePanel(total, perBucket) {
   const t = total.qoe.reduce((a, b) => (b.views > (a ? a.views : -1) ? b : a), null);
-  const ms = (x) => (x === null || x === undefined ? "–" : x < 1000 ? `${Math.round(x)} ms` : `${(x / 1000).toFixed(2)} s`);
   const pct = (x) => (x === null || x === undefined ? "–" : `${x.toFixed(1)} %`);
   const note = "Views whose page uses the vidmetrics client (/client/vidmetrics.js); " +
     "@maveio/metrics sends no QoE and is left out. Definitions: docs/api.md.";
@@ -185,8 +184,8 @@ function qoePanel(total, perBucket) {
       { href: "/", text: "the example page uses the vidmetrics client" }));
   }
   const figures = h("div", { class: "tiles" },
-    tile("tile-startup", "Startup p50", ms(t.startup_time_ms.p50)),
-    tile("tile-startup-95", "Startup p95", ms(t.startup_time_ms.p95)),
+    tile("tile-startup", "Startup p50", fmt.ms(t.startup_time_ms.p50)),
+    tile("tile-startup-95", "Startup p95", fmt.ms(t.startup_time_ms.p95)),
     tile("tile-rebuffer", "Rebuffering", pct(t.rebuffer_percentage)),
     tile("tile-failures", "Playback failures", pct(t.playback_failure_percentage)),
     tile("tile-startup-failures", "Startup failures", pct(t.startup_failure_percentage)),
@@ -297,7 +296,7 @@ function quality(s) {
   if (!q) return "–";
   if (q.failed_before_start) return "failed";
   if (q.exited_before_start) return "left before start";
-  const startup = q.startup_ms === null ? "" : q.startup_ms < 1000 ? `${Math.round(q.startup_ms)} ms` : `${(q.startup_ms / 1000).toFixed(2)} s`;
+  const startup = q.startup_ms === null ? "" : fmt.ms(q.startup_ms);
   return [startup, q.rebuffer_count ? `${q.rebuffer_count} stall${q.rebuffer_count > 1 ? "s" : ""}` : "",
     q.failure !== null ? "failed" : ""].filter(Boolean).join(" · ") || "starting";
 }

@@ -23,6 +23,9 @@ export const fmt = {
     return `${(seconds / 3600).toFixed(1)} h`;
   },
   pct: (x) => `${(100 * x).toFixed(1)} %`,
+  // a duration in milliseconds (startup, seek latency); "–" when there is none
+  ms: (x) => (x === null || x === undefined ? "–"
+    : x < 1000 ? `${Math.round(x)} ms` : `${(x / 1000).toFixed(2)} s`),
 };
 
 export function csvText(header, rows) {
