@@ -91,9 +91,9 @@ def threshold_class(threshold: float) -> int | None:
     return None
 
 
-def grain(moment: dt.datetime) -> dt.datetime:
-    """The 15-minute UTC bucket a moment falls in."""
-    seconds = math.floor(moment.timestamp() / GRAIN_SECONDS) * GRAIN_SECONDS
+def grain(moment: dt.datetime, width: int = GRAIN_SECONDS) -> dt.datetime:
+    """The UTC bucket (15 minutes, or `width` seconds) a moment falls in."""
+    seconds = math.floor(moment.timestamp() / width) * width
     return dt.datetime.fromtimestamp(seconds, dt.UTC)
 
 
@@ -101,9 +101,9 @@ def _at(epoch: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(epoch, dt.UTC)
 
 
-def grain_up(moment: dt.datetime) -> dt.datetime:
-    down = grain(moment)
-    return down if down == moment else down + dt.timedelta(seconds=GRAIN_SECONDS)
+def grain_up(moment: dt.datetime, width: int = GRAIN_SECONDS) -> dt.datetime:
+    down = grain(moment, width)
+    return down if down == moment else down + dt.timedelta(seconds=width)
 
 
 def merge_islands(islands: list[float] | None, spans: Iterable[tuple[float, float]],

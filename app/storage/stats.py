@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,9 +95,9 @@ def _whole_offsets(zone: str, first_day: int, last_day: int,
     return True
 
 
-def _inner(window: Window) -> Window | None:
-    """The whole 15-minute buckets inside the window, if any."""
-    start, end = rollups.grain_up(window.start), rollups.grain(window.end)
+def _inner(window: Window, width: int = rollups.GRAIN_SECONDS) -> Window | None:
+    """The whole buckets (15 minutes, or `width` seconds) inside the window, if any."""
+    start, end = rollups.grain_up(window.start, width), rollups.grain(window.end, width)
     return Window(start, end) if start < end else None
 
 
@@ -110,18 +109,26 @@ def _edges(window: Window, inner: Window) -> list[Window]:
 def bucket_rollup_plan(q: BucketQuery) -> tuple[int, Window] | None:
     """(watch class, inner window) when the rollups answer `q` exactly, else None."""
     cls = rollups.threshold_class(q.minimum_watch_seconds)
-    if cls is None or q.selection.session is not None:
+    if cls is None:
         return None
-    if q.interval.seconds % rollups.GRAIN_SECONDS:
+    inner = _rollup_window(q, rollups.GRAIN_SECONDS)
+    return None if inner is None else (cls, inner)
+
+
+def _rollup_window(q: BucketQuery, width: int) -> Window | None:
+    """The whole `width`-second UTC buckets of q's window, when rollups at that grain
+    re-bucket into q's buckets exactly: no session filter, an interval of whole grains
+    (or months), and a zone whose offsets in the window are whole grains."""
+    if q.selection.session is not None or q.interval.seconds % width:
         return None
-    inner = _inner(q.window)
+    inner = _inner(q.window, width)
     if inner is None:
         return None
     day = 86400
     if not _whole_offsets(q.timezone, int(q.window.start.timestamp() // day) - 1,
-                                 int(q.window.end.timestamp() // day) + 1):
+                          int(q.window.end.timestamp() // day) + 1, width):
         return None
-    return cls, inner
+    return inner
 
 
 def _rollup_scope(sel: Selection, p: Params, kind: str) -> tuple[str, list[str]]:
@@ -372,18 +379,7 @@ def _class_of(breakdown: str | None, value: str) -> str:
 
 def qoe_plan(q: BucketQuery) -> Window | None:
     """The whole hours of the window when the hourly QoE rollups answer `q` exactly."""
-    if q.selection.session is not None or q.interval.seconds % rollups.QOE_GRAIN_SECONDS:
-        return None
-    grain = rollups.QOE_GRAIN_SECONDS
-    start = math.ceil(q.window.start.timestamp() / grain) * grain
-    end = math.floor(q.window.end.timestamp() / grain) * grain
-    if start >= end:
-        return None
-    day = 86400
-    if not _whole_offsets(q.timezone, int(q.window.start.timestamp() // day) - 1,
-                          int(q.window.end.timestamp() // day) + 1, grain):
-        return None
-    return Window(dt.datetime.fromtimestamp(start, dt.UTC), dt.datetime.fromtimestamp(end, dt.UTC))
+    return _rollup_window(q, rollups.QOE_GRAIN_SECONDS)
 
 
 async def qoe(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
@@ -396,8 +392,11 @@ async def qoe(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
     whole hours; the partial hours at its edges, and everything else, from the sessions."""
     out: dict[dt.datetime, dict[str, QoeCounts]] = {}
     n = len(rollups.QOE_COLUMNS)
-    # a constant column name (the caller checked `breakdown`), never client text
-    group = f"{{alias}}.{breakdown}" if breakdown else "''"
+    # the grouping column: a constant name (the caller checked `breakdown`), never text
+    # from the client
+    def group(alias: str) -> str:
+        return f"{alias}.{breakdown}" if breakdown else "''"
+
 
     def entry(bucket: dt.datetime, group: str) -> QoeCounts:
         return out.setdefault(bucket, {}).setdefault(_class_of(breakdown, group), QoeCounts())
@@ -412,7 +411,7 @@ async def qoe(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
         where.append("s.qoe")
         rows = await conn.fetch(
             f"""
-            SELECT {bucket} AS bucket, {group.format(alias="s")}::text AS grp,
+            SELECT {bucket} AS bucket, {group("s")}::text AS grp,
                    count(*), count(s.startup_ms), sum(s.watch_seconds), sum(s.rebuffer_count),
                    sum(s.rebuffer_seconds), count(s.failure),
                    count(*) FILTER (WHERE s.failed_before_start),
@@ -438,7 +437,7 @@ async def qoe(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
         condition = " AND ".join(where)
         sums = ", ".join(f"sum(r.{c})" for c in rollups.QOE_COLUMNS)
         for r in await conn.fetch(
-                f"SELECT {bucket} AS bucket, {group.format(alias='r')}::text AS grp, {sums} "
+                f"SELECT {bucket} AS bucket, {group('r')}::text AS grp, {sums} "
                 f"FROM {table} r WHERE {condition} GROUP BY 1, 2", *p.values):
             entry(r["bucket"], r["grp"]).merge(QoeCounts([float(r[2 + i]) for i in range(n)]))
         if breakdown is None:  # totals: the histogram rows, a plain GROUP BY, and each
