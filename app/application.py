@@ -201,6 +201,9 @@ def create_app(settings: Settings, database_url: str,
             # plain PostgreSQL stand-in for TimescaleDB's retention policies
             tasks.append(asyncio.create_task(_every(3600, lambda: session_store.apply_retention(
                 pool, settings.retention_days, settings.raw_events_retention_days), "retention")))
+        else:  # raw events live in the session rows: no policy can drop them alone
+            tasks.append(asyncio.create_task(_every(3600, lambda: session_store.drop_raw_events(
+                pool, settings.raw_events_retention_days), "raw event retention")))
         try:
             yield
         finally:

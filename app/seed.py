@@ -100,17 +100,18 @@ def generate(rng: random.Random, refs: list[VideoRef], ids: Iterator[int], sessi
             length = min(duration - position, rng.expovariate(1 / 45))
             if length <= 0:
                 break
-            chunk.events.append(EventRow(row.id, ref, wall, "play", {"from": round(position, 2)}))
-            chunk.intervals.append(IntervalRow(row.id, ref, started, wall, position,
-                                               position + length, length))
+            chunk.events.append(EventRow(row.id, ref, started, wall, "play",
+                                         {"from": round(position, 2)}))
+            chunk.intervals.append(IntervalRow(row.id, ref, position, position + length))
             wall += dt.timedelta(seconds=length)
             position += length
-            chunk.events.append(EventRow(row.id, ref, wall, "pause", {"to": round(position, 2)}))
+            chunk.events.append(EventRow(row.id, ref, started, wall, "pause",
+                                         {"to": round(position, 2)}))
             row.watch_seconds += length
             row.furthest = max(row.furthest, position)
             if position >= duration:
                 row.ended = True
-                chunk.events.append(EventRow(row.id, ref, wall, "ended", None))
+                chunk.events.append(EventRow(row.id, ref, started, wall, "ended", None))
                 break
             wall += dt.timedelta(seconds=rng.expovariate(1 / 5))
         row.ended_at = wall

@@ -344,7 +344,8 @@ def main() -> None:
                     import asyncpg
                     conn = await asyncpg.connect(url)
                     try:
-                        return int(await conn.fetchval("SELECT count(*) FROM events"))
+                        return int(await conn.fetchval(
+                            "SELECT coalesce(sum(event_count), 0) FROM sessions"))
                     finally:
                         await conn.close()
                 return asyncio.run(count())

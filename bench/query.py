@@ -98,7 +98,7 @@ async def raw_times(url: str, path: str, body: dict[str, object], repeats: int) 
 async def storage(url: str) -> tuple[int, int, int]:
     conn = await db.connect(url)
     try:
-        events = await conn.fetchval("SELECT count(*) FROM events")
+        events = await conn.fetchval("SELECT coalesce(sum(event_count), 0) FROM sessions")
         sessions = await conn.fetchval("SELECT count(*) FROM sessions")
         size = await conn.fetchval("SELECT pg_database_size(current_database())")
         return int(events), int(sessions), int(size)

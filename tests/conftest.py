@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime as dt
 import os
 import signal
 import socket
@@ -16,13 +17,14 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import asyncpg
 import httpx
 import pytest
 
-from app.storage import db
+from app.storage import db, timeline
 from app.storage.embedded import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +33,25 @@ AUTH = ("admin", PASSWORD)
 TABLES = ("rollup_plays", "rollup_sources", "rollup_engagement", "rollup_key_plays",
           "rollup_key_sources", "rollup_impressions", "rollup_key_impressions",
           "rollup_completion", "rollup_key_completion", "impressions", "export_outbox",
-          "playing", "events", "watch_intervals", "sessions", "videos", "ingest_keys")
+          "playing", "sessions", "videos", "ingest_keys")
+
+
+async def islands_of(conn: asyncpg.Connection, session_id: int) -> list[tuple[float, float]]:
+    """A session's merged watched media ranges, in media order."""
+    flat = await conn.fetchval("SELECT islands FROM sessions WHERE id = $1", session_id) or []
+    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+
+async def timeline_of(conn: asyncpg.Connection, session_id: int,
+                      ) -> list[tuple[dt.datetime, str, dict[str, Any]]]:
+    """A session's stored raw events (at, name, payload), in the order they arrived."""
+    row = await conn.fetchrow("SELECT started_at, events FROM sessions WHERE id = $1",
+                              session_id)
+    return [] if row is None else timeline.decode(row["events"], row["started_at"])
+
+
+async def event_names(conn: asyncpg.Connection, session_id: int) -> list[str]:
+    return [name for _, name, _ in await timeline_of(conn, session_id)]
 
 
 def free_port() -> int:

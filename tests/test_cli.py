@@ -79,11 +79,15 @@ async def test_seed_volume_and_shape(database_url: str, conn: asyncpg.Connection
     assert row["n"] == 5000 and 2 <= row["videos"] <= 7 and row["browsers"] >= 6
     assert row["last"] - row["first"] > dt.timedelta(days=9) and row["pages"] >= 5
     stats = await conn.fetchrow(
-        """SELECT count(*) AS intervals, bool_and(i.media_to > i.media_from) AS ordered,
-                  bool_and(i.media_to <= s.duration + 1e-6) AS within
-             FROM watch_intervals i JOIN sessions s ON s.id = i.session_id
-             JOIN videos v ON v.id = s.video_id WHERE v.key = 'seed-test'""")
-    assert stats["intervals"] > 5000 and stats["ordered"] and stats["within"]
+        """SELECT count(*) AS islands, bool_and(s.islands[2 * k] > s.islands[2 * k - 1])
+                      AS ordered, bool_and(s.islands[2 * k] <= s.duration + 1e-6) AS within,
+                  (SELECT sum(event_count) FROM sessions) AS events,
+                  (SELECT count(*) FROM sessions WHERE length(events) > 0) AS timelines
+             FROM sessions s JOIN videos v ON v.id = s.video_id,
+                  generate_series(1, cardinality(s.islands) / 2) AS k
+            WHERE v.key = 'seed-test'""")
+    assert stats["islands"] > 5000 and stats["ordered"] and stats["within"]
+    assert stats["events"] > 10000 and stats["timelines"] >= 5000
     # plausible QoE: ~40 % of views report it; startup ~1 s; some stalls, exits, failures
     qoe = await conn.fetchrow(
         """SELECT count(*) FILTER (WHERE s.qoe) AS views,

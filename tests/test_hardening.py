@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from app.ingest.writer import WriteFailed, Writer
 from app.storage import db
 from app.storage.session_store import SessionRow, VideoRef
-from tests.conftest import AUTH, PASSWORD, Server, start_server
+from tests.conftest import AUTH, PASSWORD, Server, start_server, timeline_of
 from tests.phx import Phx, join_payload
 from tests.test_ingest_socket import new_key, sessions_for, topic, wait_for
 
@@ -273,12 +273,10 @@ async def test_matrix_params_ports_and_unknown_fields_are_not_stored(
     await phx.close()
     rows = await sessions_for(conn, key)
     assert rows[0]["page"] == "https://site.example/page/more"
-    payloads = await conn.fetch("SELECT name, payload FROM events WHERE session_id = $1",
-                                rows[0]["id"])
-    assert {r["name"]: r["payload"] for r in payloads} == {
+    events = await timeline_of(conn, rows[0]["id"])
+    assert {name: payload for _, name, payload in events} == {
         "play": {"duration": 20.0, "from": 0.0}, "pause": {"duration": 20.0, "to": 1.5}}
-    dump = str(await conn.fetch("SELECT * FROM events")) + str(await conn.fetch(
-        "SELECT * FROM sessions"))
+    dump = str(events) + str(await conn.fetch("SELECT * FROM sessions"))
     for secret in ("SECRET", "someone@example.com", "abc123", ":443"):
         assert secret not in dump
 

@@ -14,7 +14,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from app.storage.embedded import EmbeddedPostgres
-from tests.conftest import AUTH, Server, start_server
+from tests.conftest import AUTH, Server, islands_of, start_server, timeline_of
 from tests.phx import BOT_UA, IPHONE_UA, Phx, join_payload
 
 
@@ -32,12 +32,6 @@ async def sessions_for(conn: asyncpg.Connection, key: str) -> list[asyncpg.Recor
     return await conn.fetch(
         "SELECT s.* FROM sessions s JOIN videos v ON v.id = s.video_id WHERE v.key = $1 "
         "ORDER BY s.started_at", key)
-
-
-async def intervals_for(conn: asyncpg.Connection, session_id: int) -> list[tuple[float, float]]:
-    rows = await conn.fetch("SELECT media_from, media_to FROM watch_intervals "
-                            "WHERE session_id = $1 ORDER BY started_at", session_id)
-    return [(r["media_from"], r["media_to"]) for r in rows]
 
 
 async def wait_for(predicate, timeout: float = 10.0):  # type: ignore[no-untyped-def]
@@ -182,22 +176,25 @@ async def test_play_pause_play_and_disconnect(server: Server, conn: asyncpg.Conn
     assert (row["browser"], row["platform"], row["device"]) == ("safari", "ios", "mobile")
     assert row["page"] == "https://shop.example/p/1"
     assert row["duration"] == 20
-    ivs = await intervals_for(conn, row["id"])
-    assert ivs[:2] == [(0.0, 6.01), (12.0, 15.5)]
-    assert ivs[2][0] == 2.0 and 2.4 < ivs[2][1] < 4.0
-    assert row["watch_seconds"] == pytest.approx(6.01 + 3.5 + (ivs[2][1] - 2.0))
-    names = [r["name"] for r in await conn.fetch(
-        "SELECT name FROM events WHERE session_id = $1 ORDER BY at", row["id"])]
-    assert names == ["play", "pause", "play", "pause", "play"]
+    # watched 0-6.01, 12-15.5, then 2 to ~3 (inside the first range: merged into it)
+    assert await islands_of(conn, row["id"]) == [(0.0, 6.01), (12.0, 15.5)]
+    assert 6.01 + 3.5 + 0.4 < row["watch_seconds"] < 6.01 + 3.5 + 2.0
+    events = await timeline_of(conn, row["id"])
+    assert [name for _, name, _ in events] == ["play", "pause", "play", "pause", "play"]
+    assert [payload for _, _, payload in events] == [
+        {"duration": 20.0, "from": 0.0}, {"duration": 20.0, "to": 6.01},
+        {"duration": 20.0, "from": 12.0}, {"duration": 20.0, "to": 15.5},
+        {"duration": 20.0, "from": 2.0}]
+    assert all(a <= b for (a, _, _), (b, _, _) in zip(events, events[1:], strict=False)) and \
+        events[0][0] == row["started_at"]
 
 
 async def _ended(conn: asyncpg.Connection, key: str) -> list[asyncpg.Record] | None:
-    # the third interval and the final session snapshot commit together: count the
-    # intervals first, then read the session, so both reads see that same commit
+    # the third interval closes with the final snapshot (one commit): watch time past
+    # the first two intervals' 9.51 s
     rows = await sessions_for(conn, key)
-    if rows and await conn.fetchval(
-            "SELECT count(*) FROM watch_intervals WHERE session_id = $1", rows[0]["id"]) >= 3:
-        return await sessions_for(conn, key)
+    if rows and rows[0]["watch_seconds"] > 6.01 + 3.5:
+        return rows
     return None
 
 
@@ -306,7 +303,7 @@ async def test_sigterm_flushes_open_sessions(tmp_path: Path, database_url: str,
     assert srv.stop(signal.SIGTERM) == 0
     rows = await sessions_for(conn, key)
     assert len(rows) == 1
-    ivs = await intervals_for(conn, rows[0]["id"])
+    ivs = await islands_of(conn, rows[0]["id"])
     assert len(ivs) == 1 and ivs[0][0] == 10.0 and 10.9 < ivs[0][1] < 13
     assert rows[0]["watch_seconds"] == pytest.approx(ivs[0][1] - 10.0)
     assert await conn.fetchval("SELECT count(*) FROM playing WHERE session_id = $1",

@@ -5,6 +5,7 @@ without QoE (the unmodified @maveio/metrics) stay out of every denominator."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import Any
 
 import asyncpg
@@ -176,11 +177,13 @@ async def test_a_final_summary_outlives_its_raw_events(server: Server, conn: asy
     (row,) = await sessions_for(conn, key)
     body = {"query": {"key": key}, "interval": "1 day", "timeframe": "1 day"}
     before = httpx.post(f"{server.http}/api/v1/qoe", auth=AUTH, json=body).json()
-    await conn.execute("UPDATE events SET at = at - interval '40 days' WHERE session_id = $1",
-                       row["id"])
     pool = await db.create_pool(database_url, min_size=1, max_size=1)
     try:
-        await session_store.apply_retention(pool, 0, 30)
+        assert await session_store.drop_raw_events(pool, 30) == 0  # too young
+        later = row["started_at"] + dt.timedelta(days=31)  # as if a month had passed
+        assert await session_store.drop_raw_events(pool, 30, now=later) >= 1
+        assert await conn.fetchval("SELECT events FROM sessions WHERE id = $1", row["id"]) \
+            is None
     finally:
         await pool.close()
     one = httpx.get(f"{server.http}/api/v1/sessions/{row['id']}", auth=AUTH).json()

@@ -26,7 +26,7 @@ from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from app import sketch
-from tests.conftest import AUTH, Server, free_port
+from tests.conftest import AUTH, Server, event_names, free_port
 from tests.test_e2e_browser import CHROMIUM, E2E, SOCKET_OBSERVER, _run
 from tests.test_ingest_socket import new_key
 
@@ -178,9 +178,7 @@ async def _final(conn: asyncpg.Connection, key: str) -> asyncpg.Record:
         rows = await conn.fetch(
             "SELECT s.* FROM sessions s JOIN videos v ON v.id = s.video_id WHERE v.key = $1",
             key)
-        ended = await conn.fetchval(
-            "SELECT count(*) FROM events e JOIN videos v ON v.id = e.video_id "
-            "WHERE v.key = $1 AND e.name = 'exit'", key)
+        ended = len(rows) == 1 and "exit" in await event_names(conn, rows[0]["id"])
         if len(rows) == 1 and (ended or rows[0]["exited_before_start"] is not None):
             return rows[0]
         assert time.monotonic() < deadline, rows
@@ -203,8 +201,7 @@ async def test_startup_and_rebuffering_match_what_the_page_measured(
     print(f"startup: page {measured['startup']:.0f} ms, stored {row['startup_ms']:.0f} ms; "
           f"stall: page {measured['stalls'][0]:.0f} ms, stored "
           f"{row['rebuffer_seconds'] * 1000:.0f} ms")
-    names = [r["name"] for r in await conn.fetch(
-        "SELECT name FROM events WHERE session_id = $1 ORDER BY at", row["id"])]
+    names = await event_names(conn, row["id"])
     assert names[0] == "play_request" and names[-1] == "exit", names
     assert names.index("first_frame") < names.index("rebuffering_start") \
         < names.index("rebuffering_end"), names

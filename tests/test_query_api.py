@@ -50,7 +50,7 @@ class Data:
                          ended_at=start + dt.timedelta(minutes=5), duration=duration)
         intervals = []
         for a, b in watched or []:
-            intervals.append(IntervalRow(row.id, ref, start, start, a, b, b - a))
+            intervals.append(IntervalRow(row.id, ref, a, b))
             row.watch_seconds += b - a
             row.furthest = max(row.furthest, b)
         ids = await session_store.ensure_videos(self.conn, [ref])

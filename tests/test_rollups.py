@@ -104,7 +104,7 @@ async def _write(conn: asyncpg.Connection, key: str, specs: list[dict[str, Any]]
                 quality["exited"] and quality["failure"] is None)
             # what the first snapshot knew: requested, nothing measured yet
             row.qoe = rollups.Qoe() if spec["incremental"] else final_qoe
-        intervals = [IntervalRow(row.id, ref, start, start, a, b, b - a)
+        intervals = [IntervalRow(row.id, ref, a, b)
                      for a, b in (spec["spans"] if row.played else [])]
         loads = [Impression(ref, start - dt.timedelta(seconds=30 * n), spec["browser"],
                             spec["platform"], spec["device"], spec["page"], None)

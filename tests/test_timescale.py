@@ -33,7 +33,7 @@ async def test_hypertables_and_continuous_aggregate(ts: asyncpg.Connection) -> N
     assert await timescale.is_enabled(ts)
     names = {r[0] for r in await ts.fetch(
         "SELECT hypertable_name FROM timescaledb_information.hypertables")}
-    assert {"sessions", "watch_intervals", "events"} <= names
+    assert {"sessions", "impressions"} <= names
     caggs = {r[0] for r in await ts.fetch(
         "SELECT view_name FROM timescaledb_information.continuous_aggregates")}
     assert "sessions_hourly" in caggs
@@ -44,8 +44,8 @@ async def test_policies_are_applied_from_settings(ts: asyncpg.Connection) -> Non
     jobs = await ts.fetch("SELECT proc_name, hypertable_name FROM timescaledb_information.jobs")
     kinds = {(r["proc_name"], r["hypertable_name"]) for r in jobs}
     assert ("policy_compression", "sessions") in kinds
-    assert ("policy_retention", "events") in kinds
     assert ("policy_retention", "sessions") in kinds
+    assert ("policy_retention", "impressions") in kinds
     await timescale.apply_policies(ts, Settings(retention_days=0))  # idempotent, and removable
     jobs = await ts.fetch("SELECT proc_name, hypertable_name FROM timescaledb_information.jobs")
     assert ("policy_retention", "sessions") not in {(r[0], r[1]) for r in jobs}

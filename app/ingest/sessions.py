@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from app.ingest.agents import Device
+from app.model import EVENT_NAMES, PAYLOAD_NUMBERS, PAYLOAD_TEXTS
 from app.storage.rollups import Qoe
 from app.storage.session_store import (
     Ended,
@@ -29,17 +30,10 @@ from app.storage.session_store import (
 )
 from app.values import UnsafeValue, check_json, check_text
 
-# Event names the legacy (0.0.x) and current clients send; anything else is refused.
-LEGACY_EVENTS = frozenset({
-    "play", "pause", "seeked", "seeking", "ratechange", "volumechange", "durationchange",
-    "loadedmetadata", "loadeddata", "canplay", "canplaythrough", "playing", "waiting",
-    "ended", "timeupdate", "rebuffering_start", "rebuffering_end", "playback_failure",
-    "fullscreen_enter", "fullscreen_exit", "source_set", "track_set",
-})
-# What the first-party client (/client/vidmetrics.js) adds: playback requested, the first
-# frame on screen, a rendition change, a clean exit (pagehide). See docs/protocol.md.
-QOE_EVENTS = frozenset({"play_request", "first_frame", "rendition", "exit"})
-EVENTS = LEGACY_EVENTS | QOE_EVENTS
+# Event names the legacy (0.0.x) and current clients send (app.model.EVENT_NAMES; the
+# first-party client adds play_request, first_frame, rendition and exit, see
+# docs/protocol.md); anything else is refused.
+EVENTS = frozenset(EVENT_NAMES)
 # Events that begin a session when none has begun: playback started (`play`, a play), or
 # a view that may never start (`play_request`, `playback_failure`).
 STARTERS = frozenset({"play", "play_request", "playback_failure"})
@@ -65,9 +59,8 @@ MAX_PLAYBACK_RATE = 16.0
 WATCH_SLACK_SECONDS = 10.0
 # The fields of an event payload that the protocol defines; anything else a client sends
 # is dropped before storage (never stored verbatim). Numbers may arrive as numeric strings.
-NUMBER_FIELDS = ("duration", "from", "to", "timestamp", "rate", "playbackRate", "volume",
-                 "ms", "code", "width", "height", "br", "pr", "at")
-TEXT_FIELDS = {"language": 35}
+NUMBER_FIELDS = PAYLOAD_NUMBERS
+TEXT_FIELDS = dict(PAYLOAD_TEXTS)
 _SESSION_TOPIC = re.compile(r"^session:[A-Za-z0-9_\-:.]{1,128}$")
 
 
@@ -403,7 +396,8 @@ class ViewingSession:
 
     def _event(self, at: dt.datetime, name: str, payload: dict[str, Any]) -> EventRow:
         assert self.row is not None
-        return EventRow(self.row.id, self.row.video, at, name, payload or None)
+        return EventRow(self.row.id, self.row.video, self.row.started_at, at, name,
+                        payload or None)
 
     def _snapshot(self, now: dt.datetime) -> SessionRow:
         assert self.row is not None
@@ -429,6 +423,5 @@ class ViewingSession:
         if end > current.media_from:
             self.row.watch_seconds += end - current.media_from
             self.row.furthest = max(self.row.furthest, end)
-            ops.append(IntervalRow(self.row.id, self.row.video, self.row.started_at,
-                                   current.wall_start, current.media_from, end, elapsed))
+            ops.append(IntervalRow(self.row.id, self.row.video, current.media_from, end))
         return ops

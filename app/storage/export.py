@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 
 from app.model import Selection, Window
+from app.storage import timeline
 from app.storage.rollups import Qoe, qoe_of
 from app.storage.stats import Params, session_filters
 
@@ -94,14 +95,13 @@ _COLUMNS = """
     s.id, s.started_at, s.ended_at, v.identifier, v.metadata, s.browser, s.platform,
     s.device, s.page, s.duration, s.watch_seconds, s.furthest, s.played, s.qoe, s.startup_ms,
     s.rebuffer_count, s.rebuffer_seconds, s.seek_count, s.seek_ms, s.failure,
-    s.failed_before_start, s.exited_before_start,
-    ARRAY(SELECT ARRAY[i.media_from, i.media_to] FROM watch_intervals i
-           WHERE i.session_id = s.id AND i.session_started_at = s.started_at) AS spans
+    s.failed_before_start, s.exited_before_start, s.islands
 """
 
 
 def _summary(row: asyncpg.Record) -> Summary:
-    spans = [(float(a), float(b)) for a, b in (row["spans"] or [])]
+    islands = row["islands"] or []
+    spans = [(float(islands[i]), float(islands[i + 1])) for i in range(0, len(islands) - 1, 2)]
     return Summary(row["id"], row["started_at"], row["ended_at"], row["identifier"],
                    row["metadata"], row["browser"], row["platform"], row["device"], row["page"],
                    row["duration"], row["watch_seconds"], row["furthest"], merge_ranges(spans),
@@ -207,10 +207,9 @@ async def one_session(conn: asyncpg.Connection, session_id: int,
                       ) -> tuple[Summary, list[EventEntry]] | None:
     """A session's summary and every stored raw event in order (None: no such session)."""
     row = await conn.fetchrow(
-        f"SELECT {_COLUMNS} FROM sessions s JOIN videos v ON v.id = s.video_id "
+        f"SELECT {_COLUMNS}, s.events FROM sessions s JOIN videos v ON v.id = s.video_id "
         f"WHERE s.id = $1", session_id)
     if row is None:
         return None
-    events = await conn.fetch(
-        "SELECT at, name, payload FROM events WHERE session_id = $1 ORDER BY at", session_id)
-    return _summary(row), [EventEntry(e["at"], e["name"], e["payload"]) for e in events]
+    return _summary(row), [EventEntry(at, name, payload) for at, name, payload
+                           in timeline.decode(row["events"], row["started_at"])]

@@ -495,9 +495,10 @@ def state_of(row: Any, islands: tuple[float, ...] | None = None) -> State:
 
 
 async def backfill(conn: asyncpg.Connection, progress: Any = None, chunk: int = 5000) -> int:
-    """Fill the rollups and `sessions.islands` from the stored sessions, once (after the
-    migration that created them). Sessions are locked against writes meanwhile, so nothing
-    is counted twice. Returns the number of sessions walked (0: nothing to do)."""
+    """Fill the rollups from the stored sessions, once (after the migration that created
+    them; migration 0007 fills any missing islands first). Sessions are locked against
+    writes meanwhile, so nothing is counted twice. Returns the number of sessions walked
+    (0: nothing to do)."""
     pending = await conn.fetchval(
         "SELECT 1 FROM rollup_state WHERE name = 'backfill' AND done_at IS NULL")
     if not pending:
@@ -519,30 +520,11 @@ async def backfill(conn: asyncpg.Connection, progress: Any = None, chunk: int = 
         if progress is not None:
             progress.reset(total=total)
         cursor = await conn.cursor(
-            f"""
-            SELECT {STATE_COLUMNS},
-                   ARRAY(SELECT ARRAY[i.media_from, i.media_to] FROM watch_intervals i
-                          WHERE i.session_id = s.id AND i.session_started_at = s.started_at)
-                       AS spans
-              FROM sessions s JOIN videos v ON v.id = s.video_id
-            """)
+            f"SELECT {STATE_COLUMNS} FROM sessions s JOIN videos v ON v.id = s.video_id")
         while rows := await cursor.fetch(chunk):
             deltas = Deltas()
-            islands, distinct = [], []
             for r in rows:
-                merged = merge_islands(None, [(a, b) for a, b in r["spans"] or []])
-                islands.append("{" + ",".join(map(repr, merged)) + "}")
-                state = state_of(r, tuple(merged))
-                deltas.add(state, +1)
-                distinct.append(state.distinct_seconds)
-            await conn.execute(
-                """
-                UPDATE sessions s SET islands = u.i::float8[], distinct_seconds = u.d
-                  FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::float8[])
-                       AS u(id, t, i, d)
-                 WHERE s.id = u.id AND s.started_at = u.t
-                """, [r["id"] for r in rows], [r["started_at"] for r in rows], islands,
-                distinct)
+                deltas.add(state_of(r), +1)
             await deltas.write(conn)
             walked += len(rows)
             if progress is not None:

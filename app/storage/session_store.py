@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from app.storage import rollups
+from app.storage import rollups, timeline
 from app.storage.tables import SESSION_ID_BLOCK
 
 
@@ -84,19 +84,21 @@ QOE_SESSION_COLUMNS = ["qoe", "startup_ms", "rebuffer_count", "rebuffer_seconds"
 
 @dataclass(slots=True)  # not frozen: built for every event, and frozen costs
 class IntervalRow:
+    """A media range watched; merged into the session's islands as it is written."""
+
     session_id: int
     video: VideoRef
-    session_started_at: dt.datetime
-    started_at: dt.datetime
     media_from: float
     media_to: float
-    elapsed: float
 
 
 @dataclass(slots=True)  # not frozen: built for every event, and frozen costs
 class EventRow:
+    """A raw event, appended to its session's packed timeline (app/storage/timeline.py)."""
+
     session_id: int
     video: VideoRef
+    session_started_at: dt.datetime
     at: dt.datetime
     name: str
     payload: dict[str, Any] | None
@@ -177,18 +179,6 @@ async def _resolve_videos(conn: asyncpg.Connection, refs: dict[tuple[str, str], 
     return {(r["key"], r["identity"]): r["id"] for r in rows}
 
 
-async def _copy_intervals(conn: asyncpg.Connection, rows: list[IntervalRow],
-                          vid: Callable[[VideoRef], int]) -> None:
-    if rows:
-        await conn.copy_records_to_table(
-            "watch_intervals",
-            columns=["session_id", "video_id", "session_started_at", "started_at", "media_from",
-                     "media_to", "elapsed"],
-            records=[(i.session_id, vid(i.video), i.session_started_at, i.started_at,
-                      i.media_from, i.media_to, i.elapsed) for i in rows],
-        )
-
-
 async def _copy_impressions(conn: asyncpg.Connection, rows: list[Impression],
                             vid: Callable[[VideoRef], int], deltas: rollups.Deltas) -> None:
     await conn.copy_records_to_table(
@@ -200,14 +190,15 @@ async def _copy_impressions(conn: asyncpg.Connection, rows: list[Impression],
         deltas.impression(i.video.key, vid(i.video), i.at)
 
 
-async def _copy_events(conn: asyncpg.Connection, rows: list[EventRow],
-                       vid: Callable[[VideoRef], int]) -> None:
-    if rows:
-        await conn.copy_records_to_table(
-            "events",
-            columns=["session_id", "video_id", "at", "name", "payload"],
-            records=[(e.session_id, vid(e.video), e.at, e.name, e.payload) for e in rows],
-        )
+def _timelines(events: list[EventRow]) -> dict[int, tuple[dt.datetime, bytes, int]]:
+    """session id -> (its start, the packed new events, how many), in submission order."""
+    grouped: dict[int, list[EventRow]] = {}
+    for e in events:
+        grouped.setdefault(e.session_id, []).append(e)
+    return {sid: (rows[0].session_started_at,
+                  timeline.encode(((e.at, e.name, e.payload) for e in rows),
+                                  rows[0].session_started_at), len(rows))
+            for sid, rows in grouped.items()}
 
 
 async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
@@ -247,6 +238,7 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
         return known if known is not None else found[(ref.key, ref.identity)]
 
     deltas = rollups.Deltas()
+    timelines = _timelines(events)
     if sessions:
         rows = list(sessions.values())
         # the stored state of these sessions: what they contribute to the rollups now
@@ -272,27 +264,32 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
             distinct.append(state.distinct_seconds)
             deltas.change(rollups.state_of(before) if before else None, state)
         qoe = [r.qoe_columns() for r in rows]
+        packed = [timelines.pop(r.id, None) for r in rows]
         await conn.execute(
             f"""
-            INSERT INTO sessions (id, started_at, video_id, ended_at, browser, platform, device,
-                                  page, session_data, duration, watch_seconds, furthest, islands,
-                                  ended, distinct_seconds, played, {", ".join(QOE_SESSION_COLUMNS)})
+            INSERT INTO sessions AS s (id, started_at, video_id, ended_at, browser, platform,
+                                  device, page, session_data, duration, watch_seconds, furthest,
+                                  islands, ended, distinct_seconds, played,
+                                  {", ".join(QOE_SESSION_COLUMNS)}, events, event_count)
             SELECT a, b, c, d, e, f, g, h, i, j, k, l, m::float8[], n, o, p,
-                   q1, q2, q3, q4, q5, q6, q7, q8, q9
+                   q1, q2, q3, q4, q5, q6, q7, q8, q9, ev, evn
               FROM unnest($1::bigint[], $2::timestamptz[], $3::bigint[], $4::timestamptz[],
                           $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[],
                           $10::float8[], $11::float8[], $12::float8[], $13::text[],
                           $14::bool[], $15::float8[], $16::bool[], $17::bool[], $18::float8[],
                           $19::int[], $20::float8[], $21::int[], $22::float8[], $23::int2[],
-                          $24::bool[], $25::bool[])
+                          $24::bool[], $25::bool[], $26::bytea[], $27::int[])
                    AS u(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p,
-                        q1, q2, q3, q4, q5, q6, q7, q8, q9)
+                        q1, q2, q3, q4, q5, q6, q7, q8, q9, ev, evn)
             ON CONFLICT (id, started_at) DO UPDATE SET
                 ended_at = EXCLUDED.ended_at, duration = EXCLUDED.duration,
                 watch_seconds = EXCLUDED.watch_seconds, furthest = EXCLUDED.furthest,
                 islands = EXCLUDED.islands, ended = EXCLUDED.ended,
                 distinct_seconds = EXCLUDED.distinct_seconds, played = EXCLUDED.played,
-                {", ".join(f"{c} = EXCLUDED.{c}" for c in QOE_SESSION_COLUMNS)}
+                {", ".join(f"{c} = EXCLUDED.{c}" for c in QOE_SESSION_COLUMNS)},
+                events = CASE WHEN EXCLUDED.events IS NULL THEN s.events
+                              ELSE coalesce(s.events, ''::bytea) || EXCLUDED.events END,
+                event_count = s.event_count + EXCLUDED.event_count
             """,
             [r.id for r in rows], [r.started_at for r in rows], [vid(r.video) for r in rows],
             [r.ended_at for r in rows], [r.browser for r in rows], [r.platform for r in rows],
@@ -300,12 +297,13 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
             [r.duration for r in rows], [r.watch_seconds for r in rows],
             [r.furthest for r in rows], islands, [r.ended for r in rows], distinct,
             [r.played for r in rows], *[[q[i] for q in qoe] for i in range(9)],
+            [p[1] if p else None for p in packed], [p[2] if p else 0 for p in packed],
         )
+    if timelines:  # events of sessions without a snapshot in this batch
+        await append_events(conn, timelines)
     if impressions:
         await _copy_impressions(conn, impressions, vid, deltas)
     await deltas.write(conn)
-    await _copy_intervals(conn, intervals, vid)
-    await _copy_events(conn, events, vid)
     starting = [p for p in presence.values() if p.playing]
     stopping = [p.session_id for p in presence.values() if not p.playing]
     if starting:
@@ -331,6 +329,19 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
             [e.session_id for e in ended], [e.session_started_at for e in ended],
         )
     return found
+
+
+async def append_events(conn: asyncpg.Connection,
+                        timelines: dict[int, tuple[dt.datetime, bytes, int]]) -> None:
+    """Append packed events to the timelines of existing sessions."""
+    await conn.execute(
+        """
+        UPDATE sessions s SET events = coalesce(s.events, ''::bytea) || u.ev,
+                              event_count = s.event_count + u.n
+          FROM unnest($1::bigint[], $2::timestamptz[], $3::bytea[], $4::int[]) AS u(id, t, ev, n)
+         WHERE s.id = u.id AND s.started_at = u.t
+        """, list(timelines), [t[0] for t in timelines.values()],
+        [t[1] for t in timelines.values()], [t[2] for t in timelines.values()])
 
 
 async def touch_playing(conn: asyncpg.Connection | asyncpg.Pool, session_ids: list[int]) -> None:
@@ -363,37 +374,67 @@ async def copy_rows(conn: asyncpg.Connection, ids: dict[tuple[str, str], int],
     for i in intervals:
         spans.setdefault(i.session_id, []).append((i.media_from, i.media_to))
     deltas = rollups.Deltas() if pending is None else pending
+    timelines = _timelines(events)
     records = []
     for s in sessions:
         merged = rollups.merge_islands(None, spans.get(s.id, ()))
         video_id = vid(s.video)
         state = s.state(video_id, tuple(merged))
         deltas.add(state, +1)
+        packed = timelines.pop(s.id, None)
         records.append((s.id, s.started_at, video_id, s.ended_at, s.browser, s.platform,
                         s.device, s.page, s.session_data, s.duration, s.watch_seconds,
                         s.furthest, merged, s.ended, state.distinct_seconds, s.played,
-                        *s.qoe_columns()))
+                        *s.qoe_columns(), packed[1] if packed else None,
+                        packed[2] if packed else 0))
     await conn.copy_records_to_table(
         "sessions",
         columns=["id", "started_at", "video_id", "ended_at", "browser", "platform", "device",
                  "page", "session_data", "duration", "watch_seconds", "furthest", "islands",
-                 "ended", "distinct_seconds", "played", *QOE_SESSION_COLUMNS],
+                 "ended", "distinct_seconds", "played", *QOE_SESSION_COLUMNS, "events",
+                 "event_count"],
         records=records,
     )
+    if timelines:
+        await append_events(conn, timelines)
     if impressions:
         await _copy_impressions(conn, impressions, vid, deltas)
-    await _copy_intervals(conn, intervals, vid)
-    await _copy_events(conn, events, vid)
     if pending is None:
         await deltas.write(conn)
 
 
+RAW_DROP_BATCH = 10_000  # sessions per UPDATE when raw events expire (short row locks)
+
+
+async def drop_raw_events(pool: asyncpg.Pool, days: int,
+                          now: dt.datetime | None = None) -> int:
+    """Forget the raw events of sessions that started more than `days` before `now`
+    (default: the database's clock; days 0: keep); their summaries, and so every answer,
+    stay. Returns how many timelines were dropped."""
+    dropped = 0
+    while days > 0:
+        async with pool.acquire() as conn:
+            done = await conn.execute(
+                """
+                UPDATE sessions s SET events = NULL
+                  FROM (SELECT id, started_at FROM sessions
+                         WHERE started_at < coalesce($3, now()) - make_interval(days => $1)
+                           AND events IS NOT NULL LIMIT $2) old
+                 WHERE s.id = old.id AND s.started_at = old.started_at
+                """, days, RAW_DROP_BATCH, now)
+        count = int(done.split()[-1])
+        dropped += count
+        if count < RAW_DROP_BATCH:
+            break
+    return dropped
+
+
 async def apply_retention(pool: asyncpg.Pool, days: int, raw_event_days: int) -> None:
-    """Delete data older than the retention settings (0 keeps forever)."""
+    """Delete data older than the retention settings (0 keeps forever); on TimescaleDB
+    its retention policies do the deleting, and only drop_raw_events runs."""
+    await drop_raw_events(pool, raw_event_days)
     async with pool.acquire() as conn:
         if days > 0:
-            await conn.execute("DELETE FROM watch_intervals "
-                               "WHERE session_started_at < now() - make_interval(days => $1)", days)
             await conn.execute("DELETE FROM sessions "
                                "WHERE started_at < now() - make_interval(days => $1)", days)
             # rollup buckets wholly before the horizon (the query clamps to it anyway)
@@ -403,6 +444,3 @@ async def apply_retention(pool: asyncpg.Pool, days: int, raw_event_days: int) ->
                 await conn.execute(
                     f"DELETE FROM {table} WHERE bucket < now() - make_interval(days => $1) "
                     "- interval '15 minutes'", days)
-        if raw_event_days > 0:
-            await conn.execute("DELETE FROM events WHERE at < now() - make_interval(days => $1)",
-                               raw_event_days)

@@ -524,7 +524,7 @@ async def engagement(conn: asyncpg.Connection, q: EngagementQuery,
 
     From the engagement rollup when every selected session reported the same duration
     (the usual case for one video) and `ranges` is one the rollup keeps; the window's
-    partial edges, and everything else, from the raw intervals.
+    partial edges, and everything else, from the sessions' watched ranges.
     """
     inner = _inner(q.window)
     if (use_rollups and inner is not None and q.ranges in rollups.ENGAGEMENT_RANGES
@@ -568,60 +568,49 @@ async def engagement(conn: asyncpg.Connection, q: EngagementQuery,
 
 async def _engagement_raw(conn: asyncpg.Connection, q: EngagementQuery, window: Window,
                           length: float | None) -> tuple[float | None, dict[int, int]]:
-    """The raw path: from the watch intervals of the sessions started in `window`; the
-    timeline length is `length` if given, else computed from those sessions.
+    """The raw path: from the watched ranges (islands) of the sessions started in `window`;
+    the timeline length is `length` if given, else computed from those sessions.
 
-    Each interval becomes a span of range indexes; a session's overlapping spans are merged
-    (gaps and islands), so every range is covered at most once per session. Viewers per
-    range are then a running sum of +1/-1 at span edges: no per-range expansion, no
-    DISTINCT, linear in the number of intervals.
+    Each island becomes a span of range indexes, first = floor(from / (L / R)) and
+    last = ceil(to / (L / R)) - 1, clamped to [0, R). A session's islands are sorted and
+    disjoint, so its spans are sorted too and can overlap only the one before: each span
+    counts from just past the previous one's last. Viewers per range are then a running
+    sum of +1/-1 at span edges: one row per island, no window functions, no DISTINCT.
     """
     p = Params()
     where = session_filters(q.selection, window, p)
     where.append("s.played")
-    start, end = p.add(window.start, "timestamptz"), p.add(window.end, "timestamptz")
     ranges = p.add(q.ranges, "int")
     total = ("SELECT coalesce(max(duration), max(furthest)) AS total FROM sel" if length is None
              else f"SELECT {p.add(length, 'float8')} AS total")
     rows = await conn.fetch(
         f"""
         WITH sel AS MATERIALIZED (
-            SELECT s.id, s.started_at, s.duration, s.furthest
+            SELECT s.islands, s.duration, s.furthest
               FROM sessions s
              WHERE {' AND '.join(where)}
         ), len AS (
             {total}
         ), spans AS (
-            SELECT i.session_id,
-                   greatest(0, floor(i.media_from / (len.total / {ranges})))::int AS first,
-                   least({ranges} - 1,
-                         ceil(i.media_to / (len.total / {ranges}))::int - 1) AS last
-              FROM watch_intervals i
-              JOIN sel ON sel.id = i.session_id AND sel.started_at = i.session_started_at
-             CROSS JOIN len
-             WHERE i.media_to > i.media_from AND len.total > 0
-               -- the same time range as sel: lets TimescaleDB skip (and not decompress)
-               -- chunks outside it; on plain PostgreSQL it narrows the index scan
-               AND i.session_started_at >= {start} AND i.session_started_at < {end}
-        ), ordered AS (
-            SELECT session_id, first, last,
-                   max(last) OVER (PARTITION BY session_id ORDER BY first, last
-                                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
-              FROM spans WHERE last >= first
-        ), islands AS (
-            SELECT session_id, first, last,
-                   count(*) FILTER (WHERE reach IS NULL OR first > reach)
-                       OVER (PARTITION BY session_id ORDER BY first, last) AS island
-              FROM ordered
-        ), merged AS (
-            SELECT min(first) AS first, max(last) AS last
-              FROM islands GROUP BY session_id, island
+            SELECT greatest(0, floor(sel.islands[2 * k - 1] / (len.total / {ranges})))::int
+                       AS first,
+                   least({ranges} - 1, ceil(sel.islands[2 * k] / (len.total / {ranges}))::int - 1)
+                       AS last,
+                   CASE WHEN k = 1 THEN -1 ELSE least(
+                       {ranges} - 1,
+                       ceil(sel.islands[2 * k - 2] / (len.total / {ranges}))::int - 1) END
+                       AS before
+              FROM sel CROSS JOIN len,
+                   generate_series(1, coalesce(cardinality(sel.islands), 0) / 2) AS k
+             WHERE len.total > 0
+        ), pieces AS (
+            SELECT greatest(first, before + 1) AS first, last FROM spans
         )
         SELECT -1 AS edge, 0::bigint AS delta, (SELECT total FROM len) AS total
         UNION ALL
-        SELECT first, count(*), NULL FROM merged GROUP BY first
+        SELECT first, count(*), NULL FROM pieces WHERE last >= first GROUP BY first
         UNION ALL
-        SELECT last + 1, -count(*), NULL FROM merged GROUP BY last + 1
+        SELECT last + 1, -count(*), NULL FROM pieces WHERE last >= first GROUP BY last + 1
         """,
         *p.values,
     )

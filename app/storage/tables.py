@@ -1,8 +1,9 @@
 """The schema as SQLAlchemy MetaData: what the migrations build, and what a test checks
 them against.
 
-Time-series tables (sessions, watch_intervals, events) carry their partitioning time
-column in every unique key so that TimescaleDB can turn them into hypertables.
+Time-series tables (sessions, impressions) carry their partitioning time column in every
+unique key so that TimescaleDB can turn them into hypertables. A session's watched ranges
+(`islands`) and raw events (`events`) live in its own row: no table of intervals or events.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     Sequence,
@@ -103,34 +105,13 @@ sessions = Table(
     Column("failure", SmallInteger, nullable=True),  # MediaError code, 0 if unknown
     Column("failed_before_start", Boolean, nullable=True),
     Column("exited_before_start", Boolean, nullable=True),
+    # the raw events, packed (app/storage/timeline.py); NULL once older than
+    # METRICS_RAW_EVENTS_RETENTION_DAYS. event_count: events received, kept after that.
+    Column("events", LargeBinary, nullable=True),
+    Column("event_count", Integer, nullable=False, server_default=text("0")),
     PrimaryKeyConstraint("id", "started_at", name="sessions_pkey"),
     Index("sessions_video_started_idx", "video_id", "started_at"),
     Index("sessions_started_idx", "started_at"),
-)
-
-watch_intervals = Table(
-    "watch_intervals",
-    metadata,
-    Column("session_id", BigInteger, nullable=False),
-    Column("video_id", BigInteger, nullable=False),
-    Column("session_started_at", DateTime(timezone=True), nullable=False),
-    Column("started_at", DateTime(timezone=True), nullable=False),
-    Column("media_from", Float, nullable=False),
-    Column("media_to", Float, nullable=False),
-    Column("elapsed", Float, nullable=False),
-    Index("watch_intervals_video_idx", "video_id", "session_started_at"),
-    Index("watch_intervals_session_idx", "session_id"),
-)
-
-events = Table(
-    "events",
-    metadata,
-    Column("session_id", BigInteger, nullable=False),
-    Column("video_id", BigInteger, nullable=False),
-    Column("at", DateTime(timezone=True), nullable=False),
-    Column("name", Text, nullable=False),
-    Column("payload", JSONB, nullable=True),
-    Index("events_session_idx", "session_id", "at"),
 )
 
 # Sessions playing right now, refreshed by every server process; rows older than the

@@ -86,7 +86,6 @@ async def apply_policies(conn: asyncpg.Connection, settings: Any) -> None:
     """(Re)apply compression, retention and refresh policies from settings."""
     values = {
         ":compress_after": _days(settings.compress_after_days),
-        ":raw_retention": _days(settings.raw_events_retention_days),
         ":retention": _days(settings.retention_days),
     }
     for statement in statements(SQL_DIR / "policies.sql"):
