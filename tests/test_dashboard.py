@@ -15,7 +15,7 @@ import asyncpg
 import httpx
 import pytest
 
-from app.storage import rollups, session_store
+from app.storage import rebuild, session_store
 from app.storage.session_store import Impression, VideoRef
 from tests.conftest import AUTH, PASSWORD, Server
 from tests.test_e2e_browser import CHROMIUM, E2E
@@ -56,7 +56,7 @@ async def seeded(conn: asyncpg.Connection) -> Data:
              FROM videos v WHERE v.id = s.video_id AND v.key = $1 AND s.id % 3 <> 0""",
         data.key)
     await conn.execute("UPDATE rollup_state SET done_at = NULL WHERE name = 'backfill'")
-    await rollups.backfill(conn)
+    await rebuild.backfill(conn)
     return data
 
 

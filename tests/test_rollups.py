@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.model import BucketQuery, EngagementQuery, Selection, Span, Window
-from app.storage import db, key_store, rollups, session_store, stats
+from app.storage import db, key_store, rebuild, rollups, session_store, stats
 from app.storage.session_store import (
     Impression,
     IntervalRow,
@@ -275,17 +275,20 @@ async def test_a_session_still_playing_counts_with_its_current_watch_time(
     await phx.close()
 
 
-async def test_backfill_matches_what_ingest_maintains(conn: asyncpg.Connection) -> None:
-    """Rebuilding the rollups from the sessions gives exactly what was maintained."""
-    tables = ("rollup_plays", "rollup_sources", "rollup_engagement", "rollup_key_plays",
-              "rollup_key_sources", "rollup_qoe", "rollup_key_qoe", "rollup_qoe_hist",
-              "rollup_key_qoe_hist")
+REBUILT = ("rollup_plays", "rollup_sources", "rollup_engagement", "rollup_key_plays",
+           "rollup_key_sources", "rollup_qoe", "rollup_key_qoe", "rollup_qoe_hist",
+           "rollup_key_qoe_hist", "rollup_completion", "rollup_key_completion",
+           "rollup_impressions", "rollup_key_impressions")
 
+
+async def _rollup_snapshot(conn: asyncpg.Connection, key: str) -> list[list[Any]]:
+    """One key's rollup rows that count something, histogram arrays by meaning. (This
+    test process writes shard 0, as a rebuild does; other tests' servers wrote their own
+    keys in other shards.)"""
     def counted(r: asyncpg.Record) -> bool:
-        if "sessions" in r.keys():
-            return bool(r["sessions"])
-        if "views" in r.keys():
-            return bool(r["views"])  # a QoE row, or a histogram row
+        for column in ("sessions", "views", "impressions"):
+            if column in r.keys():
+                return bool(r[column])
         return any(r[c] for c in rollups.REACHED_COLUMNS)
 
     def semantic(array: str) -> str:
@@ -294,24 +297,24 @@ async def test_backfill_matches_what_ingest_maintains(conn: asyncpg.Connection) 
         return (f"(SELECT string_agg(i || ':' || {array}[i], ',' ORDER BY i) "
                 f"FROM generate_subscripts({array}, 1) i WHERE coalesce({array}[i], 0) <> 0)")
 
-    async def snapshot() -> list[list[Any]]:
-        out = []
-        for table in tables:
-            columns = "*"
-            if table in ("rollup_qoe", "rollup_key_qoe"):
-                columns = ", ".join(c for c in (
-                    "video_id" if table == "rollup_qoe" else "key", "bucket", "browser",
-                    "platform", "device", *rollups.QOE_COLUMNS))
-                columns += f", {semantic('startup_hist')}, {semantic('seek_hist')}"
-            # this test's rows only: other tests' servers wrote theirs in other shards,
-            # which the rebuild folds into shard 0
-            mine = ("key = $1" if "_key_" in table
-                    else "video_id IN (SELECT id FROM videos WHERE key = $1)")
-            rows = await conn.fetch(
-                f"SELECT {columns} FROM {table} WHERE {mine} ORDER BY 1, 2, 3", key)
-            out.append(sorted(tuple(round(v, 6) if isinstance(v, float) else v
-                                    for v in r.values()) for r in rows if counted(r)))
-        return out
+    out = []
+    for table in REBUILT:
+        columns = "*"
+        if table in ("rollup_qoe", "rollup_key_qoe"):
+            columns = ", ".join(c for c in (
+                "video_id" if table == "rollup_qoe" else "key", "bucket", "browser",
+                "platform", "device", *rollups.QOE_COLUMNS))
+            columns += f", {semantic('startup_hist')}, {semantic('seek_hist')}"
+        mine = ("key = $1" if "_key_" in table
+                else "video_id IN (SELECT id FROM videos WHERE key = $1)")
+        rows = await conn.fetch(f"SELECT {columns} FROM {table} WHERE {mine}", key)
+        out.append(sorted(tuple(round(v, 6) if isinstance(v, float) else v
+                                for v in r.values()) for r in rows if counted(r)))
+    return out
+
+
+async def test_backfill_matches_what_ingest_maintains(conn: asyncpg.Connection) -> None:
+    """Rebuilding the rollups from the sessions gives exactly what was maintained."""
     key = "bf-" + secrets.token_hex(4)
     await key_store.insert_key(conn, key)
     specs = [{"offset": i * 4000.0, "video": "abc"[i % 3], "browser": "chrome",
@@ -323,10 +326,56 @@ async def test_backfill_matches_what_ingest_maintains(conn: asyncpg.Connection) 
                   "seek_ms": 40.0 + i, "failure": 4 if i == 5 else None, "exited": i == 7,
                   "played": i not in (5, 7)}} for i in range(12)]
     await _write(conn, key, specs)
-    before = await snapshot()
+    before = await _rollup_snapshot(conn, key)
     await conn.execute("UPDATE rollup_state SET done_at = NULL WHERE name = 'backfill'")
-    assert await rollups.backfill(conn) >= 12
-    assert await snapshot() == before
+    assert await rebuild.backfill(conn)
+    assert await _rollup_snapshot(conn, key) == before
+    assert not await rebuild.backfill(conn)  # once
+
+
+@st.composite
+def edge_specs(draw: st.DrawFn) -> dict[str, Any]:
+    """Sessions on the edges the rollups branch on: watch time exactly at a watch class
+    bound, furthest exactly at a milestone, islands ending exactly on a range edge,
+    startups on histogram bucket edges, durations unknown or zero."""
+    spec = draw(session_specs())
+    duration = draw(st.sampled_from([60.0, 100.0, 10.0, None, 0.0]))
+    ends = draw(st.lists(st.sampled_from([0, 1, 2, 3, 5, 10, 15, 30, 45, 57, 59, 60, 75, 95,
+                                          99, 100]), min_size=0, max_size=3))
+    spans, at = [], 0.0
+    for end in ends:
+        if end > at:
+            spans.append((at, float(end)))
+        at = float(end) + draw(st.sampled_from([0.0, 0.0, 2.0]))
+    if duration:
+        spans = [(min(a, duration), min(b, duration)) for a, b in spans]
+    spec.update(duration=duration, spans=spans)
+    if spec["qoe"] is not None:
+        spec["qoe"]["startup"] = draw(st.none() | st.sampled_from(
+            [0.0, 1.0, 1.1, 1.21, 999.9, 1000.0, 600_000.0, 700_000.0]))
+    return spec
+
+
+@settings(max_examples=20, deadline=None, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(specs=st.lists(st.one_of(session_specs(), edge_specs()), min_size=1, max_size=20))
+def test_a_rebuild_equals_what_ingest_maintained(any_database: str,
+                                                 specs: list[dict[str, Any]]) -> None:
+    """The set-based SQL rebuild (seed, backfill) and the writer's deltas agree on every
+    rollup row, random sessions and edge cases alike."""
+    async def run() -> None:
+        conn = await db.connect(any_database)
+        try:
+            key = "rb-" + secrets.token_hex(6)
+            await key_store.insert_key(conn, key)
+            await _write(conn, key, specs)
+            before = await _rollup_snapshot(conn, key)
+            async with conn.transaction():
+                await rebuild.rebuild(conn)
+            assert await _rollup_snapshot(conn, key) == before
+        finally:
+            await conn.close()
+    asyncio.run(run())
 
 
 async def test_writers_in_different_shards_add_up(database_url: str) -> None:

@@ -53,15 +53,14 @@ def migrate(url: str, revision: str = "head", *, progress: bool = False) -> None
 async def _backfill(url: str, progress: bool) -> None:
     from tqdm import tqdm
 
-    from app.storage import rollups
+    from app.storage import rebuild
 
     conn = await connect(url)
     try:
-        with tqdm(unit="session", desc="rollups", disable=not progress, file=sys.stderr,
+        with tqdm(unit="table", desc="rollups", disable=not progress, file=sys.stderr,
                   leave=False) as bar:
-            walked = await rollups.backfill(conn, bar)
-        if walked:
-            log.info("rollups backfilled from %d sessions", walked)
+            if await rebuild.backfill(conn, bar):
+                log.info("rollups rebuilt from the stored sessions")
     finally:
         await conn.close()
 

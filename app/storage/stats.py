@@ -592,13 +592,15 @@ async def _engagement_raw(conn: asyncpg.Connection, q: EngagementQuery, window: 
         ), len AS (
             {total}
         ), spans AS (
-            SELECT greatest(0, floor(sel.islands[2 * k - 1] / (len.total / {ranges})))::int
-                       AS first,
-                   least({ranges} - 1, ceil(sel.islands[2 * k] / (len.total / {ranges}))::int - 1)
+            -- clamped in float8 before the cast: a range far past the length (a duration
+            -- that shrank) must not overflow int
+            SELECT least({ranges}, greatest(0, floor(sel.islands[2 * k - 1]
+                                                     / (len.total / {ranges}))))::int AS first,
+                   least({ranges} - 1, ceil(sel.islands[2 * k] / (len.total / {ranges})) - 1)::int
                        AS last,
                    CASE WHEN k = 1 THEN -1 ELSE least(
                        {ranges} - 1,
-                       ceil(sel.islands[2 * k - 2] / (len.total / {ranges}))::int - 1) END
+                       ceil(sel.islands[2 * k - 2] / (len.total / {ranges})) - 1)::int END
                        AS before
               FROM sel CROSS JOIN len,
                    generate_series(1, coalesce(cardinality(sel.islands), 0) / 2) AS k
