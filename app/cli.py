@@ -8,10 +8,8 @@ import contextlib
 import dataclasses
 import datetime as dt
 import getpass
-import itertools
 import logging
 import os
-import random
 import secrets
 import signal
 import sys
@@ -23,7 +21,6 @@ import orjson
 from app.settings import Settings, SettingsError, from_env
 
 log = logging.getLogger("vidmetrics")
-SEED_ROLLUP_KEYS = 300_000  # rollup deltas a seed run holds before writing them
 
 
 class _JsonFormatter(logging.Formatter):
@@ -274,52 +271,37 @@ def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from app import seed
-    from app.storage import db, key_store, rollups, session_store
+    from app.storage import db, key_store, session_store, synthetic
 
-    async def run(url: str) -> tuple[int, int, int]:
-        conn = await db.connect(url)
+    async def run(url: str) -> int:
+        # two connections fill chunks side by side (PostgreSQL does the work)
+        conns = [await db.connect(url) for _ in range(min(2, os.cpu_count() or 1))]
+        conn = conns[0]
         try:
             if args.key not in {k.key for k in await key_store.list_keys(conn)}:
                 await key_store.insert_key(conn, args.key)
             refs = seed.videos(args.key, args.videos)
             ids = await session_store.ensure_videos(conn, refs)
             end = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-            rng = random.Random(args.seed)
-
-            # plays, plus the views that never started (a few per hundred): ids to spare
-            blocks = [await session_store.reserve_session_ids(conn)
-                      for _ in range(-(-int(args.sessions * 1.1) // seed.CHUNK) + 2)]
-            ids_iter = itertools.chain.from_iterable(blocks)
-            totals = [0, 0, 0]
-            bar = tqdm(total=args.sessions, unit="session", disable=args.quiet, file=sys.stderr)
-            pending = rollups.Deltas()  # rollup deltas, written in large batches
-            for chunk in seed.generate(rng, refs, ids_iter, args.sessions, args.days, end):
-                async with conn.transaction():
-                    await session_store.copy_rows(conn, ids, chunk.sessions, chunk.intervals,
-                                                  chunk.events, pending, chunk.impressions)
-                    if len(pending) > SEED_ROLLUP_KEYS:
-                        await pending.write(conn)
-                        pending = rollups.Deltas()
-                plays = sum(1 for s in chunk.sessions if s.played)
-                totals[0] += plays
-                totals[1] += len(chunk.intervals)
-                totals[2] += len(chunk.events)
-                bar.update(plays)
-            async with conn.transaction():
-                await pending.write(conn)
-            bar.close()
+            with tqdm(total=args.sessions, unit="session", disable=args.quiet,
+                      file=sys.stderr) as bar:
+                events = await synthetic.seed(
+                    conns, seed.MODEL, sessions=args.sessions, days=args.days, end=end,
+                    seed_value=args.seed, video_ids=[ids[(r.key, r.identity)] for r in refs],
+                    durations=seed.durations(args.seed, args.videos), progress=bar.update)
             await conn.execute("ANALYZE")  # fresh statistics for the planner
-            return totals[0], totals[1], totals[2]
+            return events
         finally:
-            await conn.close()
+            for c in conns:
+                await c.close()
 
     started = time.perf_counter()
     with database(settings) as url:
-        n_sessions, n_intervals, n_events = asyncio.run(run(url))
+        n_events = asyncio.run(run(url))
     took = time.perf_counter() - started
-    print(f"seeded {n_sessions} sessions, {n_intervals} watch intervals, {n_events} events "
-          f"for {args.videos} videos over {args.days} days under key {args.key!r} "
-          f"in {took:.1f}s ({n_sessions / took:,.0f} sessions/s)")
+    print(f"seeded {args.sessions} sessions, {n_events} events for {args.videos} videos "
+          f"over {args.days} days under key {args.key!r} in {took:.1f}s "
+          f"({args.sessions / took:,.0f} sessions/s)")
     return 0
 
 

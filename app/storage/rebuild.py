@@ -25,6 +25,8 @@ from app.storage.rollups import (
     COMPLETION_COLUMNS,
     ENGAGEMENT_RANGES,
     GRAIN_SECONDS,
+    KEYS,
+    MERGED,
     MILESTONES,
     QOE_COLUMNS,
     QOE_GRAIN_SECONDS,
@@ -32,10 +34,12 @@ from app.storage.rollups import (
     ROLLUP_TABLES,
     SEEK,
     STARTUP,
+    SUMS,
     UNKNOWN_DURATION,
     WATCH_BOUNDS,
 )
 
+WORK_MEM = "256MB"  # for the rebuild's transaction only
 # (table, the owner column as selected, the join that provides it)
 OWNERS = (("", "s.video_id", ""), ("key_", "v.key", "JOIN videos v ON v.id = s.video_id"))
 
@@ -65,7 +69,7 @@ def _histogram_index(ms: str) -> str:
             f"{sketch.MAX_MS!r}::float8)) / ln({sketch.GAMMA!r}::float8))::int END)")
 
 
-def _plays(prefix: str, owner: str, join: str) -> str:
+def _plays(prefix: str, owner: str, join: str, src: str) -> str:
     classes = [f"count(*) FILTER (WHERE {BROWSER} = '{b}')" for b in BROWSERS] \
         + [f"count(*) FILTER (WHERE {PLATFORM} = '{p}')" for p in PLATFORMS] \
         + [f"count(*) FILTER (WHERE {DEVICE} = '{d}')" for d in DEVICES]
@@ -74,20 +78,20 @@ def _plays(prefix: str, owner: str, join: str) -> str:
                                           sessions, watch_seconds, {", ".join(BREAKDOWN_COLUMNS)})
         SELECT {owner}, {_bucket(GRAIN_SECONDS)}, {WATCH_CLASS}, count(*), sum(s.watch_seconds),
                {", ".join(classes)}
-          FROM sessions s {join} WHERE s.played GROUP BY 1, 2, 3"""
+          FROM {src} s {join} WHERE s.played GROUP BY 1, 2, 3"""
 
 
-def _sources(prefix: str, owner: str, join: str) -> str:
+def _sources(prefix: str, owner: str, join: str, src: str) -> str:
     reached = [f"count(*) FILTER (WHERE {WATCH_CLASS} >= {k})"
                for k in range(len(REACHED_COLUMNS))]
     return f"""
         INSERT INTO rollup_{prefix}sources ({"key" if prefix else "video_id"}, bucket, page,
                                             {", ".join(REACHED_COLUMNS)})
         SELECT {owner}, {_bucket(GRAIN_SECONDS)}, s.page, {", ".join(reached)}
-          FROM sessions s {join} WHERE s.played AND s.page IS NOT NULL GROUP BY 1, 2, 3"""
+          FROM {src} s {join} WHERE s.played AND s.page IS NOT NULL GROUP BY 1, 2, 3"""
 
 
-def _completion(prefix: str, owner: str, join: str) -> str:
+def _completion(prefix: str, owner: str, join: str, src: str) -> str:
     ratio = "s.furthest / s.duration"
     counts = ["count(*)", f"count(*) FILTER (WHERE {KNOWN})",
               *[f"count(*) FILTER (WHERE {KNOWN} AND {ratio} >= {m / 100!r}::float8)"
@@ -100,10 +104,10 @@ def _completion(prefix: str, owner: str, join: str) -> str:
         SELECT {owner}, {_bucket(GRAIN_SECONDS)}, {WATCH_CLASS}, {DEVICE}, {", ".join(counts)},
                coalesce(sum(least(1::float8, s.distinct_seconds / s.duration))
                         FILTER (WHERE {KNOWN}), 0)
-          FROM sessions s {join} WHERE s.played GROUP BY 1, 2, 3, 4"""
+          FROM {src} s {join} WHERE s.played GROUP BY 1, 2, 3, 4"""
 
 
-def _qoe(prefix: str, owner: str, join: str) -> str:
+def _qoe(prefix: str, owner: str, join: str, src: str) -> str:
     latency = "(s.seek_ms / nullif(s.seek_count, 0))"
     sums = {"views": "count(*)", "startups": "count(s.startup_ms)",
             "watch_seconds": "sum(s.watch_seconds)", "rebuffer_count": "sum(s.rebuffer_count)",
@@ -122,7 +126,7 @@ def _qoe(prefix: str, owner: str, join: str) -> str:
                    s.failure, s.failed_before_start, s.exited_before_start, s.seek_count,
                    {_histogram_index("s.startup_ms")} AS startup_idx,
                    {_histogram_index(latency)} AS seek_idx
-              FROM sessions s {join} WHERE s.qoe
+              FROM {src} s {join} WHERE s.qoe
         ), sums AS (
             SELECT {groups}, {", ".join(sums.values())} FROM q AS s GROUP BY 1, 2, 3, 4, 5
         ), hist AS (  -- per row and histogram bucket: views
@@ -154,19 +158,19 @@ def _prefixed(alias: str, columns: str) -> str:
     return ", ".join(f"{alias}.{c.strip()}" for c in columns.split(","))
 
 
-def _qoe_hist(prefix: str, owner: str, join: str) -> str:
+def _qoe_hist(prefix: str, owner: str, join: str, src: str) -> str:
     latency = "(s.seek_ms / nullif(s.seek_count, 0))"
     return f"""
         INSERT INTO rollup_{prefix}qoe_hist ({"key" if prefix else "video_id"}, bucket, metric,
                                              idx, views)
         SELECT {owner}, {_bucket(QOE_GRAIN_SECONDS)}, h.metric, h.idx, count(*)
-          FROM sessions s {join},
+          FROM {src} s {join},
                LATERAL (VALUES ({STARTUP}, {_histogram_index("s.startup_ms")}),
                                ({SEEK}, {_histogram_index(latency)})) AS h(metric, idx)
          WHERE s.qoe AND h.idx IS NOT NULL GROUP BY 1, 2, 3, 4"""
 
 
-def _engagement() -> str:
+def _engagement(src: str) -> str:
     ranges = ", ".join(f"({r})" for r in ENGAGEMENT_RANGES)
     step = "(e.duration / r.ranges)"
     return f"""
@@ -174,7 +178,7 @@ def _engagement() -> str:
             SELECT s.video_id, {_bucket(GRAIN_SECONDS)} AS bucket,
                    CASE WHEN {KNOWN} THEN s.duration ELSE {UNKNOWN_DURATION!r}::float8 END
                        AS duration, s.islands
-              FROM sessions s WHERE s.played
+              FROM {src} s WHERE s.played
         ), r(ranges) AS (VALUES {ranges}
         ), totals AS (
             SELECT video_id, bucket, ranges, duration, count(*) AS sessions
@@ -214,24 +218,46 @@ def _engagement() -> str:
           FROM totals t LEFT JOIN counts c USING (video_id, bucket, ranges, duration)"""
 
 
-def _impressions(prefix: str, owner: str, join: str) -> str:
+def _impressions(prefix: str, owner: str, join: str, loads: str) -> str:
     return f"""
         INSERT INTO rollup_{prefix}impressions ({"key" if prefix else "video_id"}, bucket,
                                                 impressions)
         SELECT {owner.replace("s.", "i.")}, {_bucket(GRAIN_SECONDS, "i.at")}, count(*)
-          FROM impressions i {join.replace("s.video_id", "i.video_id")} GROUP BY 1, 2"""
+          FROM {loads} i {join.replace("s.video_id", "i.video_id")} GROUP BY 1, 2"""
 
 
-def statements() -> list[tuple[str, str]]:
-    """(rollup table, the INSERT that fills it from scratch), for every rollup table."""
-    out = [("rollup_engagement", _engagement())]
+def statements(sessions: str = "sessions", impressions: str = "impressions",
+               add: bool = False) -> list[tuple[str, str]]:
+    """(rollup table, the INSERT that fills it from `sessions` and `impressions`), for
+    every rollup table. add=False: into empty tables (a rebuild); add=True: added to what
+    is there (rows in key order, so concurrent writers never deadlock)."""
+    out = [("rollup_engagement", _engagement(sessions))]
     for prefix, owner, join in OWNERS:
         for name, build in (("plays", _plays), ("sources", _sources),
                             ("completion", _completion), ("qoe", _qoe),
-                            ("qoe_hist", _qoe_hist), ("impressions", _impressions)):
-            out.append((f"rollup_{prefix}{name}", build(prefix, owner, join)))
+                            ("qoe_hist", _qoe_hist)):
+            out.append((f"rollup_{prefix}{name}", build(prefix, owner, join, sessions)))
+        out.append((f"rollup_{prefix}impressions", _impressions(prefix, owner, join,
+                                                                 impressions)))
     assert sorted(t for t, _ in out) == sorted(ROLLUP_TABLES)
+    if add:
+        out = [(table, _adding(table, sql)) for table, sql in out]
     return out
+
+
+def _adding(table: str, insert: str) -> str:
+    """An INSERT ... SELECT made to add into existing rows (the writer's upsert, set-based):
+    its rows sorted by key, then ON CONFLICT the sums added and the arrays merged."""
+    kind = table.removeprefix("rollup_").removeprefix("key_")
+    keys = KEYS[table]
+    updates = [f"{c} = r.{c} + EXCLUDED.{c}" for c in SUMS[kind]] + [
+        f"{c} = " + merge.format(old=f"r.{c}", new=f"EXCLUDED.{c}")
+        for c, merge in MERGED.get(kind, [])]
+    head, select = insert.split(f"INSERT INTO {table} ", 1)
+    columns, query = select.split(")", 1)
+    return (f"{head}INSERT INTO {table} AS r {columns}) "
+            f"SELECT * FROM ({query}) AS added {columns}) ORDER BY {', '.join(keys)} "
+            f"ON CONFLICT ({', '.join(keys)}, shard) DO UPDATE SET {', '.join(updates)}")
 
 
 async def rebuild(conn: asyncpg.Connection, progress: Any = None) -> None:
@@ -239,6 +265,7 @@ async def rebuild(conn: asyncpg.Connection, progress: Any = None) -> None:
     caller's transaction; sessions and impressions are locked against writes meanwhile
     (the writers wait, then add their deltas to the rebuilt rows)."""
     await conn.execute("LOCK TABLE sessions, impressions IN SHARE MODE")
+    await conn.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")  # group in memory, not on disk
     await conn.execute("TRUNCATE " + ", ".join(ROLLUP_TABLES))
     work = statements()
     if progress is not None:

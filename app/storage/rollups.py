@@ -370,8 +370,7 @@ class Deltas:
                               for c, x in zip(QOE_COLUMNS, v.values, strict=True)],
                             hist_literal(v.startup), hist_literal(v.seek))
                            for k, v in qoe.items() if v],
-                          merged=[(h, "vidmetrics_hist_add({old}, {new})")
-                                  for h in ("startup_hist", "seek_hist")])
+                          merged=[(h, HIST_MERGE) for h in ("startup_hist", "seek_hist")])
         for table, owner, hist in (("rollup_qoe_hist", VIDEO, self.qoe_hist),
                                    ("rollup_key_qoe_hist", KEY, self.key_qoe_hist)):
             await _upsert(conn, table, [owner, BUCKET, ("metric", "smallint"),
@@ -382,9 +381,38 @@ class Deltas:
                       [("sessions", "int")],
                       [(k[0], _at(k[1]), k[2], k[3], v[0], "{" + ",".join(map(str, v[1:])) + "}")
                        for k, v in self.engagement.items() if any(v)],
-                      merged=[("counts", "(SELECT array_agg(x + y ORDER BY i) FROM "
-                                         "unnest({old}, {new}) WITH ORDINALITY AS z(x, y, i))")])
+                      merged=[("counts", COUNTS_MERGE)])
 
+
+# how an upsert combines a stored array with the one added ({old}, {new}): histograms
+# (subscripts are histogram buckets), and engagement counts (same length, elementwise)
+HIST_MERGE = "vidmetrics_hist_add({old}, {new})"
+COUNTS_MERGE = ("(SELECT array_agg(x + y ORDER BY i) FROM "
+                "unnest({old}, {new}) WITH ORDINALITY AS z(x, y, i))")
+# every rollup table: its key columns before the shard, the columns an upsert adds, and
+# the arrays it merges
+KEYS = {
+    "rollup_plays": ["video_id", "bucket", "class"],
+    "rollup_sources": ["video_id", "bucket", "page"],
+    "rollup_engagement": ["video_id", "ranges", "bucket", "duration"],
+    "rollup_impressions": ["video_id", "bucket"],
+    "rollup_completion": ["video_id", "bucket", "class", "device"],
+    "rollup_qoe": ["video_id", "bucket", "browser", "platform", "device"],
+    "rollup_qoe_hist": ["video_id", "bucket", "metric", "idx"],
+}
+KEYS.update({t.replace("rollup_", "rollup_key_"): ["key", *k[1:]] for t, k in list(KEYS.items())
+             if t != "rollup_engagement"})
+SUMS = {
+    "plays": ["sessions", "watch_seconds", *BREAKDOWN_COLUMNS],
+    "sources": REACHED_COLUMNS,
+    "engagement": ["sessions"],
+    "impressions": ["impressions"],
+    "completion": [*COMPLETION_COLUMNS, "percent_sum"],
+    "qoe": QOE_COLUMNS,
+    "qoe_hist": ["views"],
+}
+MERGED = {"engagement": [("counts", COUNTS_MERGE)],
+          "qoe": [("startup_hist", HIST_MERGE), ("seek_hist", HIST_MERGE)]}
 
 Column = tuple[str, str]  # a column's name and the PostgreSQL type of its values
 VIDEO: Column = ("video_id", "bigint")
