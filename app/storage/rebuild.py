@@ -23,6 +23,7 @@ from app.model import BROWSERS, DEVICES, PLATFORMS
 from app.storage.rollups import (
     BREAKDOWN_COLUMNS,
     COMPLETION_COLUMNS,
+    DISTINCT_SECONDS,
     ENGAGEMENT_RANGES,
     GRAIN_SECONDS,
     KEYS,
@@ -102,7 +103,7 @@ def _completion(prefix: str, owner: str, join: str, src: str) -> str:
                                                device, {", ".join(COMPLETION_COLUMNS)},
                                                percent_sum)
         SELECT {owner}, {_bucket(GRAIN_SECONDS)}, {WATCH_CLASS}, {DEVICE}, {", ".join(counts)},
-               coalesce(sum(least(1::float8, s.distinct_seconds / s.duration))
+               coalesce(sum(least(1::float8, {DISTINCT_SECONDS} / s.duration))
                         FILTER (WHERE {KNOWN}), 0)
           FROM {src} s {join} WHERE s.played GROUP BY 1, 2, 3, 4"""
 

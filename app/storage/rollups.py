@@ -498,6 +498,11 @@ def hist_literal(counts: dict[int, int]) -> str | None:
         + "}"
 
 
+# seconds of distinct media a stored session watched: its islands' total length, summed
+# in the order State.distinct_seconds sums them (so float8 gives the same figure)
+DISTINCT_SECONDS = ("(SELECT coalesce(sum(s.islands[2 * k] - s.islands[2 * k - 1]), 0) "
+                    "FROM generate_series(1, coalesce(cardinality(s.islands), 0) / 2) AS k)")
+
 # the sessions columns a State is built from (after s.* aliases); see state_of
 STATE_COLUMNS = """s.id, s.started_at, s.video_id, v.key, s.browser, s.platform, s.device,
     s.page, s.watch_seconds, s.duration, s.islands, s.furthest, s.ended, s.played, s.qoe,

@@ -254,14 +254,12 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
         for i in intervals:
             spans.setdefault(i.session_id, []).append((i.media_from, i.media_to))
         islands: list[str] = []
-        distinct: list[float] = []
         for r in rows:
             before = old.get(r.id)
             merged = rollups.merge_islands(before["islands"] if before else None,
                                            spans.get(r.id, ()))
             islands.append("{" + ",".join(map(repr, merged)) + "}")
             state = r.state(vid(r.video), tuple(merged))
-            distinct.append(state.distinct_seconds)
             deltas.change(rollups.state_of(before) if before else None, state)
         qoe = [r.qoe_columns() for r in rows]
         packed = [timelines.pop(r.id, None) for r in rows]
@@ -269,23 +267,22 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
             f"""
             INSERT INTO sessions AS s (id, started_at, video_id, ended_at, browser, platform,
                                   device, page, session_data, duration, watch_seconds, furthest,
-                                  islands, ended, distinct_seconds, played,
+                                  islands, ended, played,
                                   {", ".join(QOE_SESSION_COLUMNS)}, events, event_count)
-            SELECT a, b, c, d, e, f, g, h, i, j, k, l, m::float8[], n, o, p,
+            SELECT a, b, c, d, e, f, g, h, i, j, k, l, m::float8[], n, p,
                    q1, q2, q3, q4, q5, q6, q7, q8, q9, ev, evn
               FROM unnest($1::bigint[], $2::timestamptz[], $3::bigint[], $4::timestamptz[],
                           $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[],
                           $10::float8[], $11::float8[], $12::float8[], $13::text[],
-                          $14::bool[], $15::float8[], $16::bool[], $17::bool[], $18::float8[],
-                          $19::int[], $20::float8[], $21::int[], $22::float8[], $23::int2[],
-                          $24::bool[], $25::bool[], $26::bytea[], $27::int[])
-                   AS u(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p,
+                          $14::bool[], $15::bool[], $16::bool[], $17::float8[],
+                          $18::int[], $19::float8[], $20::int[], $21::float8[], $22::int2[],
+                          $23::bool[], $24::bool[], $25::bytea[], $26::int[])
+                   AS u(a, b, c, d, e, f, g, h, i, j, k, l, m, n, p,
                         q1, q2, q3, q4, q5, q6, q7, q8, q9, ev, evn)
             ON CONFLICT (id, started_at) DO UPDATE SET
                 ended_at = EXCLUDED.ended_at, duration = EXCLUDED.duration,
                 watch_seconds = EXCLUDED.watch_seconds, furthest = EXCLUDED.furthest,
-                islands = EXCLUDED.islands, ended = EXCLUDED.ended,
-                distinct_seconds = EXCLUDED.distinct_seconds, played = EXCLUDED.played,
+                islands = EXCLUDED.islands, ended = EXCLUDED.ended, played = EXCLUDED.played,
                 {", ".join(f"{c} = EXCLUDED.{c}" for c in QOE_SESSION_COLUMNS)},
                 events = CASE WHEN EXCLUDED.events IS NULL THEN s.events
                               ELSE coalesce(s.events, ''::bytea) || EXCLUDED.events END,
@@ -295,7 +292,7 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
             [r.ended_at for r in rows], [r.browser for r in rows], [r.platform for r in rows],
             [r.device for r in rows], [r.page for r in rows], [r.session_data for r in rows],
             [r.duration for r in rows], [r.watch_seconds for r in rows],
-            [r.furthest for r in rows], islands, [r.ended for r in rows], distinct,
+            [r.furthest for r in rows], islands, [r.ended for r in rows],
             [r.played for r in rows], *[[q[i] for q in qoe] for i in range(9)],
             [p[1] if p else None for p in packed], [p[2] if p else 0 for p in packed],
         )
@@ -384,14 +381,14 @@ async def copy_rows(conn: asyncpg.Connection, ids: dict[tuple[str, str], int],
         packed = timelines.pop(s.id, None)
         records.append((s.id, s.started_at, video_id, s.ended_at, s.browser, s.platform,
                         s.device, s.page, s.session_data, s.duration, s.watch_seconds,
-                        s.furthest, merged, s.ended, state.distinct_seconds, s.played,
+                        s.furthest, merged, s.ended, s.played,
                         *s.qoe_columns(), packed[1] if packed else None,
                         packed[2] if packed else 0))
     await conn.copy_records_to_table(
         "sessions",
         columns=["id", "started_at", "video_id", "ended_at", "browser", "platform", "device",
                  "page", "session_data", "duration", "watch_seconds", "furthest", "islands",
-                 "ended", "distinct_seconds", "played", *QOE_SESSION_COLUMNS, "events",
+                 "ended", "played", *QOE_SESSION_COLUMNS, "events",
                  "event_count"],
         records=records,
     )

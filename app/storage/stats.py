@@ -327,7 +327,7 @@ async def completion(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
                    CASE WHEN s.device = ANY({devices}) THEN s.device ELSE 'other' END AS device,
                    count(*), count(*) FILTER (WHERE {known}), {reached},
                    count(*) FILTER (WHERE {known} AND (s.ended OR s.furthest >= s.duration - 1)),
-                   coalesce(sum(least(1.0, s.distinct_seconds / s.duration))
+                   coalesce(sum(least(1.0, {rollups.DISTINCT_SECONDS} / s.duration))
                             FILTER (WHERE {known}), 0)
               FROM sessions s
              WHERE {' AND '.join(where)}

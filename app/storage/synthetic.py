@@ -179,22 +179,18 @@ async def seed(connections: Sequence[asyncpg.Connection], model: Model, *, sessi
                        WHEN {overlap} THEN ARRAY[least(s.p0, s.p2), greatest(s.e1, s.e2)]
                        WHEN s.p2 > s.p0 THEN ARRAY[s.p0, s.e1, s.p2, s.e2]
                        ELSE ARRAY[s.p2, s.e2, s.p0, s.e1] END"""
-    distinct = f"""CASE WHEN NOT s.on2 THEN s.e1 - s.p0
-                        WHEN {overlap} THEN greatest(s.e1, s.e2) - least(s.p0, s.p2)
-                        WHEN s.p2 > s.p0 THEN (s.e1 - s.p0) + (s.e2 - s.p2)
-                        ELSE (s.e2 - s.p2) + (s.e1 - s.p0) END"""
     seeks = "(s.seeked::int + s.on2::int)"
     insert_played = f"""
         INSERT INTO seed_sessions (id, started_at, video_id, ended_at, browser, platform,
                               device, page, duration, watch_seconds, furthest, islands, ended,
-                              distinct_seconds, played, qoe, startup_ms, rebuffer_count,
+                              played, qoe, startup_ms, rebuffer_count,
                               rebuffer_seconds, seek_count, seek_ms, failure,
                               failed_before_start, exited_before_start, events, event_count)
         SELECT {main_id}, s.started_at, s.video_id,
                s.started_at + make_interval(secs => {last_at} + s.qoe::int),
                s.browser, s.platform, s.device, s.page, s.duration, s.l1 + s.on2::int * s.l2,
                greatest(s.e1, CASE WHEN s.on2 THEN s.e2 ELSE 0 END), {islands}, s.ended,
-               {distinct}, true, CASE WHEN s.qoe THEN true END, s.startup_ms,
+               true, CASE WHEN s.qoe THEN true END, s.startup_ms,
                CASE WHEN s.qoe THEN s.stalled::int * s.stalls END,
                CASE WHEN s.qoe THEN round((s.stalled::int * s.stalls * s.stall_seconds)
                                           ::numeric, 3)::float8 END,

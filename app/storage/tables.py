@@ -92,7 +92,6 @@ sessions = Table(
     # merged watched media ranges, flattened [from1, to1, from2, to2, ...]
     Column("islands", ARRAY(Float), nullable=True),
     Column("ended", Boolean, nullable=False, server_default=text("false")),
-    Column("distinct_seconds", Float, nullable=False, server_default=text("0")),
     # false: playback was requested (or failed) but never started; not a play
     Column("played", Boolean, nullable=False, server_default=text("true")),
     # quality of experience, NULL for sessions whose client sends no QoE events
@@ -111,7 +110,8 @@ sessions = Table(
     Column("event_count", Integer, nullable=False, server_default=text("0")),
     PrimaryKeyConstraint("id", "started_at", name="sessions_pkey"),
     Index("sessions_video_started_idx", "video_id", "started_at"),
-    Index("sessions_started_idx", "started_at"),
+    # retention scans by time only; rows arrive in time order (migration 0008)
+    Index("sessions_started_brin", "started_at", postgresql_using="brin"),
 )
 
 # Sessions playing right now, refreshed by every server process; rows older than the
@@ -210,6 +210,7 @@ impressions = Table(
     Column("page", Text, nullable=True),
     Column("session_data", JSONB, nullable=True),
     Index("impressions_video_at_idx", "video_id", "at"),
+    Index("impressions_at_brin", "at", postgresql_using="brin"),
 )
 
 
