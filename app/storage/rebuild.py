@@ -76,9 +76,10 @@ def _plays(prefix: str, owner: str, join: str, src: str) -> str:
         + [f"count(*) FILTER (WHERE {DEVICE} = '{d}')" for d in DEVICES]
     return f"""
         INSERT INTO rollup_{prefix}plays ({"key" if prefix else "video_id"}, bucket, class,
-                                          sessions, watch_seconds, {", ".join(BREAKDOWN_COLUMNS)})
+                                          sessions, watch_seconds, {", ".join(BREAKDOWN_COLUMNS)},
+                                          changes)
         SELECT {owner}, {_bucket(GRAIN_SECONDS)}, {WATCH_CLASS}, count(*), sum(s.watch_seconds),
-               {", ".join(classes)}
+               {", ".join(classes)}, count(*)
           FROM {src} s {join} WHERE s.played GROUP BY 1, 2, 3"""
 
 
@@ -267,7 +268,9 @@ async def rebuild(conn: asyncpg.Connection, progress: Any = None) -> None:
     (the writers wait, then add their deltas to the rebuilt rows)."""
     await conn.execute("LOCK TABLE sessions, impressions IN SHARE MODE")
     await conn.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")  # group in memory, not on disk
-    await conn.execute("TRUNCATE " + ", ".join(ROLLUP_TABLES))
+    # the engagement cache's entries are checked against the rollups' change counts,
+    # which a rebuild starts afresh: empty it too
+    await conn.execute("TRUNCATE engagement_cache, " + ", ".join(ROLLUP_TABLES))
     work = statements()
     if progress is not None:
         progress.reset(total=len(work))

@@ -10,6 +10,9 @@ subtracts what it contributed, adds what it contributes now, and upserts the sum
   browser / platform / device. The watch class is how many of WATCH_BOUNDS the session's
   watch time reaches, so `minimum_watch_seconds` = 0 or any bound is answered exactly;
   other thresholds use the raw path.
+  `changes` counts the writes of sessions of the bucket (never decreases): a bucket
+  whose sum of changes is as before holds the same sessions in the same state, which
+  is what the engagement cache (engagement_cache) checks its entries against.
 - rollup_sources (video, bucket, page): sessions reaching each watch class, cumulatively
   (`reached[k]`: sessions whose class is at least k), so one row answers any exact
   threshold.
@@ -223,11 +226,13 @@ class Deltas:
                            (self.key_plays, (s.key, bucket, cls))):
             plays = table.get(key)  # type: ignore[attr-defined]
             if plays is None:
-                plays = table[key] = [0.0] * (2 + len(BREAKDOWN_COLUMNS))  # type: ignore[index]
+                plays = table[key] = [0.0] * (3 + len(BREAKDOWN_COLUMNS))  # type: ignore[index]
             plays[0] += sign
             plays[1] += sign * s.watch_seconds
             for column in columns:
                 plays[column] += sign
+            if sign > 0:  # one more write of a session in this bucket (see CHANGES)
+                plays[-1] += 1
         if s.page is not None:
             for table, key in ((self.sources, (s.video_id, bucket, s.page)),  # type: ignore
                                (self.key_sources, (s.key, bucket, s.page))):
@@ -341,7 +346,7 @@ class Deltas:
                                      ("rollup_key_plays", KEY, self.key_plays)):
             await _upsert(conn, table, [owner, BUCKET, ("class", "smallint")],
                           [("sessions", "int"), ("watch_seconds", "float8"),
-                           *[(c, "int") for c in BREAKDOWN_COLUMNS]],
+                           *[(c, "int") for c in BREAKDOWN_COLUMNS], ("changes", "int8")],
                           [(k[0], _at(k[1]), k[2], int(v[0]), v[1],
                             *[int(x) for x in v[2:]]) for k, v in deltas.items() if any(v)])
         for table, owner, reached in (("rollup_sources", VIDEO, self.sources),
@@ -403,7 +408,7 @@ KEYS = {
 KEYS.update({t.replace("rollup_", "rollup_key_"): ["key", *k[1:]] for t, k in list(KEYS.items())
              if t != "rollup_engagement"})
 SUMS = {
-    "plays": ["sessions", "watch_seconds", *BREAKDOWN_COLUMNS],
+    "plays": ["sessions", "watch_seconds", *BREAKDOWN_COLUMNS, "changes"],
     "sources": REACHED_COLUMNS,
     "engagement": ["sessions"],
     "impressions": ["impressions"],

@@ -437,7 +437,7 @@ async def apply_retention(pool: asyncpg.Pool, days: int, raw_event_days: int) ->
             # rollup buckets wholly before the horizon (the query clamps to it anyway)
             await conn.execute("DELETE FROM impressions "
                                "WHERE at < now() - make_interval(days => $1)", days)
-            for table in rollups.ROLLUP_TABLES:
+            for table in (*rollups.ROLLUP_TABLES, "engagement_cache"):
                 await conn.execute(
                     f"DELETE FROM {table} WHERE bucket < now() - make_interval(days => $1) "
                     "- interval '15 minutes'", days)

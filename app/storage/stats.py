@@ -522,60 +522,158 @@ async def engagement(conn: asyncpg.Connection, q: EngagementQuery,
                      use_rollups: bool = True) -> tuple[float | None, dict[int, int]]:
     """(timeline length, {range index: viewers}); length None when nothing was watched.
 
-    From the engagement rollup when every selected session reported the same duration
-    (the usual case for one video) and `ranges` is one the rollup keeps; the window's
-    partial edges, and everything else, from the sessions' watched ranges.
+    Whole 15-minute buckets: from the engagement rollup when every selected session
+    reported the same duration (the usual case for one video) and `ranges` is one the
+    rollup keeps; else, for all videos of a key (durations differ), from the engagement
+    cache, bucket by bucket, recomputing only buckets whose sessions changed since. The
+    window's partial edges, and everything else, from the sessions' watched ranges.
     """
     inner = _inner(q.window)
-    if (use_rollups and inner is not None and q.ranges in rollups.ENGAGEMENT_RANGES
-            and q.selection.session is None):
-        p = Params()
-        where = video_filter(q.selection, p, "r.video_id")
-        where += [f"r.bucket >= {p.add(inner.start, 'timestamptz')}",
-                  f"r.bucket < {p.add(inner.end, 'timestamptz')}",
-                  f"r.ranges = {p.add(q.ranges, 'int')}"]
-        found = await conn.fetch(
-            f"SELECT r.duration, sum(r.sessions) AS n FROM rollup_engagement r "
-            f"WHERE {' AND '.join(where)} GROUP BY 1 HAVING sum(r.sessions) > 0", *p.values)
-        durations = {r["duration"] for r in found}
-        edges = _edges(q.window, inner)
-        for edge in edges:  # one plain time range each: index-friendly
-            p2 = Params()
-            cond = video_filter(q.selection, p2, "s.video_id")
-            cond.append(_window_condition([edge], p2, "s.started_at"))
-            cond.append("s.played")
-            durations |= {r[0] for r in await conn.fetch(
-                f"SELECT DISTINCT coalesce(s.duration, {rollups.UNKNOWN_DURATION}) "
-                f"FROM sessions s WHERE {' AND '.join(cond)}", *p2.values)}
-        if not durations:
-            return None, {}
-        if len(durations) == 1 and (length := durations.pop()) > 0:
-            counts: dict[int, int] = {}
-            for r in await conn.fetch(
-                    f"SELECT u.i - 1 AS i, sum(u.c) AS c FROM rollup_engagement r, "
-                    f"unnest(r.counts) WITH ORDINALITY AS u(c, i) "
-                    f"WHERE {' AND '.join(where)} AND r.duration = {p.add(length, 'float8')} "
-                    f"GROUP BY 1", *p.values):
-                if r["c"]:
-                    counts[r["i"]] = int(r["c"])
-            for window in edges:
-                _, more = await _engagement_raw(conn, q, window, length)
-                for index, viewers in more.items():
-                    counts[index] = counts.get(index, 0) + viewers
-            return length, {i: c for i, c in sorted(counts.items()) if c}
-    return await _engagement_raw(conn, q, q.window, None)
+    if not use_rollups or inner is None or q.selection.session is not None:
+        return await _engagement_raw(conn, q, q.window, None)
+    edges = _edges(q.window, inner)
+    durations = await _durations(conn, q, inner, edges)
+    if not durations:
+        return None, {}
+    known = [d for d in durations if d > 0]
+    if len(durations) == 1 and known and q.ranges in rollups.ENGAGEMENT_RANGES:
+        length = known[0]
+        counts = await _engagement_rollup(conn, q, inner, length)
+    elif known and _whole_key(q.selection):
+        length = max(known)  # the raw length: max(duration), NULLs (and 0) aside
+        counts = await _engagement_cached(conn, q, inner, length)
+    else:
+        return await _engagement_raw(conn, q, q.window, None)
+    for window in edges:
+        _, more = await _engagement_raw(conn, q, window, length)
+        for index, viewers in more.items():
+            counts[index] = counts.get(index, 0) + viewers
+    return length, {i: c for i, c in sorted(counts.items()) if c}
+
+
+def _whole_key(sel: Selection) -> bool:
+    return sel.key is not None and sel.video is None and sel.identifier is None \
+        and sel.session is None
+
+
+async def _durations(conn: asyncpg.Connection, q: EngagementQuery, inner: Window,
+                     edges: list[Window]) -> set[float]:
+    """The durations the selected played sessions reported (UNKNOWN_DURATION: none): from
+    the engagement rollup (its rows for 10 ranges hold every session) and the edges."""
+    p = Params()
+    where = video_filter(q.selection, p, "r.video_id")
+    where += [f"r.bucket >= {p.add(inner.start, 'timestamptz')}",
+              f"r.bucket < {p.add(inner.end, 'timestamptz')}",
+              f"r.ranges = {rollups.ENGAGEMENT_RANGES[0]}"]
+    durations = {r["duration"] for r in await conn.fetch(
+        f"SELECT r.duration FROM rollup_engagement r WHERE {' AND '.join(where)} "
+        f"GROUP BY 1 HAVING sum(r.sessions) > 0", *p.values)}
+    for edge in edges:  # one plain time range each: index-friendly
+        p2 = Params()
+        cond = video_filter(q.selection, p2, "s.video_id")
+        cond.append(_window_condition([edge], p2, "s.started_at"))
+        cond.append("s.played")
+        durations |= {r[0] for r in await conn.fetch(
+            f"SELECT DISTINCT CASE WHEN s.duration > 0 THEN s.duration "
+            f"ELSE {rollups.UNKNOWN_DURATION} END FROM sessions s WHERE {' AND '.join(cond)}",
+            *p2.values)}
+    return durations
+
+
+async def _engagement_rollup(conn: asyncpg.Connection, q: EngagementQuery, inner: Window,
+                             length: float) -> dict[int, int]:
+    p = Params()
+    where = video_filter(q.selection, p, "r.video_id")
+    where += [f"r.bucket >= {p.add(inner.start, 'timestamptz')}",
+              f"r.bucket < {p.add(inner.end, 'timestamptz')}",
+              f"r.ranges = {p.add(q.ranges, 'int')}", f"r.duration = {p.add(length, 'float8')}"]
+    counts: dict[int, int] = {}
+    for r in await conn.fetch(
+            f"SELECT u.i - 1 AS i, sum(u.c) AS c FROM rollup_engagement r, "
+            f"unnest(r.counts) WITH ORDINALITY AS u(c, i) WHERE {' AND '.join(where)} "
+            f"GROUP BY 1", *p.values):
+        if r["c"]:
+            counts[r["i"]] = int(r["c"])
+    return counts
+
+
+async def _engagement_cached(conn: asyncpg.Connection, q: EngagementQuery, inner: Window,
+                             length: float) -> dict[int, int]:
+    """All videos of a key, whole buckets of `inner`, timeline `length`: per bucket from
+    engagement_cache when the bucket's change count (rollup_key_plays.changes, summed) is
+    the one the entry was computed at, else from raw rows (then cached)."""
+    key, ranges = q.selection.key, q.ranges
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        versions = {r["bucket"]: r["v"] for r in await conn.fetch(
+            "SELECT bucket, sum(changes)::int8 AS v FROM rollup_key_plays "
+            "WHERE key = $1 AND bucket >= $2 AND bucket < $3 GROUP BY bucket HAVING "
+            "sum(sessions) > 0", key, inner.start, inner.end)}
+        cached = {r["bucket"]: (r["version"], r["counts"]) for r in await conn.fetch(
+            "SELECT bucket, version, counts FROM engagement_cache WHERE key = $1 "
+            "AND ranges = $2 AND length = $3 AND bucket >= $4 AND bucket < $5",
+            key, ranges, length, inner.start, inner.end)}
+        stale = sorted(b for b, v in versions.items() if cached.get(b, (None,))[0] != v)
+        fresh: dict[dt.datetime, list[int]] = {}
+        if stale:  # what the raw path says for these buckets, in this same snapshot
+            grain = dt.timedelta(seconds=rollups.GRAIN_SECONDS)
+            window = Window(stale[0], stale[-1] + grain)
+            deltas: dict[dt.datetime, dict[int, int]] = {}
+            for r in await _raw_edges(conn, q, window, length, by_bucket=True):
+                per = deltas.setdefault(r["bucket"], {})
+                per[r["edge"]] = per.get(r["edge"], 0) + r["delta"]
+            for bucket in stale:
+                fresh[bucket] = _running(deltas.get(bucket, {}), ranges)
+    if stale:  # kept unless a newer entry got there first (change counts only grow)
+        await conn.execute(
+            """
+            INSERT INTO engagement_cache AS c (key, ranges, length, bucket, version, counts)
+            SELECT $1, $2, $3, u.b, u.v, u.c::int[]
+              FROM unnest($4::timestamptz[], $5::int8[], $6::text[]) AS u(b, v, c)
+            ON CONFLICT (key, ranges, length, bucket) DO UPDATE
+               SET version = EXCLUDED.version, counts = EXCLUDED.counts
+             WHERE c.version < EXCLUDED.version
+            """, key, ranges, length, stale, [versions[b] for b in stale],
+            ["{" + ",".join(map(str, fresh[b])) + "}" for b in stale])
+    totals = [0] * ranges
+    for bucket in versions:
+        for i, c in enumerate(fresh[bucket] if bucket in fresh else cached[bucket][1]):
+            totals[i] += c
+    return {i: c for i, c in enumerate(totals) if c}
+
+
+def _running(deltas: dict[int, int], ranges: int) -> list[int]:
+    """Viewers per range from the +1/-1 at span edges."""
+    out, running = [], 0
+    for index in range(ranges):
+        running += deltas.get(index, 0)
+        out.append(running)
+    return out
 
 
 async def _engagement_raw(conn: asyncpg.Connection, q: EngagementQuery, window: Window,
                           length: float | None) -> tuple[float | None, dict[int, int]]:
     """The raw path: from the watched ranges (islands) of the sessions started in `window`;
-    the timeline length is `length` if given, else computed from those sessions.
+    the timeline length is `length` if given, else computed from those sessions."""
+    rows = await _raw_edges(conn, q, window, length)
+    total = next((r["total"] for r in rows if r["edge"] == -1), None)
+    deltas: dict[int, int] = {}
+    for r in rows:
+        if r["edge"] >= 0:
+            deltas[r["edge"]] = deltas.get(r["edge"], 0) + r["delta"]
+    counts = {i: c for i, c in enumerate(_running(deltas, q.ranges)) if c}
+    return (total if total and total > 0 else None), counts
+
+
+async def _raw_edges(conn: asyncpg.Connection, q: EngagementQuery, window: Window,
+                     length: float | None, by_bucket: bool = False) -> list[asyncpg.Record]:
+    """Rows (edge, delta[, bucket]) and one (-1, 0, total): the +1/-1 at the edges of the
+    range spans the selected sessions' islands cover, per 15-minute bucket if asked.
 
     Each island becomes a span of range indexes, first = floor(from / (L / R)) and
     last = ceil(to / (L / R)) - 1, clamped to [0, R). A session's islands are sorted and
     disjoint, so its spans are sorted too and can overlap only the one before: each span
-    counts from just past the previous one's last. Viewers per range are then a running
-    sum of +1/-1 at span edges: one row per island, no window functions, no DISTINCT.
+    counts from just past the previous one's last. One row per island, no window
+    functions, no DISTINCT.
     """
     p = Params()
     where = session_filters(q.selection, window, p)
@@ -583,10 +681,12 @@ async def _engagement_raw(conn: asyncpg.Connection, q: EngagementQuery, window: 
     ranges = p.add(q.ranges, "int")
     total = ("SELECT coalesce(max(duration), max(furthest)) AS total FROM sel" if length is None
              else f"SELECT {p.add(length, 'float8')} AS total")
-    rows = await conn.fetch(
+    bucket = (f"to_timestamp(floor(extract(epoch FROM s.started_at) / "
+              f"{rollups.GRAIN_SECONDS}) * {rollups.GRAIN_SECONDS})" if by_bucket else "NULL")
+    return await conn.fetch(
         f"""
         WITH sel AS MATERIALIZED (
-            SELECT s.islands, s.duration, s.furthest
+            SELECT {bucket}::timestamptz AS bucket, s.islands, s.duration, s.furthest
               FROM sessions s
              WHERE {' AND '.join(where)}
         ), len AS (
@@ -594,7 +694,8 @@ async def _engagement_raw(conn: asyncpg.Connection, q: EngagementQuery, window: 
         ), spans AS (
             -- clamped in float8 before the cast: a range far past the length (a duration
             -- that shrank) must not overflow int
-            SELECT least({ranges}, greatest(0, floor(sel.islands[2 * k - 1]
+            SELECT sel.bucket,
+                   least({ranges}, greatest(0, floor(sel.islands[2 * k - 1]
                                                      / (len.total / {ranges}))))::int AS first,
                    least({ranges} - 1, ceil(sel.islands[2 * k] / (len.total / {ranges})) - 1)::int
                        AS last,
@@ -606,27 +707,17 @@ async def _engagement_raw(conn: asyncpg.Connection, q: EngagementQuery, window: 
                    generate_series(1, coalesce(cardinality(sel.islands), 0) / 2) AS k
              WHERE len.total > 0
         ), pieces AS (
-            SELECT greatest(first, before + 1) AS first, last FROM spans
+            SELECT bucket, greatest(first, before + 1) AS first, last FROM spans
         )
-        SELECT -1 AS edge, 0::bigint AS delta, (SELECT total FROM len) AS total
+        SELECT NULL::timestamptz AS bucket, -1 AS edge, 0::bigint AS delta,
+               (SELECT total FROM len) AS total
         UNION ALL
-        SELECT first, count(*), NULL FROM pieces WHERE last >= first GROUP BY first
+        SELECT bucket, first, count(*), NULL FROM pieces WHERE last >= first GROUP BY 1, 2
         UNION ALL
-        SELECT last + 1, -count(*), NULL FROM pieces WHERE last >= first GROUP BY last + 1
+        SELECT bucket, last + 1, -count(*), NULL FROM pieces WHERE last >= first GROUP BY 1, 2
         """,
         *p.values,
     )
-    total = next((r["total"] for r in rows if r["edge"] == -1), None)
-    deltas: dict[int, int] = {}
-    for r in rows:
-        if r["edge"] >= 0:
-            deltas[r["edge"]] = deltas.get(r["edge"], 0) + r["delta"]
-    counts, running = {}, 0
-    for index in range(q.ranges):
-        running += deltas.get(index, 0)
-        if running:
-            counts[index] = running
-    return (total if total and total > 0 else None), counts
 
 
 async def watching(conn: asyncpg.Connection, sel: Selection, ttl_seconds: float) -> int:

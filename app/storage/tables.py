@@ -154,6 +154,9 @@ def _plays_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-arg]
         *[Column(c, Integer, nullable=False, server_default=text("0"))
           for c in BREAKDOWN_COLUMNS],
         _shard(),
+        # writes of this bucket's sessions, ever (see rollups.py): the engagement cache's
+        # version
+        Column("changes", BigInteger, nullable=False, server_default=text("0")),
         PrimaryKeyConstraint(owner.name, "bucket", "class", "shard", name=f"{name}_pkey"),
     )
 
@@ -289,3 +292,19 @@ rollup_qoe_hist = _qoe_hist_rollup("rollup_qoe_hist",
                                    Column("video_id", BigInteger, nullable=False))
 rollup_key_qoe_hist = _qoe_hist_rollup("rollup_key_qoe_hist",
                                        Column("key", Text, nullable=False))
+
+# Engagement of all videos of a key per 15-minute bucket, for one (ranges, length): what
+# the raw path computed, kept while the bucket's change count (sum of rollup_key_plays.
+# changes) is still `version`. Unlogged: a cache, recomputed after a crash.
+engagement_cache = Table(
+    "engagement_cache",
+    metadata,
+    Column("key", Text, nullable=False),
+    Column("ranges", SmallInteger, nullable=False),
+    Column("length", Float, nullable=False),
+    Column("bucket", DateTime(timezone=True), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("counts", ARRAY(Integer), nullable=False),
+    PrimaryKeyConstraint("key", "ranges", "length", "bucket", name="engagement_cache_pkey"),
+    prefixes=["UNLOGGED"],
+)
