@@ -524,26 +524,24 @@ async def engagement(conn: asyncpg.Connection, q: EngagementQuery,
 
     Whole 15-minute buckets: from the engagement rollup when every selected session
     reported the same duration (the usual case for one video) and `ranges` is one the
-    rollup keeps; else, for all videos of a key (durations differ), from the engagement
-    cache, bucket by bucket, recomputing only buckets whose sessions changed since. The
-    window's partial edges, and everything else, from the sessions' watched ranges.
+    rollup keeps; for all videos of a key (durations differ), from the engagement cache,
+    bucket by bucket, recomputing only buckets whose sessions changed since. The window's
+    partial edges, and everything else, from the sessions' watched ranges.
     """
     inner = _inner(q.window)
     if not use_rollups or inner is None or q.selection.session is not None:
         return await _engagement_raw(conn, q, q.window, None)
     edges = _edges(q.window, inner)
-    durations = await _durations(conn, q, inner, edges)
-    if not durations:
-        return None, {}
-    known = [d for d in durations if d > 0]
-    if len(durations) == 1 and known and q.ranges in rollups.ENGAGEMENT_RANGES:
-        length = known[0]
-        counts = await _engagement_rollup(conn, q, inner, length)
-    elif known and _whole_key(q.selection):
-        length = max(known)  # the raw length: max(duration), NULLs (and 0) aside
-        counts = await _engagement_cached(conn, q, inner, length)
+    if _whole_key(q.selection):
+        found = await _engagement_of_key(conn, q, inner, edges)
     else:
+        durations = await _durations(conn, q.selection, inner, edges)
+        found = await _single_length(conn, q, inner, durations)
+    if found is None:
         return await _engagement_raw(conn, q, q.window, None)
+    length, counts = found
+    if length is None:
+        return None, {}
     for window in edges:
         _, more = await _engagement_raw(conn, q, window, length)
         for index, viewers in more.items():
@@ -551,32 +549,53 @@ async def engagement(conn: asyncpg.Connection, q: EngagementQuery,
     return length, {i: c for i, c in sorted(counts.items()) if c}
 
 
+Found = tuple[float | None, dict[int, int]] | None  # None: ask the raw path
+
+
+async def _single_length(conn: asyncpg.Connection, q: EngagementQuery, inner: Window,
+                         durations: set[float]) -> Found:
+    """From the per-video engagement rollup, when the sessions share one known duration."""
+    if not durations:
+        return None, {}
+    if len(durations) == 1 and (length := next(iter(durations))) > 0 \
+            and q.ranges in rollups.ENGAGEMENT_RANGES:
+        return length, await _engagement_rollup(conn, q, inner, length)
+    return None
+
+
 def _whole_key(sel: Selection) -> bool:
     return sel.key is not None and sel.video is None and sel.identifier is None \
         and sel.session is None
 
 
-async def _durations(conn: asyncpg.Connection, q: EngagementQuery, inner: Window,
+def _rollup_durations(sel: Selection, p: Params, inner: Window) -> list[str]:
+    where = video_filter(sel, p, "r.video_id")
+    return where + [f"r.bucket >= {p.add(inner.start, 'timestamptz')}",
+                    f"r.bucket < {p.add(inner.end, 'timestamptz')}",
+                    # the rows for the fewest ranges hold every session too
+                    f"r.ranges = {rollups.ENGAGEMENT_RANGES[0]}"]
+
+
+async def _durations(conn: asyncpg.Connection, sel: Selection, inner: Window | None,
                      edges: list[Window]) -> set[float]:
-    """The durations the selected played sessions reported (UNKNOWN_DURATION: none): from
-    the engagement rollup (its rows for 10 ranges hold every session) and the edges."""
-    p = Params()
-    where = video_filter(q.selection, p, "r.video_id")
-    where += [f"r.bucket >= {p.add(inner.start, 'timestamptz')}",
-              f"r.bucket < {p.add(inner.end, 'timestamptz')}",
-              f"r.ranges = {rollups.ENGAGEMENT_RANGES[0]}"]
-    durations = {r["duration"] for r in await conn.fetch(
-        f"SELECT r.duration FROM rollup_engagement r WHERE {' AND '.join(where)} "
-        f"GROUP BY 1 HAVING sum(r.sessions) > 0", *p.values)}
+    """The durations the selected played sessions reported (UNKNOWN_DURATION: none), from
+    the engagement rollup over `inner` and from the sessions in `edges`."""
+    durations: set[float] = set()
+    if inner is not None:
+        p = Params()
+        durations = {r["duration"] for r in await conn.fetch(
+            f"SELECT r.duration FROM rollup_engagement r "
+            f"WHERE {' AND '.join(_rollup_durations(sel, p, inner))} "
+            f"GROUP BY 1 HAVING sum(r.sessions) > 0", *p.values)}
     for edge in edges:  # one plain time range each: index-friendly
-        p2 = Params()
-        cond = video_filter(q.selection, p2, "s.video_id")
-        cond.append(_window_condition([edge], p2, "s.started_at"))
+        p = Params()
+        cond = video_filter(sel, p, "s.video_id")
+        cond.append(_window_condition([edge], p, "s.started_at"))
         cond.append("s.played")
         durations |= {r[0] for r in await conn.fetch(
             f"SELECT DISTINCT CASE WHEN s.duration > 0 THEN s.duration "
             f"ELSE {rollups.UNKNOWN_DURATION} END FROM sessions s WHERE {' AND '.join(cond)}",
-            *p2.values)}
+            *p.values)}
     return durations
 
 
@@ -597,48 +616,73 @@ async def _engagement_rollup(conn: asyncpg.Connection, q: EngagementQuery, inner
     return counts
 
 
-async def _engagement_cached(conn: asyncpg.Connection, q: EngagementQuery, inner: Window,
-                             length: float) -> dict[int, int]:
-    """All videos of a key, whole buckets of `inner`, timeline `length`: per bucket from
-    engagement_cache when the bucket's change count (rollup_key_plays.changes, summed) is
-    the one the entry was computed at, else from raw rows (then cached)."""
+async def _engagement_of_key(conn: asyncpg.Connection, q: EngagementQuery, inner: Window,
+                             edges: list[Window]) -> Found:
+    """All videos of a key over the whole buckets of `inner`. Per bucket, the cache holds
+    the bucket's durations and its counts for (ranges, length), valid while the bucket's
+    change count (rollup_key_plays.changes, summed) is the one they were computed at;
+    whatever is missing or stale is computed (durations from the engagement rollup,
+    counts from raw rows) in the same snapshot, and cached."""
     key, ranges = q.selection.key, q.ranges
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         versions = {r["bucket"]: r["v"] for r in await conn.fetch(
             "SELECT bucket, sum(changes)::int8 AS v FROM rollup_key_plays "
             "WHERE key = $1 AND bucket >= $2 AND bucket < $3 GROUP BY bucket HAVING "
             "sum(sessions) > 0", key, inner.start, inner.end)}
-        cached = {r["bucket"]: (r["version"], r["counts"]) for r in await conn.fetch(
-            "SELECT bucket, version, counts FROM engagement_cache WHERE key = $1 "
-            "AND ranges = $2 AND length = $3 AND bucket >= $4 AND bucket < $5",
-            key, ranges, length, inner.start, inner.end)}
-        stale = sorted(b for b, v in versions.items() if cached.get(b, (None,))[0] != v)
+        valid = [r for r in await conn.fetch(
+            "SELECT bucket, length, version, counts, durations FROM engagement_cache "
+            "WHERE key = $1 AND ranges = $2 AND bucket >= $3 AND bucket < $4",
+            key, ranges, inner.start, inner.end) if versions.get(r["bucket"]) == r["version"]]
+        by_bucket: dict[dt.datetime, set[float]] = {r["bucket"]: set(r["durations"])
+                                                    for r in valid}
+        missing = [b for b in versions if b not in by_bucket]
+        if missing:
+            p = Params()
+            where = _rollup_durations(q.selection, p, inner)
+            where.append(f"r.bucket = ANY({p.add(missing, 'timestamptz[]')})")
+            for r in await conn.fetch(
+                    f"SELECT r.bucket, r.duration FROM rollup_engagement r "
+                    f"WHERE {' AND '.join(where)} GROUP BY 1, 2 HAVING sum(r.sessions) > 0",
+                    *p.values):
+                by_bucket.setdefault(r["bucket"], set()).add(r["duration"])
+        durations = set().union(*by_bucket.values()) | await _durations(
+            conn, q.selection, None, edges)
+        known = [d for d in durations if d > 0]
+        if not known or len(durations) == 1:
+            found = await _single_length(conn, q, inner, durations)
+            return found
+        length = max(known)  # the raw length: max(duration), NULLs (and 0) aside
+        cached = {r["bucket"]: r["counts"] for r in valid if r["length"] == length}
+        stale = sorted(b for b in versions if b not in cached)
         fresh: dict[dt.datetime, list[int]] = {}
-        if stale:  # what the raw path says for these buckets, in this same snapshot
+        if stale:  # what the raw path says for these buckets
             grain = dt.timedelta(seconds=rollups.GRAIN_SECONDS)
-            window = Window(stale[0], stale[-1] + grain)
             deltas: dict[dt.datetime, dict[int, int]] = {}
-            for r in await _raw_edges(conn, q, window, length, by_bucket=True):
+            for r in await _raw_edges(conn, q, Window(stale[0], stale[-1] + grain), length,
+                                      by_bucket=True):
                 per = deltas.setdefault(r["bucket"], {})
                 per[r["edge"]] = per.get(r["edge"], 0) + r["delta"]
-            for bucket in stale:
-                fresh[bucket] = _running(deltas.get(bucket, {}), ranges)
+            fresh = {b: _running(deltas.get(b, {}), ranges) for b in stale}
     if stale:  # kept unless a newer entry got there first (change counts only grow)
         await conn.execute(
             """
-            INSERT INTO engagement_cache AS c (key, ranges, length, bucket, version, counts)
-            SELECT $1, $2, $3, u.b, u.v, u.c::int[]
-              FROM unnest($4::timestamptz[], $5::int8[], $6::text[]) AS u(b, v, c)
+            INSERT INTO engagement_cache AS c (key, ranges, length, bucket, version, counts,
+                                               durations)
+            SELECT $1, $2, $3, u.b, u.v, u.c::int[], u.d::float8[]
+              FROM unnest($4::timestamptz[], $5::int8[], $6::text[], $7::text[])
+                   AS u(b, v, c, d)
             ON CONFLICT (key, ranges, length, bucket) DO UPDATE
-               SET version = EXCLUDED.version, counts = EXCLUDED.counts
+               SET version = EXCLUDED.version, counts = EXCLUDED.counts,
+                   durations = EXCLUDED.durations
              WHERE c.version < EXCLUDED.version
             """, key, ranges, length, stale, [versions[b] for b in stale],
-            ["{" + ",".join(map(str, fresh[b])) + "}" for b in stale])
+            ["{" + ",".join(map(str, fresh[b])) + "}" for b in stale],
+            ["{" + ",".join(map(repr, sorted(by_bucket.get(b, ())))) + "}" for b in stale])
     totals = [0] * ranges
     for bucket in versions:
-        for i, c in enumerate(fresh[bucket] if bucket in fresh else cached[bucket][1]):
+        for i, c in enumerate(fresh[bucket] if bucket in fresh else cached[bucket]):
             totals[i] += c
-    return {i: c for i, c in enumerate(totals) if c}
+    return length, {i: c for i, c in enumerate(totals) if c}
 
 
 def _running(deltas: dict[int, int], ranges: int) -> list[int]:

@@ -305,6 +305,8 @@ engagement_cache = Table(
     Column("bucket", DateTime(timezone=True), nullable=False),
     Column("version", BigInteger, nullable=False),
     Column("counts", ARRAY(Integer), nullable=False),
+    # the bucket's distinct reported durations (UNKNOWN_DURATION: none), which decide length
+    Column("durations", ARRAY(Float), nullable=False),
     PrimaryKeyConstraint("key", "ranges", "length", "bucket", name="engagement_cache_pkey"),
     prefixes=["UNLOGGED"],
 )

@@ -1,7 +1,7 @@
 """Engagement across videos of different durations, cached per 15-minute bucket: the
 plays rollups gain `changes` (writes of the bucket's sessions, ever), and the unlogged
-`engagement_cache` keeps a key's per-bucket engagement for a (ranges, length) together
-with the change count it was computed at. Existing rows start at 0 changes; the cache
+`engagement_cache` keeps a key's per-bucket engagement for a (ranges, length), and the
+bucket's distinct durations, together with the change count they were computed at. Existing rows start at 0 changes; the cache
 starts empty.
 
 Revision ID: 0009
@@ -33,6 +33,7 @@ def upgrade() -> None:
         sa.Column("bucket", sa.DateTime(timezone=True), nullable=False),
         sa.Column("version", sa.BigInteger, nullable=False),
         sa.Column("counts", ARRAY(sa.Integer), nullable=False),
+        sa.Column("durations", ARRAY(sa.Float), nullable=False),
         sa.PrimaryKeyConstraint("key", "ranges", "length", "bucket",
                                 name="engagement_cache_pkey"),
         prefixes=["UNLOGGED"],
