@@ -26,6 +26,7 @@ from app.storage.rollups import (
     DISTINCT_SECONDS,
     ENGAGEMENT_RANGES,
     GRAIN_SECONDS,
+    KEY_SOURCES_GRAIN_SECONDS,
     KEYS,
     MERGED,
     MILESTONES,
@@ -89,7 +90,8 @@ def _sources(prefix: str, owner: str, join: str, src: str) -> str:
     return f"""
         INSERT INTO rollup_{prefix}sources ({"key" if prefix else "video_id"}, bucket, page,
                                             {", ".join(REACHED_COLUMNS)})
-        SELECT {owner}, {_bucket(GRAIN_SECONDS)}, s.page, {", ".join(reached)}
+        SELECT {owner}, {_bucket(KEY_SOURCES_GRAIN_SECONDS if prefix else GRAIN_SECONDS)},
+               s.page, {", ".join(reached)}
           FROM {src} s {join} WHERE s.played AND s.page IS NOT NULL GROUP BY 1, 2, 3"""
 
 

@@ -15,7 +15,7 @@ subtracts what it contributed, adds what it contributes now, and upserts the sum
   is what the engagement cache (engagement_cache) checks its entries against.
 - rollup_sources (video, bucket, page): sessions reaching each watch class, cumulatively
   (`reached[k]`: sessions whose class is at least k), so one row answers any exact
-  threshold.
+  threshold. rollup_key_sources (key, hour, page): the same per ingest key, hourly.
 - rollup_qoe (video, hour, browser, platform, device): QoE sums of the views with QoE
   data, with their startup / seek-latency histograms as arrays (for breakdowns);
   rollup_qoe_hist (video, hour, metric, histogram bucket): the same histograms without
@@ -48,6 +48,10 @@ GRAIN_SECONDS = 900
 # QoE rollups are hourly: their histograms have many rows per bucket, and an hour grain
 # answers every zone with whole-hour offsets (the others use the raw path)
 QOE_GRAIN_SECONDS = 3600
+# Sources per ingest key are hourly too: a month of a key's pages per 15 minutes is ~40,000
+# rows to read for an hourly answer; hours are a quarter of that. Questions an hour grain
+# cannot answer (15-minute intervals, zones with :30/:45 offsets) sum the per-video rows.
+KEY_SOURCES_GRAIN_SECONDS = 3600
 WATCH_BOUNDS = (1, 2, 3, 5, 10, 30, 60)
 ENGAGEMENT_RANGES = (10, 20, 50, 100)
 UNKNOWN_DURATION = -1.0
@@ -234,8 +238,9 @@ class Deltas:
             if sign > 0:  # one more write of a session in this bucket (see CHANGES)
                 plays[-1] += 1
         if s.page is not None:
+            hour = moment - moment % KEY_SOURCES_GRAIN_SECONDS
             for table, key in ((self.sources, (s.video_id, bucket, s.page)),  # type: ignore
-                               (self.key_sources, (s.key, bucket, s.page))):
+                               (self.key_sources, (s.key, hour, s.page))):
                 reached = table.get(key)  # type: ignore[attr-defined]
                 if reached is None:
                     reached = table[key] = [0] * (1 + len(WATCH_BOUNDS))  # type: ignore[index]

@@ -488,34 +488,45 @@ async def qoe(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
 # -- sources ----------------------------------------------------------------------------
 async def sources(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
                   use_rollups: bool = True) -> list[tuple[dt.datetime, str, int]]:
-    counts: dict[tuple[dt.datetime, str], int] = {}
-
-    async def raw(windows: list[Window]) -> None:
-        p = Params()
-        bucket = _bucket(q, p, timescale)
-        where = _sessions_where(q, p, windows)
-        where.append("s.page IS NOT NULL")
-        for r in await conn.fetch(
-                f"SELECT {bucket} AS bucket, s.page, count(*) AS views FROM sessions s "
-                f"WHERE {' AND '.join(where)} GROUP BY 1, 2", *p.values):
-            key = (r["bucket"], r["page"])
-            counts[key] = counts.get(key, 0) + r["views"]
-
-    async def rollup(cls: int, inner: Window) -> None:
-        p = Params()
-        bucket = _bucket(q, p, timescale, "r.bucket")
-        table, where = _rollup_where(q, p, "sources", inner)
+    """(bucket, page, views), by bucket, then most views, then page (code point order).
+    One statement: the rollup's whole buckets and the raw edges are added up, grouped and
+    sorted by PostgreSQL (an hourly month of a busy key is ~10,000 rows)."""
+    p = Params()
+    parts = []
+    plan = bucket_rollup_plan(q) if use_rollups else None
+    windows = [q.window]
+    if plan is not None:
+        cls, inner = plan
+        windows = _edges(q.window, inner)  # raw: the partial quarter hours at the ends
         reached = rollups.REACHED_COLUMNS[cls]  # a constant column name, not user text
-        for r in await conn.fetch(
-                f"SELECT {bucket} AS bucket, r.page, sum(r.{reached}) AS views "
-                f"FROM {table} r WHERE {' AND '.join(where)} GROUP BY 1, 2", *p.values):
-            key = (r["bucket"], r["page"])
-            counts[key] = counts.get(key, 0) + int(r["views"])
-
-    await _by_plan(q, use_rollups, raw, rollup)
-    rows = [(b, page, views) for (b, page), views in counts.items() if views > 0]
-    rows.sort(key=lambda r: (r[0], -r[2], r[1]))
-    return rows
+        quarters = [inner]  # per video, 15 minutes (for a whole key: its videos)
+        hourly = _rollup_window(q, rollups.KEY_SOURCES_GRAIN_SECONDS)
+        if _whole_key(q.selection) and hourly is not None:  # the key's hourly rows, and
+            quarters = _edges(inner, hourly)  # the quarter hours around them
+            parts.append(
+                f"SELECT {_bucket(q, p, timescale, 'r.bucket')} AS bucket, r.page, "
+                f"r.{reached} AS views FROM rollup_key_sources r "
+                f"WHERE r.key = {p.add(q.selection.key, 'text')} "
+                f"AND r.bucket >= {p.add(hourly.start, 'timestamptz')} "
+                f"AND r.bucket < {p.add(hourly.end, 'timestamptz')}")
+        for window in quarters:
+            where = video_filter(q.selection, p, "r.video_id")
+            where += [f"r.bucket >= {p.add(window.start, 'timestamptz')}",
+                      f"r.bucket < {p.add(window.end, 'timestamptz')}"]
+            parts.append(f"SELECT {_bucket(q, p, timescale, 'r.bucket')} AS bucket, r.page, "
+                         f"r.{reached} AS views FROM rollup_sources r "
+                         f"WHERE {' AND '.join(where)}")
+    for window in windows:  # one plain time range each: index-friendly
+        bucket = _bucket(q, p, timescale)
+        where = _sessions_where(q, p, [window])
+        where.append("s.page IS NOT NULL")
+        parts.append(f"SELECT {bucket} AS bucket, s.page, 1 AS views FROM sessions s "
+                     f"WHERE {' AND '.join(where)}")
+    rows = await conn.fetch(
+        f"SELECT bucket, page, sum(views)::int8 AS views "
+        f"FROM ({' UNION ALL '.join(parts)}) AS u GROUP BY 1, 2 HAVING sum(views) > 0 "
+        f'ORDER BY 1, 3 DESC, page COLLATE "C"', *p.values)
+    return [(r[0], r[1], r[2]) for r in rows]
 
 
 async def engagement(conn: asyncpg.Connection, q: EngagementQuery,
