@@ -24,7 +24,7 @@ import asyncpg
 import httpx
 import pytest
 
-from app.storage import db, timeline
+from app.storage import db, export
 from app.storage.embedded import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ AUTH = ("admin", PASSWORD)
 TABLES = ("rollup_plays", "rollup_sources", "rollup_engagement", "rollup_key_plays",
           "rollup_key_sources", "rollup_impressions", "rollup_key_impressions",
           "rollup_completion", "rollup_key_completion", "impressions", "export_outbox",
-          "playing", "sessions", "videos", "ingest_keys")
+          "playing", "session_events", "sessions", "videos", "ingest_keys")
 
 
 async def islands_of(conn: asyncpg.Connection, session_id: int) -> list[tuple[float, float]]:
@@ -45,9 +45,8 @@ async def islands_of(conn: asyncpg.Connection, session_id: int) -> list[tuple[fl
 async def timeline_of(conn: asyncpg.Connection, session_id: int,
                       ) -> list[tuple[dt.datetime, str, dict[str, Any]]]:
     """A session's stored raw events (at, name, payload), in the order they arrived."""
-    row = await conn.fetchrow("SELECT started_at, events FROM sessions WHERE id = $1",
-                              session_id)
-    return [] if row is None else timeline.decode(row["events"], row["started_at"])
+    found = await export.one_session(conn, session_id)
+    return [] if found is None else [(e.at, e.name, e.payload) for e in found[1]]
 
 
 async def event_names(conn: asyncpg.Connection, session_id: int) -> list[str]:

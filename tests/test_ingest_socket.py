@@ -352,3 +352,49 @@ async def test_two_processes_share_revocation_and_presence(tmp_path: Path, serve
         await phx.close()
     finally:
         other.stop()
+
+
+async def test_a_long_timeline_spills_into_overflow_rows(server: Server, conn: asyncpg.Connection,
+                                                         database_url: str) -> None:
+    """A session's row keeps its first raw events up to timeline.ROW_BYTES; the rest go to
+    overflow rows (an append never rewrites a long value). The timeline reads back whole and
+    in order, the count is exact, and raw-event retention drops both."""
+    import datetime as dt
+
+    from app.storage import db, session_store, timeline
+    key = new_key(server)
+    phx = await Phx.open(server.ws())
+    t = topic()
+    assert (await phx.join(t, join_payload(key)))["status"] == "ok"
+    sent = []
+    for n in range(80):  # 160 events of 24 bytes: ~3.8 KB
+        for step in (0, 1):
+            assert (await phx.event(t, name=("play", "pause")[step], duration=600,
+                                    **{("from", "to")[step]: n + step}))["status"] == "ok"
+            sent.append((("play", "pause")[step], float(n + step)))
+    await phx.close()
+    (row,) = await wait_for(lambda: _ended_row(conn, key))
+    events = await timeline_of(conn, row["id"])
+    assert [(name, payload.get("from", payload.get("to"))) for _, name, payload in events] \
+        == sent
+    assert all(a <= b for (a, _, _), (b, _, _) in zip(events, events[1:], strict=False))
+    assert row["event_count"] == len(sent)
+    assert len(row["events"]) <= timeline.ROW_BYTES
+    overflow = await conn.fetchval(
+        "SELECT count(*) FROM session_events WHERE session_id = $1", row["id"])
+    assert overflow >= 1
+    pool = await db.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        later = row["started_at"] + dt.timedelta(days=31)
+        assert await session_store.drop_raw_events(pool, 30, now=later) >= 1
+    finally:
+        await pool.close()
+    assert await timeline_of(conn, row["id"]) == []
+    assert await conn.fetchval(
+        "SELECT count(*) FROM session_events WHERE session_id = $1", row["id"]) == 0
+
+
+async def _ended_row(conn: asyncpg.Connection, key: str) -> list[asyncpg.Record] | None:
+    rows = await sessions_for(conn, key)
+    return rows if rows and rows[0]["ended_at"] is not None and rows[0]["event_count"] >= 160 \
+        else None

@@ -211,5 +211,8 @@ async def one_session(conn: asyncpg.Connection, session_id: int,
         f"WHERE s.id = $1", session_id)
     if row is None:
         return None
-    return _summary(row), [EventEntry(at, name, payload) for at, name, payload
-                           in timeline.decode(row["events"], row["started_at"])]
+    blobs = [row["events"], *[r[0] for r in await conn.fetch(
+        "SELECT events FROM session_events WHERE session_id = $1 AND session_started_at = $2 "
+        "ORDER BY seq", session_id, row["started_at"])]]
+    return _summary(row), [EventEntry(at, name, payload) for blob in blobs
+                           for at, name, payload in timeline.decode(blob, row["started_at"])]

@@ -244,7 +244,7 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
         # the stored state of these sessions: what they contribute to the rollups now
         old = {r["id"]: r for r in await conn.fetch(
             f"""
-            SELECT {rollups.STATE_COLUMNS}
+            SELECT {rollups.STATE_COLUMNS}, coalesce(octet_length(s.events), 0) AS kept
               FROM sessions s
               JOIN unnest($1::bigint[], $2::timestamptz[]) AS u(id, t)
                 ON s.id = u.id AND s.started_at = u.t
@@ -263,6 +263,14 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
             deltas.change(rollups.state_of(before) if before else None, state)
         qoe = [r.qoe_columns() for r in rows]
         packed = [timelines.pop(r.id, None) for r in rows]
+        # a long timeline goes on in overflow rows: appending to the row would rewrite all
+        # of it (and past ~2 KB its TOAST copy) on every write of the session
+        for n, r in enumerate(rows):
+            got, before = packed[n], old.get(r.id)
+            if got is not None and (before["kept"] if before else 0) + len(got[1]) \
+                    > timeline.ROW_BYTES:
+                timelines[r.id] = got  # written below, by append_events
+                packed[n] = (got[0], None, got[2])
         await conn.execute(
             f"""
             INSERT INTO sessions AS s (id, started_at, video_id, ended_at, browser, platform,
@@ -296,8 +304,8 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
             [r.played for r in rows], *[[q[i] for q in qoe] for i in range(9)],
             [p[1] if p else None for p in packed], [p[2] if p else 0 for p in packed],
         )
-    if timelines:  # events of sessions without a snapshot in this batch
-        await append_events(conn, timelines)
+    if timelines:  # overflowing timelines, and events of sessions without a snapshot here
+        await append_events(conn, timelines, counted={r.id for r in sessions.values()})
     if impressions:
         await _copy_impressions(conn, impressions, vid, deltas)
     await deltas.write(conn)
@@ -329,16 +337,23 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
 
 
 async def append_events(conn: asyncpg.Connection,
-                        timelines: dict[int, tuple[dt.datetime, bytes, int]]) -> None:
-    """Append packed events to the timelines of existing sessions."""
-    await conn.execute(
-        """
-        UPDATE sessions s SET events = coalesce(s.events, ''::bytea) || u.ev,
-                              event_count = s.event_count + u.n
-          FROM unnest($1::bigint[], $2::timestamptz[], $3::bytea[], $4::int[]) AS u(id, t, ev, n)
-         WHERE s.id = u.id AND s.started_at = u.t
-        """, list(timelines), [t[0] for t in timelines.values()],
-        [t[1] for t in timelines.values()], [t[2] for t in timelines.values()])
+                        timelines: dict[int, tuple[dt.datetime, bytes, int]],
+                        counted: set[int] | frozenset[int] = frozenset()) -> None:
+    """Add packed events to the timelines of existing sessions, as overflow rows (one per
+    session and write; see timeline.ROW_BYTES); their event_count grows unless `counted`
+    (the caller's upsert counted them)."""
+    await conn.copy_records_to_table(
+        "session_events", columns=["session_id", "session_started_at", "events"],
+        records=[(sid, t[0], t[1]) for sid, t in timelines.items()])
+    uncounted = {sid: t for sid, t in timelines.items() if sid not in counted}
+    if uncounted:
+        await conn.execute(
+            """
+            UPDATE sessions s SET event_count = s.event_count + u.n
+              FROM unnest($1::bigint[], $2::timestamptz[], $3::int[]) AS u(id, t, n)
+             WHERE s.id = u.id AND s.started_at = u.t
+            """, list(uncounted), [t[0] for t in uncounted.values()],
+            [t[2] for t in uncounted.values()])
 
 
 async def touch_playing(conn: asyncpg.Connection | asyncpg.Pool, session_ids: list[int]) -> None:
@@ -423,6 +438,12 @@ async def drop_raw_events(pool: asyncpg.Pool, days: int,
         dropped += count
         if count < RAW_DROP_BATCH:
             break
+    if days > 0:
+        async with pool.acquire() as conn:
+            await conn.execute(
+                "DELETE FROM session_events "
+                "WHERE session_started_at < coalesce($2, now()) - make_interval(days => $1)",
+                days, now)
     return dropped
 
 
@@ -434,6 +455,8 @@ async def apply_retention(pool: asyncpg.Pool, days: int, raw_event_days: int) ->
         if days > 0:
             await conn.execute("DELETE FROM sessions "
                                "WHERE started_at < now() - make_interval(days => $1)", days)
+            await conn.execute("DELETE FROM session_events WHERE session_started_at "
+                               "< now() - make_interval(days => $1)", days)
             # rollup buckets wholly before the horizon (the query clamps to it anyway)
             await conn.execute("DELETE FROM impressions "
                                "WHERE at < now() - make_interval(days => $1)", days)

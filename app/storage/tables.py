@@ -15,6 +15,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -309,4 +310,16 @@ engagement_cache = Table(
     Column("durations", ARRAY(Float), nullable=False),
     PrimaryKeyConstraint("key", "ranges", "length", "bucket", name="engagement_cache_pkey"),
     prefixes=["UNLOGGED"],
+)
+
+# The rest of a long session's raw events (app/storage/timeline.py: ROW_BYTES), one row per
+# write, in order of `seq`; dropped with the row's raw events.
+session_events = Table(
+    "session_events",
+    metadata,
+    Column("session_id", BigInteger, nullable=False),
+    Column("session_started_at", DateTime(timezone=True), nullable=False),
+    Column("seq", BigInteger, Identity(always=False), nullable=False),
+    Column("events", LargeBinary, nullable=False),
+    Index("session_events_session_idx", "session_id", "seq"),
 )

@@ -23,6 +23,11 @@ from typing import Any
 
 from app.model import EVENT_NAMES, PAYLOAD_NUMBERS, PAYLOAD_TEXTS
 
+# A row keeps its session's first events up to this many bytes (under PostgreSQL's 2 KB
+# TOAST threshold, so an append rewrites at most this); later writes of a long session
+# go to overflow rows in `session_events`, one per write, read back in order.
+ROW_BYTES = 1536
+
 _HEAD = struct.Struct(">iBB")
 _NUMBER = struct.Struct(">Bd")
 _NAMES = {name: code for code, name in enumerate(EVENT_NAMES)}
