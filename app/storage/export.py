@@ -78,19 +78,6 @@ def qoe_dict(q: Qoe | None) -> dict[str, Any] | None:
     }
 
 
-def merge_ranges(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Union of [from, to) media ranges, sorted, rounded to milliseconds."""
-    merged: list[tuple[float, float]] = []
-    for start, end in sorted(spans):
-        if end <= start:
-            continue
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return [(round(a, 3), round(b, 3)) for a, b in merged]
-
-
 _COLUMNS = """
     s.id, s.started_at, s.ended_at, v.identifier, v.metadata, s.browser, s.platform,
     s.device, s.page, s.duration, s.watch_seconds, s.furthest, s.played, s.qoe, s.startup_ms,
@@ -100,11 +87,12 @@ _COLUMNS = """
 
 
 def _summary(row: asyncpg.Record) -> Summary:
-    islands = row["islands"] or []
-    spans = [(float(islands[i]), float(islands[i + 1])) for i in range(0, len(islands) - 1, 2)]
+    islands = row["islands"] or []  # merged and sorted already: rounded to milliseconds here
+    watched = [(round(islands[i], 3), round(islands[i + 1], 3))
+               for i in range(0, len(islands) - 1, 2)]
     return Summary(row["id"], row["started_at"], row["ended_at"], row["identifier"],
                    row["metadata"], row["browser"], row["platform"], row["device"], row["page"],
-                   row["duration"], row["watch_seconds"], row["furthest"], merge_ranges(spans),
+                   row["duration"], row["watch_seconds"], row["furthest"], watched,
                    row["played"], qoe_of(row))
 
 

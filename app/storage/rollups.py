@@ -304,12 +304,6 @@ class Deltas:
             for hist, owner in ((self.qoe_hist, s.video_id), (self.key_qoe_hist, s.key)):
                 hist[(owner, bucket, metric, i)] = hist.get((owner, bucket, metric, i), 0) + sign
 
-    def __len__(self) -> int:
-        return len(self.plays) + len(self.sources) + len(self.engagement) \
-            + len(self.key_plays) + len(self.key_sources) + len(self.completion) \
-            + len(self.key_completion) + len(self.impressions) + len(self.key_impressions) \
-            + len(self.qoe) + len(self.key_qoe) + len(self.qoe_hist) + len(self.key_qoe_hist)
-
     def change(self, old: State | None, new: State) -> None:
         if old == new:
             return
@@ -529,9 +523,9 @@ def qoe_of(row: Any) -> Qoe | None:
                bool(row["failed_before_start"]), bool(row["exited_before_start"]))
 
 
-def state_of(row: Any, islands: tuple[float, ...] | None = None) -> State:
+def state_of(row: Any) -> State:
     """A State from a stored sessions row (STATE_COLUMNS)."""
     return State(row["key"], row["video_id"], row["started_at"], row["browser"], row["platform"],
                  row["device"], row["page"], row["watch_seconds"], row["duration"],
-                 tuple(row["islands"] or ()) if islands is None else islands, row["furthest"],
-                 row["ended"], row["played"], qoe_of(row))
+                 tuple(row["islands"] or ()), row["furthest"], row["ended"], row["played"],
+                 qoe_of(row))

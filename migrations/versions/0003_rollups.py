@@ -1,9 +1,8 @@
 """Rollups maintained at ingest (plays, sources, engagement per video x 15-minute bucket),
 and each session's merged watched ranges (`sessions.islands`).
 
-The tables are created here; `vidmetrics migrate` (and `serve`) then backfill them from the
-existing sessions with a progress bar (app/storage/rollups.py: backfill), because that
-walks every session once and is written with the same code the writer uses.
+The tables are created here; `vidmetrics migrate` (and `serve`) then fill them from the
+existing sessions with a progress bar (app/storage/rebuild.py: backfill, set-based).
 
 Revision ID: 0003
 Revises: 0002
