@@ -39,15 +39,12 @@ from app.storage.rollups import (
     SUMS,
     UNKNOWN_DURATION,
     WATCH_BOUNDS,
+    grain_sql,
 )
 
 WORK_MEM = "256MB"  # for the rebuild's transaction only
 # (table, the owner column as selected, the join that provides it)
 OWNERS = (("", "s.video_id", ""), ("key_", "v.key", "JOIN videos v ON v.id = s.video_id"))
-
-
-def _bucket(width: int, column: str = "s.started_at") -> str:
-    return f"to_timestamp(floor(extract(epoch FROM {column}) / {width}) * {width})"
 
 
 def _folded(column: str, known: tuple[str, ...]) -> str:
@@ -79,7 +76,7 @@ def _plays(prefix: str, owner: str, join: str, src: str) -> str:
         INSERT INTO rollup_{prefix}plays ({"key" if prefix else "video_id"}, bucket, class,
                                           sessions, watch_seconds, {", ".join(BREAKDOWN_COLUMNS)},
                                           changes)
-        SELECT {owner}, {_bucket(GRAIN_SECONDS)}, {WATCH_CLASS}, count(*), sum(s.watch_seconds),
+        SELECT {owner}, {grain_sql(GRAIN_SECONDS)}, {WATCH_CLASS}, count(*), sum(s.watch_seconds),
                {", ".join(classes)}, count(*)
           FROM {src} s {join} WHERE s.played GROUP BY 1, 2, 3"""
 
@@ -90,7 +87,7 @@ def _sources(prefix: str, owner: str, join: str, src: str) -> str:
     return f"""
         INSERT INTO rollup_{prefix}sources ({"key" if prefix else "video_id"}, bucket, page,
                                             {", ".join(REACHED_COLUMNS)})
-        SELECT {owner}, {_bucket(KEY_SOURCES_GRAIN_SECONDS if prefix else GRAIN_SECONDS)},
+        SELECT {owner}, {grain_sql(KEY_SOURCES_GRAIN_SECONDS if prefix else GRAIN_SECONDS)},
                s.page, {", ".join(reached)}
           FROM {src} s {join} WHERE s.played AND s.page IS NOT NULL GROUP BY 1, 2, 3"""
 
@@ -105,7 +102,7 @@ def _completion(prefix: str, owner: str, join: str, src: str) -> str:
         INSERT INTO rollup_{prefix}completion ({"key" if prefix else "video_id"}, bucket, class,
                                                device, {", ".join(COMPLETION_COLUMNS)},
                                                percent_sum)
-        SELECT {owner}, {_bucket(GRAIN_SECONDS)}, {WATCH_CLASS}, {DEVICE}, {", ".join(counts)},
+        SELECT {owner}, {grain_sql(GRAIN_SECONDS)}, {WATCH_CLASS}, {DEVICE}, {", ".join(counts)},
                coalesce(sum(least(1::float8, {DISTINCT_SECONDS} / s.duration))
                         FILTER (WHERE {KNOWN}), 0)
           FROM {src} s {join} WHERE s.played GROUP BY 1, 2, 3, 4"""
@@ -124,7 +121,7 @@ def _qoe(prefix: str, owner: str, join: str, src: str) -> str:
     groups = "owner, bucket, browser, platform, device"
     return f"""
         WITH q AS MATERIALIZED (
-            SELECT {owner} AS owner, {_bucket(QOE_GRAIN_SECONDS)} AS bucket,
+            SELECT {owner} AS owner, {grain_sql(QOE_GRAIN_SECONDS)} AS bucket,
                    {BROWSER} AS browser, {PLATFORM} AS platform, {DEVICE} AS device,
                    s.watch_seconds, s.startup_ms, s.rebuffer_count, s.rebuffer_seconds,
                    s.failure, s.failed_before_start, s.exited_before_start, s.seek_count,
@@ -167,7 +164,7 @@ def _qoe_hist(prefix: str, owner: str, join: str, src: str) -> str:
     return f"""
         INSERT INTO rollup_{prefix}qoe_hist ({"key" if prefix else "video_id"}, bucket, metric,
                                              idx, views)
-        SELECT {owner}, {_bucket(QOE_GRAIN_SECONDS)}, h.metric, h.idx, count(*)
+        SELECT {owner}, {grain_sql(QOE_GRAIN_SECONDS)}, h.metric, h.idx, count(*)
           FROM {src} s {join},
                LATERAL (VALUES ({STARTUP}, {_histogram_index("s.startup_ms")}),
                                ({SEEK}, {_histogram_index(latency)})) AS h(metric, idx)
@@ -179,7 +176,7 @@ def _engagement(src: str) -> str:
     step = "(e.duration / r.ranges)"
     return f"""
         WITH e AS MATERIALIZED (
-            SELECT s.video_id, {_bucket(GRAIN_SECONDS)} AS bucket,
+            SELECT s.video_id, {grain_sql(GRAIN_SECONDS)} AS bucket,
                    CASE WHEN {KNOWN} THEN s.duration ELSE {UNKNOWN_DURATION!r}::float8 END
                        AS duration, s.islands
               FROM {src} s WHERE s.played
@@ -226,7 +223,7 @@ def _impressions(prefix: str, owner: str, join: str, loads: str) -> str:
     return f"""
         INSERT INTO rollup_{prefix}impressions ({"key" if prefix else "video_id"}, bucket,
                                                 impressions)
-        SELECT {owner.replace("s.", "i.")}, {_bucket(GRAIN_SECONDS, "i.at")}, count(*)
+        SELECT {owner.replace("s.", "i.")}, {grain_sql(column="i.at")}, count(*)
           FROM {loads} i {join.replace("s.video_id", "i.video_id")} GROUP BY 1, 2"""
 
 

@@ -104,6 +104,11 @@ def grain(moment: dt.datetime, width: int = GRAIN_SECONDS) -> dt.datetime:
     return dt.datetime.fromtimestamp(seconds, dt.UTC)
 
 
+def grain_sql(width: int = GRAIN_SECONDS, column: str = "s.started_at") -> str:
+    """grain() in SQL: the UTC bucket of `width` seconds a timestamptz column falls in."""
+    return f"to_timestamp(floor(extract(epoch FROM {column}) / {width}) * {width})"
+
+
 def _at(epoch: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(epoch, dt.UTC)
 

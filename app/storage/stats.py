@@ -131,10 +131,16 @@ def _rollup_window(q: BucketQuery, width: int) -> Window | None:
     return inner
 
 
+def _whole_key(sel: Selection) -> bool:
+    """Every video of one ingest key, no other filter."""
+    return sel.key is not None and sel.video is None and sel.identifier is None \
+        and sel.session is None
+
+
 def _rollup_scope(sel: Selection, p: Params, kind: str) -> tuple[str, list[str]]:
     """The rollup table and condition for a selection: the per-key table when the whole
     key is selected (a few rows per bucket), else the per-video table."""
-    if sel.key is not None and sel.video is None and sel.identifier is None:
+    if _whole_key(sel):
         return f"rollup_key_{kind}", [f"r.key = {p.add(sel.key, 'text')}"]
     return f"rollup_{kind}", video_filter(sel, p, "r.video_id")
 
@@ -574,11 +580,6 @@ async def _single_length(conn: asyncpg.Connection, q: EngagementQuery, inner: Wi
     return None
 
 
-def _whole_key(sel: Selection) -> bool:
-    return sel.key is not None and sel.video is None and sel.identifier is None \
-        and sel.session is None
-
-
 def _rollup_durations(sel: Selection, p: Params, inner: Window) -> list[str]:
     where = video_filter(sel, p, "r.video_id")
     return where + [f"r.bucket >= {p.add(inner.start, 'timestamptz')}",
@@ -736,8 +737,7 @@ async def _raw_edges(conn: asyncpg.Connection, q: EngagementQuery, window: Windo
     ranges = p.add(q.ranges, "int")
     total = ("SELECT coalesce(max(duration), max(furthest)) AS total FROM sel" if length is None
              else f"SELECT {p.add(length, 'float8')} AS total")
-    bucket = (f"to_timestamp(floor(extract(epoch FROM s.started_at) / "
-              f"{rollups.GRAIN_SECONDS}) * {rollups.GRAIN_SECONDS})" if by_bucket else "NULL")
+    bucket = rollups.grain_sql() if by_bucket else "NULL"
     return await conn.fetch(
         f"""
         WITH sel AS MATERIALIZED (
