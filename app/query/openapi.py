@@ -140,10 +140,15 @@ SCHEMAS: dict[str, Any] = {
     "Session": {"type": "object", "required": ["session", "events"],
                 "additionalProperties": False, "properties": {
                     "session": {"$ref": "#/components/schemas/SessionSummary"},
-                    "events": {"type": "array", "items": {
+                    "events": {"type": "array", "description": (
+                        "the raw events still kept, in the order they arrived (empty after "
+                        "METRICS_RAW_EVENTS_RETENTION_DAYS)"), "items": {
                         "type": "object", "required": ["at_ms", "name", "payload"],
                         "additionalProperties": False,
-                        "properties": {"at_ms": {"type": "number"}, "name": {"type": "string"},
+                        "properties": {"at_ms": {"type": "number", "description": (
+                                           "whole milliseconds since the session started; "
+                                           "negative before its first play")},
+                                       "name": {"type": "string"},
                                        "payload": {"type": "object"}}}}}},
     "ExportRequest": {"type": "object", "properties": {
         **SELECTION, "timeframe": TIMEFRAME,
