@@ -4,12 +4,14 @@ One invocation runs, side by side on the same machine:
   1. a bare starlette + uvicorn websocket echo (same uvicorn settings as vidmetrics), and
   2. `vidmetrics serve` on a fresh embedded PostgreSQL,
 each pinned to CPU 0 (where the machine has more than one), driven by a raw-protocol
-generator pinned to CPU 1: pre-encoded, pre-masked websocket frames written on bare asyncio
-protocols; replies are counted from frame headers, never parsed. Every socket keeps K
-events outstanding (a new one is sent when a reply arrives), or sends one event every
---every seconds. Prints events/s, the vidmetrics/echo ratio, ack p50/p99, CPU seconds of
-server, PostgreSQL and generator, server RSS per socket, and, after draining, acknowledged
-vs stored events (they must be equal). Appends a dated section to bench/RESULTS.md.
+generator pinned to CPU 1 (PostgreSQL runs there too, beside the generator, so that the
+server process has a core of its own as the echo does): pre-encoded, pre-masked websocket
+frames written on bare asyncio protocols; replies are counted from frame headers, never
+parsed. Every socket keeps K events outstanding (a new one is sent when a reply arrives),
+or sends one event every --every seconds. Prints events/s, the vidmetrics/echo ratio, ack
+p50/p99, CPU seconds of server, PostgreSQL and generator, server RSS per socket, and,
+after draining, acknowledged vs stored events (they must be equal). Appends a dated
+section to bench/RESULTS.md.
 Loopback traffic only.
 
     .venv/bin/python bench/ingest.py --sockets 1000 --outstanding 1 4 --seconds 20
@@ -247,7 +249,7 @@ def wait_healthy(url: str) -> None:
 
 
 def measure(label: str, cmd: list[str], env: dict[str, str], port: int, key: str, case: dict,
-            health: str, stored: object = None) -> dict:
+            health: str, stored: object = None, pg_cpu: int | None = None) -> dict:
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
@@ -256,6 +258,9 @@ def measure(label: str, cmd: list[str], env: dict[str, str], port: int, key: str
             key = stored("key")
         server = psutil.Process(proc.pid)
         servers = [server, *server.children(recursive=True)]
+        if pg_cpu is not None:  # PostgreSQL beside the generator, the server's core its own
+            for p in postgres_processes():  # the postmaster first: backends inherit it
+                p.cpu_affinity([pg_cpu])
         rss_before = sum(p.memory_info().rss for p in servers if p.name() != "postgres")
         pg, me = postgres_processes(), psutil.Process()
         cpu0 = (cpu_seconds([p for p in servers if p.name() != "postgres"]),
@@ -355,7 +360,8 @@ def main() -> None:
             server_cpu = pinned(0) if args.workers == 1 else []
             ours = measure("vidmetrics", [*server_cpu, sys.executable, "-m", "app.cli", "serve"],
                            env, port, "bench-ingest", case, "/healthz",
-                           stored=lambda what, s=stored: s(what))
+                           stored=lambda what, s=stored: s(what),
+                           pg_cpu=1 if server_cpu else None)
             acked_so_far += ours["acked"]
             ratio = ours["rate"] / echo["rate"] if echo["rate"] else 0.0
             shape = (f"K={case['outstanding']}" if case["outstanding"]

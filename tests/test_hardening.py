@@ -84,9 +84,9 @@ async def test_writer_commits_good_members_when_one_is_refused(database_url: str
                               platform="linux", device="desktop", page=page,
                               session_data=None)
 
-        futures = [writer.submit([row(ids[0], "https://ok.example/1")]),
-                   writer.submit([row(ids[1], "https://bad.example/\u0000")]),
-                   writer.submit([row(ids[2], "https://ok.example/2")])]
+        futures = [writer.write([row(ids[0], "https://ok.example/1")]),
+                   writer.write([row(ids[1], "https://bad.example/\u0000")]),
+                   writer.write([row(ids[2], "https://ok.example/2")])]
         results = await asyncio.gather(*futures, return_exceptions=True)
         assert results[0] is None and results[2] is None
         assert isinstance(results[1], WriteFailed)

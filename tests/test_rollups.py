@@ -24,6 +24,7 @@ from app.storage.session_store import (
     SessionRow,
     VideoIds,
     VideoRef,
+    Written,
 )
 
 UTC = dt.UTC
@@ -54,6 +55,8 @@ def session_specs(draw: st.DrawFn) -> dict[str, Any]:
         "duration": duration,
         "spans": spans,
         "incremental": draw(st.booleans()),
+        # written as the socket writer does, from what it remembers it committed
+        "remembered": draw(st.booleans()),
         "duration_change": draw(st.booleans()),
         "ended": draw(st.booleans()),
         "impressions": draw(st.integers(0, 2)),
@@ -88,6 +91,7 @@ async def _write(conn: asyncpg.Connection, key: str, specs: list[dict[str, Any]]
     ids = await session_store.ensure_videos(conn, list(refs.values()))
     whole_rows, whole_intervals = [], []
     cache = VideoIds()
+    written = Written()
     for spec in specs:
         ref = refs["identified" if spec["video"] == "c" else spec["video"]]
         start = base + dt.timedelta(seconds=spec["offset"])
@@ -122,21 +126,26 @@ async def _write(conn: asyncpg.Connection, key: str, specs: list[dict[str, Any]]
             whole_intervals += intervals
             continue
         # as the socket writer does: a snapshot per event, intervals as they close
-        async with conn.transaction():
-            await session_store.write_batch(conn, [dataclasses.replace(row)], cache)
+        remembered = written if spec.get("remembered") else None
+
+        async def put(ops: list[Any], remembered: Written | None = remembered) -> None:
+            async with conn.transaction():
+                outcome = await session_store.write_batch(conn, ops, cache, written=remembered)
+            if remembered is not None:
+                remembered.apply(outcome.sessions)
+
+        await put([dataclasses.replace(row)])
         row.qoe = final_qoe
         for n, i in enumerate(intervals):
             row.watch_seconds += max(0.0, i.media_to - i.media_from)
             row.furthest = max(row.furthest, i.media_to)
             if spec["duration_change"] and n == 0 and row.duration is not None:
                 row.duration = row.duration + 1  # a durationchange mid-session
-            async with conn.transaction():
-                await session_store.write_batch(conn, [i, dataclasses.replace(row)], cache)
+            await put([i, dataclasses.replace(row)])
         if (spec["duration_change"] and row.duration is not None) or not intervals:
             if row.duration is not None:
                 row.duration = spec["duration"]  # and back
-            async with conn.transaction():
-                await session_store.write_batch(conn, [dataclasses.replace(row)], cache)
+            await put([dataclasses.replace(row)])
     if whole_rows:
         async with conn.transaction():
             await session_store.copy_rows(conn, ids, whole_rows, whole_intervals, [])

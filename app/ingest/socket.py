@@ -118,6 +118,11 @@ class Hub:
                     conn.revoke(topic, join_ref)
 
 
+def _ignore(failure: str | None) -> None:
+    """A write nobody awaits a reply for (a leave, a revoked key): its failure is logged
+    by the writer."""
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -247,24 +252,20 @@ class Connection:
                                       "server is at its session memory limit, try again later")
         self.channels[frame.topic] = (frame.join_ref, session)
         # the join is an impression: acknowledged once it is committed, like every event
-        future = self.hub.writer.submit([session.impression(_now())])
-        future.add_done_callback(functools.partial(self._joined, frame))
+        self.hub.writer.submit([session.impression(_now())],
+                               functools.partial(self._joined, frame))
 
-    def _joined(self, frame: protocol.Frame, future: asyncio.Future[None]) -> None:
+    def _joined(self, frame: protocol.Frame, failure: str | None) -> None:
         """The join's impression committed (or failed): queue the join's reply."""
-        if future.cancelled():
-            return
-        exc = future.exception()
-        if exc is None:
+        if failure is None:
             return self.hub.reply(self, protocol.reply(self.vsn, frame.join_ref, frame.ref,
                                                        frame.topic))
         joined = self.channels.get(frame.topic)
         if joined is not None and joined[0] == frame.join_ref:
             self.hub.release(self.channels.pop(frame.topic)[1].cost)
         _REFUSED["write_failed"].inc()
-        reason = str(exc) if isinstance(exc, WriteFailed) else "write failed"
         self.hub.reply(self, protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic,
-                                            reason))
+                                            failure))
 
     async def event(self, frame: protocol.Frame, session: ViewingSession) -> None:
         arrived = time.perf_counter()
@@ -292,24 +293,18 @@ class Connection:
             _EVENTS["acked"].inc()
             await self.send(protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic))
             return
-        future = self.hub.writer.submit(ops)
-        future.add_done_callback(functools.partial(self._committed, frame, arrived))
+        self.hub.writer.submit(ops, functools.partial(self._committed, frame, arrived))
 
-    def _committed(self, frame: protocol.Frame, arrived: float,
-                   future: asyncio.Future[None]) -> None:
+    def _committed(self, frame: protocol.Frame, arrived: float, failure: str | None) -> None:
         """The event's batch committed (or failed): queue its reply, in commit order."""
-        if future.cancelled():
-            return
-        exc = future.exception()
-        if exc is None:
+        if failure is None:
             _EVENTS["acked"].inc()
             ACK_SECONDS.observe(time.perf_counter() - arrived)
             text = protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic)
         else:
             _REFUSED["write_failed"].inc()
             _EVENTS["failed"].inc()
-            reason = str(exc) if isinstance(exc, WriteFailed) else "write failed"
-            text = protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic, reason)
+            text = protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic, failure)
         self.hub.reply(self, text)
 
     def _track(self, session: ViewingSession, was_playing: bool) -> None:
@@ -328,8 +323,7 @@ class Connection:
         if session.row is not None:
             self.hub.presence.playing.discard(session.row.id)
         if session.playing:
-            future = self.hub.writer.submit([session.stop_presence()])
-            future.add_done_callback(lambda f: f.exception())
+            self.hub.writer.submit([session.stop_presence()], _ignore)
         self.hub.reply(self, protocol.encode(self.vsn, join_ref, join_ref, topic, "phx_close",
                                              {}))
 
@@ -341,8 +335,7 @@ class Connection:
         ops = session.close(_now())
         self._track(session, was_playing)
         if ops:
-            future = self.hub.writer.submit(ops)
-            future.add_done_callback(lambda f: f.exception())  # failure already logged
+            self.hub.writer.submit(ops, _ignore)
 
     def leave_all(self) -> None:
         for topic in list(self.channels):

@@ -1,8 +1,13 @@
 """Group commit: batches writes from every connection into one transaction per flush.
 
-A channel submits the rows an event produced and awaits the returned future; it resolves
-only after the transaction holding those rows has committed (or fails with WriteFailed).
-Throughput comes from batching: one commit acknowledges every event in the batch.
+A channel submits the rows an event produced with a callback; the writer calls it once
+the transaction holding those rows has committed (with None), or has failed (with a reason
+a client may read). Throughput comes from batching: one commit acknowledges every event
+in the batch, and no future, task or loop turn is spent per event.
+
+The writer remembers what it committed of each live session (`session_store.Written`), so
+a batch is written without reading its sessions back; after any failure the sessions of
+that batch are read from the database again.
 
 A batch that the database refuses for its *data* (a value it cannot store, a broken
 constraint) is written again with each member in its own savepoint: the good members
@@ -16,12 +21,13 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 
 import asyncpg
 from prometheus_client import Counter, Gauge, Histogram
 
 from app.storage import session_store
-from app.storage.session_store import Op, VideoIds
+from app.storage.session_store import Op, Outcome, StaleState, VideoIds, Written
 
 log = logging.getLogger("vidmetrics.writer")
 
@@ -42,7 +48,9 @@ FAILING_SECONDS = 10.0
 DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, TypeError,
                ValueError, OverflowError)
 UNAVAILABLE_ERRORS = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
-Batch = list[tuple[list[Op], "asyncio.Future[None]"]]
+# called once per submission: None when committed, else a reason a client may read
+Done = Callable[[str | None], None]
+Batch = list[tuple[list[Op], Done]]
 
 
 class WriteFailed(Exception):
@@ -56,12 +64,13 @@ class Writer:
         self._outbox = outbox
         self._flush_interval = flush_interval
         self._max_rows = max_rows
-        self._pending: deque[tuple[list[Op], asyncio.Future[None]]] = deque()
+        self._pending: deque[tuple[list[Op], Done]] = deque()
         self._pending_rows = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._videos = VideoIds()
+        self._written = Written()
         self._ids: range = range(0)
         self._id_pos = 0
         self._id_lock = asyncio.Lock()
@@ -79,15 +88,28 @@ class Writer:
         return self._failed_at is None or time.monotonic() - self._failed_at > FAILING_SECONDS
 
     # -- producers ---------------------------------------------------------------------
-    def submit(self, ops: list[Op]) -> asyncio.Future[None]:
-        """Queue rows; the future resolves once they are committed."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def submit(self, ops: list[Op], done: Done) -> None:
+        """Queue rows; `done` is called once they are committed (None) or have failed (the
+        reason). It runs in the writer's task: it must not block nor raise."""
         if self._closing and self._task is None:
-            future.set_exception(WriteFailed("server is shutting down"))
-            return future
-        self._pending.append((ops, future))
+            done("server is shutting down")
+            return
+        self._pending.append((ops, done))
         self._pending_rows += len(ops)
         self._wakeup.set()
+
+    def write(self, ops: list[Op]) -> asyncio.Future[None]:
+        """submit() as a future: resolves once committed, or fails with WriteFailed."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def done(reason: str | None) -> None:
+            if future.done():
+                return
+            if reason is None:
+                future.set_result(None)
+            else:
+                future.set_exception(WriteFailed(reason))
+        self.submit(ops, done)
         return future
 
     async def new_session_id(self) -> int:
@@ -131,32 +153,35 @@ class Writer:
         batch: Batch = []
         rows = 0
         while self._pending and rows < self._max_rows:
-            ops, future = self._pending.popleft()
-            batch.append((ops, future))
+            ops, done = self._pending.popleft()
+            batch.append((ops, done))
             rows += len(ops)
         self._pending_rows -= rows
         all_ops = [op for ops, _ in batch for op in ops]
         started = time.perf_counter()
         try:
-            found = await asyncio.wait_for(self._write(all_ops), TRANSACTION_TIMEOUT)
+            outcome = await asyncio.wait_for(self._write(all_ops), TRANSACTION_TIMEOUT)
             failed: dict[int, str] = {}
         except DATA_ERRORS as exc:
             log.warning("batch of %d rows refused (%s); writing its %d members one by one",
                         len(all_ops), type(exc).__name__, len(batch))
+            self._written.forget(session_store.session_ids(all_ops))
             try:
-                found, failed = await asyncio.wait_for(self._write_each(batch),
-                                                       TRANSACTION_TIMEOUT)
+                outcome, failed = await asyncio.wait_for(self._write_each(batch),
+                                                         TRANSACTION_TIMEOUT)
             except UNAVAILABLE_ERRORS as exc2:
-                return await self._unavailable(batch, len(all_ops), exc2)
+                return await self._unavailable(batch, all_ops, exc2)
         except UNAVAILABLE_ERRORS as exc:
-            return await self._unavailable(batch, len(all_ops), exc)
+            return await self._unavailable(batch, all_ops, exc)
         except Exception:  # a bug: fail the batch loudly, keep the writer alive
             FLUSH_FAILURES.inc()
             log.exception("unexpected error writing a batch")
+            self._written.forget(session_store.session_ids(all_ops))
             self._resolve(batch, {i: "internal error" for i in range(len(batch))})
             return
         self._failed_at = None
-        self._videos.update(found)
+        self._videos.update(outcome.videos)
+        self._written.apply(outcome.sessions)
         FLUSHES.inc()
         ROWS.inc(len(all_ops))
         FLUSH_SECONDS.observe(time.perf_counter() - started)
@@ -165,39 +190,51 @@ class Writer:
 
     @staticmethod
     def _resolve(batch: Batch, failed: dict[int, str]) -> None:
-        for index, (_, future) in enumerate(batch):
-            if future.done():
-                continue
-            if index in failed:
-                future.set_exception(WriteFailed(failed[index]))
-            else:
-                future.set_result(None)
+        for index, (_, done) in enumerate(batch):
+            try:
+                done(failed.get(index))
+            except Exception:  # one caller's bug must not cost the others their replies
+                log.exception("a write's completion callback failed")
 
-    async def _unavailable(self, batch: Batch, rows: int, exc: BaseException) -> None:
+    async def _unavailable(self, batch: Batch, ops: list[Op], exc: BaseException) -> None:
         FLUSH_FAILURES.inc()
         self._failed_at = time.monotonic()
-        log.warning("write of %d rows failed: %s", rows, type(exc).__name__)
+        # the commit's fate may be unknown (a timeout, a lost connection): read these
+        # sessions back before writing them again
+        self._written.forget(session_store.session_ids(ops))
+        log.warning("write of %d rows failed: %s", len(ops), type(exc).__name__)
         self._resolve(batch, {i: "database unavailable" for i in range(len(batch))})
         # back off a little so a dead database is not hammered
         await asyncio.sleep(min(0.5, self._flush_interval * 20))
 
-    async def _write(self, ops: list[Op]) -> dict[tuple[str, str], int]:
-        async with self._pool.acquire() as conn, conn.transaction():
-            return await session_store.write_batch(conn, ops, self._videos, self._outbox)
+    async def _write(self, ops: list[Op]) -> Outcome:
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                return await session_store.write_batch(conn, ops, self._videos, self._outbox,
+                                                       self._written)
+        except StaleState as exc:  # rolled back; write it again from what is stored
+            log.warning("%s; writing the batch again from the stored rows", exc)
+            self._written.forget(session_store.session_ids(ops))
+            async with self._pool.acquire() as conn, conn.transaction():
+                return await session_store.write_batch(conn, ops, self._videos, self._outbox)
 
-    async def _write_each(self, batch: Batch) -> tuple[dict[tuple[str, str], int], dict[int, str]]:
+    async def _write_each(self, batch: Batch) -> tuple[Outcome, dict[int, str]]:
         """One transaction, one savepoint per member: commit the members the database
-        accepts; return the video ids found and {member index: reason} for the others."""
-        found: dict[tuple[str, str], int] = {}
+        accepts; return what they wrote and {member index: reason} for the others. (Each
+        member reads its sessions back: an earlier member may have written them.)"""
+        outcome = Outcome({}, {})
         failed: dict[int, str] = {}
         async with self._pool.acquire() as conn, conn.transaction():
             for index, (ops, _) in enumerate(batch):
                 try:
                     async with conn.transaction():
-                        found.update(await session_store.write_batch(conn, ops, self._videos,
-                                                                      self._outbox))
+                        got = await session_store.write_batch(conn, ops, self._videos,
+                                                              self._outbox)
                 except DATA_ERRORS as exc:
                     REFUSED_MEMBERS.inc()
                     log.info("event refused by the database: %s", type(exc).__name__)
                     failed[index] = "refused by the database: a value cannot be stored"
-        return found, failed
+                    continue
+                outcome.videos.update(got.videos)
+                outcome.sessions.update(got.sessions)
+        return outcome, failed
