@@ -66,8 +66,10 @@ class Writer:
         self._max_rows = max_rows
         self._pending: deque[tuple[list[Op], Done]] = deque()
         self._pending_rows = 0
+        self._first_at = 0.0  # when the oldest pending submission came
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._flights: set[asyncio.Task[None]] = set()  # batches being written (held)
         self._closing = False
         self._videos = VideoIds()
         self._written = Written()
@@ -94,6 +96,8 @@ class Writer:
         if self._closing and self._task is None:
             done("server is shutting down")
             return
+        if not self._pending:
+            self._first_at = time.monotonic()
         self._pending.append((ops, done))
         self._pending_rows += len(ops)
         self._wakeup.set()
@@ -137,19 +141,33 @@ class Writer:
             self._task = None
 
     async def _run(self) -> None:
+        # the outcome of the batch now committing (see _pipelined), None when none is
+        last: asyncio.Future[bool] | None = None
         while True:
             if not self._pending:
                 if self._closing:
+                    if last is not None:
+                        await last
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            # let a batch gather, unless it is already big or we are draining
-            if self._pending_rows < self._max_rows and not self._closing:
-                await asyncio.sleep(self._flush_interval)
-            await self._flush()
+            # let a batch gather for the flush interval since its first submission (rows
+            # that waited while the last batch was written go at once), unless it is
+            # already big or we are draining
+            wait = self._first_at + self._flush_interval - time.monotonic()
+            if wait > 0 and self._pending_rows < self._max_rows and not self._closing:
+                await asyncio.sleep(wait)
+            loop = asyncio.get_running_loop()
+            may_follow: asyncio.Future[None] = loop.create_future()
+            done: asyncio.Future[bool] = loop.create_future()
+            task = loop.create_task(self._pipelined(self._take(), last, may_follow, done))
+            self._flights.add(task)
+            task.add_done_callback(self._flights.discard)
+            await may_follow
+            last = done
 
-    async def _flush(self) -> None:
+    def _take(self) -> Batch:
         batch: Batch = []
         rows = 0
         while self._pending and rows < self._max_rows:
@@ -157,7 +175,80 @@ class Writer:
             batch.append((ops, done))
             rows += len(ops)
         self._pending_rows -= rows
-        all_ops = [op for ops, _ in batch for op in ops]
+        self._first_at = time.monotonic()  # what is left waited long enough already
+        return batch
+
+    async def _pipelined(self, batch: Batch, before: asyncio.Future[bool] | None,
+                         may_follow: asyncio.Future[None], done: asyncio.Future[bool]) -> None:
+        """Write a batch while the one before it commits, then commit it once that one has;
+        the next batch may start while this one commits. At most two transactions are open,
+        one writing and one committing, and the committing one waits on nothing: no lock
+        cycle between them. The next batch is computed from the states this one wrote
+        (`Written`, applied before commit): `done` is False when that commit then failed,
+        and the next batch is written again from the stored rows. Anything but that clean
+        path falls back to _flush, alone, once the batch before has ended.
+        Acknowledgements keep commit order."""
+        ops = [op for ops, _ in batch for op in ops]
+        clean = True
+        try:
+            started = time.perf_counter()
+            committed = False
+            try:
+                committed = await asyncio.wait_for(self._speculate(ops, before, may_follow),
+                                                   TRANSACTION_TIMEOUT)
+            except Exception as exc:  # noqa: BLE001 - every failure goes the careful way
+                if may_follow.done():  # the next batch counted on this commit
+                    clean = False
+                    self._written.forget(session_store.session_ids(ops))
+                    FLUSH_FAILURES.inc()
+                    self._failed_at = time.monotonic()
+                    log.warning("commit of %d rows failed: %s", len(ops), type(exc).__name__)
+                    self._resolve(batch, {i: "database unavailable"
+                                          for i in range(len(batch))})
+                    return
+                log.debug("pipelined write failed (%s); writing again alone", exc)
+            if committed:
+                self._failed_at = None
+                FLUSHES.inc()
+                ROWS.inc(len(ops))
+                FLUSH_SECONDS.observe(time.perf_counter() - started)
+                BATCH_ROWS.observe(len(ops))
+                self._resolve(batch, {})
+                return
+            if before is not None:
+                await before
+            self._written.forget(session_store.session_ids(ops))
+            await self._flush(batch, ops)
+        finally:
+            if not may_follow.done():
+                may_follow.set_result(None)
+            done.set_result(clean)
+
+    async def _speculate(self, ops: list[Op], before: asyncio.Future[bool] | None,
+                         may_follow: asyncio.Future[None]) -> bool:
+        """The clean path of _pipelined: True when committed, False when the batch before
+        failed (rolled back here, nothing else done); raises on any failure of its own."""
+        async with self._pool.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                outcome = await session_store.write_batch(conn, ops, self._videos,
+                                                          self._outbox, self._written)
+                if before is not None and not await before:
+                    await transaction.rollback()
+                    return False
+            except BaseException:
+                await transaction.rollback()
+                raise
+            self._videos.update(outcome.videos)
+            self._written.apply(outcome.sessions)
+            may_follow.set_result(None)
+            await transaction.commit()
+            return True
+
+    async def _flush(self, batch: Batch, all_ops: list[Op]) -> None:
+        """Write a batch on its own: a refused batch member by member, any failure
+        reported to its members."""
         started = time.perf_counter()
         try:
             outcome = await asyncio.wait_for(self._write(all_ops), TRANSACTION_TIMEOUT)
