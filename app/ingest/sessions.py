@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -61,6 +61,7 @@ WATCH_SLACK_SECONDS = 10.0
 # is dropped before storage (never stored verbatim). Numbers may arrive as numeric strings.
 NUMBER_FIELDS = PAYLOAD_NUMBERS
 TEXT_FIELDS = dict(PAYLOAD_TEXTS)
+_NUMBER_AT = {name: n for n, name in enumerate(NUMBER_FIELDS)}
 _SESSION_TOPIC = re.compile(r"^session:[A-Za-z0-9_\-:.]{1,128}$")
 
 
@@ -170,8 +171,20 @@ def parse_join(payload: dict[str, Any], connect_key: str | None, connect_url: st
     if isinstance(raw_url, str):
         _check_string("source_url", raw_url)
     page = strip_url(raw_url)
-    return JoinInfo(key, VideoRef.of(key, identifier, metadata or {}), page,
+    return JoinInfo(key, _shared(VideoRef.of(key, identifier, metadata or {})), page,
                     orjson.Fragment(orjson.dumps(session_data)) if session_data else None)
+
+
+# The videos of open sessions, one object each however many viewers it has (a socket
+# then holds no copy of its metadata); bounded, started again from empty when full.
+_VIDEOS: dict[tuple[str, str], VideoRef] = {}
+MAX_SHARED_VIDEOS = 10_000
+
+
+def _shared(ref: VideoRef) -> VideoRef:
+    if len(_VIDEOS) >= MAX_SHARED_VIDEOS:
+        _VIDEOS.clear()
+    return _VIDEOS.setdefault((ref.key, ref.identity), ref)
 
 
 def _position(payload: dict[str, Any], name: str) -> float:
@@ -200,8 +213,9 @@ def _optional_number(payload: dict[str, Any], name: str) -> float | None:
 def _stored_fields(payload: dict[str, Any]) -> dict[str, Any]:
     """The protocol-defined fields of an event payload, as stored with the raw event."""
     kept: dict[str, Any] = {}
-    for name in NUMBER_FIELDS:
-        raw = payload.get(name)
+    # the payload's few keys against the protocol's fields, kept in the protocol's order
+    for _, name, raw in sorted((_NUMBER_AT[name], name, raw) for name, raw in payload.items()
+                               if name in _NUMBER_AT):
         if isinstance(raw, bool) or raw is None:
             continue
         try:
@@ -242,7 +256,7 @@ class ViewingSession:
     open: _Open | None = None
     rate: float = 1.0
     duration: float | None = None
-    preplay: list[tuple[dt.datetime, str, dict[str, Any]]] = field(default_factory=list)
+    preplay: list[tuple[dt.datetime, str, dict[str, Any]]] | None = None  # made when needed
     # QoE lives on the row (a frozen Qoe, replaced on each QoE event; None until the client
     # sends one); what is in progress is here
     stalled_since: dt.datetime | None = None
@@ -261,7 +275,8 @@ class ViewingSession:
     def cost(self) -> int:
         """Bytes of memory this session is charged against the server's budget: what the
         client sent at join, each buffered pre-play event, and a fixed overhead."""
-        return SESSION_OVERHEAD_BYTES + self.join.size + PREPLAY_EVENT_BYTES * len(self.preplay)
+        preplay = len(self.preplay) if self.preplay else 0
+        return SESSION_OVERHEAD_BYTES + self.join.size + PREPLAY_EVENT_BYTES * preplay
 
     def impression(self, now: dt.datetime) -> Impression:
         """The join itself: this video was loaded on a page."""
@@ -304,8 +319,9 @@ class ViewingSession:
                 device=self.device.device, page=self.join.page,
                 session_data=self.join.session_data, played=False,
             )
-            ops.extend(self._event(at, n, p) for at, n, p in self.preplay)
-            self.preplay.clear()
+            if self.preplay:
+                ops.extend(self._event(at, n, p) for at, n, p in self.preplay)
+            self.preplay = None
         if name == "play":
             assert self.row is not None
             position = _position(payload, "from") if "from" in payload else 0.0
@@ -319,6 +335,8 @@ class ViewingSession:
         if name == "ended" and self.row is not None:
             self.row.ended = True
         if self.row is None:
+            if self.preplay is None:
+                self.preplay = []
             if len(self.preplay) < MAX_PREPLAY_EVENTS:
                 self.preplay.append((now, name, extra))
             return []
