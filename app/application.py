@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import asyncpg
 import orjson
@@ -21,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.auth.basic import BasicAuth
 from app.auth.keys import KeyCache
 from app.errors import HANDLERS, REALM_HEADER, ApiError, Unauthorized, error_response
-from app.ingest.socket import Hub, serve_socket
+from app.ingest.socket import Hub
 from app.ingest.writer import Writer
 from app.query.routes import EXPORTS_AT_ONCE
 from app.query.routes import routes as query_routes
@@ -60,27 +59,6 @@ class AuthMiddleware:
                 headers = REALM_HEADER if isinstance(exc, Unauthorized) else {"Retry-After": "1"}
                 await error_response(exc.status, exc.message, headers)(scope, receive, send)
                 return
-        await self.app(scope, receive, send)
-
-
-class SocketFirst:
-    """The ASGI app uvicorn runs: hands the ingest websocket straight to its handler, in
-    front of Starlette's middleware, exception and routing layers (which would wrap every
-    reply's send, and hold a coroutine frame each for every open socket); everything else
-    goes to the Starlette app."""
-
-    def __init__(self, app: Starlette) -> None:
-        self.app = app
-
-    @property
-    def state(self) -> Any:
-        return self.app.state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and scope.get("path") == "/socket/websocket":
-            scope["app"] = self.app
-            await serve_socket(scope, receive, send)
-            return
         await self.app(scope, receive, send)
 
 
@@ -165,9 +143,9 @@ async def metrics(request: Request) -> Response:
 
 
 def create_app(settings: Settings, database_url: str,
-               example_key: str | None = None) -> SocketFirst:
+               example_key: str | None = None) -> Starlette:
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Hub]]:
         # each process writes its own rollup rows (a shard), so --workers do not queue on
         # the same rows' locks
         pool = await db.create_pool(database_url, min_size=2, max_size=settings.db_pool_size,
@@ -205,14 +183,16 @@ def create_app(settings: Settings, database_url: str,
             tasks.append(asyncio.create_task(_every(3600, lambda: session_store.drop_raw_events(
                 pool, settings.raw_events_retention_days), "raw event retention")))
         try:
-            yield
+            yield {"hub": hub}  # uvicorn hands it to the websockets (SocketProtocol)
         finally:
             # 1. refuse new sockets; 2. close the open ones (their sessions end now);
             # 3. flush every queued write; 4. close the pool.
             hub.accepting = False
             for conn_ in list(hub.sockets):
                 conn_.leave_all()
-                await conn_.close(1001)
+                conn_.close(1001)
+            for task in list(hub.waiting):
+                task.cancel()
             await writer.stop()
             if sender is not None:
                 await sender.stop()
@@ -244,4 +224,4 @@ def create_app(settings: Settings, database_url: str,
         auth = BasicAuth(settings.user, settings.password, settings.password_hash,
                          settings.max_password_checks)
     app.add_middleware(AuthMiddleware, auth=auth)
-    return SocketFirst(app)
+    return app

@@ -134,6 +134,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from app.application import create_app
+    from app.ingest.socket import SocketProtocol
     from app.serving import fit_to_fd_limit, http_protocol
     from app.storage import db
 
@@ -179,7 +180,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                 access_log=False,  # access logs would record client addresses
                 server_header=False, proxy_headers=False, ws_max_size=settings.max_frame_bytes,
                 ws_per_message_deflate=False, timeout_graceful_shutdown=10, log_config=None,
-                ws="websockets-sansio", ws_ping_interval=settings.ws_ping_seconds or None,
+                ws=SocketProtocol, ws_ping_interval=None,  # pings: Hub.sweep
                 backlog=4096, http=http_protocol(settings), timeout_keep_alive=5,
             )
         except KeyboardInterrupt:

@@ -1,4 +1,10 @@
-"""The /socket/websocket endpoint: Phoenix Channels over a websocket, one task per socket.
+"""The /socket/websocket endpoint: Phoenix Channels over a websocket.
+
+The websocket is served by its own asyncio protocol (`SocketProtocol`, handed the
+connection by uvicorn at the upgrade; app/ingest/wire.py frames it), not through ASGI: a
+message is handled in the callback that read it — no task, queue or message dict per
+socket or per frame — and the replies a connection is due in one turn of the loop go out
+in one write.
 
 Each `session:*` channel owns a ViewingSession. Events are applied in arrival order and
 their rows handed to the writer at once; the reply is sent when the writer's commit
@@ -14,13 +20,13 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qs
 
 from prometheus_client import Counter, Gauge, Histogram
-from starlette.types import Receive, Scope, Send
 
 from app.auth.keys import KeyCache
-from app.ingest import protocol
+from app.ingest import protocol, wire
 from app.ingest.agents import classify
 from app.ingest.sessions import InvalidInput, Limits, ViewingSession, parse_join, valid_topic
 from app.ingest.writer import WriteFailed, Writer
@@ -44,8 +50,14 @@ _FRAME = {kind: FRAMES.labels(kind) for kind in (
 _REFUSED = {reason: REFUSED.labels(reason) for reason in (
     "malformed", "unmatched_topic", "unknown_event", "bot", "too_many_channels",
     "invalid_input", "invalid_key", "memory_budget", "rate_limit", "write_failed",
-    "max_sockets", "shutting_down", "frame_too_large", "idle")}
+    "max_sockets", "shutting_down", "frame_too_large", "idle", "slow_reader",
+    "protocol_error")}
 _EVENTS = {outcome: EVENTS.labels(outcome) for outcome in ("acked", "refused", "failed")}
+
+
+# Replies a peer has not read (beyond what the kernel buffers) before it is dropped: a
+# client that never reads can cost the server this much memory and no more.
+MAX_UNREAD_BYTES = 256 * 1024
 
 
 class PlayingNow:
@@ -67,20 +79,25 @@ class Hub:
     accepting: bool = True
     state_bytes: int = 0  # client-supplied state held by all open channels
     keys_seen: int = 0  # the key cache generation the last sweep checked channels against
-    # replies to committed events, in commit order, sent by one task per commit (not one
-    # task per event)
-    replies: deque[tuple[Connection, str]] = field(default_factory=deque)
-    sender: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
+    # connections with replies waiting for this turn of the loop to end (see flush)
+    outgoing: list[Connection] = field(default_factory=list)
+    # sockets' waits for a block of session ids (held: the loop keeps weak references)
+    waiting: set[asyncio.Task[None]] = field(default_factory=set)
 
     def reply(self, conn: Connection, text: str) -> None:
-        self.replies.append((conn, text))
-        if self.sender is None or self.sender.done():
-            self.sender = asyncio.get_running_loop().create_task(self._send_replies())
+        conn.send(text)
 
-    async def _send_replies(self) -> None:
-        while self.replies:
-            conn, text = self.replies.popleft()
-            await conn.send(text)
+    def due(self, conn: Connection) -> None:
+        """conn has its first reply of this turn: write it (and whatever follows) soon."""
+        if not self.outgoing:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.outgoing.append(conn)
+
+    def flush(self) -> None:
+        """Write each connection's replies of this turn, in order, in one write."""
+        outgoing, self.outgoing = self.outgoing, []
+        for conn in outgoing:
+            conn.write_out()
 
     @property
     def limits(self) -> Limits:
@@ -102,15 +119,20 @@ class Hub:
     def sweep(self) -> None:
         """Close channels whose key was revoked, and sockets silent for too long. Channels
         are only walked when the set of active keys has changed since the last sweep."""
-        deadline = time.monotonic() - self.settings.socket_idle_seconds
+        now = time.monotonic()
+        deadline = now - self.settings.socket_idle_seconds
+        ping = self.settings.ws_ping_seconds
+        ping_before = now - ping if ping > 0 else 0.0
         keys_changed = self.keys.generation != self.keys_seen
         self.keys_seen = self.keys.generation
         for conn in list(self.sockets):
             if conn.last_seen < deadline:
                 _REFUSED["idle"].inc()
                 conn.leave_all()
-                conn.closing = asyncio.ensure_future(conn.close(1001))
+                conn.close(wire.GOING_AWAY)
                 continue
+            if ping_before and conn.last_seen < ping_before and not conn.pinged:
+                conn.ping()
             if not keys_changed:
                 continue
             for topic, (join_ref, session) in list(conn.channels.items()):
@@ -148,108 +170,129 @@ class _Bucket:
 
 
 class Connection:
-    __slots__ = ("hub", "_send", "vsn", "key", "source_url", "device", "channels", "bucket",
-                 "closed", "closing", "last_seen")  # one per open socket
+    """One open websocket: its Phoenix channels, and the replies due to it."""
 
-    def __init__(self, hub: Hub, scope: Scope, send: Send) -> None:
+    __slots__ = ("hub", "transport", "vsn", "key", "source_url", "device", "channels",
+                 "bucket", "closed", "last_seen", "pinged", "out", "backlog")
+
+    def __init__(self, hub: Hub, transport: asyncio.Transport, query: bytes,
+                 headers: dict[bytes, bytes]) -> None:
         self.hub = hub
-        self._send = send
-        params = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        self.transport = transport
+        params = parse_qs(query.decode("latin-1"))
         self.vsn = params.get("vsn", [protocol.V1])[0]
         if self.vsn not in (protocol.V1, protocol.V2):
             self.vsn = protocol.V2 if self.vsn.startswith("2") else protocol.V1
         self.key = params.get("key", [None])[0]
         self.source_url = params.get("source_url", [None])[0]
-        headers = dict(scope.get("headers") or [])
         user_agent = headers.get(b"user-agent", b"").decode("latin-1")
         brave = b"brave" in headers.get(b"sec-ch-ua", b"").lower()
         self.device = classify(user_agent, brave)  # the UA string itself goes no further
         self.channels: dict[str, tuple[str | None, ViewingSession]] = {}
         self.bucket = _Bucket(hub.settings.max_events_per_second)
         self.closed = False
-        self.closing: asyncio.Future[None] | None = None
         self.last_seen = time.monotonic()
+        self.pinged = False
+        self.out: list[bytes] = []  # replies of this turn, written by Hub.flush
+        # messages waiting while a session id is fetched (None: none are)
+        self.backlog: deque[str] | None = None
 
-    async def send(self, text: str) -> None:
+    def send(self, text: str) -> None:
         if self.closed:
             return
-        try:
-            await self._send({"type": "websocket.send", "text": text})
-        except (OSError, RuntimeError):
-            self.closed = True  # the peer is gone; the receive loop will see the disconnect
+        if not self.out:
+            self.hub.due(self)
+        self.out.append(wire.text(text))
 
-    async def close(self, code: int = 1000) -> None:
-        if not self.closed:
+    def write_out(self) -> None:
+        out, self.out = self.out, []
+        if self.closed or not out:
+            return
+        self.transport.writelines(out)
+        if self.transport.get_write_buffer_size() > MAX_UNREAD_BYTES:
+            # the peer does not read its replies: it may only hurt itself, and only so much
+            _REFUSED["slow_reader"].inc()
+            self.leave_all()
             self.closed = True
-            try:
-                await self._send({"type": "websocket.close", "code": code})
-            except (OSError, RuntimeError):
-                pass
+            self.transport.abort()
+
+    def ping(self) -> None:
+        self.pinged = True
+        self.transport.write(wire.frame(wire.PING, b""))
+
+    def close(self, code: int = 1000) -> None:
+        if not self.closed:
+            self.write_out()
+            self.closed = True
+            self.transport.write(wire.close(code))
+            self.transport.close()
 
     # -- frames ------------------------------------------------------------------------
-    async def on_text(self, raw: str | bytes) -> None:
+    def on_text(self, raw: str | bytes) -> bool:
+        """Handle one text message; False when it must wait for a session id (it is then
+        handled again, in order, once one has come)."""
         try:
             frame = protocol.parse(raw, self.vsn)
         except protocol.FrameError as exc:
             _FRAME["malformed"].inc()
             _REFUSED["malformed"].inc()
-            await self.send(protocol.reply(self.vsn, None, exc.ref, exc.topic or "phoenix",
-                                           exc.reason))
-            return
+            self.send(protocol.reply(self.vsn, None, exc.ref, exc.topic or "phoenix",
+                                     exc.reason))
+            return True
         if frame.topic == "phoenix" and frame.event == "heartbeat":
             _FRAME["heartbeat"].inc()
-            await self.send(protocol.reply(self.vsn, None, frame.ref, "phoenix"))
-            return
+            self.send(protocol.reply(self.vsn, None, frame.ref, "phoenix"))
+            return True
         if frame.event == "phx_join":
             _FRAME["join"].inc()
-            await self.join(frame)
-            return
+            self.join(frame)
+            return True
         joined = self.channels.get(frame.topic)
         if joined is None or (frame.join_ref is not None and joined[0] != frame.join_ref):
             _FRAME["unmatched"].inc()
-            await self.send(protocol.reply(self.vsn, None, frame.ref, frame.topic,
-                                           "unmatched topic"))
-            return
+            self.send(protocol.reply(self.vsn, None, frame.ref, frame.topic,
+                                     "unmatched topic"))
+            return True
         if frame.event == "phx_leave":
             _FRAME["leave"].inc()
             self.leave(frame.topic)
-            await self.send(protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic))
-            await self.send(protocol.encode(self.vsn, frame.join_ref, frame.join_ref,
-                                            frame.topic, "phx_close", {}))
-            return
+            self.send(protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic))
+            self.send(protocol.encode(self.vsn, frame.join_ref, frame.join_ref,
+                                      frame.topic, "phx_close", {}))
+            return True
         if frame.event == "event":
             _FRAME["event"].inc()
-            await self.event(frame, joined[1])
-            return
+            return self.event(frame, joined[1])
         _FRAME["unknown"].inc()
-        await self._refuse(frame, "unknown_event", f"unknown event {frame.event[:40]!r}")
+        self._refuse(frame, "unknown_event", f"unknown event {frame.event[:40]!r}")
+        return True
 
-    async def _refuse(self, frame: protocol.Frame, kind: str, reason: str) -> None:
+    def _refuse(self, frame: protocol.Frame, kind: str, reason: str) -> None:
         _REFUSED[kind].inc()
         if frame.event == "event":
             _EVENTS["failed" if kind == "write_failed" else "refused"].inc()
-        await self.send(protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic, reason))
+        self.send(protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic, reason))
 
-    async def join(self, frame: protocol.Frame) -> None:
+    def join(self, frame: protocol.Frame) -> None:
         if not valid_topic(frame.topic):
-            return await self._refuse(frame, "unmatched_topic", "unmatched topic")
+            return self._refuse(frame, "unmatched_topic", "unmatched topic")
         if self.device.bot:
-            return await self._refuse(frame, "bot", "bots are not counted")
+            return self._refuse(frame, "bot", "bots are not counted")
         if frame.topic in self.channels:  # a rejoin replaces the old channel, as Phoenix does
             self.leave(frame.topic)
         if len(self.channels) >= self.hub.settings.max_channels_per_socket:
-            return await self._refuse(frame, "too_many_channels",
-                                      "too many channels on this socket")
+            return self._refuse(frame, "too_many_channels",
+                                "too many channels on this socket")
         try:
             info = parse_join(frame.payload, self.key, self.source_url, self.hub.limits)
         except InvalidInput as exc:
-            return await self._refuse(frame, "invalid_input", str(exc))
+            return self._refuse(frame, "invalid_input", str(exc))
         if not self.hub.keys.is_active(info.key):
-            return await self._refuse(frame, "invalid_key", "invalid key")
+            return self._refuse(frame, "invalid_key", "invalid key")
         session = ViewingSession(info, self.device)
         if not self.hub.reserve(session.cost):
-            return await self._refuse(frame, "memory_budget",
-                                      "server is at its session memory limit, try again later")
+            return self._refuse(frame, "memory_budget",
+                                "server is at its session memory limit, try again later")
         self.channels[frame.topic] = (frame.join_ref, session)
         # the join is an impression: acknowledged once it is committed, like every event
         self.hub.writer.submit([session.impression(_now())],
@@ -267,33 +310,67 @@ class Connection:
         self.hub.reply(self, protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic,
                                             failure))
 
-    async def event(self, frame: protocol.Frame, session: ViewingSession) -> None:
-        arrived = time.perf_counter()
-        if not self.bucket.take():
-            return await self._refuse(frame, "rate_limit", "rate limit exceeded")
-        if not self.hub.keys.is_active(session.join.key):
-            await self._refuse(frame, "invalid_key", "invalid key")
-            return self.revoke(frame.topic, frame.join_ref)
+    def event(self, frame: protocol.Frame, session: ViewingSession) -> bool:
+        """Apply an event push; False when it waits for a session id (nothing done yet)."""
         new_id = None
         if session.needs_id(frame.payload):
-            try:
-                new_id = await self.hub.writer.new_session_id()
-            except WriteFailed as exc:
-                return await self._refuse(frame, "write_failed", str(exc))
+            new_id = self.hub.writer.take_session_id()
+            if new_id is None:
+                return False
+        arrived = time.perf_counter()
+        if not self.bucket.take():
+            self._refuse(frame, "rate_limit", "rate limit exceeded")
+            return True
+        if not self.hub.keys.is_active(session.join.key):
+            self._refuse(frame, "invalid_key", "invalid key")
+            self.revoke(frame.topic, frame.join_ref)
+            return True
         was_playing = session.playing
         cost = session.cost
         try:
             ops = session.handle(frame.payload, _now(), new_id)
         except InvalidInput as exc:
-            return await self._refuse(frame, "invalid_input", str(exc))
+            self._refuse(frame, "invalid_input", str(exc))
+            return True
         if cost != session.cost:  # buffered pre-play events come and go
             self.hub.release(cost - session.cost)
         self._track(session, was_playing)
         if not ops:
             _EVENTS["acked"].inc()
-            await self.send(protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic))
-            return
+            self.send(protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic))
+            return True
         self.hub.writer.submit(ops, functools.partial(self._committed, frame, arrived))
+        return True
+
+    def receive(self, text: str) -> None:
+        """A text message, handled now unless earlier ones wait for a session id."""
+        if self.backlog is not None:
+            self.backlog.append(text)
+        elif not self.on_text(text):
+            self.backlog = deque([text])
+            self.transport.pause_reading()
+            self.hub.waiting.add(asyncio.get_running_loop().create_task(self._wait_for_id()))
+
+    async def _wait_for_id(self) -> None:
+        """Messages wait for a block of session ids to come; then they go on in order (an
+        event that cannot have its id is answered with the reason)."""
+        backlog = self.backlog
+        assert backlog is not None
+        try:
+            while backlog and not self.closed:
+                try:
+                    await self.hub.writer.new_session_id_ready()
+                except WriteFailed as exc:
+                    frame = protocol.parse(backlog.popleft(), self.vsn)
+                    self._refuse(frame, "write_failed", str(exc))
+                    continue
+                while backlog and self.on_text(backlog[0]):
+                    backlog.popleft()
+        finally:
+            self.backlog = None
+            if not self.closed:
+                self.transport.resume_reading()
+            self.hub.waiting.discard(asyncio.current_task())  # type: ignore[arg-type]
 
     def _committed(self, frame: protocol.Frame, arrived: float, failure: str | None) -> None:
         """The event's batch committed (or failed): queue its reply, in commit order."""
@@ -342,42 +419,99 @@ class Connection:
             self.leave(topic)
 
 
-async def serve_socket(scope: Scope, receive: Receive, send: Send) -> None:
-    hub: Hub = scope["app"].state.hub
-    message = await receive()
-    if message["type"] != "websocket.connect":
-        return
-    if not hub.accepting or len(hub.sockets) >= hub.settings.max_sockets:
-        _REFUSED["max_sockets" if hub.accepting else "shutting_down"].inc()
-        await send({"type": "websocket.close", "code": 1013})  # try again later
-        return
-    conn = Connection(hub, scope, send)
-    await send({"type": "websocket.accept"})
-    hub.sockets.add(conn)
-    SOCKETS.inc()
-    max_frame = hub.settings.max_frame_bytes
-    try:
-        while True:
-            message = await receive()
-            kind = message["type"]
-            if kind == "websocket.disconnect":
-                break
-            if kind != "websocket.receive":
-                continue
-            conn.last_seen = time.monotonic()
-            text = message.get("text")
-            if text is None:
+class SocketProtocol(asyncio.Protocol):
+    """The websocket of one client, from the upgrade request on: uvicorn hands it the
+    connection (this class is its `ws` protocol); the request is answered here and every
+    message handled as it is read. The hub comes from the app's lifespan state."""
+
+    def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any]) -> None:
+        self.hub: Hub | None = app_state.get("hub")
+        self.server_state = server_state
+        self.conn: Connection | None = None
+        self.reader: wire.Reader | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server_state.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server_state.connections.discard(self)
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            conn.closed = True
+            conn.leave_all()
+            if self.hub is not None:
+                self.hub.sockets.discard(conn)
+            SOCKETS.dec()
+
+    def shutdown(self) -> None:
+        """The server is stopping (uvicorn calls this on every open connection)."""
+        if self.conn is not None:
+            self.conn.leave_all()
+            self.conn.close(wire.GOING_AWAY)
+        elif self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.reader is None:
+            return self._open(data)
+        conn = self.conn
+        if conn is None or conn.closed:
+            return
+        try:
+            messages = self.reader.messages(data)
+        except wire.Closing as exc:
+            _REFUSED["frame_too_large" if exc.code == wire.TOO_BIG else "protocol_error"].inc()
+            conn.leave_all()
+            return conn.close(exc.code)
+        conn.last_seen = time.monotonic()
+        conn.pinged = False
+        for opcode, payload in messages:
+            if conn.closed:
+                return
+            if opcode == wire.TEXT:
+                try:
+                    text = payload.decode()
+                except UnicodeDecodeError:
+                    _REFUSED["protocol_error"].inc()
+                    conn.leave_all()
+                    return conn.close(wire.INVALID_DATA)
+                conn.receive(text)
+            elif opcode == wire.BINARY:
                 _FRAME["binary"].inc()
-                await conn.send(protocol.reply(conn.vsn, None, None, "phoenix",
-                                               "binary frames are not supported"))
-                continue
-            if len(text) > max_frame:
-                _REFUSED["frame_too_large"].inc()
-                await conn.close(1009)
-                break
-            await conn.on_text(text)
-    finally:
-        conn.closed = True
-        conn.leave_all()
-        hub.sockets.discard(conn)
-        SOCKETS.dec()
+                conn.send(protocol.reply(conn.vsn, None, None, "phoenix",
+                                         "binary frames are not supported"))
+            elif opcode == wire.PING:
+                conn.out.append(wire.frame(wire.PONG, payload))
+                if len(conn.out) == 1:
+                    conn.hub.due(conn)
+            elif opcode == wire.CLOSE:
+                conn.leave_all()
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1000
+                return conn.close(code if 1000 <= code < 5000 and code not in (
+                    1004, 1005, 1006, 1015) else 1000)
+
+    def _open(self, request: bytes) -> None:
+        """The upgrade request (uvicorn passes it whole): accept, or answer with HTTP."""
+        assert self.transport is not None
+        hub = self.hub
+        try:
+            path, query, headers, response = wire.handshake(request)
+            if path != "/socket/websocket" or hub is None:
+                raise wire.Refused(404, "not found")
+        except wire.Refused as exc:
+            self.transport.write(wire.refusal(exc.status, exc.reason))
+            self.transport.close()
+            return
+        if not hub.accepting or len(hub.sockets) >= hub.settings.max_sockets:
+            _REFUSED["max_sockets" if hub.accepting else "shutting_down"].inc()
+            self.transport.write(wire.refusal(403, "try again later"))  # 1013 in spirit
+            self.transport.close()
+            return
+        self.transport.write(response)
+        self.reader = wire.Reader(hub.settings.max_frame_bytes)
+        self.conn = Connection(hub, self.transport, query, headers)
+        hub.sockets.add(self.conn)
+        SOCKETS.inc()

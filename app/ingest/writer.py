@@ -75,7 +75,8 @@ class Writer:
         self._written = Written()
         self._ids: range = range(0)
         self._id_pos = 0
-        self._id_lock = asyncio.Lock()
+        self._next_ids: range | None = None  # fetched ahead
+        self._id_task: asyncio.Task[None] | None = None
         QUEUE_ROWS.set_function(lambda: self._pending_rows)
         # when the last commit failed for want of a database (None: it succeeded)
         self._failed_at: float | None = None
@@ -116,17 +117,55 @@ class Writer:
         self.submit(ops, done)
         return future
 
+    def take_session_id(self) -> int | None:
+        """A fresh session id, or None when this process has none at hand (then await
+        new_session_id). Ids come in blocks; the next block is fetched in the background
+        when a quarter of the current one is left, so a socket seldom waits."""
+        if self._id_pos >= len(self._ids):
+            self._refill()
+            return None
+        value = self._ids[self._id_pos]
+        self._id_pos += 1
+        if len(self._ids) - self._id_pos < len(self._ids) // 4:
+            self._refill()
+        return value
+
     async def new_session_id(self) -> int:
-        async with self._id_lock:
+        while True:
+            await self.new_session_id_ready()
+            value = self.take_session_id()
+            if value is not None:
+                return value
+
+    async def new_session_id_ready(self) -> None:
+        """Return once take_session_id has an id to give; WriteFailed if the database
+        cannot give a block."""
+        while self._id_pos >= len(self._ids):
+            self._refill()
+            if self._id_pos < len(self._ids):
+                return
+            assert self._id_task is not None
+            await asyncio.shield(self._id_task)
+
+    def _refill(self) -> None:
+        if self._next_ids is not None:
             if self._id_pos >= len(self._ids):
-                try:
-                    self._ids = await session_store.reserve_session_ids(self._pool)
-                except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-                    raise WriteFailed("database unavailable") from exc
-                self._id_pos = 0
-            value = self._ids[self._id_pos]
-            self._id_pos += 1
-            return value
+                self._ids, self._id_pos, self._next_ids = self._next_ids, 0, None
+            return
+        if self._id_task is None or self._id_task.done():
+            self._id_task = asyncio.get_running_loop().create_task(self._fetch_ids())
+            # a failure reaches whoever awaits it; nobody need be
+            self._id_task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _fetch_ids(self) -> None:
+        try:
+            block = await session_store.reserve_session_ids(self._pool)
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            raise WriteFailed("database unavailable") from exc
+        if self._id_pos >= len(self._ids):
+            self._ids, self._id_pos = block, 0
+        else:
+            self._next_ids = block
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
