@@ -262,6 +262,10 @@ class ViewingSession:
     stalled_since: dt.datetime | None = None
     seeking_since: dt.datetime | None = None
     closed: bool = False
+    base_cost: int = 0  # the fixed part of `cost`, computed once
+
+    def __post_init__(self) -> None:
+        self.base_cost = SESSION_OVERHEAD_BYTES + self.join.size
 
     @property
     def started(self) -> bool:
@@ -275,8 +279,9 @@ class ViewingSession:
     def cost(self) -> int:
         """Bytes of memory this session is charged against the server's budget: what the
         client sent at join, each buffered pre-play event, and a fixed overhead."""
-        preplay = len(self.preplay) if self.preplay else 0
-        return SESSION_OVERHEAD_BYTES + self.join.size + PREPLAY_EVENT_BYTES * preplay
+        if self.preplay:
+            return self.base_cost + PREPLAY_EVENT_BYTES * len(self.preplay)
+        return self.base_cost
 
     def impression(self, now: dt.datetime) -> Impression:
         """The join itself: this video was loaded on a page."""
