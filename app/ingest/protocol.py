@@ -27,7 +27,7 @@ class FrameError(ValueError):
         self.topic = topic
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per message, and frozen costs
 class Frame:
     join_ref: str | None
     ref: str | None
@@ -91,19 +91,22 @@ def parse(raw: str | bytes, vsn: str) -> Frame:
 
 
 def encode(vsn: str, join_ref: str | None, ref: str | None, topic: str, event: str,
-           payload: dict[str, Any]) -> str:
+           payload: dict[str, Any] | orjson.Fragment) -> bytes:
+    """A frame's text, as UTF-8 bytes."""
     if vsn == V2:
-        return orjson.dumps([join_ref, ref, topic, event, payload]).decode()
+        return orjson.dumps((join_ref, ref, topic, event, payload))
     return orjson.dumps(
         {"join_ref": join_ref, "ref": ref, "topic": topic, "event": event, "payload": payload}
-    ).decode()
+    )
+
+
+_OK = orjson.Fragment(b'{"status":"ok","response":{}}')  # the usual reply, encoded once
 
 
 def reply(vsn: str, join_ref: str | None, ref: str | None, topic: str,
-          reason: str | None = None) -> str:
+          reason: str | None = None) -> bytes:
     """A phx_reply: ok when reason is None, else error with that reason."""
     if reason is None:
-        body: dict[str, Any] = {"status": "ok", "response": {}}
-    else:
-        body = {"status": "error", "response": {"reason": reason}}
-    return encode(vsn, join_ref, ref, topic, "phx_reply", body)
+        return encode(vsn, join_ref, ref, topic, "phx_reply", _OK)
+    return encode(vsn, join_ref, ref, topic, "phx_reply",
+                  {"status": "error", "response": {"reason": reason}})

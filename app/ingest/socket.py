@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Gauge
 
 from app.auth.keys import KeyCache
 from app.ingest import protocol, wire
 from app.ingest.agents import classify
 from app.ingest.sessions import InvalidInput, Limits, ViewingSession, parse_join, valid_topic
+from app.ingest.tally import Spread, Tally
 from app.ingest.writer import WriteFailed, Writer
 from app.settings import Settings
 
@@ -37,22 +38,20 @@ log = logging.getLogger("vidmetrics.socket")
 SOCKETS = Gauge("vidmetrics_sockets", "Open websockets")
 SESSION_BYTES = Gauge("vidmetrics_session_state_bytes",
                       "Client-supplied session state held in memory (the budget's use)")
-FRAMES = Counter("vidmetrics_frames_total", "Frames received", ["kind"])
-REFUSED = Counter("vidmetrics_refused_total", "Refused frames, joins and sockets", ["reason"])
-EVENTS = Counter("vidmetrics_events_total", "Event pushes by outcome", ["outcome"])
-ACK_SECONDS = Histogram("vidmetrics_ack_seconds", "From an event's arrival to its ok reply "
-                        "(after commit)", buckets=(.001, .0025, .005, .01, .025, .05, .1, .25,
-                                                   .5, 1, 2.5, 5, 10))
-# Label values come from these fixed sets only (never from client text), and each child is
-# resolved once: a scrape stays small whatever clients send, and no frame pays a lookup.
-_FRAME = {kind: FRAMES.labels(kind) for kind in (
-    "malformed", "heartbeat", "join", "unmatched", "leave", "event", "unknown", "binary")}
-_REFUSED = {reason: REFUSED.labels(reason) for reason in (
+# Label values come from these fixed sets only (never from client text): a scrape stays
+# small whatever clients send. Plain numbers (app/ingest/tally.py): no lock per frame.
+_FRAME = Tally("vidmetrics_frames", "Frames received", "kind", (
+    "malformed", "heartbeat", "join", "unmatched", "leave", "event", "unknown", "binary"))
+_REFUSED = Tally("vidmetrics_refused", "Refused frames, joins and sockets", "reason", (
     "malformed", "unmatched_topic", "unknown_event", "bot", "too_many_channels",
     "invalid_input", "invalid_key", "memory_budget", "rate_limit", "write_failed",
     "max_sockets", "shutting_down", "frame_too_large", "idle", "slow_reader",
-    "protocol_error")}
-_EVENTS = {outcome: EVENTS.labels(outcome) for outcome in ("acked", "refused", "failed")}
+    "protocol_error"))
+_EVENTS = Tally("vidmetrics_events", "Event pushes by outcome", "outcome",
+                ("acked", "refused", "failed"))
+ACK_SECONDS = Spread("vidmetrics_ack_seconds", "From an event's arrival to its ok reply "
+                     "(after commit)", (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5,
+                                        5, 10))
 
 
 # Replies a peer has not read (beyond what the kernel buffers) before it is dropped: a
@@ -84,7 +83,7 @@ class Hub:
     # sockets' waits for a block of session ids (held: the loop keeps weak references)
     waiting: set[asyncio.Task[None]] = field(default_factory=set)
 
-    def reply(self, conn: Connection, text: str) -> None:
+    def reply(self, conn: Connection, text: bytes) -> None:
         conn.send(text)
 
     def due(self, conn: Connection) -> None:
@@ -127,7 +126,7 @@ class Hub:
         self.keys_seen = self.keys.generation
         for conn in list(self.sockets):
             if conn.last_seen < deadline:
-                _REFUSED["idle"].inc()
+                _REFUSED.add("idle")
                 conn.leave_all()
                 conn.close(wire.GOING_AWAY)
                 continue
@@ -197,12 +196,13 @@ class Connection:
         # messages waiting while a session id is fetched (None: none are)
         self.backlog: deque[str] | None = None
 
-    def send(self, text: str) -> None:
+    def send(self, text: bytes) -> None:
+        """Queue a text message (UTF-8) for the end of this turn."""
         if self.closed:
             return
         if not self.out:
             self.hub.due(self)
-        self.out.append(wire.text(text))
+        self.out.append(wire.frame(wire.TEXT, text))
 
     def write_out(self) -> None:
         out, self.out = self.out, []
@@ -211,7 +211,7 @@ class Connection:
         self.transport.writelines(out)
         if self.transport.get_write_buffer_size() > MAX_UNREAD_BYTES:
             # the peer does not read its replies: it may only hurt itself, and only so much
-            _REFUSED["slow_reader"].inc()
+            _REFUSED.add("slow_reader")
             self.leave_all()
             self.closed = True
             self.transport.abort()
@@ -234,43 +234,43 @@ class Connection:
         try:
             frame = protocol.parse(raw, self.vsn)
         except protocol.FrameError as exc:
-            _FRAME["malformed"].inc()
-            _REFUSED["malformed"].inc()
+            _FRAME.add("malformed")
+            _REFUSED.add("malformed")
             self.send(protocol.reply(self.vsn, None, exc.ref, exc.topic or "phoenix",
                                      exc.reason))
             return True
         if frame.topic == "phoenix" and frame.event == "heartbeat":
-            _FRAME["heartbeat"].inc()
+            _FRAME.add("heartbeat")
             self.send(protocol.reply(self.vsn, None, frame.ref, "phoenix"))
             return True
         if frame.event == "phx_join":
-            _FRAME["join"].inc()
+            _FRAME.add("join")
             self.join(frame)
             return True
         joined = self.channels.get(frame.topic)
         if joined is None or (frame.join_ref is not None and joined[0] != frame.join_ref):
-            _FRAME["unmatched"].inc()
+            _FRAME.add("unmatched")
             self.send(protocol.reply(self.vsn, None, frame.ref, frame.topic,
                                      "unmatched topic"))
             return True
         if frame.event == "phx_leave":
-            _FRAME["leave"].inc()
+            _FRAME.add("leave")
             self.leave(frame.topic)
             self.send(protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic))
             self.send(protocol.encode(self.vsn, frame.join_ref, frame.join_ref,
                                       frame.topic, "phx_close", {}))
             return True
         if frame.event == "event":
-            _FRAME["event"].inc()
+            _FRAME.add("event")
             return self.event(frame, joined[1])
-        _FRAME["unknown"].inc()
+        _FRAME.add("unknown")
         self._refuse(frame, "unknown_event", f"unknown event {frame.event[:40]!r}")
         return True
 
     def _refuse(self, frame: protocol.Frame, kind: str, reason: str) -> None:
-        _REFUSED[kind].inc()
+        _REFUSED.add(kind)
         if frame.event == "event":
-            _EVENTS["failed" if kind == "write_failed" else "refused"].inc()
+            _EVENTS.add("failed" if kind == "write_failed" else "refused")
         self.send(protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic, reason))
 
     def join(self, frame: protocol.Frame) -> None:
@@ -306,7 +306,7 @@ class Connection:
         joined = self.channels.get(frame.topic)
         if joined is not None and joined[0] == frame.join_ref:
             self.hub.release(self.channels.pop(frame.topic)[1].cost)
-        _REFUSED["write_failed"].inc()
+        _REFUSED.add("write_failed")
         self.hub.reply(self, protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic,
                                             failure))
 
@@ -336,7 +336,7 @@ class Connection:
             self.hub.release(cost - session.cost)
         self._track(session, was_playing)
         if not ops:
-            _EVENTS["acked"].inc()
+            _EVENTS.add("acked")
             self.send(protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic))
             return True
         self.hub.writer.submit(ops, functools.partial(self._committed, frame, arrived))
@@ -375,12 +375,12 @@ class Connection:
     def _committed(self, frame: protocol.Frame, arrived: float, failure: str | None) -> None:
         """The event's batch committed (or failed): queue its reply, in commit order."""
         if failure is None:
-            _EVENTS["acked"].inc()
+            _EVENTS.add("acked")
             ACK_SECONDS.observe(time.perf_counter() - arrived)
             text = protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic)
         else:
-            _REFUSED["write_failed"].inc()
-            _EVENTS["failed"].inc()
+            _REFUSED.add("write_failed")
+            _EVENTS.add("failed")
             text = protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic, failure)
         self.hub.reply(self, text)
 
@@ -463,7 +463,7 @@ class SocketProtocol(asyncio.Protocol):
         try:
             messages = self.reader.messages(data)
         except wire.Closing as exc:
-            _REFUSED["frame_too_large" if exc.code == wire.TOO_BIG else "protocol_error"].inc()
+            _REFUSED.add("frame_too_large" if exc.code == wire.TOO_BIG else "protocol_error")
             conn.leave_all()
             return conn.close(exc.code)
         conn.last_seen = time.monotonic()
@@ -475,12 +475,12 @@ class SocketProtocol(asyncio.Protocol):
                 try:
                     text = payload.decode()
                 except UnicodeDecodeError:
-                    _REFUSED["protocol_error"].inc()
+                    _REFUSED.add("protocol_error")
                     conn.leave_all()
                     return conn.close(wire.INVALID_DATA)
                 conn.receive(text)
             elif opcode == wire.BINARY:
-                _FRAME["binary"].inc()
+                _FRAME.add("binary")
                 conn.send(protocol.reply(conn.vsn, None, None, "phoenix",
                                          "binary frames are not supported"))
             elif opcode == wire.PING:
@@ -506,7 +506,7 @@ class SocketProtocol(asyncio.Protocol):
             self.transport.close()
             return
         if not hub.accepting or len(hub.sockets) >= hub.settings.max_sockets:
-            _REFUSED["max_sockets" if hub.accepting else "shutting_down"].inc()
+            _REFUSED.add("max_sockets" if hub.accepting else "shutting_down")
             self.transport.write(wire.refusal(403, "try again later"))  # 1013 in spirit
             self.transport.close()
             return

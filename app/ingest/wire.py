@@ -93,10 +93,6 @@ def frame(opcode: int, payload: bytes) -> bytes:
     return bytes((0x80 | opcode, 127)) + _LENGTH64.pack(n) + payload
 
 
-def text(message: str) -> bytes:
-    return frame(TEXT, message.encode())
-
-
 def close(code: int, reason: str = "") -> bytes:
     return frame(CLOSE, _LENGTH16.pack(code) + reason.encode()[:120])
 
