@@ -345,32 +345,38 @@ class Deltas:
                 entry[1 + index] -= 1
 
     async def write(self, conn: asyncpg.Connection) -> None:
-        """Add the non-zero deltas to the rollup tables."""
+        """Add the non-zero deltas to the rollup tables (one statement)."""
+        statement = Statement()
+        self.add_to(statement)
+        await statement.execute(conn)
+
+    def add_to(self, statement: Statement) -> None:
+        """Add the non-zero deltas' upserts to a statement (see Statement)."""
         for table, owner, deltas in (("rollup_plays", VIDEO, self.plays),
                                      ("rollup_key_plays", KEY, self.key_plays)):
-            await _upsert(conn, table, [owner, BUCKET, ("class", "smallint")],
+            _upsert(statement, table, [owner, BUCKET, ("class", "smallint")],
                           [("sessions", "int"), ("watch_seconds", "float8"),
                            *[(c, "int") for c in BREAKDOWN_COLUMNS], ("changes", "int8")],
                           [(k[0], _at(k[1]), k[2], int(v[0]), v[1],
                             *[int(x) for x in v[2:]]) for k, v in deltas.items() if any(v)])
         for table, owner, reached in (("rollup_sources", VIDEO, self.sources),
                                       ("rollup_key_sources", KEY, self.key_sources)):
-            await _upsert(conn, table, [owner, BUCKET, ("page", "text")],
+            _upsert(statement, table, [owner, BUCKET, ("page", "text")],
                           [(c, "int") for c in REACHED_COLUMNS],
                           [(k[0], _at(k[1]), k[2], *v) for k, v in reached.items() if any(v)])
         for table, owner, loads in (("rollup_impressions", VIDEO, self.impressions),
                                     ("rollup_key_impressions", KEY, self.key_impressions)):
-            await _upsert(conn, table, [owner, BUCKET], [("impressions", "int")],
+            _upsert(statement, table, [owner, BUCKET], [("impressions", "int")],
                           [(k[0], _at(k[1]), v) for k, v in loads.items() if v])
         for table, owner, done in (("rollup_completion", VIDEO, self.completion),
                                    ("rollup_key_completion", KEY, self.key_completion)):
-            await _upsert(conn, table, [owner, BUCKET, ("class", "smallint"), ("device", "text")],
+            _upsert(statement, table, [owner, BUCKET, ("class", "smallint"), ("device", "text")],
                           [*[(c, "int") for c in COMPLETION_COLUMNS], ("percent_sum", "float8")],
                           [(*k[:1], _at(k[1]), *k[2:], *[int(round(x)) for x in v[:-1]], v[-1])
                            for k, v in done.items() if any(v)])
         for table, owner, qoe in (("rollup_qoe", VIDEO, self.qoe),
                                   ("rollup_key_qoe", KEY, self.key_qoe)):
-            await _upsert(conn, table, [owner, BUCKET, ("browser", "text"),
+            _upsert(statement, table, [owner, BUCKET, ("browser", "text"),
                                         ("platform", "text"), ("device", "text")],
                           [(c, "float8" if c.endswith("seconds") else "int")
                            for c in QOE_COLUMNS],
@@ -382,10 +388,10 @@ class Deltas:
                           merged=[(h, HIST_MERGE) for h in ("startup_hist", "seek_hist")])
         for table, owner, hist in (("rollup_qoe_hist", VIDEO, self.qoe_hist),
                                    ("rollup_key_qoe_hist", KEY, self.key_qoe_hist)):
-            await _upsert(conn, table, [owner, BUCKET, ("metric", "smallint"),
+            _upsert(statement, table, [owner, BUCKET, ("metric", "smallint"),
                                         ("idx", "smallint")], [("views", "int")],
                           [(k[0], _at(k[1]), k[2], k[3], v) for k, v in hist.items() if v])
-        await _upsert(conn, "rollup_engagement",
+        _upsert(statement, "rollup_engagement",
                       [VIDEO, BUCKET, ("ranges", "smallint"), ("duration", "float8")],
                       [("sessions", "int")],
                       [(k[0], _at(k[1]), k[2], k[3], v[0], "{" + ",".join(map(str, v[1:])) + "}")
@@ -429,9 +435,38 @@ KEY: Column = ("key", "text")
 BUCKET: Column = ("bucket", "timestamptz")
 
 
-async def _upsert(conn: asyncpg.Connection, table: str, keys: list[Column],
-                  sums: list[Column], rows: list[tuple[Any, ...]],
-                  merged: list[tuple[str, str]] | None = None) -> None:
+class Statement:
+    """Several data-modifying statements sent as one (`WITH w0 AS (INSERT ...), w1 AS
+    (...) SELECT ...`): one round trip for a batch's writes instead of one each. Parts
+    must not depend on each other's effects (they all see the same snapshot); rows go in
+    key order within each, and no two transactions of one process write at once, while
+    processes write rollup rows of their own shard: no lock cycle."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.args: list[Any] = []
+
+    def param(self, value: Any, pgtype: str) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}::{pgtype}"
+
+    def add(self, sql: str) -> str:
+        """Add a part; returns its name, for the final SELECT to read its RETURNING."""
+        self.parts.append(sql)
+        return f"w{len(self.parts) - 1}"
+
+    def sql(self, final: str) -> str:
+        ctes = ", ".join(f"w{i} AS ({part})" for i, part in enumerate(self.parts))
+        return f"WITH {ctes} {final}" if ctes else final
+
+    async def execute(self, conn: asyncpg.Connection) -> None:
+        if self.parts:
+            await conn.execute(self.sql("SELECT 1"), *self.args)
+
+
+def _upsert(statement: Statement, table: str, keys: list[Column],
+            sums: list[Column], rows: list[tuple[Any, ...]],
+            merged: list[tuple[str, str]] | None = None) -> None:
     """Add `rows` (the key columns' values, then the sums', then each merged array as an
     int[] literal) to a rollup table: a new key is inserted, an existing one gets the sums
     added and each merged array combined by its SQL expression over {old} and {new}. Rows
@@ -448,16 +483,16 @@ async def _upsert(conn: asyncpg.Connection, table: str, keys: list[Column],
     updates = [f"{c} = r.{c} + EXCLUDED.{c}" for c, _ in sums] + [
         f"{c} = " + expression.format(old=f"r.{c}", new=f"EXCLUDED.{c}")
         for c, expression in merged]
-    await conn.execute(
+    arrays = [statement.param(list(values), f"{t}[]")
+              for values, (_, t) in zip(zip(*rows, strict=True), columns, strict=True)]
+    statement.add(
         f"""
         INSERT INTO {table} AS r ({", ".join(c for c, _ in columns)})
         SELECT {", ".join(selected)}
-          FROM unnest({", ".join(f"${i + 1}::{t}[]" for i, (_, t) in enumerate(columns))})
-               AS u({", ".join(aliases)})
+          FROM unnest({", ".join(arrays)}) AS u({", ".join(aliases)})
         ON CONFLICT ({", ".join(c for c, _ in keys)}, shard) DO UPDATE SET
             {", ".join(updates)}
-        """,
-        *[list(values) for values in zip(*rows, strict=True)])
+        """)
 
 
 def completion_of(furthest: float, duration: float | None, ended: bool,

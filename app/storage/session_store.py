@@ -80,6 +80,7 @@ class SessionRow:
 
 QOE_SESSION_COLUMNS = ["qoe", "startup_ms", "rebuffer_count", "rebuffer_seconds", "seek_count",
                        "seek_ms", "failure", "failed_before_start", "exited_before_start"]
+QOE_SESSION_TYPES = ["bool", "float8", "int", "float8", "int", "float8", "int2", "bool", "bool"]
 
 
 @dataclass(slots=True)  # not frozen: built for every event, and frozen costs
@@ -299,6 +300,8 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
     deltas = rollups.Deltas()
     timelines = _timelines(events)
     outcome = Outcome(found, {})
+    statement = rollups.Statement()
+    final: str | None = None
     if sessions:
         rows = list(sessions.values())
         # the stored state of these sessions (what they contribute to the rollups now) and
@@ -349,21 +352,28 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
                     kept += len(got[1])
             outcome.sessions[r.id] = (state, kept)
         qoe = [r.qoe_columns() for r in rows]
-        vanished = await conn.fetch(
+        columns = (
+            ([r.id for r in rows], "bigint"), ([r.started_at for r in rows], "timestamptz"),
+            ([vid(r.video) for r in rows], "bigint"), ([r.ended_at for r in rows], "timestamptz"),
+            ([r.browser for r in rows], "text"), ([r.platform for r in rows], "text"),
+            ([r.device for r in rows], "text"), ([r.page for r in rows], "text"),
+            ([r.session_data for r in rows], "jsonb"), ([r.duration for r in rows], "float8"),
+            ([r.watch_seconds for r in rows], "float8"), ([r.furthest for r in rows], "float8"),
+            (islands, "text"), ([r.ended for r in rows], "bool"),
+            ([r.played for r in rows], "bool"),
+            *[([q[i] for q in qoe], t) for i, t in enumerate(QOE_SESSION_TYPES)],
+            ([p[1] if p else None for p in packed], "bytea"),
+            ([p[2] if p else 0 for p in packed], "int"))
+        arrays = ", ".join(statement.param(values, f"{t}[]") for values, t in columns)
+        upsert = statement.add(
             f"""
-            WITH w AS (
             INSERT INTO sessions AS s (id, started_at, video_id, ended_at, browser, platform,
                                   device, page, session_data, duration, watch_seconds, furthest,
                                   islands, ended, played,
                                   {", ".join(QOE_SESSION_COLUMNS)}, events, event_count)
             SELECT a, b, c, d, e, f, g, h, i, j, k, l, m::float8[], n, p,
                    q1, q2, q3, q4, q5, q6, q7, q8, q9, ev, evn
-              FROM unnest($1::bigint[], $2::timestamptz[], $3::bigint[], $4::timestamptz[],
-                          $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[],
-                          $10::float8[], $11::float8[], $12::float8[], $13::text[],
-                          $14::bool[], $15::bool[], $16::bool[], $17::float8[],
-                          $18::int[], $19::float8[], $20::int[], $21::float8[], $22::int2[],
-                          $23::bool[], $24::bool[], $25::bytea[], $26::int[])
+              FROM unnest({arrays})
                    AS u(a, b, c, d, e, f, g, h, i, j, k, l, m, n, p,
                         q1, q2, q3, q4, q5, q6, q7, q8, q9, ev, evn)
             ON CONFLICT (id, started_at) DO UPDATE SET
@@ -374,49 +384,57 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
                 events = CASE WHEN EXCLUDED.events IS NULL THEN s.events
                               ELSE coalesce(s.events, ''::bytea) || EXCLUDED.events END,
                 event_count = s.event_count + EXCLUDED.event_count
-            RETURNING s.id, s.xmax = 0 AS inserted)
-            SELECT id FROM w WHERE inserted AND id = ANY($27::bigint[])
-            """,
-            [r.id for r in rows], [r.started_at for r in rows], [vid(r.video) for r in rows],
-            [r.ended_at for r in rows], [r.browser for r in rows], [r.platform for r in rows],
-            [r.device for r in rows], [r.page for r in rows], [r.session_data for r in rows],
-            [r.duration for r in rows], [r.watch_seconds for r in rows],
-            [r.furthest for r in rows], islands, [r.ended for r in rows],
-            [r.played for r in rows], *[[q[i] for q in qoe] for i in range(9)],
-            [p[1] if p else None for p in packed], [p[2] if p else 0 for p in packed],
-            [r.id for r in rows if r.id not in fetched],
-        )
-        if vanished:  # believed stored, inserted afresh: the deltas above were wrong
-            raise StaleState([rec["id"] for rec in vanished])
-    if timelines:  # overflowing timelines, and events of sessions without a snapshot here
-        await append_events(conn, timelines, counted={r.id for r in sessions.values()})
+            RETURNING s.id, s.xmax = 0 AS inserted""")
+        # believed stored (not read back) yet inserted afresh: the deltas were wrong
+        final = (f"SELECT id FROM {upsert} WHERE inserted AND id = ANY("
+                 f"{statement.param([r.id for r in rows if r.id not in fetched], 'bigint[]')})")
+        # overflowing timelines of these sessions: one row each (counted by the upsert)
+        overflow = [sid for sid in timelines if sid in sessions]
+        if overflow:
+            statement.add(
+                f"""
+                INSERT INTO session_events (session_id, session_started_at, events)
+                SELECT * FROM unnest({statement.param(overflow, 'bigint[]')},
+                    {statement.param([timelines[sid][0] for sid in overflow], 'timestamptz[]')},
+                    {statement.param([timelines.pop(sid)[1] for sid in overflow], 'bytea[]')})
+                """)
+    if timelines:  # events of sessions without a snapshot in this batch
+        await append_events(conn, timelines)
     if impressions:
         await _copy_impressions(conn, impressions, vid, deltas)
-    await deltas.write(conn)
+    deltas.add_to(statement)
     starting = [p for p in presence.values() if p.playing]
     stopping = [p.session_id for p in presence.values() if not p.playing]
     if starting:
-        await conn.execute(
-            """
+        statement.add(
+            f"""
             INSERT INTO playing (session_id, video_id, session_started_at, last_seen)
-            SELECT s, v, t, now() FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[])
+            SELECT s, v, t, now() FROM unnest(
+                {statement.param([p.session_id for p in starting], 'bigint[]')},
+                {statement.param([vid(p.video) for p in starting], 'bigint[]')},
+                {statement.param([p.session_started_at for p in starting], 'timestamptz[]')})
                 AS u(s, v, t)
             ON CONFLICT (session_id) DO UPDATE SET last_seen = now()
-            """,
-            [p.session_id for p in starting], [vid(p.video) for p in starting],
-            [p.session_started_at for p in starting],
-        )
+            """)
     if stopping:
-        await conn.execute("DELETE FROM playing WHERE session_id = ANY($1::bigint[])", stopping)
+        statement.add("DELETE FROM playing WHERE session_id = ANY("
+                      f"{statement.param(stopping, 'bigint[]')})")
     if outbox and ended:
-        await conn.execute(
-            """
+        statement.add(
+            f"""
             INSERT INTO export_outbox (session_id, session_started_at)
-            SELECT * FROM unnest($1::bigint[], $2::timestamptz[])
+            SELECT * FROM unnest(
+                {statement.param([e.session_id for e in ended], 'bigint[]')},
+                {statement.param([e.session_started_at for e in ended], 'timestamptz[]')})
             ON CONFLICT (session_id) DO NOTHING
-            """,
-            [e.session_id for e in ended], [e.session_started_at for e in ended],
-        )
+            """)
+    # every write of the batch in one round trip
+    if final is not None:
+        vanished = await conn.fetch(statement.sql(final), *statement.args)
+        if vanished:
+            raise StaleState([rec["id"] for rec in vanished])
+    else:
+        await statement.execute(conn)
     for e in ended:
         outcome.sessions[e.session_id] = None
     return outcome
