@@ -306,8 +306,9 @@ async def test_sigterm_flushes_open_sessions(tmp_path: Path, database_url: str,
     ivs = await islands_of(conn, rows[0]["id"])
     assert len(ivs) == 1 and ivs[0][0] == 10.0 and 10.9 < ivs[0][1] < 13
     assert rows[0]["watch_seconds"] == pytest.approx(ivs[0][1] - 10.0)
-    assert await conn.fetchval("SELECT count(*) FROM playing WHERE session_id = $1",
-                               rows[0]["id"]) == 0
+    # no longer watching (a stopped session's presence row is dated -infinity)
+    assert await conn.fetchval("SELECT count(*) FROM playing WHERE session_id = $1 "
+                               "AND last_seen > '-infinity'", rows[0]["id"]) == 0
 
 
 async def test_max_sockets(tmp_path: Path, database_url: str) -> None:

@@ -403,22 +403,21 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
     if impressions:
         await _copy_impressions(conn, impressions, vid, deltas)
     deltas.add_to(statement)
-    starting = [p for p in presence.values() if p.playing]
-    stopping = [p.session_id for p in presence.values() if not p.playing]
-    if starting:
+    if presence:
+        # one upsert for both ways: a session that stops keeps its row, dated -infinity (not
+        # watching; the row is deleted later by touch_playing), so play/pause flips update
+        # one row in place instead of inserting and deleting index entries every time
+        moves = list(presence.values())
         statement.add(
             f"""
-            INSERT INTO playing (session_id, video_id, session_started_at, last_seen)
-            SELECT s, v, t, now() FROM unnest(
-                {statement.param([p.session_id for p in starting], 'bigint[]')},
-                {statement.param([vid(p.video) for p in starting], 'bigint[]')},
-                {statement.param([p.session_started_at for p in starting], 'timestamptz[]')})
-                AS u(s, v, t)
-            ON CONFLICT (session_id) DO UPDATE SET last_seen = now()
+            INSERT INTO playing AS pl (session_id, video_id, session_started_at, last_seen)
+            SELECT s, v, t, CASE WHEN p THEN now() ELSE '-infinity' END FROM unnest(
+                {statement.param([m.session_id for m in moves], 'bigint[]')},
+                {statement.param([vid(m.video) for m in moves], 'bigint[]')},
+                {statement.param([m.session_started_at for m in moves], 'timestamptz[]')},
+                {statement.param([m.playing for m in moves], 'bool[]')}) AS u(s, v, t, p)
+            ON CONFLICT (session_id) DO UPDATE SET last_seen = EXCLUDED.last_seen
             """)
-    if stopping:
-        statement.add("DELETE FROM playing WHERE session_id = ANY("
-                      f"{statement.param(stopping, 'bigint[]')})")
     if outbox and ended:
         statement.add(
             f"""
@@ -464,7 +463,8 @@ async def touch_playing(conn: asyncpg.Connection | asyncpg.Pool, session_ids: li
     """Refresh presence for the sessions this process is playing; drop long-dead rows."""
     if session_ids:
         await conn.execute(
-            "UPDATE playing SET last_seen = now() WHERE session_id = ANY($1::bigint[])",
+            "UPDATE playing SET last_seen = now() WHERE session_id = ANY($1::bigint[]) "
+            "AND last_seen > '-infinity'",  # a stop committed meanwhile stays a stop
             session_ids,
         )
     await conn.execute("DELETE FROM playing WHERE last_seen < now() - interval '1 hour'")
