@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from collections.abc import Callable
 import asyncpg
 from prometheus_client import Counter, Gauge, Histogram
 
-from app.storage import session_store
+from app.storage import rollups, session_store
 from app.storage.session_store import Op, Outcome, StaleState, VideoIds, Written
 
 log = logging.getLogger("vidmetrics.writer")
@@ -53,6 +54,22 @@ Done = Callable[[str | None], None]
 Batch = list[tuple[list[Op], Done]]
 
 
+class _Flight:
+    """One batch in the writer's pipeline, as the batches around it see it."""
+
+    __slots__ = ("may_follow", "executed", "first", "released", "done", "next", "committing")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.may_follow: asyncio.Future[None] = loop.create_future()  # next may start
+        # its statement is done (or will not be sent): the next may use the database
+        self.executed: asyncio.Future[None] = loop.create_future()
+        self.first: asyncio.Future[bool] = loop.create_future()  # committed on first try
+        self.released: asyncio.Future[None] = loop.create_future()  # first try over
+        self.done: asyncio.Future[None] = loop.create_future()  # finished, however
+        self.next: _Flight | None = None
+        self.committing = False
+
+
 class WriteFailed(Exception):
     """The batch holding a write did not commit; the reason is safe to show a client."""
 
@@ -73,6 +90,10 @@ class Writer:
         self._closing = False
         self._videos = VideoIds()
         self._written = Written()
+        # this process's rollup shard and a second one (see _speculate, rollups.SHARDS)
+        own = os.getpid() % rollups.SHARDS
+        self._shards = (own, (own + rollups.SHARDS // 2) % rollups.SHARDS)
+        self._turn = 0
         self._ids: range = range(0)
         self._id_pos = 0
         self._next_ids: range | None = None  # fetched ahead
@@ -180,13 +201,13 @@ class Writer:
             self._task = None
 
     async def _run(self) -> None:
-        # the outcome of the batch now committing (see _pipelined), None when none is
-        last: asyncio.Future[bool] | None = None
+        last: _Flight | None = None  # the batch written most recently (see _pipelined)
+        loop = asyncio.get_running_loop()
         while True:
             if not self._pending:
                 if self._closing:
                     if last is not None:
-                        await last
+                        await last.done
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -197,14 +218,16 @@ class Writer:
             wait = self._first_at + self._flush_interval - time.monotonic()
             if wait > 0 and self._pending_rows < self._max_rows and not self._closing:
                 await asyncio.sleep(wait)
-            loop = asyncio.get_running_loop()
-            may_follow: asyncio.Future[None] = loop.create_future()
-            done: asyncio.Future[bool] = loop.create_future()
-            task = loop.create_task(self._pipelined(self._take(), last, may_follow, done))
+            flight = _Flight(loop)
+            if last is not None:
+                last.next = flight
+            task = loop.create_task(self._pipelined(self._take(), last, flight))
             self._flights.add(task)
             task.add_done_callback(self._flights.discard)
-            await may_follow
-            last = done
+            await flight.may_follow
+            if last is not None:  # a batch computing, one sending, no more (connections)
+                await last.executed
+            last = flight
 
     def _take(self) -> Batch:
         batch: Batch = []
@@ -217,35 +240,38 @@ class Writer:
         self._first_at = time.monotonic()  # what is left waited long enough already
         return batch
 
-    async def _pipelined(self, batch: Batch, before: asyncio.Future[bool] | None,
-                         may_follow: asyncio.Future[None], done: asyncio.Future[bool]) -> None:
-        """Write a batch while the one before it commits, then commit it once that one has;
-        the next batch may start while this one commits. At most two transactions are open,
-        one writing and one committing, and the committing one waits on nothing: no lock
-        cycle between them. The next batch is computed from the states this one wrote
-        (`Written`, applied before commit): `done` is False when that commit then failed,
-        and the next batch is written again from the stored rows. Anything but that clean
-        path falls back to _flush, alone, once the batch before has ended.
-        Acknowledgements keep commit order."""
+    async def _pipelined(self, batch: Batch, before: _Flight | None, flight: _Flight) -> None:
+        """Write a batch on the states the batch before it has computed, while that one
+        executes and commits; commit once that one has committed. The next batch may start
+        as soon as this one's writes are computed (`may_follow`), before they are sent.
+
+        Batches take locks one at a time, in order: a batch reads and sends its writes
+        only once the statement of the one before is done (`executed`), so a lock it waits
+        for is held by an earlier batch, which never waits for it. A batch commits only if
+        the one before committed on its first try: then every state it built on is
+        stored. Any failure instead ends the first try of this batch and of those after
+        it (each rolls back on seeing `first` False, and says so in `released`), and the
+        batch is written again alone, from the stored rows, once the one before has
+        finished — unless the failure was the commit itself, whose outcome is then
+        unknown: it is reported failed, never written twice. Acknowledgements keep
+        commit order."""
         ops = [op for ops, _ in batch for op in ops]
-        clean = True
         try:
+            if before is not None and before.first.done() and not before.first.result():
+                # the batch before has failed already: nothing to build on, no first try
+                flight.first.set_result(False)
+                flight.executed.set_result(None)
+                flight.released.set_result(None)
+                await before.done
+                self._written.forget(session_store.session_ids(ops))
+                return await self._flush(batch, ops)
             started = time.perf_counter()
-            committed = False
+            error: Exception | None = None
             try:
-                committed = await asyncio.wait_for(self._speculate(ops, before, may_follow),
+                committed = await asyncio.wait_for(self._speculate(ops, before, flight),
                                                    TRANSACTION_TIMEOUT)
             except Exception as exc:  # noqa: BLE001 - every failure goes the careful way
-                if may_follow.done():  # the next batch counted on this commit
-                    clean = False
-                    self._written.forget(session_store.session_ids(ops))
-                    FLUSH_FAILURES.inc()
-                    self._failed_at = time.monotonic()
-                    log.warning("commit of %d rows failed: %s", len(ops), type(exc).__name__)
-                    self._resolve(batch, {i: "database unavailable"
-                                          for i in range(len(batch))})
-                    return
-                log.debug("pipelined write failed (%s); writing again alone", exc)
+                committed, error = False, exc
             if committed:
                 self._failed_at = None
                 FLUSHES.inc()
@@ -253,37 +279,73 @@ class Writer:
                 FLUSH_SECONDS.observe(time.perf_counter() - started)
                 BATCH_ROWS.observe(len(ops))
                 self._resolve(batch, {})
+                flight.first.set_result(True)  # after the replies: the next one's follow
                 return
+            self._written.forget(session_store.session_ids(ops))
+            for future in (flight.executed, flight.released):
+                if not future.done():
+                    future.set_result(None)
+            flight.first.set_result(False)
+            if flight.committing:  # COMMIT itself failed: it may have happened
+                FLUSH_FAILURES.inc()
+                self._failed_at = time.monotonic()
+                log.warning("commit of %d rows failed: %s", len(ops), type(error).__name__)
+                self._resolve(batch, {i: "database unavailable" for i in range(len(batch))})
+                return
+            if error is not None:
+                log.debug("pipelined write failed (%r); writing again alone", error)
+            later = flight.next  # batches after this one end their first tries
+            while later is not None:
+                await later.released
+                later = later.next
             if before is not None:
-                await before
+                await before.done
             self._written.forget(session_store.session_ids(ops))
             await self._flush(batch, ops)
         finally:
-            if not may_follow.done():
-                may_follow.set_result(None)
-            done.set_result(clean)
+            for future in (flight.may_follow, flight.executed, flight.first, flight.released):
+                if not future.done():
+                    future.set_result(False if future is flight.first else None)
+            flight.done.set_result(None)
 
-    async def _speculate(self, ops: list[Op], before: asyncio.Future[bool] | None,
-                         may_follow: asyncio.Future[None]) -> bool:
-        """The clean path of _pipelined: True when committed, False when the batch before
+    async def _speculate(self, ops: list[Op], before: _Flight | None,
+                         flight: _Flight) -> bool:
+        """The first try of _pipelined: True when committed, False when the batch before
         failed (rolled back here, nothing else done); raises on any failure of its own."""
         async with self._pool.acquire() as conn:
             transaction = conn.transaction()
             await transaction.start()
             try:
-                outcome = await session_store.write_batch(conn, ops, self._videos,
-                                                          self._outbox, self._written)
-                if before is not None and not await before:
+                # consecutive batches add to rollup rows of two shards in turn, so this
+                # one does not wait for the rows the batch before holds until its commit
+                self._turn ^= 1
+                # computed beside the statement of the batch before; but what this one
+                # reads and writes waits until that statement is done (one batch at a
+                # time takes locks, in batch order)
+                ready = before.executed if before is not None else None
+                prepared = await session_store.prepare_batch(
+                    conn, ops, self._videos, self._outbox, self._written,
+                    shard=self._shards[self._turn], ready=ready)
+                # the next batch builds on these states while this one is sent
+                self._written.apply(prepared.outcome.sessions)
+                flight.may_follow.set_result(None)
+                if ready is not None:
+                    await ready
+                try:
+                    await session_store.execute_batch(conn, prepared)
+                finally:
+                    flight.executed.set_result(None)
+                if before is not None and not await before.first:
                     await transaction.rollback()
                     return False
             except BaseException:
                 await transaction.rollback()
                 raise
-            self._videos.update(outcome.videos)
-            self._written.apply(outcome.sessions)
-            may_follow.set_result(None)
+            flight.committing = True
             await transaction.commit()
-            return True
+        self._videos.update(prepared.outcome.videos)
+        flight.released.set_result(None)
+        return True
 
     async def _flush(self, batch: Batch, all_ops: list[Op]) -> None:
         """Write a batch on its own: a refused batch member by member, any failure

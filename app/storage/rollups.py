@@ -350,53 +350,55 @@ class Deltas:
         self.add_to(statement)
         await statement.execute(conn)
 
-    def add_to(self, statement: Statement) -> None:
-        """Add the non-zero deltas' upserts to a statement (see Statement)."""
+    def add_to(self, statement: Statement, shard: int | None = None) -> None:
+        """Add the non-zero deltas' upserts to a statement (see Statement), into rows of
+        `shard` (None: the connection's, see SHARDS)."""
         for table, owner, deltas in (("rollup_plays", VIDEO, self.plays),
                                      ("rollup_key_plays", KEY, self.key_plays)):
-            _upsert(statement, table, [owner, BUCKET, ("class", "smallint")],
-                          [("sessions", "int"), ("watch_seconds", "float8"),
-                           *[(c, "int") for c in BREAKDOWN_COLUMNS], ("changes", "int8")],
-                          [(k[0], _at(k[1]), k[2], int(v[0]), v[1],
-                            *[int(x) for x in v[2:]]) for k, v in deltas.items() if any(v)])
+            _upsert(statement, shard, table, [owner, BUCKET, ("class", "smallint")],
+                    [("sessions", "int"), ("watch_seconds", "float8"),
+                     *[(c, "int") for c in BREAKDOWN_COLUMNS], ("changes", "int8")],
+                    [(k[0], _at(k[1]), k[2], int(v[0]), v[1], *[int(x) for x in v[2:]])
+                     for k, v in deltas.items() if any(v)])
         for table, owner, reached in (("rollup_sources", VIDEO, self.sources),
                                       ("rollup_key_sources", KEY, self.key_sources)):
-            _upsert(statement, table, [owner, BUCKET, ("page", "text")],
-                          [(c, "int") for c in REACHED_COLUMNS],
-                          [(k[0], _at(k[1]), k[2], *v) for k, v in reached.items() if any(v)])
+            _upsert(statement, shard, table, [owner, BUCKET, ("page", "text")],
+                    [(c, "int") for c in REACHED_COLUMNS],
+                    [(k[0], _at(k[1]), k[2], *v) for k, v in reached.items() if any(v)])
         for table, owner, loads in (("rollup_impressions", VIDEO, self.impressions),
                                     ("rollup_key_impressions", KEY, self.key_impressions)):
-            _upsert(statement, table, [owner, BUCKET], [("impressions", "int")],
-                          [(k[0], _at(k[1]), v) for k, v in loads.items() if v])
+            _upsert(statement, shard, table, [owner, BUCKET], [("impressions", "int")],
+                    [(k[0], _at(k[1]), v) for k, v in loads.items() if v])
         for table, owner, done in (("rollup_completion", VIDEO, self.completion),
                                    ("rollup_key_completion", KEY, self.key_completion)):
-            _upsert(statement, table, [owner, BUCKET, ("class", "smallint"), ("device", "text")],
-                          [*[(c, "int") for c in COMPLETION_COLUMNS], ("percent_sum", "float8")],
-                          [(*k[:1], _at(k[1]), *k[2:], *[int(round(x)) for x in v[:-1]], v[-1])
-                           for k, v in done.items() if any(v)])
+            _upsert(statement, shard, table,
+                    [owner, BUCKET, ("class", "smallint"), ("device", "text")],
+                    [*[(c, "int") for c in COMPLETION_COLUMNS], ("percent_sum", "float8")],
+                    [(*k[:1], _at(k[1]), *k[2:], *[int(round(x)) for x in v[:-1]], v[-1])
+                     for k, v in done.items() if any(v)])
         for table, owner, qoe in (("rollup_qoe", VIDEO, self.qoe),
                                   ("rollup_key_qoe", KEY, self.key_qoe)):
-            _upsert(statement, table, [owner, BUCKET, ("browser", "text"),
-                                        ("platform", "text"), ("device", "text")],
-                          [(c, "float8" if c.endswith("seconds") else "int")
-                           for c in QOE_COLUMNS],
-                          [(k[0], _at(k[1]), *k[2:],
-                            *[x if c.endswith("seconds") else int(round(x))
-                              for c, x in zip(QOE_COLUMNS, v.values, strict=True)],
-                            hist_literal(v.startup), hist_literal(v.seek))
-                           for k, v in qoe.items() if v],
-                          merged=[(h, HIST_MERGE) for h in ("startup_hist", "seek_hist")])
+            _upsert(statement, shard, table,
+                    [owner, BUCKET, ("browser", "text"), ("platform", "text"), ("device", "text")],
+                    [(c, "float8" if c.endswith("seconds") else "int") for c in QOE_COLUMNS],
+                    [(k[0], _at(k[1]), *k[2:],
+                      *[x if c.endswith("seconds") else int(round(x))
+                        for c, x in zip(QOE_COLUMNS, v.values, strict=True)],
+                      hist_literal(v.startup), hist_literal(v.seek))
+                     for k, v in qoe.items() if v],
+                    merged=[(h, HIST_MERGE) for h in ("startup_hist", "seek_hist")])
         for table, owner, hist in (("rollup_qoe_hist", VIDEO, self.qoe_hist),
                                    ("rollup_key_qoe_hist", KEY, self.key_qoe_hist)):
-            _upsert(statement, table, [owner, BUCKET, ("metric", "smallint"),
-                                        ("idx", "smallint")], [("views", "int")],
-                          [(k[0], _at(k[1]), k[2], k[3], v) for k, v in hist.items() if v])
-        _upsert(statement, "rollup_engagement",
-                      [VIDEO, BUCKET, ("ranges", "smallint"), ("duration", "float8")],
-                      [("sessions", "int")],
-                      [(k[0], _at(k[1]), k[2], k[3], v[0], "{" + ",".join(map(str, v[1:])) + "}")
-                       for k, v in self.engagement.items() if any(v)],
-                      merged=[("counts", COUNTS_MERGE)])
+            _upsert(statement, shard, table,
+                    [owner, BUCKET, ("metric", "smallint"), ("idx", "smallint")],
+                    [("views", "int")],
+                    [(k[0], _at(k[1]), k[2], k[3], v) for k, v in hist.items() if v])
+        _upsert(statement, shard, "rollup_engagement",
+                [VIDEO, BUCKET, ("ranges", "smallint"), ("duration", "float8")],
+                [("sessions", "int")],
+                [(k[0], _at(k[1]), k[2], k[3], v[0], "{" + ",".join(map(str, v[1:])) + "}")
+                 for k, v in self.engagement.items() if any(v)],
+                merged=[("counts", COUNTS_MERGE)])
 
 
 # how an upsert combines a stored array with the one added ({old}, {new}): histograms
@@ -464,14 +466,14 @@ class Statement:
             await conn.execute(self.sql("SELECT 1"), *self.args)
 
 
-def _upsert(statement: Statement, table: str, keys: list[Column],
+def _upsert(statement: Statement, shard: int | None, table: str, keys: list[Column],
             sums: list[Column], rows: list[tuple[Any, ...]],
             merged: list[tuple[str, str]] | None = None) -> None:
     """Add `rows` (the key columns' values, then the sums', then each merged array as an
     int[] literal) to a rollup table: a new key is inserted, an existing one gets the sums
     added and each merged array combined by its SQL expression over {old} and {new}. Rows
-    go in key order, so concurrent writers never deadlock; the row's shard is the column
-    default (this process's, see SHARDS)."""
+    go in key order, so concurrent writers never deadlock; the row's shard is `shard`, or
+    the column default (this process's, see SHARDS)."""
     if not rows:
         return
     rows.sort(key=lambda row: row[:len(keys)])
@@ -485,9 +487,13 @@ def _upsert(statement: Statement, table: str, keys: list[Column],
         for c, expression in merged]
     arrays = [statement.param(list(values), f"{t}[]")
               for values, (_, t) in zip(zip(*rows, strict=True), columns, strict=True)]
+    names = [c for c, _ in columns]
+    if shard is not None:
+        names.append("shard")
+        selected.append(statement.param(shard, "smallint"))
     statement.add(
         f"""
-        INSERT INTO {table} AS r ({", ".join(c for c, _ in columns)})
+        INSERT INTO {table} AS r ({", ".join(names)})
         SELECT {", ".join(selected)}
           FROM unnest({", ".join(arrays)}) AS u({", ".join(aliases)})
         ON CONFLICT ({", ".join(c for c, _ in keys)}, shard) DO UPDATE SET

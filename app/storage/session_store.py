@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -260,13 +260,37 @@ def _timelines(events: list[EventRow]) -> dict[int, tuple[dt.datetime, bytes, in
 
 
 async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
-                      outbox: bool = False, written: Written | None = None) -> Outcome:
+                      outbox: bool = False, written: Written | None = None,
+                      shard: int | None = None) -> Outcome:
+    """prepare_batch, then execute_batch: see those."""
+    prepared = await prepare_batch(conn, ops, videos, outbox, written, shard)
+    await execute_batch(conn, prepared)
+    return prepared.outcome
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A batch's writes, ready to send (execute_batch), and what they will have written."""
+
+    statement: rollups.Statement
+    final: str | None  # the SELECT that finds vanished sessions, if sessions are written
+    outcome: Outcome
+
+
+async def prepare_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
+                        outbox: bool = False, written: Written | None = None,
+                        shard: int | None = None,
+                        ready: Awaitable[Any] | None = None) -> Prepared:
     """Write ops (in submission order) inside one transaction; the caller commits.
     outbox=True: ended sessions also go into the export webhook's outbox. `written`: what
     the caller knows it committed of these sessions (read from the database otherwise).
+    `shard`: the rollup shard to add to (None: the connection's; see rollups.SHARDS).
 
-    Returns the video ids resolved on the way and the sessions' new states, for the caller
-    to cache after commit. Raises StaleState when a session of `written` had no row."""
+    What is read (video ids, the state of sessions not in `written`) is read here, and
+    page loads and the events of sessions without a snapshot are written — after awaiting
+    `ready`, if given, and only if there is any — everything else is one statement for
+    execute_batch. The outcome holds the video ids resolved on the way
+    and the sessions' new states, for the caller to cache after commit."""
     sessions: dict[int, SessionRow] = {}
     intervals: list[IntervalRow] = []
     events: list[EventRow] = []
@@ -291,7 +315,15 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
     for op in ops:
         if videos.get(op.video) is None:
             wanted[(op.video.key, op.video.identity)] = op.video
-    found = await _resolve_videos(conn, wanted)
+    async def database() -> asyncpg.Connection:
+        """The connection, once the caller lets this batch use it."""
+        nonlocal ready
+        if ready is not None:
+            await ready
+            ready = None
+        return conn
+
+    found = await _resolve_videos(await database(), wanted) if wanted else {}
 
     def vid(ref: VideoRef) -> int:
         known = videos.get(ref)
@@ -318,7 +350,7 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
         if unknown:
             # FOR NO KEY UPDATE: a row another transaction is writing is read once that
             # one has ended, as it then is
-            for rec in await conn.fetch(
+            for rec in await (await database()).fetch(
                     f"""
                     SELECT {rollups.STATE_COLUMNS}, coalesce(octet_length(s.events), 0) AS kept
                       FROM sessions s
@@ -399,10 +431,10 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
                     {statement.param([timelines.pop(sid)[1] for sid in overflow], 'bytea[]')})
                 """)
     if timelines:  # events of sessions without a snapshot in this batch
-        await append_events(conn, timelines)
+        await append_events(await database(), timelines)
     if impressions:
-        await _copy_impressions(conn, impressions, vid, deltas)
-    deltas.add_to(statement)
+        await _copy_impressions(await database(), impressions, vid, deltas)
+    deltas.add_to(statement, shard)
     if presence:
         # one upsert for both ways: a session that stops keeps its row, dated -infinity (not
         # watching; the row is deleted later by touch_playing), so play/pause flips update
@@ -427,16 +459,21 @@ async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
                 {statement.param([e.session_started_at for e in ended], 'timestamptz[]')})
             ON CONFLICT (session_id) DO NOTHING
             """)
-    # every write of the batch in one round trip
-    if final is not None:
-        vanished = await conn.fetch(statement.sql(final), *statement.args)
-        if vanished:
-            raise StaleState([rec["id"] for rec in vanished])
-    else:
-        await statement.execute(conn)
     for e in ended:
         outcome.sessions[e.session_id] = None
-    return outcome
+    return Prepared(statement, final, outcome)
+
+
+async def execute_batch(conn: asyncpg.Connection, prepared: Prepared) -> None:
+    """Send a prepared batch's writes, in one round trip. Raises StaleState when a session
+    the caller believed stored had no row."""
+    statement = prepared.statement
+    if prepared.final is None:
+        await statement.execute(conn)
+        return
+    vanished = await conn.fetch(statement.sql(prepared.final), *statement.args)
+    if vanished:
+        raise StaleState([rec["id"] for rec in vanished])
 
 
 async def append_events(conn: asyncpg.Connection,
