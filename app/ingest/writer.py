@@ -48,7 +48,8 @@ FAILING_SECONDS = 10.0
 # is retried member by member. (Encoding errors surface as TypeError/ValueError.)
 DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, TypeError,
                ValueError, OverflowError)
-UNAVAILABLE_ERRORS = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+UNAVAILABLE_ERRORS = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                      asyncpg.InternalClientError)  # a connection cut mid-statement
 # called once per submission: None when committed, else a reason a client may read
 Done = Callable[[str | None], None]
 Batch = list[tuple[list[Op], Done]]
@@ -256,6 +257,8 @@ class Writer:
         unknown: it is reported failed, never written twice. Acknowledgements keep
         commit order."""
         ops = [op for ops, _ in batch for op in ops]
+        if before is not None and before.done.done():
+            before = None  # over (however): its states are the stored ones, its locks gone
         try:
             if before is not None and before.first.done() and not before.first.result():
                 # the batch before has failed already: nothing to build on, no first try
