@@ -149,7 +149,7 @@ def create_app(settings: Settings, database_url: str,
         # each process writes its own rollup rows (a shard), so --workers do not queue on
         # the same rows' locks
         pool = await db.create_pool(database_url, min_size=2, max_size=settings.db_pool_size,
-                                    shard=os.getpid() % rollups.SHARDS)
+                                    shard=rollups.shards_of(os.getpid())[0])
         async with pool.acquire() as conn:
             app.state.timescale = await timescale.is_enabled(conn)
             if app.state.timescale:

@@ -91,9 +91,8 @@ class Writer:
         self._closing = False
         self._videos = VideoIds()
         self._written = Written()
-        # this process's rollup shard and a second one (see _speculate, rollups.SHARDS)
-        own = os.getpid() % rollups.SHARDS
-        self._shards = (own, (own + rollups.SHARDS // 2) % rollups.SHARDS)
+        # this process's two rollup shards (see _speculate, rollups.shards_of)
+        self._shards = rollups.shards_of(os.getpid())
         self._turn = 0
         self._ids: range = range(0)
         self._id_pos = 0

@@ -67,7 +67,15 @@ STARTUP, SEEK = 0, 1  # the `metric` of rollup_qoe_hist rows
 # vidmetrics.shard, 0 when unset). Several processes adding to the same bucket then
 # update rows of their own instead of queueing on one row's lock; every rollup query sums
 # its rows anyway, so the shards add up to the same answer.
-SHARDS = 8
+SHARDS = 8  # kept for the migration that introduced shards; see shards_of
+
+
+def shards_of(pid: int) -> tuple[int, int]:
+    """The two rollup shards a server process writes (its batches alternate between them,
+    see app/ingest/writer.py): its own pair, so that processes on one host never share a
+    row (shard is a smallint; pids 16,000 apart would)."""
+    base = 2 * (pid % 16_000)
+    return base, base + 1
 SHARD_DEFAULT = "coalesce(nullif(current_setting('vidmetrics.shard', true), '')::smallint, 0)"
 # completion per (owner, bucket, watch class, device): views, views whose duration is known,
 # views that reached 25/50/75/95/100 % of it, finishes; plus the sum of % watched

@@ -497,14 +497,26 @@ async def append_events(conn: asyncpg.Connection,
 
 
 async def touch_playing(conn: asyncpg.Connection | asyncpg.Pool, session_ids: list[int]) -> None:
-    """Refresh presence for the sessions this process is playing; drop long-dead rows."""
+    """Refresh presence for the sessions this process is playing; drop long-dead rows.
+
+    Rows a write in flight holds are skipped (SKIP LOCKED): that write dates them itself,
+    and this statement must never wait for a batch of the writer's pipeline, which may be
+    waiting, outside the database's sight, for a batch that waits for this statement."""
     if session_ids:
         await conn.execute(
-            "UPDATE playing SET last_seen = now() WHERE session_id = ANY($1::bigint[]) "
-            "AND last_seen > '-infinity'",  # a stop committed meanwhile stays a stop
-            session_ids,
-        )
-    await conn.execute("DELETE FROM playing WHERE last_seen < now() - interval '1 hour'")
+            """
+            UPDATE playing SET last_seen = now()
+             WHERE session_id IN (SELECT session_id FROM playing
+                                   WHERE session_id = ANY($1::bigint[])
+                                     AND last_seen > '-infinity'  -- a stop stays a stop
+                                     FOR UPDATE SKIP LOCKED)
+            """, session_ids)
+    await conn.execute(
+        """
+        DELETE FROM playing WHERE session_id IN (
+            SELECT session_id FROM playing WHERE last_seen < now() - interval '1 hour'
+               FOR UPDATE SKIP LOCKED)
+        """)
 
 
 async def ensure_videos(conn: asyncpg.Connection,
@@ -572,7 +584,8 @@ async def drop_raw_events(pool: asyncpg.Pool, days: int,
                 UPDATE sessions s SET events = NULL
                   FROM (SELECT id, started_at FROM sessions
                          WHERE started_at < coalesce($3, now()) - make_interval(days => $1)
-                           AND events IS NOT NULL LIMIT $2) old
+                           AND events IS NOT NULL LIMIT $2
+                           FOR NO KEY UPDATE SKIP LOCKED) old  -- see touch_playing
                  WHERE s.id = old.id AND s.started_at = old.started_at
                 """, days, RAW_DROP_BATCH, now)
         count = int(done.split()[-1])
