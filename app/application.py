@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
@@ -146,10 +145,11 @@ def create_app(settings: Settings, database_url: str,
                example_key: str | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Hub]]:
-        # each process writes its own rollup rows (a shard), so --workers do not queue on
-        # the same rows' locks
+        # each process writes its own rollup rows (a pair of shards), so --workers do not
+        # queue on the same rows' locks
+        shards = rollups.shard_pair()
         pool = await db.create_pool(database_url, min_size=2, max_size=settings.db_pool_size,
-                                    shard=rollups.shards_of(os.getpid())[0])
+                                    shard=shards[0])
         async with pool.acquire() as conn:
             app.state.timescale = await timescale.is_enabled(conn)
             if app.state.timescale:
@@ -157,7 +157,8 @@ def create_app(settings: Settings, database_url: str,
         keys = KeyCache(pool, settings.key_refresh_seconds)
         await keys.start()
         writer = Writer(pool, flush_interval=settings.flush_interval_ms / 1000,
-                        max_rows=settings.flush_max_rows, outbox=bool(settings.export_webhook))
+                        max_rows=settings.flush_max_rows, outbox=bool(settings.export_webhook),
+                        shards=shards)
         writer.start()
         tune_gc()
         sender = None

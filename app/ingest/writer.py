@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -77,7 +76,7 @@ class WriteFailed(Exception):
 
 class Writer:
     def __init__(self, pool: asyncpg.Pool, *, flush_interval: float, max_rows: int,
-                 outbox: bool = False) -> None:
+                 outbox: bool = False, shards: tuple[int, int] | None = None) -> None:
         self._pool = pool
         self._outbox = outbox
         self._flush_interval = flush_interval
@@ -91,8 +90,8 @@ class Writer:
         self._closing = False
         self._videos = VideoIds()
         self._written = Written()
-        # this process's two rollup shards (see _speculate, rollups.shards_of)
-        self._shards = rollups.shards_of(os.getpid())
+        # this process's two rollup shards (see _speculate, rollups.shard_pair)
+        self._shards = shards or rollups.shard_pair()
         self._turn = 0
         self._ids: range = range(0)
         self._id_pos = 0

@@ -35,6 +35,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import math
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -70,11 +71,11 @@ STARTUP, SEEK = 0, 1  # the `metric` of rollup_qoe_hist rows
 SHARDS = 8  # kept for the migration that introduced shards; see shards_of
 
 
-def shards_of(pid: int) -> tuple[int, int]:
+def shard_pair() -> tuple[int, int]:
     """The two rollup shards a server process writes (its batches alternate between them,
-    see app/ingest/writer.py): its own pair, so that processes on one host never share a
-    row (shard is a smallint; pids 16,000 apart would)."""
-    base = 2 * (pid % 16_000)
+    see app/ingest/writer.py), drawn at random when it starts: processes — containers too,
+    which all have the same pid — then share a pair once in 16,000 (shard is a smallint)."""
+    base = 2 * secrets.randbelow(16_000)
     return base, base + 1
 SHARD_DEFAULT = "coalesce(nullif(current_setting('vidmetrics.shard', true), '')::smallint, 0)"
 # completion per (owner, bucket, watch class, device): views, views whose duration is known,
