@@ -373,6 +373,7 @@ async def test_a_long_timeline_spills_into_overflow_rows(server: Server, conn: a
             assert (await phx.event(t, name=("play", "pause")[step], duration=600,
                                     **{("from", "to")[step]: n + step}))["status"] == "ok"
             sent.append((("play", "pause")[step], float(n + step)))
+            await asyncio.sleep(0.012)  # under the rate limit (50/s, burst 100), acks or not
     await phx.close()
     (row,) = await wait_for(lambda: _ended_row(conn, key))
     events = await timeline_of(conn, row["id"])
