@@ -190,7 +190,6 @@ def create_app(settings: Settings, database_url: str,
             # 3. flush every queued write; 4. close the pool.
             hub.accepting = False
             for conn_ in list(hub.sockets):
-                conn_.leave_all()
                 conn_.close(1001)
             for task in list(hub.waiting):
                 task.cancel()

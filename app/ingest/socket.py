@@ -83,9 +83,6 @@ class Hub:
     # sockets' waits for a block of session ids (held: the loop keeps weak references)
     waiting: set[asyncio.Task[None]] = field(default_factory=set)
 
-    def reply(self, conn: Connection, text: bytes) -> None:
-        conn.send(text)
-
     def due(self, conn: Connection) -> None:
         """conn has its first reply of this turn: write it (and whatever follows) soon."""
         if not self.outgoing:
@@ -127,7 +124,6 @@ class Hub:
         for conn in list(self.sockets):
             if conn.last_seen < deadline:
                 _REFUSED.add("idle")
-                conn.leave_all()
                 conn.close(wire.GOING_AWAY)
                 continue
             if ping_before and conn.last_seen < ping_before and not conn.pinged:
@@ -198,11 +194,15 @@ class Connection:
 
     def send(self, text: bytes) -> None:
         """Queue a text message (UTF-8) for the end of this turn."""
+        self.queue(wire.frame(wire.TEXT, text))
+
+    def queue(self, frame: bytes) -> None:
+        """Queue a frame for the end of this turn (Hub.flush)."""
         if self.closed:
             return
         if not self.out:
             self.hub.due(self)
-        self.out.append(wire.frame(wire.TEXT, text))
+        self.out.append(frame)
 
     def write_out(self) -> None:
         out, self.out = self.out, []
@@ -221,6 +221,8 @@ class Connection:
         self.transport.write(wire.frame(wire.PING, b""))
 
     def close(self, code: int = 1000) -> None:
+        """End the channels' sessions now, write what is due, and close with `code`."""
+        self.leave_all()
         if not self.closed:
             self.write_out()
             self.closed = True
@@ -301,14 +303,12 @@ class Connection:
     def _joined(self, frame: protocol.Frame, failure: str | None) -> None:
         """The join's impression committed (or failed): queue the join's reply."""
         if failure is None:
-            return self.hub.reply(self, protocol.reply(self.vsn, frame.join_ref, frame.ref,
-                                                       frame.topic))
+            return self.send(protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic))
         joined = self.channels.get(frame.topic)
         if joined is not None and joined[0] == frame.join_ref:
             self.hub.release(self.channels.pop(frame.topic)[1].cost)
         _REFUSED.add("write_failed")
-        self.hub.reply(self, protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic,
-                                            failure))
+        self.send(protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic, failure))
 
     def event(self, frame: protocol.Frame, session: ViewingSession) -> bool:
         """Apply an event push; False when it waits for a session id (nothing done yet)."""
@@ -382,7 +382,7 @@ class Connection:
             _REFUSED.add("write_failed")
             _EVENTS.add("failed")
             text = protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic, failure)
-        self.hub.reply(self, text)
+        self.send(text)
 
     def _track(self, session: ViewingSession, was_playing: bool) -> None:
         if session.row is None or was_playing == session.playing:
@@ -401,8 +401,7 @@ class Connection:
             self.hub.presence.playing.discard(session.row.id)
         if session.playing:
             self.hub.writer.submit([session.stop_presence()], _ignore)
-        self.hub.reply(self, protocol.encode(self.vsn, join_ref, join_ref, topic, "phx_close",
-                                             {}))
+        self.send(protocol.encode(self.vsn, join_ref, join_ref, topic, "phx_close", {}))
 
     def leave(self, topic: str) -> None:
         """Close a channel's session at this moment; its rows are written without a reply."""
@@ -449,7 +448,6 @@ class SocketProtocol(asyncio.Protocol):
     def shutdown(self) -> None:
         """The server is stopping (uvicorn calls this on every open connection)."""
         if self.conn is not None:
-            self.conn.leave_all()
             self.conn.close(wire.GOING_AWAY)
         elif self.transport is not None:
             self.transport.close()
@@ -464,7 +462,6 @@ class SocketProtocol(asyncio.Protocol):
             messages = self.reader.messages(data)
         except wire.Closing as exc:
             _REFUSED.add("frame_too_large" if exc.code == wire.TOO_BIG else "protocol_error")
-            conn.leave_all()
             return conn.close(exc.code)
         conn.last_seen = time.monotonic()
         conn.pinged = False
@@ -476,7 +473,6 @@ class SocketProtocol(asyncio.Protocol):
                     text = payload.decode()
                 except UnicodeDecodeError:
                     _REFUSED.add("protocol_error")
-                    conn.leave_all()
                     return conn.close(wire.INVALID_DATA)
                 conn.receive(text)
             elif opcode == wire.BINARY:
@@ -484,11 +480,8 @@ class SocketProtocol(asyncio.Protocol):
                 conn.send(protocol.reply(conn.vsn, None, None, "phoenix",
                                          "binary frames are not supported"))
             elif opcode == wire.PING:
-                conn.out.append(wire.frame(wire.PONG, payload))
-                if len(conn.out) == 1:
-                    conn.hub.due(conn)
+                conn.queue(wire.frame(wire.PONG, payload))
             elif opcode == wire.CLOSE:
-                conn.leave_all()
                 code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1000
                 return conn.close(code if 1000 <= code < 5000 and code not in (
                     1004, 1005, 1006, 1015) else 1000)

@@ -103,13 +103,14 @@ class Reader:
     control frames as they come. Raises Closing on anything RFC 6455 forbids a client, or
     on a message longer than `max_size`."""
 
-    __slots__ = ("buffer", "max_size", "_parts", "_opcode")
+    __slots__ = ("buffer", "max_size", "_parts", "_opcode", "_size")
 
     def __init__(self, max_size: int) -> None:
         self.buffer = b""
         self.max_size = max_size
         self._parts: list[bytes] | None = None  # a fragmented message so far
         self._opcode = 0
+        self._size = 0  # bytes of the fragmented message so far
 
     def messages(self, data: bytes) -> list[tuple[int, bytes]]:
         buffer = self.buffer + data if self.buffer else data
@@ -147,7 +148,8 @@ class Reader:
                 if self._parts is None:
                     raise Closing(PROTOCOL_ERROR, "continuation without a message")
                 self._parts.append(payload)
-                if sum(map(len, self._parts)) > self.max_size:
+                self._size += n
+                if self._size > self.max_size:
                     raise Closing(TOO_BIG, "message too large")
                 if final:
                     out.append((self._opcode, b"".join(self._parts)))
@@ -158,7 +160,7 @@ class Reader:
                 if final:
                     out.append((opcode, payload))
                 else:
-                    self._parts, self._opcode = [payload], opcode
+                    self._parts, self._opcode, self._size = [payload], opcode, n
             else:
                 raise Closing(PROTOCOL_ERROR, "unknown opcode")
         self.buffer = buffer[pos:]

@@ -301,7 +301,6 @@ class Writer:
                 later = later.next
             if before is not None:
                 await before.done
-            self._written.forget(session_store.session_ids(ops))
             await self._flush(batch, ops)
         finally:
             for future in (flight.may_follow, flight.executed, flight.first, flight.released):

@@ -378,7 +378,7 @@ async def prepare_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoId
                 if kept + len(got[1]) > timeline.ROW_BYTES:
                     # a long timeline goes on in overflow rows: appending to the row would
                     # rewrite all of it (past ~2 KB its TOAST copy) on every write
-                    timelines[r.id] = got  # written below, by append_events
+                    timelines[r.id] = got  # written below, as an overflow row
                     packed[n] = (got[0], None, got[2])
                 else:
                     kept += len(got[1])
@@ -477,23 +477,19 @@ async def execute_batch(conn: asyncpg.Connection, prepared: Prepared) -> None:
 
 
 async def append_events(conn: asyncpg.Connection,
-                        timelines: dict[int, tuple[dt.datetime, bytes, int]],
-                        counted: set[int] | frozenset[int] = frozenset()) -> None:
+                        timelines: dict[int, tuple[dt.datetime, bytes, int]]) -> None:
     """Add packed events to the timelines of existing sessions, as overflow rows (one per
-    session and write; see timeline.ROW_BYTES); their event_count grows unless `counted`
-    (the caller's upsert counted them)."""
+    session and write; see timeline.ROW_BYTES), and count them in event_count."""
     await conn.copy_records_to_table(
         "session_events", columns=["session_id", "session_started_at", "events"],
         records=[(sid, t[0], t[1]) for sid, t in timelines.items()])
-    uncounted = {sid: t for sid, t in timelines.items() if sid not in counted}
-    if uncounted:
-        await conn.execute(
-            """
-            UPDATE sessions s SET event_count = s.event_count + u.n
-              FROM unnest($1::bigint[], $2::timestamptz[], $3::int[]) AS u(id, t, n)
-             WHERE s.id = u.id AND s.started_at = u.t
-            """, list(uncounted), [t[0] for t in uncounted.values()],
-            [t[2] for t in uncounted.values()])
+    await conn.execute(
+        """
+        UPDATE sessions s SET event_count = s.event_count + u.n
+          FROM unnest($1::bigint[], $2::timestamptz[], $3::int[]) AS u(id, t, n)
+         WHERE s.id = u.id AND s.started_at = u.t
+        """, list(timelines), [t[0] for t in timelines.values()],
+        [t[2] for t in timelines.values()])
 
 
 async def touch_playing(conn: asyncpg.Connection | asyncpg.Pool, session_ids: list[int]) -> None:
