@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
@@ -14,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.auth.basic import BasicAuth
 from app.auth.keys import KeyCache
@@ -32,6 +33,7 @@ from app.webhook import Sender
 log = logging.getLogger("vidmetrics")
 SESSIONS = Gauge("vidmetrics_sessions_active", "Channels (viewing sessions) open now")
 POOL_IN_USE = Gauge("vidmetrics_db_pool_in_use", "Database connections checked out")
+TASKS = Gauge("vidmetrics_asyncio_tasks", "asyncio tasks alive in this process")
 PUBLIC_PATHS = ("/api/v1/openapi.json",)
 
 
@@ -61,6 +63,50 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
 
+NOSNIFF = (b"x-content-type-options", b"nosniff")
+
+
+class NoSniff:
+    """Every HTTP answer says `X-Content-Type-Options: nosniff`: a browser takes each
+    response as the type it is sent as (a JSON error is never run as a script)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == NOSNIFF[0] for name, _ in headers):
+                    headers.append(NOSNIFF)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
+# The dashboard loads only its own files and runs no inline code: nothing else may run,
+# load, connect or frame it.
+DASHBOARD_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; "
+                    "img-src 'self' data:; connect-src 'self'; object-src 'none'; "
+                    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+DASHBOARD_HEADERS = {"Content-Security-Policy": DASHBOARD_POLICY, "X-Frame-Options": "DENY",
+                     "Referrer-Policy": "same-origin"}
+
+
+def example_policy(nonce: str) -> str:
+    """The example page's own inline module and style run (by nonce); the client module,
+    the socket and the media come from this server."""
+    return (f"default-src 'self'; script-src 'self' 'nonce-{nonce}'; "
+            f"style-src 'self' 'nonce-{nonce}'; img-src 'self' data:; media-src 'self'; "
+            "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+            "frame-ancestors 'self'")
+
+
 def _sync(work: Callable[[], None]) -> Callable[[], Awaitable[None]]:
     async def run() -> None:
         work()
@@ -80,8 +126,11 @@ def example_page(request: Request) -> Response:
     key = request.query_params.get("key") or request.app.state.example_key or ""
     # a JS string literal that cannot close the <script> element (the key may be user text)
     literal = orjson.dumps(key[:200]).decode().replace("<", "\\u003c").replace(">", "\\u003e")
-    html = (EXAMPLES / "index.html").read_text().replace('"{{KEY}}"', literal)
-    return HTMLResponse(html)
+    nonce = secrets.token_urlsafe(18)
+    html = (EXAMPLES / "index.html").read_text().replace('"{{KEY}}"', literal) \
+        .replace("{{NONCE}}", nonce)
+    return HTMLResponse(html, headers={"Content-Security-Policy": example_policy(nonce),
+                                       "Referrer-Policy": "same-origin"})
 
 
 def example_static(request: Request) -> Response:
@@ -107,7 +156,7 @@ def dashboard(request: Request) -> Response:
     # the page is always fresh; its modules are revalidated (they change with releases)
     cache = "no-cache" if name == "index.html" else "public, max-age=300, must-revalidate"
     return FileResponse(path, media_type=DASHBOARD_TYPES[suffix],
-                        headers={"Cache-Control": cache, "X-Content-Type-Options": "nosniff"})
+                        headers={"Cache-Control": cache, **DASHBOARD_HEADERS})
 
 
 def client(request: Request) -> Response:
@@ -115,8 +164,7 @@ def client(request: Request) -> Response:
     any origin (a module script from another origin needs CORS), revalidated hourly."""
     return FileResponse(CLIENT, media_type="text/javascript; charset=utf-8", headers={
         "Cache-Control": "public, max-age=3600, must-revalidate",
-        "Access-Control-Allow-Origin": "*", "X-Content-Type-Options": "nosniff",
-        "Cross-Origin-Resource-Policy": "cross-origin"})
+        "Access-Control-Allow-Origin": "*", "Cross-Origin-Resource-Policy": "cross-origin"})
 
 
 async def health(request: Request) -> Response:
@@ -168,6 +216,8 @@ def create_app(settings: Settings, database_url: str,
         hub = Hub(settings, writer, keys)
         SESSIONS.set_function(lambda: sum(len(c.channels) for c in hub.sockets))
         POOL_IN_USE.set_function(lambda: pool.get_size() - pool.get_idle_size())
+        loop = asyncio.get_running_loop()
+        TASKS.set_function(lambda: len(asyncio.all_tasks(loop)))
         app.state.pool, app.state.hub = pool, hub
         refresh = settings.watching_ttl_seconds / 3
         tasks = [asyncio.create_task(_every(
@@ -224,4 +274,5 @@ def create_app(settings: Settings, database_url: str,
         auth = BasicAuth(settings.user, settings.password, settings.password_hash,
                          settings.max_password_checks)
     app.add_middleware(AuthMiddleware, auth=auth)
+    app.add_middleware(NoSniff)  # outermost: auth refusals say it too
     return app

@@ -87,7 +87,7 @@ async def test_openapi_matches_real_answers(api: httpx.Client, server: Server) -
         ("/api/v1/watching", "post", api.post("/api/v1/watching", json=body)),
         ("/api/v1/plays", "get", api.get("/api/v1/plays", params={"query": "{}"})),
         ("/api/v1/keys", "get", api.get("/api/v1/keys")),
-        ("/api/v1/keys", "post", api.post("/api/v1/keys")),
+        ("/api/v1/keys", "post", api.post("/api/v1/keys", json={})),
         ("/api/v1/keys/{key}", "delete", api.delete("/api/v1/keys/nope")),
         ("/api/v1/plays", "post", httpx.post(f"{server.http}/api/v1/plays")),
     ]

@@ -66,6 +66,21 @@ __OBSERVER__
 """
 
 
+# The same page, but the client is imported and attached only when the driver says so
+LATE_PAGE = PAGE.replace("""<script type="module">
+  import { Metrics } from "__CLIENT__";
+  Metrics.config = { socketPath: "__SOCKET__", apiKey: "__KEY__" };
+  new Metrics("#video", { video_id: "__VIDEO__" }).monitor();
+</script>""", """<script>
+  window.attach = async () => {
+    const { Metrics } = await import("__CLIENT__");
+    Metrics.config = { socketPath: "__SOCKET__", apiKey: "__KEY__" };
+    window.metrics = new Metrics("#video", { video_id: "__VIDEO__" }).monitor();
+  };
+</script>""")
+assert LATE_PAGE != PAGE
+
+
 class MediaServer:
     """Serves a video over HTTP Range, slowly: the first request of a run waits
     FIRST_BYTES_DELAY before answering, and bytes past HOLE_AT of the file are held until
@@ -157,7 +172,7 @@ def drive(site: tuple[str, MediaServer], server: Server, key: str, kind: str,
     media.pages[name] = (
         # nothing is fetched before the play request, except for a broken source, whose
         # failure comes first (before anybody asked to play)
-        PAGE.replace("__OBSERVER__", SOCKET_OBSERVER)
+        (LATE_PAGE if mode.startswith("late-") else PAGE).replace("__OBSERVER__", SOCKET_OBSERVER)
         .replace("__SRC__", f"/media/{kind}.webm?run={name}")
         .replace("__PRELOAD__", "auto" if kind == "broken" else "none")
         .replace("__CLIENT__", f"{server.http}/client/vidmetrics.js")
@@ -244,6 +259,47 @@ async def test_closing_the_page_before_the_first_frame_is_an_exit_before_start(
     qoe = httpx.post(f"{server.http}/api/v1/qoe", auth=AUTH, json={
         "query": {"key": key}, "interval": "1 day", "timeframe": "1 day"}).json()["qoe"][0]
     assert qoe["exits_before_start_percentage"] == 100.0
+
+
+async def test_a_client_attached_after_a_failure_reports_it(
+        media_site: tuple[str, MediaServer], server: Server, conn: asyncpg.Connection) -> None:
+    key = new_key(server)
+    measured = await asyncio.to_thread(drive, media_site, server, key, "broken", "late-broken")
+    assert measured["errors"] >= 1
+    row = await _final(conn, key)
+    assert row["qoe"] and not row["played"]
+    assert row["failure"] == 4 and row["failed_before_start"]
+    names = await event_names(conn, row["id"])
+    assert names.count("playback_failure") == 1, names
+
+
+async def test_a_client_attached_during_playback_reports_the_play(
+        media_site: tuple[str, MediaServer], server: Server, conn: asyncpg.Connection) -> None:
+    key = new_key(server)
+    measured = await asyncio.to_thread(drive, media_site, server, key, "slow", "late-playing")
+    assert measured["startup"] is not None and not measured["stalls"]
+    row = await _final(conn, key)
+    assert row["qoe"] and row["played"] and row["watch_seconds"] > 0.5
+    # a startup we did not see begin is unknown, and it is no exit before start
+    assert row["startup_ms"] is None and not row["exited_before_start"]
+    assert row["failure"] is None and row["rebuffer_count"] == 0
+    names = await event_names(conn, row["id"])
+    assert names[0] == "play" and "play_request" not in names and names[-1] == "exit", names
+
+
+async def test_a_client_attached_during_a_stall_reports_it(
+        media_site: tuple[str, MediaServer], server: Server, conn: asyncpg.Connection) -> None:
+    key = new_key(server)
+    measured = await asyncio.to_thread(drive, media_site, server, key, "slow", "late-stalled")
+    assert len(measured["stalls"]) == 1 and measured["stalls"][0] > 1500, measured
+    row = await _final(conn, key)
+    assert row["qoe"] and row["played"] and row["rebuffer_count"] == 1
+    # counted from the moment the client saw it: at least the 1.5 s after attaching
+    assert 1.3 <= row["rebuffer_seconds"] <= measured["stalls"][0] / 1000 + 0.15, (
+        dict(row), measured)
+    names = await event_names(conn, row["id"])
+    assert names[:2] == ["play", "rebuffering_start"], names
+    assert "rebuffering_end" in names
 
 
 def test_the_client_is_small_and_served_to_any_origin(server: Server) -> None:

@@ -339,7 +339,7 @@ def test_auth(server: Server) -> None:
 
 
 def test_keys(api: httpx.Client, server: Server) -> None:
-    created = api.post("/api/v1/keys")
+    created = api.post("/api/v1/keys", json={})
     assert created.status_code == 201
     key = created.json()["key"]
     import base64

@@ -243,6 +243,7 @@ export class Metrics {
       this.channel.join();
       MEDIA_EVENTS.forEach((name) => video.addEventListener(name, this.handler, name === "error"));
       this.channel.socket.leaving.add(this.exit);
+      this.catchUp();
     } catch (error) {
       console.error("[vidmetrics]:", error);
     }
@@ -261,10 +262,41 @@ export class Metrics {
     }
   }
 
+  // What happened before monitor(): a page may attach late (a module script, a tag manager,
+  // a slow network), after the video failed, started or stalled. Report it once, from the
+  // element's own state; a startup time we did not see start is unknown, not guessed.
+  catchUp() {
+    const v = this.video;
+    if (v.error) return this.failure({ target: v });
+    if (!v.paused) {
+      this.requested = true; // requested before we saw it: no startup time
+      const started = v.played.length > 0 || v.currentTime > 0;
+      if (started) {
+        this.started = true;
+        this.lastTime = v.currentTime;
+        this.send("play", { from: v.currentTime < 1 ? 0 : this.position() });
+        this.last = "play";
+        if (v.readyState < v.HAVE_FUTURE_DATA && !v.seeking) { // waiting for data: a stall
+          this.stalledAt = now();
+          this.send("rebuffering_start", { at: v.currentTime });
+        }
+      } else {
+        this.send("play_request", {});
+      }
+    }
+    // every <source> failed: the element has none to try and no error of its own. Checked
+    // after this task, when the browser has begun selecting a source for a new element.
+    setTimeout(guard(() => {
+      if (this.channel && !this.failed && v.networkState === v.NETWORK_NO_SOURCE && !v.error
+          && v.querySelector("source")) this.failure({ target: v, noSource: true });
+    }), 0);
+  }
+
   reset() {
     this.last = null; // "play" or "pause": what the play/pause events last said
     this.lastTime = undefined;
     this.requestedAt = null; // when playback was first requested
+    this.requested = false; // playback was requested (maybe before monitor(): no time then)
     this.started = false; // the first frame has been shown
     this.stalledAt = null;
     this.seekingAt = null;
@@ -311,7 +343,8 @@ export class Metrics {
         break;
       // quality of experience
       case "play":
-        if (this.requestedAt === null) {
+        if (!this.requested) {
+          this.requested = true;
           this.requestedAt = now();
           this.send("play_request", {});
         }
@@ -385,7 +418,8 @@ export class Metrics {
     if (next) return; // the browser tries the next source
     this.failed = true;
     this.endStall();
-    this.send("playback_failure", { code: v.error ? v.error.code : fromSource ? 4 : 0, at: v.currentTime });
+    const code = v.error ? v.error.code : fromSource || event.noSource ? 4 : 0;
+    this.send("playback_failure", { code, at: v.currentTime });
   }
 
   leaving() {

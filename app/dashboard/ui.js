@@ -5,6 +5,8 @@ export function h(tag, attrs = {}, ...children) {
   for (const [name, value] of Object.entries(attrs)) {
     if (value === undefined || value === null || value === false) continue;
     if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    // styles through the CSSOM: the page's CSP refuses inline style attributes
+    else if (name === "style") Object.assign(node.style, value);
     else node.setAttribute(name, value === true ? "" : String(value));
   }
   for (const child of children.flat()) {
@@ -28,12 +30,19 @@ export const fmt = {
     : x < 1000 ? `${Math.round(x)} ms` : `${(x / 1000).toFixed(2)} s`),
 };
 
+// One CSV cell (RFC 4180): empty for null, numbers as they are, text that a spreadsheet
+// would run as a formula (=, +, -, @, tab, CR first: OWASP's list) behind an apostrophe,
+// and quoted when it holds a comma, a quote, a CR or an LF.
+export function csvCell(v) {
+  if (v === null || v === undefined) return "";
+  if (typeof v === "number") return String(v);
+  let s = String(v);
+  if (/^[=+\-@\t\r]/.test(s)) s = "'" + s;
+  return /[",\r\n]/.test(s) ? `"${s.replaceAll('"', '""')}"` : s;
+}
+
 export function csvText(header, rows) {
-  const cell = (v) => {
-    const s = v === null || v === undefined ? "" : String(v);
-    return /[",\n]/.test(s) ? `"${s.replaceAll('"', '""')}"` : s;
-  };
-  return [header, ...rows].map((r) => r.map(cell).join(",")).join("\n") + "\n";
+  return [header, ...rows].map((r) => r.map(csvCell).join(",")).join("\r\n") + "\r\n";
 }
 
 export function download(name, header, rows) {
@@ -75,7 +84,7 @@ export function bars(counts) {
   return h("div", { class: "bars" }, h("ul", {}, entries.map(([name, n]) => h("li", {},
     h("span", {}, name),
     h("span", { class: "track", role: "img", "aria-label": `${name}: ${n}` },
-      h("span", { class: "fill", style: `width:${(100 * n / top).toFixed(1)}%` })),
+      h("span", { class: "fill", style: { width: `${(100 * n / top).toFixed(1)}%` } })),
     h("span", { class: "n" }, fmt.int(n))))));
 }
 

@@ -23,6 +23,20 @@ COLUMNS = ("session", "started_at", "ended_at", "identifier", "metadata", "brows
            "played", "qoe")
 
 
+# A text cell that begins with one of these is a formula to a spreadsheet (OWASP, "CSV
+# Injection"): it is written with a leading apostrophe, which spreadsheets show as text.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """One CSV cell: None is empty, numbers stay numbers, text never runs as a formula."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
 class FormatUnavailable(Exception):
     """The format needs an optional package that is not installed."""
 
@@ -41,7 +55,9 @@ class _Ndjson:
 class _Csv:
     def __init__(self) -> None:
         self._buffer = io.StringIO()
-        self._writer = csv.writer(self._buffer, lineterminator="\n")
+        # RFC 4180 line ends: csv quotes a field holding any character of the line
+        # terminator, so with CRLF every field holding a CR or an LF is quoted
+        self._writer = csv.writer(self._buffer, lineterminator="\r\n")
 
     def _take(self) -> bytes:
         text = self._buffer.getvalue()
@@ -59,7 +75,7 @@ class _Csv:
             d["metadata"] = orjson.dumps(d["metadata"]).decode()
             d["watched"] = orjson.dumps(d["watched"]).decode()
             d["qoe"] = orjson.dumps(d["qoe"]).decode() if d["qoe"] is not None else None
-            self._writer.writerow("" if d[c] is None else d[c] for c in COLUMNS)
+            self._writer.writerow(csv_cell(d[c]) for c in COLUMNS)
         return self._take()
 
     def tail(self) -> bytes:

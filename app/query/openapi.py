@@ -239,7 +239,8 @@ ERRORS = {
     "401": _answer("missing or wrong credentials", "Error"),
     "408": _answer("the request body did not arrive in time", "Error"),
     "413": _answer("request body too large", "Error"),
-    "415": _answer("a POST body that is not application/json", "Error"),
+    "415": _answer("a POST body that is not application/json (a request that changes "
+                   "state: no JSON content type)", "Error"),
     "429": _answer("too many authentication attempts at once; retry after a second", "Error"),
 }
 
@@ -307,7 +308,9 @@ def document() -> dict[str, Any]:
                               "404": _answer("no such session", "Error"), **ERRORS}}},
             "/api/v1/keys": {
                 "post": {"summary": "Create an ingest key",
-                         "requestBody": {"required": False, "content": {"application/json": {
+                         "description": "The body must be sent as application/json (`{}` "
+                                        "for a random key); the query string is not read.",
+                         "requestBody": {"required": True, "content": {"application/json": {
                              "schema": {"type": "object", "properties": {"key": {
                                  "type": "string", "pattern": KEY_PATTERN,
                                  "description": "a custom key (default: 16 random bytes, "

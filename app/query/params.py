@@ -21,7 +21,8 @@ MAX_SPAN_SECONDS = 10 * 366 * 86400
 MAX_MONTHS = 120
 DEFAULT_INTERVAL = "12 months"
 DEFAULT_TIMEFRAME = "7 days"
-_SPAN = re.compile(r"^\s*(\d{1,9})\s+(second|minute|hour|day|week|month|year)s?\s*$", re.I)
+_SPAN = re.compile(r"^\s*(\d{1,9})\s+(second|minute|hour|day|week|month|year)s?\s*$",
+                   re.I | re.A)
 _UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800}
 _ZONE = re.compile(r"^[A-Za-z0-9_+\-/]{1,64}$")
 _QUERY_FIELDS = ("video", "session", "key")
@@ -78,7 +79,7 @@ def parse_timeframe(value: Any, now: dt.datetime) -> Window:
         if start == end:
             raise BadRequest("timeframe must span more than zero seconds")
     elif isinstance(value, (int, float)) and not isinstance(value, bool) or (
-        isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", value)
+        isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", value, re.A)
     ):
         start, end = _unix("timeframe", value), now
         if start >= end:
@@ -226,7 +227,7 @@ def parse_cursor(value: Any) -> tuple[dt.datetime, int] | None:
     """The opaque `next` of a sessions page: "<start in µs since the epoch>.<session id>"."""
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or not re.fullmatch(r"\d{1,20}\.\d{1,20}", value):
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9]{1,20}\.[0-9]{1,20}", value):
         raise BadRequest("cursor must be the `next` value of a previous page")
     micros, session = value.split(".")
     try:
@@ -236,6 +237,16 @@ def parse_cursor(value: Any) -> tuple[dt.datetime, int] | None:
     if int(session) > 2**63 - 1:
         raise BadRequest("cursor must be the `next` value of a previous page")
     return moment, int(session)
+
+
+_SESSION_NUMBER = re.compile(r"[0-9]{1,19}")  # ASCII digits only: str.isdigit() takes "²"
+
+
+def parse_session_number(raw: str) -> int:
+    """A session's number from a URL path: 1 to 19 ASCII digits within bigint."""
+    if not _SESSION_NUMBER.fullmatch(raw) or int(raw) > 2**63 - 1:
+        raise BadRequest("session must be a session number (ASCII digits)")
+    return int(raw)
 
 
 def make_cursor(started_at: dt.datetime, session: int) -> str:

@@ -70,7 +70,8 @@ async def read_body(request: Request) -> dict[str, Any]:
     declared = request.headers.get("content-length")
     if request.method == "POST" and content_type is not None and not _is_json(content_type):
         raise UnsupportedMediaType("request body must be application/json")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() \
+            and int(declared) > limit:
         raise PayloadTooLarge(f"request body is larger than {limit} bytes")
     chunks, size = [], 0
     try:
@@ -99,6 +100,21 @@ async def read_body(request: Request) -> dict[str, Any]:
     except UnsafeValue as exc:
         raise BadRequest(str(exc)) from None
     return body
+
+
+async def read_command(request: Request) -> dict[str, Any]:
+    """The JSON body of a request that changes state (creating a key). It must be sent as
+    `Content-Type: application/json`, which a page on another origin cannot send without a
+    CORS preflight this server never grants (a `fetch` in no-cors mode, `sendBeacon` or a
+    `<form>` can only send form, multipart or text/plain bodies, or none); an empty body is
+    `{}`. The query string is never read: a URL alone changes nothing."""
+    if not _is_json(request.headers.get("content-type", "")):
+        raise UnsupportedMediaType("a request that changes state must send a JSON body with "
+                                   "Content-Type: application/json")
+    if request.query_params:
+        raise BadRequest("query-string parameters are not read by this request; send its "
+                         "fields in the JSON body")
+    return await read_body(request)
 
 
 def _now() -> dt.datetime:
@@ -212,9 +228,8 @@ async def sessions(request: Request) -> Response:
 
 async def one_session(request: Request) -> Response:
     raw = request.path_params["session"]
-    if not raw.isdigit() or int(raw) > 2**63 - 1:
-        raise BadRequest("session must be a session number")
-    found = await _run(request, lambda conn: export_store.one_session(conn, int(raw)))
+    number = params.parse_session_number(raw)
+    found = await _run(request, lambda conn: export_store.one_session(conn, number))
     if found is None:
         raise NotFound(f"no session {raw}")
     summary, events = found
@@ -266,7 +281,7 @@ def _key_json(row: key_store.KeyRow) -> dict[str, Any]:
 
 
 async def create_key(request: Request) -> Response:
-    body = await read_body(request)
+    body = await read_command(request)
     custom = body.get("key")
     if custom is not None and (not isinstance(custom, str) or not _KEY.match(custom)):
         raise BadRequest(f"key must be 1 to {MAX_KEY_LENGTH} visible ASCII characters "

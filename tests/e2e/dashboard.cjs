@@ -27,6 +27,9 @@ async function main() {
       const requests = [];
       page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
       page.on("pageerror", (e) => errors.push(String(e)));
+      // anything the Content-Security-Policy refused (also logged, this names it exactly)
+      await page.addInitScript(() => document.addEventListener("securitypolicyviolation",
+        (e) => console.error(`CSP violation: ${e.violatedDirective} ${e.blockedURI}`)));
       page.on("request", (r) => {
         if (r.url().includes("/api/v1/")) requests.push({ url: r.url(), body: r.postData() });
       });
