@@ -71,6 +71,41 @@ def frame(text: str) -> bytes:
     return head + MASK + masked
 
 
+def upgrade_request(path: str) -> bytes:
+    """A websocket upgrade request for `path`, as a desktop Chrome sends it."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\nUser-Agent: {UA}\r\n\r\n").encode()
+
+
+def split_frames(buffer: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """The whole server frames at the front of `buffer` as (opcode, payload), and the rest."""
+    frames = []
+    while len(buffer) >= 2:
+        n, start = buffer[1] & 0x7F, 2
+        if n == 126:
+            if len(buffer) < 4:
+                break
+            n, start = int.from_bytes(buffer[2:4], "big"), 4
+        elif n == 127:
+            if len(buffer) < 10:
+                break
+            n, start = int.from_bytes(buffer[2:10], "big"), 10
+        if len(buffer) < start + n:
+            break
+        frames.append((buffer[0] & 0x0F, buffer[start:start + n]))
+        buffer = buffer[start + n:]
+    return frames, buffer
+
+
+def pong(ping_payload: bytes) -> bytes:
+    """A masked client pong answering a server ping (control payloads are < 126 bytes)."""
+    n = len(ping_payload)
+    return bytes([0x8A, 0x80 | n]) + MASK + bytes(b ^ MASK[i % 4]
+                                                  for i, b in enumerate(ping_payload))
+
+
 class Client(asyncio.Protocol):
     """One websocket: handshake, join, then events; replies counted from frame headers."""
 
@@ -92,11 +127,7 @@ class Client(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.transport.write(
-            f"GET {self.run.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\nUser-Agent: {UA}\r\n\r\n".encode())
+        self.transport.write(upgrade_request(self.run.path))
 
     def send_event(self) -> None:
         assert self.transport is not None
@@ -114,26 +145,11 @@ class Client(asyncio.Protocol):
             self.buffer = self.buffer[end + 4:]
             assert self.transport is not None
             self.transport.write(self.join)
-        while len(self.buffer) >= 2:
-            n = self.buffer[1] & 0x7F
-            start = 2
-            if n == 126:
-                if len(self.buffer) < 4:
-                    return
-                n, start = int.from_bytes(self.buffer[2:4], "big"), 4
-            elif n == 127:
-                if len(self.buffer) < 10:
-                    return
-                n, start = int.from_bytes(self.buffer[2:10], "big"), 10
-            if len(self.buffer) < start + n:
-                return
-            opcode = self.buffer[0] & 0x0F
-            body = self.buffer[start:start + n]
-            self.buffer = self.buffer[start + n:]
+        frames, self.buffer = split_frames(self.buffer)
+        for opcode, body in frames:
             if opcode == 0x9:  # the server's keep-alive ping: answer it, it is no reply
-                assert self.transport is not None and n < 126
-                self.transport.write(bytes([0x8A, 0x80 | n]) + MASK
-                                     + bytes(b ^ MASK[i % 4] for i, b in enumerate(body)))
+                assert self.transport is not None
+                self.transport.write(pong(body))
             elif opcode == 0x1:
                 self.reply(body)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import datetime as dt
 import os
 import random
@@ -38,14 +37,15 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import (  # noqa: E402  (a sibling script, not a package)
-    MASK,
     PASSWORD,
     ROOT,
-    UA,
     frame,
     free_port,
     pinned,
+    pong,
     postgres_processes,
+    split_frames,
+    upgrade_request,
     wait_healthy,
 )
 
@@ -80,6 +80,7 @@ class Viewer(asyncio.Protocol):
         self.left = 0  # events left in this session
         self.position = 0.0
         self.playing = False
+        self.closing = False
         self.timer: asyncio.TimerHandle | None = None
         self.closed = asyncio.get_running_loop().create_future()
 
@@ -87,11 +88,7 @@ class Viewer(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.soak.open.add(self)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.transport.write(
-            f"GET /socket/websocket?vsn=2.0.0&key={KEY} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\nUser-Agent: {UA}\r\n\r\n".encode())
+        self.transport.write(upgrade_request(f"/socket/websocket?vsn=2.0.0&key={KEY}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.soak.open.discard(self)
@@ -125,7 +122,8 @@ class Viewer(asyncio.Protocol):
             self.send("phx_leave", {})
             if random.randrange(RECONNECT_ONE_IN) == 0:
                 self.soak.reconnects += 1
-                self.transport.close()  # a new connection follows (see run)
+                self.closing = True  # closed once every event has its reply; a new
+                self.close_when_answered()  # connection follows (see viewer_loop)
                 return
             self.start_session()
             return
@@ -140,6 +138,10 @@ class Viewer(asyncio.Protocol):
                                       "duration": 600})
         self.pending[ref] = time.perf_counter()
         self.schedule()
+
+    def close_when_answered(self) -> None:
+        if self.closing and not self.pending and self.transport is not None:
+            self.transport.close()
 
     def schedule(self) -> None:
         self.timer = asyncio.get_running_loop().call_later(
@@ -160,24 +162,11 @@ class Viewer(asyncio.Protocol):
             self.upgraded = True
             self.buffer = self.buffer[end + 4:]
             self.start_session()
-        while len(self.buffer) >= 2:
-            n, start = self.buffer[1] & 0x7F, 2
-            if n == 126:
-                if len(self.buffer) < 4:
-                    return
-                n, start = int.from_bytes(self.buffer[2:4], "big"), 4
-            elif n == 127:
-                if len(self.buffer) < 10:
-                    return
-                n, start = int.from_bytes(self.buffer[2:10], "big"), 10
-            if len(self.buffer) < start + n:
-                return
-            opcode, body = self.buffer[0] & 0x0F, self.buffer[start:start + n]
-            self.buffer = self.buffer[start + n:]
+        frames, self.buffer = split_frames(self.buffer)
+        for opcode, body in frames:
             if opcode == 0x9:  # a server ping: answer it
-                assert self.transport is not None and n < 126
-                self.transport.write(bytes([0x8A, 0x80 | n]) + MASK
-                                     + bytes(b ^ MASK[i % 4] for i, b in enumerate(body)))
+                assert self.transport is not None
+                self.transport.write(pong(body))
             elif opcode == 0x1:
                 self.reply(orjson.loads(body))
 
@@ -193,6 +182,7 @@ class Viewer(asyncio.Protocol):
                 self.soak.window.append(time.perf_counter() - sent)
             else:
                 self.soak.errors += 1
+            self.close_when_answered()
         elif str(ref) == self.join_ref and topic == self.topic:  # this session's join
             if ok:
                 self.schedule()
