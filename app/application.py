@@ -198,6 +198,10 @@ def create_app(settings: Settings, database_url: str,
         shards = rollups.shard_pair()
         pool = await db.create_pool(database_url, min_size=2, max_size=settings.db_pool_size,
                                     shard=shards[0])
+        # questions have their own few connections: the writer's are never theirs
+        query_pool = await db.create_pool(database_url, min_size=1,
+                                          max_size=settings.query_pool_size,
+                                          statement_seconds=settings.query_timeout_seconds)
         async with pool.acquire() as conn:
             app.state.timescale = await timescale.is_enabled(conn)
             if app.state.timescale:
@@ -218,7 +222,7 @@ def create_app(settings: Settings, database_url: str,
         POOL_IN_USE.set_function(lambda: pool.get_size() - pool.get_idle_size())
         loop = asyncio.get_running_loop()
         TASKS.set_function(lambda: len(asyncio.all_tasks(loop)))
-        app.state.pool, app.state.hub = pool, hub
+        app.state.pool, app.state.query_pool, app.state.hub = pool, query_pool, hub
         refresh = settings.watching_ttl_seconds / 3
         tasks = [asyncio.create_task(_every(
             refresh, lambda: session_store.touch_playing(pool, list(hub.presence.playing)),
@@ -250,6 +254,7 @@ def create_app(settings: Settings, database_url: str,
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await keys.stop()
+            await query_pool.close()
             await pool.close()
 
     app = Starlette(

@@ -10,6 +10,8 @@
       PayloadTooLarge   413
       UnsupportedMediaType 415  a POST body that is not application/json
       TooManyRequests   429  (+ Retry-After)
+      ServiceBusy       503  every query connection is busy (+ Retry-After)
+      QueryTimeout      504  a question ran past its time budget
     HTTPException (Starlette)         -> same envelope, its status
     anything else                     -> 500 {"error": "internal server error"}, logged
 """
@@ -70,6 +72,14 @@ class TooManyRequests(ApiError):
     status = 429
 
 
+class ServiceBusy(ApiError):
+    status = 503
+
+
+class QueryTimeout(ApiError):
+    status = 504
+
+
 REALM_HEADER = {"WWW-Authenticate": 'Basic realm="vidmetrics"'}
 _STARLETTE_MESSAGES = {404: "not found", 405: "method not allowed"}
 
@@ -82,7 +92,7 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 async def handle_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     headers = REALM_HEADER if isinstance(exc, Unauthorized) else None
-    if isinstance(exc, TooManyRequests):
+    if isinstance(exc, (TooManyRequests, ServiceBusy)):
         headers = {"Retry-After": "1"}
     return error_response(exc.status, exc.message, headers)
 

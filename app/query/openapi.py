@@ -242,6 +242,10 @@ ERRORS = {
     "415": _answer("a POST body that is not application/json (a request that changes "
                    "state: no JSON content type)", "Error"),
     "429": _answer("too many authentication attempts at once; retry after a second", "Error"),
+    "503": _answer("every query connection is busy (METRICS_QUERY_POOL_SIZE); retry after "
+                   "a second", "Error"),
+    "504": _answer("the question ran past its budget (METRICS_QUERY_TIMEOUT_SECONDS)",
+                   "Error"),
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import re
@@ -23,7 +24,9 @@ from app.errors import (
     Conflict,
     NotFound,
     PayloadTooLarge,
+    QueryTimeout,
     RequestTimeout,
+    ServiceBusy,
     TooManyRequests,
     UnsupportedMediaType,
 )
@@ -125,12 +128,35 @@ QUERY_SECONDS = Histogram("vidmetrics_query_seconds", "Database time of a query 
                           ["endpoint"])
 
 
+@contextlib.asynccontextmanager
+async def query_connection(request: Request) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of the query pool (never the writer's): a question that finds all of
+    them busy for METRICS_QUERY_QUEUE_SECONDS is answered 503, one whose statement runs
+    past METRICS_QUERY_TIMEOUT_SECONDS is cancelled by PostgreSQL and answered 504."""
+    settings = request.app.state.settings
+    try:
+        conn = await request.app.state.query_pool.acquire(
+            timeout=settings.query_queue_seconds)
+    except TimeoutError:
+        raise ServiceBusy(f"busy: {settings.query_pool_size} questions are being answered "
+                          f"(METRICS_QUERY_POOL_SIZE); retry in a moment") from None
+    try:
+        yield conn
+    except (asyncpg.QueryCanceledError, TimeoutError):  # the server's cancel, or ours
+        raise QueryTimeout(f"the question took longer than its budget of "
+                           f"{settings.query_timeout_seconds:g} s "
+                           "(METRICS_QUERY_TIMEOUT_SECONDS); ask for a shorter timeframe "
+                           "or fewer videos") from None
+    finally:
+        await request.app.state.query_pool.release(conn)
+
+
 async def _run(request: Request, work: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Any:
-    """Run storage work on a pooled connection; map database refusals to clear answers."""
+    """Run storage work on a query connection; map database refusals to clear answers."""
     started = time.perf_counter()
     endpoint = request.url.path.removeprefix("/api/v1/").split("/")[0]
     try:
-        async with request.app.state.pool.acquire() as conn:
+        async with query_connection(request) as conn:
             result = await work(conn)
         if endpoint in QUERY_ENDPOINTS:  # a fixed set of label values
             QUERY_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
@@ -256,7 +282,7 @@ async def export(request: Request) -> Response:
 
     async def body() -> AsyncIterator[bytes]:
         try:
-            async with request.app.state.pool.acquire() as conn:
+            async with query_connection(request) as conn:
                 batches = export_store.summaries(conn, q.selection, q.window)
                 async for chunk in exporting.encode(q.format, batches):
                     yield chunk

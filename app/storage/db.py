@@ -81,14 +81,25 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10,
-                      shard: int | None = None) -> asyncpg.Pool:
-    """shard: the rollup shard this process writes (see rollups.SHARDS)."""
+                      shard: int | None = None, statement_seconds: float | None = None,
+                      ) -> asyncpg.Pool:
+    """shard: the rollup shard this process writes (see rollups.SHARDS).
+
+    statement_seconds: a pool for questions, not writes: PostgreSQL cancels any statement
+    of its connections that runs longer (asyncpg.QueryCanceledError), and runs each on one core
+    (no parallel workers), so that the heaviest question leaves the writer a core."""
     settings = {"application_name": "vidmetrics"}
     if shard is not None:
         settings["vidmetrics.shard"] = str(shard)
+    command_timeout = 60.0
+    if statement_seconds is not None:
+        settings["application_name"] = "vidmetrics-query"
+        settings["statement_timeout"] = str(max(1, round(statement_seconds * 1000)))
+        settings["max_parallel_workers_per_gather"] = "0"
+        command_timeout = statement_seconds + 5  # the server cancels first
     pool = await asyncpg.create_pool(
         url, min_size=min_size, max_size=max_size, init=_init_connection,
-        command_timeout=60, server_settings=settings,
+        command_timeout=command_timeout, server_settings=settings,
     )
     assert pool is not None
     return pool

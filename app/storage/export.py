@@ -112,6 +112,9 @@ async def summaries(conn: asyncpg.Connection, sel: Selection, window: Window,
     sql = (f"SELECT {_COLUMNS} FROM sessions s JOIN videos v ON v.id = s.video_id "
            f"WHERE {' AND '.join(where)} ORDER BY s.started_at, s.id")
     async with conn.transaction(readonly=True, isolation="repeatable_read"):
+        # a stream may take as long as its reader: not bound by a question's budget (at
+        # most two run at once, see the export route)
+        await conn.execute("SET LOCAL statement_timeout = 0")
         cursor = await conn.cursor(sql, *p.values)
         while True:
             rows = await cursor.fetch(batch)
