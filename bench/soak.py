@@ -55,10 +55,16 @@ RECONNECT_ONE_IN = 5  # sessions that end by closing the whole socket
 
 
 class Soak:
-    """What the generator saw, in total and in the current 10 s window."""
+    """What the generator saw, in total and in the current 10 s window; and how its
+    viewers behave (bench/mixed.py plays one long session per socket of seeded videos)."""
 
-    def __init__(self, port: int, rate: float) -> None:
-        self.port, self.rate = port, rate
+    def __init__(self, port: int, rate: float, *, key: str = KEY,
+                 session_events: tuple[int, int] = (5, 30),
+                 reconnect_one_in: int = RECONNECT_ONE_IN, video: str = "soak-{n}",
+                 videos: int = 50) -> None:
+        self.port, self.rate, self.key = port, rate, key
+        self.session_events, self.reconnect_one_in = session_events, reconnect_one_in
+        self.video, self.videos = video, videos
         self.acked = self.errors = self.sessions = self.reconnects = self.refused = 0
         self.window: list[float] = []
         self.stopping = False
@@ -88,7 +94,8 @@ class Viewer(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.soak.open.add(self)
-        self.transport.write(upgrade_request(f"/socket/websocket?vsn=2.0.0&key={KEY}"))
+        self.transport.write(upgrade_request(
+            f"/socket/websocket?vsn=2.0.0&key={self.soak.key}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.soak.open.discard(self)
@@ -107,12 +114,14 @@ class Viewer(asyncio.Protocol):
     # -- one session after another ------------------------------------------------------
     def start_session(self) -> None:
         self.topic = f"session:soak{self.index}x{random.randrange(10**12)}"
-        self.left = random.randint(5, 30)
+        self.left = random.randint(*self.soak.session_events)
         self.position = 0.0
         self.playing = False
         self.soak.sessions += 1
-        self.join_ref = self.send("phx_join", {"key": KEY, "source_url": "https://soak.example/watch",
-                               "metadata": {"video_id": f"soak-{self.index % 50}"}})
+        video = self.soak.video.format(n=self.index % self.soak.videos)
+        self.join_ref = self.send("phx_join", {"key": self.soak.key,
+                                               "source_url": "https://soak.example/watch",
+                                               "metadata": {"video_id": video}})
 
     def next_event(self) -> None:
         self.timer = None
@@ -120,7 +129,7 @@ class Viewer(asyncio.Protocol):
             return
         if self.left <= 0:
             self.send("phx_leave", {})
-            if random.randrange(RECONNECT_ONE_IN) == 0:
+            if random.randrange(self.soak.reconnect_one_in) == 0:
                 self.soak.reconnects += 1
                 self.closing = True  # closed once every event has its reply; a new
                 self.close_when_answered()  # connection follows (see viewer_loop)
@@ -133,7 +142,7 @@ class Viewer(asyncio.Protocol):
             ref = self.send("event", {"name": "play", "from": round(self.position, 2),
                                       "duration": 600})
         else:
-            self.position += 1.0 / self.soak.rate
+            self.position += 2.0 / self.soak.rate  # a play/pause pair: real time
             ref = self.send("event", {"name": "pause", "to": round(self.position, 2),
                                       "duration": 600})
         self.pending[ref] = time.perf_counter()
