@@ -59,7 +59,7 @@ class Settings:
     # the query API's own connections (the writer's pool is never used by questions), how
     # long one statement of a question may run, and how long a question waits for one of
     # them before it is answered 503
-    query_pool_size: int = 4
+    query_pool_size: int = dataclasses.field(default_factory=lambda: max(2, os.cpu_count() or 1))
     query_timeout_seconds: float = 10.0
     query_queue_seconds: float = 2.0
     workers: int = 1  # server processes on one port (METRICS_WORKERS; "auto": one per CPU)
@@ -173,7 +173,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         export_webhook=_url(env, "METRICS_EXPORT_WEBHOOK"),
         export_webhook_batch=_int(env, "METRICS_EXPORT_WEBHOOK_BATCH", 100, minimum=1),
         db_pool_size=_int(env, "METRICS_DB_POOL_SIZE", 10, minimum=2),
-        query_pool_size=_int(env, "METRICS_QUERY_POOL_SIZE", 4, minimum=1),
+        query_pool_size=_int(env, "METRICS_QUERY_POOL_SIZE", max(2, os.cpu_count() or 1),
+                             minimum=1),
         query_timeout_seconds=_float(env, "METRICS_QUERY_TIMEOUT_SECONDS", 10.0),
         query_queue_seconds=_float(env, "METRICS_QUERY_QUEUE_SECONDS", 2.0),
         workers=(os.cpu_count() or 1) if (env.get("METRICS_WORKERS") or "").lower() == "auto"
