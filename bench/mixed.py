@@ -35,6 +35,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ingest import wait_healthy  # noqa: E402
 from query import PASSWORD, env_for, percentiles  # noqa: E402  (sibling scripts)
 from soak import Soak, viewer_loop  # noqa: E402
 
@@ -133,16 +134,7 @@ async def phases(port: int, args: argparse.Namespace) -> dict[str, object]:
     mixed = await live(port, args, True, soak)
     print(f"    ack p50 / p99 {ack_figures(mixed[0])[0]:.1f} / "
           f"{ack_figures(mixed[0])[1]:.1f} ms", flush=True)
-    soak.stopping = True
-    deadline = time.monotonic() + 30
-    while any(v.pending for v in soak.open) and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    for viewer in list(soak.open):
-        if viewer.transport is not None:
-            viewer.transport.close()
-    for slot in slots:
-        slot.cancel()
-    await asyncio.gather(*slots, return_exceptions=True)
+    await soak.stop(slots)
     return {"quiet": quiet_table, "ingest": ingest_only, "mixed": mixed, "soak": soak}
 
 
@@ -184,17 +176,7 @@ def main() -> None:
         proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1
-                                 ).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit("server did not start")
-                time.sleep(0.2)
+            wait_healthy(f"http://127.0.0.1:{port}/healthz")
             url = EmbeddedPostgres(tmp / "data").url
             before = asyncio.run(stored_events(url))
             result = asyncio.run(phases(port, args))

@@ -71,6 +71,21 @@ class Soak:
         self.open: set[Viewer] = set()
 
 
+    async def stop(self, slots: list[asyncio.Task[None]]) -> None:
+        """Stop sending, wait (30 s at most) until every event sent has its reply, close
+        every socket and end the viewer slots."""
+        self.stopping = True
+        deadline = time.monotonic() + 30
+        while any(v.pending for v in self.open) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        for viewer in list(self.open):
+            if viewer.transport is not None:
+                viewer.transport.close()
+        for slot in slots:
+            slot.cancel()
+        await asyncio.gather(*slots, return_exceptions=True)
+
+
 class Viewer(asyncio.Protocol):
     """One websocket playing one session after another; replies parsed (they are few)."""
 
@@ -261,16 +276,7 @@ async def soak_run(port: int, sockets: int, rate: float, minutes: float,
               f"{s['p99']:6.1f} ms  rss {s['rss_mib']:6.1f} MiB  fds {s['fds']:5.0f}  "
               f"tasks {s['tasks']:4.0f}  sockets {s['sockets']:5.0f}  channels "
               f"{s['channels']:5.0f}  cpu {s['cpu']:.2f}", flush=True)
-    soak.stopping = True
-    deadline = time.monotonic() + 30
-    while any(v.pending for v in soak.open) and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)  # every event sent gets its reply
-    for viewer in list(soak.open):
-        if viewer.transport is not None:
-            viewer.transport.close()
-    for slot in slots:
-        slot.cancel()
-    await asyncio.gather(*slots, return_exceptions=True)
+    await soak.stop(slots)
     return soak, samples
 
 
