@@ -106,6 +106,19 @@ def pong(ping_payload: bytes) -> bytes:
                                                   for i, b in enumerate(ping_payload))
 
 
+def text_frames(buffer: bytes, transport: asyncio.Transport) -> tuple[list[bytes], bytes]:
+    """The text messages at the front of `buffer`, and the rest; a server ping among them
+    (the keep-alive, no reply) is answered on `transport`."""
+    frames, rest = split_frames(buffer)
+    texts = []
+    for opcode, body in frames:
+        if opcode == 0x9:
+            transport.write(pong(body))
+        elif opcode == 0x1:
+            texts.append(body)
+    return texts, rest
+
+
 class Client(asyncio.Protocol):
     """One websocket: handshake, join, then events; replies counted from frame headers."""
 
@@ -145,13 +158,10 @@ class Client(asyncio.Protocol):
             self.buffer = self.buffer[end + 4:]
             assert self.transport is not None
             self.transport.write(self.join)
-        frames, self.buffer = split_frames(self.buffer)
-        for opcode, body in frames:
-            if opcode == 0x9:  # the server's keep-alive ping: answer it, it is no reply
-                assert self.transport is not None
-                self.transport.write(pong(body))
-            elif opcode == 0x1:
-                self.reply(body)
+        assert self.transport is not None
+        texts, self.buffer = text_frames(self.buffer, self.transport)
+        for body in texts:
+            self.reply(body)
 
     def reply(self, body: bytes) -> None:
         ok = self.run.echo or b'"ok"' in body  # the echo answers with the frame itself

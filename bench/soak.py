@@ -42,9 +42,8 @@ from ingest import (  # noqa: E402  (a sibling script, not a package)
     frame,
     free_port,
     pinned,
-    pong,
     postgres_processes,
-    split_frames,
+    text_frames,
     upgrade_request,
     wait_healthy,
 )
@@ -186,13 +185,10 @@ class Viewer(asyncio.Protocol):
             self.upgraded = True
             self.buffer = self.buffer[end + 4:]
             self.start_session()
-        frames, self.buffer = split_frames(self.buffer)
-        for opcode, body in frames:
-            if opcode == 0x9:  # a server ping: answer it
-                assert self.transport is not None
-                self.transport.write(pong(body))
-            elif opcode == 0x1:
-                self.reply(orjson.loads(body))
+        assert self.transport is not None
+        texts, self.buffer = text_frames(self.buffer, self.transport)
+        for body in texts:
+            self.reply(orjson.loads(body))
 
     def reply(self, message: list[object]) -> None:
         _, ref, topic, event, payload = message
