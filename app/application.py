@@ -46,9 +46,12 @@ class AuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if (self.auth is not None and scope["type"] == "http"
-                and path.startswith(("/api/", "/metrics", "/dashboard"))
-                and path not in PUBLIC_PATHS):
+        if (
+            self.auth is not None
+            and scope["type"] == "http"
+            and path.startswith(("/api/", "/metrics", "/dashboard"))
+            and path not in PUBLIC_PATHS
+        ):
             header = None
             for name, value in scope.get("headers", []):
                 if name == b"authorization":
@@ -91,25 +94,33 @@ class NoSniff:
 
 # The dashboard loads only its own files and runs no inline code: nothing else may run,
 # load, connect or frame it.
-DASHBOARD_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; "
-                    "img-src 'self' data:; connect-src 'self'; object-src 'none'; "
-                    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-DASHBOARD_HEADERS = {"Content-Security-Policy": DASHBOARD_POLICY, "X-Frame-Options": "DENY",
-                     "Referrer-Policy": "same-origin"}
+DASHBOARD_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; connect-src 'self'; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+DASHBOARD_HEADERS = {
+    "Content-Security-Policy": DASHBOARD_POLICY,
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
 
 
 def example_policy(nonce: str) -> str:
     """The example page's own inline module and style run (by nonce); the client module,
     the socket and the media come from this server."""
-    return (f"default-src 'self'; script-src 'self' 'nonce-{nonce}'; "
-            f"style-src 'self' 'nonce-{nonce}'; img-src 'self' data:; media-src 'self'; "
-            "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
-            "frame-ancestors 'self'")
+    return (
+        f"default-src 'self'; script-src 'self' 'nonce-{nonce}'; "
+        f"style-src 'self' 'nonce-{nonce}'; img-src 'self' data:; media-src 'self'; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+        "frame-ancestors 'self'"
+    )
 
 
 def _sync(work: Callable[[], None]) -> Callable[[], Awaitable[None]]:
     async def run() -> None:
         work()
+
     return run
 
 
@@ -127,10 +138,19 @@ def example_page(request: Request) -> Response:
     # a JS string literal that cannot close the <script> element (the key may be user text)
     literal = orjson.dumps(key[:200]).decode().replace("<", "\\u003c").replace(">", "\\u003e")
     nonce = secrets.token_urlsafe(18)
-    html = (EXAMPLES / "index.html").read_text().replace('"{{KEY}}"', literal) \
+    html = (
+        (EXAMPLES / "index.html")
+        .read_text()
+        .replace('"{{KEY}}"', literal)
         .replace("{{NONCE}}", nonce)
-    return HTMLResponse(html, headers={"Content-Security-Policy": example_policy(nonce),
-                                       "Referrer-Policy": "same-origin"})
+    )
+    return HTMLResponse(
+        html,
+        headers={
+            "Content-Security-Policy": example_policy(nonce),
+            "Referrer-Policy": "same-origin",
+        },
+    )
 
 
 def example_static(request: Request) -> Response:
@@ -141,8 +161,12 @@ def example_static(request: Request) -> Response:
     return FileResponse(path)  # honours Range requests, so browsers can seek
 
 
-DASHBOARD_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-                   ".css": "text/css; charset=utf-8", ".LICENSE": "text/plain; charset=utf-8"}
+DASHBOARD_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".LICENSE": "text/plain; charset=utf-8",
+}
 
 
 def dashboard(request: Request) -> Response:
@@ -150,21 +174,33 @@ def dashboard(request: Request) -> Response:
     name = request.path_params.get("path") or "index.html"
     path = (DASHBOARD / name).resolve()
     suffix = path.suffix if path.suffix else path.name
-    if not path.is_relative_to(DASHBOARD.resolve()) or not path.is_file() \
-            or suffix not in DASHBOARD_TYPES:
+    if (
+        not path.is_relative_to(DASHBOARD.resolve())
+        or not path.is_file()
+        or suffix not in DASHBOARD_TYPES
+    ):
         return error_response(404, f"no file {name[:60]}")
     # the page is always fresh; its modules are revalidated (they change with releases)
     cache = "no-cache" if name == "index.html" else "public, max-age=300, must-revalidate"
-    return FileResponse(path, media_type=DASHBOARD_TYPES[suffix],
-                        headers={"Cache-Control": cache, **DASHBOARD_HEADERS})
+    return FileResponse(
+        path,
+        media_type=DASHBOARD_TYPES[suffix],
+        headers={"Cache-Control": cache, **DASHBOARD_HEADERS},
+    )
 
 
 def client(request: Request) -> Response:
     """The first-party browser client, an ES module: public (pages load it), readable from
     any origin (a module script from another origin needs CORS), revalidated hourly."""
-    return FileResponse(CLIENT, media_type="text/javascript; charset=utf-8", headers={
-        "Cache-Control": "public, max-age=3600, must-revalidate",
-        "Access-Control-Allow-Origin": "*", "Cross-Origin-Resource-Policy": "cross-origin"})
+    return FileResponse(
+        CLIENT,
+        media_type="text/javascript; charset=utf-8",
+        headers={
+            "Cache-Control": "public, max-age=3600, must-revalidate",
+            "Access-Control-Allow-Origin": "*",
+            "Cross-Origin-Resource-Policy": "cross-origin",
+        },
+    )
 
 
 async def health(request: Request) -> Response:
@@ -181,36 +217,44 @@ async def health(request: Request) -> Response:
     body = {"status": "ok" if ok else "unavailable", "database": database, "writer": writer}
     if not ok:
         body["error"] = "database unavailable" if database != "ok" else "writes are failing"
-    return Response(orjson.dumps(body), status_code=200 if ok else 503,
-                    media_type="application/json")
+    return Response(
+        orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json"
+    )
 
 
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-def create_app(settings: Settings, database_url: str,
-               example_key: str | None = None) -> Starlette:
+def create_app(settings: Settings, database_url: str, example_key: str | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Hub]]:
         # each process writes its own rollup rows (a pair of shards), so --workers do not
         # queue on the same rows' locks
         shards = rollups.shard_pair()
-        pool = await db.create_pool(database_url, min_size=2, max_size=settings.db_pool_size,
-                                    shard=shards[0])
+        pool = await db.create_pool(
+            database_url, min_size=2, max_size=settings.db_pool_size, shard=shards[0]
+        )
         # questions have their own few connections: the writer's are never theirs
-        query_pool = await db.create_pool(database_url, min_size=1,
-                                          max_size=settings.query_pool_size,
-                                          statement_seconds=settings.query_timeout_seconds)
+        query_pool = await db.create_pool(
+            database_url,
+            min_size=1,
+            max_size=settings.query_pool_size,
+            statement_seconds=settings.query_timeout_seconds,
+        )
         async with pool.acquire() as conn:
             app.state.timescale = await timescale.is_enabled(conn)
             if app.state.timescale:
                 await timescale.apply_policies(conn, settings)
         keys = KeyCache(pool, settings.key_refresh_seconds)
         await keys.start()
-        writer = Writer(pool, flush_interval=settings.flush_interval_ms / 1000,
-                        max_rows=settings.flush_max_rows, outbox=bool(settings.export_webhook),
-                        shards=shards)
+        writer = Writer(
+            pool,
+            flush_interval=settings.flush_interval_ms / 1000,
+            max_rows=settings.flush_max_rows,
+            outbox=bool(settings.export_webhook),
+            shards=shards,
+        )
         writer.start()
         tune_gc()
         sender = None
@@ -224,19 +268,44 @@ def create_app(settings: Settings, database_url: str,
         TASKS.set_function(lambda: len(asyncio.all_tasks(loop)))
         app.state.pool, app.state.query_pool, app.state.hub = pool, query_pool, hub
         refresh = settings.watching_ttl_seconds / 3
-        tasks = [asyncio.create_task(_every(
-            refresh, lambda: session_store.touch_playing(pool, list(hub.presence.playing)),
-            "presence refresh")),
+        tasks = [
+            asyncio.create_task(
+                _every(
+                    refresh,
+                    lambda: session_store.touch_playing(pool, list(hub.presence.playing)),
+                    "presence refresh",
+                )
+            ),
             # revoked keys close their open channels; silent sockets are reaped
-            asyncio.create_task(_every(min(0.5, settings.key_refresh_seconds), _sync(hub.sweep),
-                                       "socket sweep"))]
+            asyncio.create_task(
+                _every(min(0.5, settings.key_refresh_seconds), _sync(hub.sweep), "socket sweep")
+            ),
+        ]
         if not app.state.timescale:
             # plain PostgreSQL stand-in for TimescaleDB's retention policies
-            tasks.append(asyncio.create_task(_every(3600, lambda: session_store.apply_retention(
-                pool, settings.retention_days, settings.raw_events_retention_days), "retention")))
+            tasks.append(
+                asyncio.create_task(
+                    _every(
+                        3600,
+                        lambda: session_store.apply_retention(
+                            pool, settings.retention_days, settings.raw_events_retention_days
+                        ),
+                        "retention",
+                    )
+                )
+            )
         else:  # raw events live in the session rows: no policy can drop them alone
-            tasks.append(asyncio.create_task(_every(3600, lambda: session_store.drop_raw_events(
-                pool, settings.raw_events_retention_days), "raw event retention")))
+            tasks.append(
+                asyncio.create_task(
+                    _every(
+                        3600,
+                        lambda: session_store.drop_raw_events(
+                            pool, settings.raw_events_retention_days
+                        ),
+                        "raw event retention",
+                    )
+                )
+            )
         try:
             yield {"hub": hub}  # uvicorn hands it to the websockets (SocketProtocol)
         finally:
@@ -276,8 +345,9 @@ def create_app(settings: Settings, database_url: str,
     app.state.example_key = example_key
     auth = None
     if settings.auth_enabled:
-        auth = BasicAuth(settings.user, settings.password, settings.password_hash,
-                         settings.max_password_checks)
+        auth = BasicAuth(
+            settings.user, settings.password, settings.password_hash, settings.max_password_checks
+        )
     app.add_middleware(AuthMiddleware, auth=auth)
     app.add_middleware(NoSniff)  # outermost: auth refusals say it too
     return app

@@ -25,9 +25,12 @@ log = logging.getLogger("vidmetrics")
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
-                 "level": record.levelname.lower(), "logger": record.name,
-                 "message": record.getMessage()}
+        entry = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()
@@ -94,8 +97,10 @@ def _credentials(settings: Settings) -> tuple[Settings, str | None]:
     if not settings.auth_enabled or settings.password or settings.password_hash:
         return settings, None
     if not settings.embedded:
-        raise SettingsError("METRICS_PASSWORD or METRICS_PASSWORD_HASH is required "
-                            "(or set METRICS_AUTH_ENABLED=false)")
+        raise SettingsError(
+            "METRICS_PASSWORD or METRICS_PASSWORD_HASH is required "
+            "(or set METRICS_AUTH_ENABLED=false)"
+        )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     path = settings.data_dir / "admin-password"
     announce = None
@@ -144,13 +149,18 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         if not args.no_migrate:
             db.migrate(url, progress=True)
         key, new_key = asyncio.run(_example_key(url, settings))
-        where = (f"embedded PostgreSQL in {settings.data_dir.resolve()}" if settings.embedded
-                 else db.redact(url))
+        where = (
+            f"embedded PostgreSQL in {settings.data_dir.resolve()}"
+            if settings.embedded
+            else db.redact(url)
+        )
         shown = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
         line = f"vidmetrics on http://{shown}:{settings.port}/ (database: {where})"
         if new_password:
-            line += (f"; admin login {settings.user} / {new_password} "
-                     f"(kept in {settings.data_dir / 'admin-password'})")
+            line += (
+                f"; admin login {settings.user} / {new_password} "
+                f"(kept in {settings.data_dir / 'admin-password'})"
+            )
         elif settings.embedded and settings.auth_enabled and not settings.password_hash:
             line += f"; admin password in {settings.data_dir / 'admin-password'}"
         if key:
@@ -175,13 +185,24 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         status = 0
         try:
             uvicorn.run(
-                app, factory=workers > 1, workers=workers if workers > 1 else None,
-                host=settings.host, port=settings.port, log_level=settings.log_level,
+                app,
+                factory=workers > 1,
+                workers=workers if workers > 1 else None,
+                host=settings.host,
+                port=settings.port,
+                log_level=settings.log_level,
                 access_log=False,  # access logs would record client addresses
-                server_header=False, proxy_headers=False, ws_max_size=settings.max_frame_bytes,
-                ws_per_message_deflate=False, timeout_graceful_shutdown=10, log_config=None,
-                ws=SocketProtocol, ws_ping_interval=None,  # pings: Hub.sweep
-                backlog=4096, http=http_protocol(settings), timeout_keep_alive=5,
+                server_header=False,
+                proxy_headers=False,
+                ws_max_size=settings.max_frame_bytes,
+                ws_per_message_deflate=False,
+                timeout_graceful_shutdown=10,
+                log_config=None,
+                ws=SocketProtocol,
+                ws_ping_interval=None,  # pings: Hub.sweep
+                backlog=4096,
+                http=http_protocol(settings),
+                timeout_keep_alive=5,
             )
         except KeyboardInterrupt:
             pass
@@ -203,8 +224,11 @@ def worker_app() -> object:
     settings = from_env()
     setup_logging(settings)
     http_protocol(settings)
-    return create_app(settings, os.environ["DATABASE_URL"],
-                      example_key=os.environ.get("VIDMETRICS_EXAMPLE_KEY") or None)
+    return create_app(
+        settings,
+        os.environ["DATABASE_URL"],
+        example_key=os.environ.get("VIDMETRICS_EXAMPLE_KEY") or None,
+    )
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -235,8 +259,9 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
                 print(row.key)
             elif args.action == "list":
                 for row in await key_store.list_keys(conn):
-                    state = f"revoked {row.disabled_at:%Y-%m-%d %H:%M}" if row.disabled_at \
-                        else "active"
+                    state = (
+                        f"revoked {row.disabled_at:%Y-%m-%d %H:%M}" if row.disabled_at else "active"
+                    )
                     print(f"{row.key}\t{state}")
             else:
                 if not await key_store.revoke_key(conn, args.key):
@@ -259,8 +284,11 @@ def cmd_hash_password(args: argparse.Namespace, settings: Settings) -> int:
 
     password = args.password
     if password is None:
-        password = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() \
+        password = (
+            sys.stdin.readline().rstrip("\n")
+            if not sys.stdin.isatty()
             else getpass.getpass("password: ")
+        )
     if not password:
         print("error: empty password", file=sys.stderr)
         return 2
@@ -284,12 +312,20 @@ def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
             refs = seed.videos(args.key, args.videos)
             ids = await session_store.ensure_videos(conn, refs)
             end = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-            with tqdm(total=args.sessions, unit="session", disable=args.quiet,
-                      file=sys.stderr) as bar:
+            with tqdm(
+                total=args.sessions, unit="session", disable=args.quiet, file=sys.stderr
+            ) as bar:
                 events = await synthetic.seed(
-                    conns, seed.MODEL, sessions=args.sessions, days=args.days, end=end,
-                    seed_value=args.seed, video_ids=[ids[(r.key, r.identity)] for r in refs],
-                    durations=seed.durations(args.seed, args.videos), progress=bar.update)
+                    conns,
+                    seed.MODEL,
+                    sessions=args.sessions,
+                    days=args.days,
+                    end=end,
+                    seed_value=args.seed,
+                    video_ids=[ids[(r.key, r.identity)] for r in refs],
+                    durations=seed.durations(args.seed, args.videos),
+                    progress=bar.update,
+                )
             await conn.execute("ANALYZE")  # fresh statistics for the planner
             return events
         finally:
@@ -300,9 +336,11 @@ def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
     with database(settings) as url:
         n_events = asyncio.run(run(url))
     took = time.perf_counter() - started
-    print(f"seeded {args.sessions} sessions, {n_events} events for {args.videos} videos "
-          f"over {args.days} days under key {args.key!r} in {took:.1f}s "
-          f"({args.sessions / took:,.0f} sessions/s)")
+    print(
+        f"seeded {args.sessions} sessions, {n_events} events for {args.videos} videos "
+        f"over {args.days} days under key {args.key!r} in {took:.1f}s "
+        f"({args.sessions / took:,.0f} sessions/s)"
+    )
     return 0
 
 
@@ -314,8 +352,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     from app.storage import db
     from app.storage import export as export_store
 
-    body: dict[str, object] = {"timeframe": args.timeframe, "format": args.format,
-                               "query": {}}
+    body: dict[str, object] = {"timeframe": args.timeframe, "format": args.format, "query": {}}
     try:
         if args.key:
             body["query"]["key"] = args.key  # type: ignore[index]
@@ -375,12 +412,20 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the server (migrations first)")
     serve.add_argument("--no-migrate", action="store_true", help="do not apply migrations")
-    serve.add_argument("--workers", type=int, default=0,
-                       help="server processes on one port (default: METRICS_WORKERS, 1)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="server processes on one port (default: METRICS_WORKERS, 1)",
+    )
     serve.set_defaults(func=cmd_serve)
     migrate = sub.add_parser("migrate", help="upgrade the schema (idempotent)")
-    migrate.add_argument("revision", nargs="?", default="head",
-                         help="target revision (default head; 'base' downgrades everything)")
+    migrate.add_argument(
+        "revision",
+        nargs="?",
+        default="head",
+        help="target revision (default head; 'base' downgrades everything)",
+    )
     migrate.set_defaults(func=cmd_migrate)
     keys = sub.add_parser("keys", help="manage ingest keys")
     keys.add_argument("action", choices=["create", "list", "revoke"])
@@ -393,10 +438,11 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["ndjson", "csv", "parquet"], default="ndjson")
     export.add_argument("--output", "-o", required=True, help="the file to write")
     export.add_argument("--key", help="every video under this ingest key")
-    export.add_argument("--video", help='videos whose metadata contains this JSON object')
+    export.add_argument("--video", help="videos whose metadata contains this JSON object")
     export.add_argument("--identifier", help="a legacy video identifier")
-    export.add_argument("--timeframe", default="30 days",
-                        help='a span ending now, e.g. "30 days" (default)')
+    export.add_argument(
+        "--timeframe", default="30 days", help='a span ending now, e.g. "30 days" (default)'
+    )
     export.add_argument("--quiet", action="store_true", help="no progress bar")
     export.set_defaults(func=cmd_export)
     seed = sub.add_parser("seed", help="write realistic dummy data")
@@ -415,8 +461,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = from_env()
         setup_logging(settings)
-        if getattr(args, "days", 1) < 1 or getattr(args, "sessions", 1) < 0 \
-                or getattr(args, "videos", 1) < 1:
+        if (
+            getattr(args, "days", 1) < 1
+            or getattr(args, "sessions", 1) < 0
+            or getattr(args, "videos", 1) < 1
+        ):
             raise SettingsError("seed needs --days >= 1, --sessions >= 0 and --videos >= 1")
         return int(args.func(args, settings))
     except SettingsError as exc:
@@ -431,8 +480,10 @@ def main(argv: list[str] | None = None) -> int:
         import asyncpg
 
         if isinstance(exc, asyncpg.UndefinedTableError):
-            print("vidmetrics: the database has no vidmetrics schema; run `vidmetrics migrate`",
-                  file=sys.stderr)
+            print(
+                "vidmetrics: the database has no vidmetrics schema; run `vidmetrics migrate`",
+                file=sys.stderr,
+            )
             return 1
         if isinstance(exc, (OSError, asyncpg.PostgresError)):
             print(f"vidmetrics: database error: {exc}", file=sys.stderr)

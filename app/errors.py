@@ -1,19 +1,19 @@
 """The error tree and the one JSON error handler.
 
-    ApiError (status, message)        -> {"error": message} with that status
-      BadRequest        400  a field is missing or malformed (the message names it)
-      Unauthorized      401  missing or wrong credentials (+ WWW-Authenticate)
-      NotFound          404
-      MethodNotAllowed  405
-      Conflict          409  the thing to create exists already
-      RequestTimeout    408  the request body did not arrive in time
-      PayloadTooLarge   413
-      UnsupportedMediaType 415  a POST body that is not application/json
-      TooManyRequests   429  (+ Retry-After)
-      ServiceBusy       503  every query connection is busy (+ Retry-After)
-      QueryTimeout      504  a question ran past its time budget
-    HTTPException (Starlette)         -> same envelope, its status
-    anything else                     -> 500 {"error": "internal server error"}, logged
+ApiError (status, message)        -> {"error": message} with that status
+  BadRequest        400  a field is missing or malformed (the message names it)
+  Unauthorized      401  missing or wrong credentials (+ WWW-Authenticate)
+  NotFound          404
+  MethodNotAllowed  405
+  Conflict          409  the thing to create exists already
+  RequestTimeout    408  the request body did not arrive in time
+  PayloadTooLarge   413
+  UnsupportedMediaType 415  a POST body that is not application/json
+  TooManyRequests   429  (+ Retry-After)
+  ServiceBusy       503  every query connection is busy (+ Retry-After)
+  QueryTimeout      504  a question ran past its time budget
+HTTPException (Starlette)         -> same envelope, its status
+anything else                     -> 500 {"error": "internal server error"}, logged
 """
 
 from __future__ import annotations
@@ -85,8 +85,12 @@ _STARLETTE_MESSAGES = {404: "not found", 405: "method not allowed"}
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps({"error": message}), status_code=status,
-                    media_type="application/json", headers=headers)
+    return Response(
+        orjson.dumps({"error": message}),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
 
 
 async def handle_api_error(request: Request, exc: Exception) -> Response:

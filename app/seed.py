@@ -14,24 +14,33 @@ from app.storage.synthetic import Model
 
 # (weight, browser, platform, device): a plausible mix of real-world traffic
 MIX = [
-    (30, "chrome", "windows", "desktop"), (12, "chrome", "mac", "desktop"),
-    (18, "safari", "ios", "mobile"), (4, "safari", "ios", "tablet"),
-    (8, "safari", "mac", "desktop"), (12, "chrome", "android", "mobile"),
-    (2, "chrome", "android", "tablet"), (5, "firefox", "windows", "desktop"),
-    (2, "firefox", "linux", "desktop"), (1, "chrome", "linux", "desktop"),
-    (4, "edge", "windows", "desktop"), (1, "opera", "windows", "desktop"),
-    (1, "brave", "mac", "desktop"), (0.3, "ie", "windows", "desktop"),
+    (30, "chrome", "windows", "desktop"),
+    (12, "chrome", "mac", "desktop"),
+    (18, "safari", "ios", "mobile"),
+    (4, "safari", "ios", "tablet"),
+    (8, "safari", "mac", "desktop"),
+    (12, "chrome", "android", "mobile"),
+    (2, "chrome", "android", "tablet"),
+    (5, "firefox", "windows", "desktop"),
+    (2, "firefox", "linux", "desktop"),
+    (1, "chrome", "linux", "desktop"),
+    (4, "edge", "windows", "desktop"),
+    (1, "opera", "windows", "desktop"),
+    (1, "brave", "mac", "desktop"),
+    (0.3, "ie", "windows", "desktop"),
     (0.7, "other", "other", "other"),
 ]
 assert all(b in BROWSERS and p in PLATFORMS and d in DEVICES for _, b, p, d in MIX)
 PAGES = ["/", "/blog/launch", "/docs/getting-started", "/pricing", "/customers/story"]
 
 MODEL = Model(
-    mix=MIX, pages=PAGES,
+    mix=MIX,
+    pages=PAGES,
     pieces=(1, 1, 1, 2, 2, 3, 4),  # play/pause pieces of the main run
     seek_rate=0.3,  # the main run starts after a seek
     second_run_rate=0.3,  # a second run after a seek
-    run_seconds=45.0, pause_seconds=5.0,
+    run_seconds=45.0,
+    pause_seconds=5.0,
     unplayed_loads=0.6,  # page loads that never play, per session that does (play rate ~62 %)
     # the share of views whose page uses the first-party client (the rest use
     # @maveio/metrics and report no QoE), and how often things go wrong for them
@@ -44,8 +53,10 @@ MODEL = Model(
 
 
 def videos(key: str, count: int) -> list[VideoRef]:
-    return [VideoRef.of(key, None, {"video_id": f"seed-{i}", "title": f"Seed video {i}"})
-            for i in range(count)]
+    return [
+        VideoRef.of(key, None, {"video_id": f"seed-{i}", "title": f"Seed video {i}"})
+        for i in range(count)
+    ]
 
 
 def durations(seed: int, count: int) -> list[float]:

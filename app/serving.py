@@ -99,9 +99,13 @@ def fit_to_fd_limit(settings: Settings) -> Settings:
         http = max(1, soft // 2 - RESERVED_FDS)
         sockets = max(1, soft - http - RESERVED_FDS)
         settings = dataclasses.replace(settings, max_http_connections=http)
-    log.warning("file descriptor limit is %d: serving at most %d websockets and %d HTTP "
-                "connections (raise `ulimit -n` for more)", soft, sockets,
-                settings.max_http_connections)
+    log.warning(
+        "file descriptor limit is %d: serving at most %d websockets and %d HTTP "
+        "connections (raise `ulimit -n` for more)",
+        soft,
+        sockets,
+        settings.max_http_connections,
+    )
     return dataclasses.replace(settings, max_sockets=sockets)
 
 

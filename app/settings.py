@@ -82,8 +82,9 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0,
-           zero: bool = False) -> float:
+def _float(
+    env: Mapping[str, str], name: str, default: float, minimum: float = 0.0, zero: bool = False
+) -> float:
     """A number greater than `minimum` (or exactly 0, when `zero` allows it: "off")."""
     raw = env.get(name)
     if raw is None or raw == "":
@@ -93,8 +94,9 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
     if not (value > minimum or (zero and value == 0)):
-        raise SettingsError(f"{name} must be greater than {minimum}"
-                            f"{' (or 0: off)' if zero else ''}, got {raw}")
+        raise SettingsError(
+            f"{name} must be greater than {minimum}{' (or 0: off)' if zero else ''}, got {raw}"
+        )
     return value
 
 
@@ -153,7 +155,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         max_sockets=_int(env, "METRICS_MAX_SOCKETS", 10_000, minimum=1),
         max_channels_per_socket=_int(env, "METRICS_MAX_CHANNELS_PER_SOCKET", 16, minimum=1),
         max_session_state_bytes=_int(env, "METRICS_MAX_SESSION_STATE_MB", 128, minimum=1)
-        * 1024 * 1024,
+        * 1024
+        * 1024,
         socket_idle_seconds=_float(env, "METRICS_SOCKET_IDLE_SECONDS", 120.0),
         ws_ping_seconds=_float(env, "METRICS_WS_PING_SECONDS", 0.0, zero=True),
         max_http_connections=_int(env, "METRICS_MAX_HTTP_CONNECTIONS", 1000, minimum=1),
@@ -168,15 +171,21 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         watching_ttl_seconds=_float(env, "METRICS_WATCHING_TTL_SECONDS", 30.0),
         key_refresh_seconds=_float(env, "METRICS_KEY_REFRESH_SECONDS", 0.5),
         log_level=_choice(env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
-        log_format=_choice(env, "METRICS_LOG_FORMAT" if env.get("METRICS_LOG_FORMAT")
-                           else "LOG_FORMAT", "text", ("text", "json")),
+        log_format=_choice(
+            env,
+            "METRICS_LOG_FORMAT" if env.get("METRICS_LOG_FORMAT") else "LOG_FORMAT",
+            "text",
+            ("text", "json"),
+        ),
         export_webhook=_url(env, "METRICS_EXPORT_WEBHOOK"),
         export_webhook_batch=_int(env, "METRICS_EXPORT_WEBHOOK_BATCH", 100, minimum=1),
         db_pool_size=_int(env, "METRICS_DB_POOL_SIZE", 10, minimum=2),
-        query_pool_size=_int(env, "METRICS_QUERY_POOL_SIZE", max(2, os.cpu_count() or 1),
-                             minimum=1),
+        query_pool_size=_int(
+            env, "METRICS_QUERY_POOL_SIZE", max(2, os.cpu_count() or 1), minimum=1
+        ),
         query_timeout_seconds=_float(env, "METRICS_QUERY_TIMEOUT_SECONDS", 10.0),
         query_queue_seconds=_float(env, "METRICS_QUERY_QUEUE_SECONDS", 2.0),
-        workers=(os.cpu_count() or 1) if (env.get("METRICS_WORKERS") or "").lower() == "auto"
+        workers=(os.cpu_count() or 1)
+        if (env.get("METRICS_WORKERS") or "").lower() == "auto"
         else _int(env, "METRICS_WORKERS", 1, minimum=1),
     )

@@ -33,7 +33,7 @@ def index(ms: float) -> int:
 
 def representative(i: int) -> float:
     """The value reported for bucket i: within RELATIVE_ERROR of anything in it."""
-    return 2 * GAMMA ** i / (GAMMA + 1)
+    return 2 * GAMMA**i / (GAMMA + 1)
 
 
 def histogram(values: Iterable[float]) -> dict[int, int]:

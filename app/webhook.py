@@ -36,14 +36,22 @@ PENDING = Gauge("vidmetrics_webhook_pending", "Ended sessions waiting for the we
 
 
 class Sender:
-    def __init__(self, pool: asyncpg.Pool, url: str, *, batch: int = 100,
-                 idle_seconds: float = 1.0, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        url: str,
+        *,
+        batch: int = 100,
+        idle_seconds: float = 1.0,
+        timeout: float = 10.0,
+    ) -> None:
         self._pool = pool
         self._url = url
         self._batch = batch
         self._idle = idle_seconds
-        self._client = httpx.AsyncClient(timeout=timeout, follow_redirects=False,
-                                         headers={"User-Agent": "vidmetrics-webhook"})
+        self._client = httpx.AsyncClient(
+            timeout=timeout, follow_redirects=False, headers={"User-Agent": "vidmetrics-webhook"}
+        )
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -78,13 +86,17 @@ class Sender:
             if not due:
                 return 0
             ids = [s.session for s in due]
-            body = orjson.dumps({"sessions": [
-                {"idempotency_key": s.idempotency_key, **s.to_dict()} for s in due]})
+            body = orjson.dumps(
+                {"sessions": [{"idempotency_key": s.idempotency_key, **s.to_dict()} for s in due]}
+            )
             key = hashlib.sha256(",".join(s.idempotency_key for s in due).encode()).hexdigest()
             error = None
             try:
-                response = await self._client.post(self._url, content=body, headers={
-                    "Content-Type": "application/json", "Idempotency-Key": key})
+                response = await self._client.post(
+                    self._url,
+                    content=body,
+                    headers={"Content-Type": "application/json", "Idempotency-Key": key},
+                )
                 if not 200 <= response.status_code < 300:
                     error = f"receiver answered {response.status_code}"
             except httpx.HTTPError as exc:

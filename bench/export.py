@@ -41,9 +41,27 @@ def main() -> None:
         env = {**os.environ, "METRICS_DATA_DIR": str(tmp / "data"), "LOG_LEVEL": "warning"}
         env.pop("DATABASE_URL", None)
         print(f"seeding {args.sessions:,} sessions over 30 days ...", flush=True)
-        subprocess.run([sys.executable, "-m", "app.cli", "seed", "--sessions",
-                        str(args.sessions), "--days", "30", "--videos", "50", "--key", "bench",
-                        "--quiet"], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "seed",
+                "--sessions",
+                str(args.sessions),
+                "--days",
+                "30",
+                "--videos",
+                "50",
+                "--key",
+                "bench",
+                "--quiet",
+            ],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         # the small export: the newest ~tenth (3 of 30 days)
         rows, failed = [], False
         for fmt in ("ndjson", "csv", "parquet"):
@@ -51,8 +69,23 @@ def main() -> None:
             for label, span in (("all", "31 days"), ("tenth", "3 days")):
                 out = tmp / f"export.{fmt}"
                 rss, took = run_measured(
-                    [sys.executable, "-m", "app.cli", "export", "--format", fmt, "--key",
-                     "bench", "--timeframe", span, "-o", str(out), "--quiet"], env)
+                    [
+                        sys.executable,
+                        "-m",
+                        "app.cli",
+                        "export",
+                        "--format",
+                        fmt,
+                        "--key",
+                        "bench",
+                        "--timeframe",
+                        span,
+                        "-o",
+                        str(out),
+                        "--quiet",
+                    ],
+                    env,
+                )
                 peaks[label] = (rss, took, out.stat().st_size)
                 out.unlink()
             (big, big_s, big_b), (small, _, small_b) = peaks["all"], peaks["tenth"]
@@ -60,19 +93,26 @@ def main() -> None:
             ok = big <= args.max_rss_mib and ratio <= 1.25
             failed |= not ok
             rows.append((fmt, big, small, ratio, big_s, args.sessions / big_s, big_b, ok))
-            print(f"{fmt:8} peak RSS all {big:6.1f} MiB vs tenth {small:6.1f} MiB "
-                  f"(ratio {ratio:.2f}); {big_s:5.1f}s = {args.sessions / big_s:,.0f} sessions/s; "
-                  f"{big_b / 1e6:,.0f} MB vs {small_b / 1e6:,.0f} MB  {'ok' if ok else 'OVER'}",
-                  flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
+            print(
+                f"{fmt:8} peak RSS all {big:6.1f} MiB vs tenth {small:6.1f} MiB "
+                f"(ratio {ratio:.2f}); {big_s:5.1f}s = {args.sessions / big_s:,.0f} sessions/s; "
+                f"{big_b / 1e6:,.0f} MB vs {small_b / 1e6:,.0f} MB  {'ok' if ok else 'OVER'}",
+                flush=True,
+            )
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     with open(ROOT / "bench" / "RESULTS.md", "a") as results:
-        results.write(f"\n### export, {dt.date.today()}, commit {commit}, {os.cpu_count()} cores, "
-                      f"{args.sessions:,} sessions\n\n| format | peak RSS all | peak RSS tenth "
-                      "| ratio | seconds | sessions/s | bytes |\n|---|---|---|---|---|---|---|\n")
+        results.write(
+            f"\n### export, {dt.date.today()}, commit {commit}, {os.cpu_count()} cores, "
+            f"{args.sessions:,} sessions\n\n| format | peak RSS all | peak RSS tenth "
+            "| ratio | seconds | sessions/s | bytes |\n|---|---|---|---|---|---|---|\n"
+        )
         for fmt, big, small, ratio, secs, rate, size, _ in rows:
-            results.write(f"| {fmt} | {big:.1f} MiB | {small:.1f} MiB | {ratio:.2f} | {secs:.1f} "
-                          f"| {rate:,.0f} | {size / 1e6:,.0f} MB |\n")
+            results.write(
+                f"| {fmt} | {big:.1f} MiB | {small:.1f} MiB | {ratio:.2f} | {secs:.1f} "
+                f"| {rate:,.0f} | {size / 1e6:,.0f} MB |\n"
+            )
     if failed:
         raise SystemExit("export memory was not constant")
 

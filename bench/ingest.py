@@ -40,12 +40,14 @@ import httpx
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-UA = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-      "Chrome/120.0.0.0 Safari/537.36")
+UA = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/120.0.0.0 Safari/537.36"
+)
 PASSWORD = "bench"
 MASK = b"\x11\x22\x33\x44"
 
-ECHO_APP = '''
+ECHO_APP = """
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 
@@ -58,15 +60,16 @@ async def echo(ws):
         await ws.send_text(message["text"])
 
 app = Starlette(routes=[WebSocketRoute("/socket/websocket", echo)])
-'''
+"""
 
 
 def frame(text: str) -> bytes:
     """A masked client text frame."""
     payload = text.encode()
     n = len(payload)
-    head = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else
-                            bytes([0x80 | 126]) + n.to_bytes(2, "big"))
+    head = bytes([0x81]) + (
+        bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    )
     masked = bytes(b ^ MASK[i % 4] for i, b in enumerate(payload))
     return head + MASK + masked
 
@@ -74,9 +77,11 @@ def frame(text: str) -> bytes:
 def upgrade_request(path: str) -> bytes:
     """A websocket upgrade request for `path`, as a desktop Chrome sends it."""
     key = base64.b64encode(os.urandom(16)).decode()
-    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\nUser-Agent: {UA}\r\n\r\n").encode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        f"Sec-WebSocket-Version: 13\r\nUser-Agent: {UA}\r\n\r\n"
+    ).encode()
 
 
 def split_frames(buffer: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
@@ -94,16 +99,17 @@ def split_frames(buffer: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
             n, start = int.from_bytes(buffer[2:10], "big"), 10
         if len(buffer) < start + n:
             break
-        frames.append((buffer[0] & 0x0F, buffer[start:start + n]))
-        buffer = buffer[start + n:]
+        frames.append((buffer[0] & 0x0F, buffer[start : start + n]))
+        buffer = buffer[start + n :]
     return frames, buffer
 
 
 def pong(ping_payload: bytes) -> bytes:
     """A masked client pong answering a server ping (control payloads are < 126 bytes)."""
     n = len(ping_payload)
-    return bytes([0x8A, 0x80 | n]) + MASK + bytes(b ^ MASK[i % 4]
-                                                  for i, b in enumerate(ping_payload))
+    return (
+        bytes([0x8A, 0x80 | n]) + MASK + bytes(b ^ MASK[i % 4] for i, b in enumerate(ping_payload))
+    )
 
 
 def text_frames(buffer: bytes, transport: asyncio.Transport) -> tuple[list[bytes], bytes]:
@@ -125,12 +131,14 @@ class Client(asyncio.Protocol):
     def __init__(self, run: Run, index: int) -> None:
         self.run, self.index = run, index
         topic = f"session:bench{index}x{random.randrange(10**9)}"
-        self.join = frame(f'["1","1","{topic}","phx_join",{{"key":"{run.key}",'
-                          f'"metadata":{{"video_id":"bench-{index % 20}"}}}}]')
-        self.events = [frame(f'["1","2","{topic}","event",{{"name":"play","from":0,'
-                             f'"duration":3600}}]'),
-                       frame(f'["1","3","{topic}","event",{{"name":"pause","to":1,'
-                             f'"duration":3600}}]')]
+        self.join = frame(
+            f'["1","1","{topic}","phx_join",{{"key":"{run.key}",'
+            f'"metadata":{{"video_id":"bench-{index % 20}"}}}}]'
+        )
+        self.events = [
+            frame(f'["1","2","{topic}","event",{{"name":"play","from":0,"duration":3600}}]'),
+            frame(f'["1","3","{topic}","event",{{"name":"pause","to":1,"duration":3600}}]'),
+        ]
         self.sent: deque[float] = deque()
         self.buffer = b""
         self.upgraded = False
@@ -155,7 +163,7 @@ class Client(asyncio.Protocol):
             if end < 0:
                 return
             self.upgraded = True
-            self.buffer = self.buffer[end + 4:]
+            self.buffer = self.buffer[end + 4 :]
             assert self.transport is not None
             self.transport.write(self.join)
         assert self.transport is not None
@@ -196,8 +204,9 @@ class Run:
         self.clients: list[Client] = []
 
 
-async def drive(port: int, key: str, sockets: int, outstanding: int, every: float,
-                seconds: float, echo: bool) -> Run:
+async def drive(
+    port: int, key: str, sockets: int, outstanding: int, every: float, seconds: float, echo: bool
+) -> Run:
     loop = asyncio.get_running_loop()
     run = Run(port, key, outstanding, echo)
     for i in range(sockets):
@@ -211,6 +220,7 @@ async def drive(port: int, key: str, sockets: int, outstanding: int, every: floa
             for _ in range(outstanding):
                 c.send_event()
     else:  # every socket sends one event every `every` seconds, spread evenly
+
         async def pace() -> None:
             rate = len(run.clients) / every  # events per second over all sockets
             began, i = time.perf_counter(), 0
@@ -220,6 +230,7 @@ async def drive(port: int, key: str, sockets: int, outstanding: int, every: floa
                     run.clients[i % len(run.clients)].send_event()
                     i += 1
                 await asyncio.sleep(0.005)
+
         loop.create_task(pace())
     await asyncio.sleep(min(3.0, seconds / 4))  # warm up
     run.measuring = True
@@ -257,6 +268,7 @@ def postgres_processes() -> list[psutil.Process]:
 def free_port() -> int:
     """A port nobody listens on now (a random one sometimes was: the server then exits)."""
     import socket
+
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -274,10 +286,20 @@ def wait_healthy(url: str) -> None:
     raise SystemExit(f"{url} did not come up")
 
 
-def measure(label: str, cmd: list[str], env: dict[str, str], port: int, key: str, case: dict,
-            health: str, stored: object = None, pg_cpu: int | None = None) -> dict:
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+def measure(
+    label: str,
+    cmd: list[str],
+    env: dict[str, str],
+    port: int,
+    key: str,
+    case: dict,
+    health: str,
+    stored: object = None,
+    pg_cpu: int | None = None,
+) -> dict:
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         wait_healthy(f"http://127.0.0.1:{port}{health}")
         if callable(stored):
@@ -289,22 +311,41 @@ def measure(label: str, cmd: list[str], env: dict[str, str], port: int, key: str
                 p.cpu_affinity([pg_cpu])
         rss_before = sum(p.memory_info().rss for p in servers if p.name() != "postgres")
         pg, me = postgres_processes(), psutil.Process()
-        cpu0 = (cpu_seconds([p for p in servers if p.name() != "postgres"]),
-                cpu_seconds(pg), cpu_seconds([me]))
+        cpu0 = (
+            cpu_seconds([p for p in servers if p.name() != "postgres"]),
+            cpu_seconds(pg),
+            cpu_seconds([me]),
+        )
         started = time.perf_counter()
-        run = asyncio.run(drive(port, key, case["sockets"], case["outstanding"],
-                                case["every"], case["seconds"], label == "echo"))
+        run = asyncio.run(
+            drive(
+                port,
+                key,
+                case["sockets"],
+                case["outstanding"],
+                case["every"],
+                case["seconds"],
+                label == "echo",
+            )
+        )
         elapsed = time.perf_counter() - started
-        rss_after = sum(p.memory_info().rss for p in servers if p.is_running()
-                        and p.name() != "postgres")
-        cpu1 = (cpu_seconds([p for p in servers if p.name() != "postgres"]),
-                cpu_seconds(pg), cpu_seconds([me]))
+        rss_after = sum(
+            p.memory_info().rss for p in servers if p.is_running() and p.name() != "postgres"
+        )
+        cpu1 = (
+            cpu_seconds([p for p in servers if p.name() != "postgres"]),
+            cpu_seconds(pg),
+            cpu_seconds([me]),
+        )
         lat = sorted(run.latencies) or [0.0]
         result = {
-            "label": label, "rate": run.acked / case["seconds"],
-            "p50": 1000 * statistics.median(lat), "p99": 1000 * lat[int(len(lat) * 0.99) - 1
-                                                                 if len(lat) > 1 else 0],
-            "errors": run.errors, "lost": run.lost, "acked": run.total_acked,
+            "label": label,
+            "rate": run.acked / case["seconds"],
+            "p50": 1000 * statistics.median(lat),
+            "p99": 1000 * lat[int(len(lat) * 0.99) - 1 if len(lat) > 1 else 0],
+            "errors": run.errors,
+            "lost": run.lost,
+            "acked": run.total_acked,
             "cpu": [(b - a) / elapsed for a, b in zip(cpu0, cpu1, strict=True)],
             "rss_per_socket": max(0, rss_after - rss_before) / case["sockets"] / 1024,
         }
@@ -321,12 +362,17 @@ def measure(label: str, cmd: list[str], env: dict[str, str], port: int, key: str
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sockets", type=int, default=1000)
     ap.add_argument("--outstanding", type=int, nargs="+", default=[1, 4])
-    ap.add_argument("--every", type=float, default=0.0,
-                    help="instead of --outstanding: one event per socket every N seconds")
+    ap.add_argument(
+        "--every",
+        type=float,
+        default=0.0,
+        help="instead of --outstanding: one event per socket every N seconds",
+    )
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args()
@@ -334,10 +380,14 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {1})  # the generator on CPU 1, servers on CPU 0
-    cases = ([{"sockets": args.sockets, "outstanding": 0, "every": args.every,
-               "seconds": args.seconds}] if args.every else
-             [{"sockets": args.sockets, "outstanding": k, "every": 0.0,
-               "seconds": args.seconds} for k in args.outstanding])
+    cases = (
+        [{"sockets": args.sockets, "outstanding": 0, "every": args.every, "seconds": args.seconds}]
+        if args.every
+        else [
+            {"sockets": args.sockets, "outstanding": k, "every": 0.0, "seconds": args.seconds}
+            for k in args.outstanding
+        ]
+    )
     lines = []
     acked_so_far = 0
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -346,74 +396,133 @@ def main() -> None:
         data = tmp / "data"
         base_env = {**os.environ, "LOG_LEVEL": "warning"}
         base_env.pop("DATABASE_URL", None)
-        subprocess.run([sys.executable, "-m", "app.cli", "keys", "create", "bench-ingest"],
-                       cwd=ROOT, env={**base_env, "METRICS_DATA_DIR": str(data)},
-                       check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "app.cli", "keys", "create", "bench-ingest"],
+            cwd=ROOT,
+            env={**base_env, "METRICS_DATA_DIR": str(data)},
+            check=True,
+            capture_output=True,
+        )
         for case in cases:
             port = free_port()
-            echo = measure("echo", [*pinned(0), sys.executable, "-m", "uvicorn", "echo:app",
-                                    "--app-dir", str(tmp), "--port", str(port),
-                                    "--log-level", "warning", "--no-access-log",
-                                    "--ws-per-message-deflate", "false", "--http", "httptools",
-                                    "--ws", "websockets-sansio", "--ws-ping-interval", "0",
-                                    "--backlog", "4096"],
-                           base_env, port, "x", case, "/")
+            echo = measure(
+                "echo",
+                [
+                    *pinned(0),
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "echo:app",
+                    "--app-dir",
+                    str(tmp),
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                    "--ws-per-message-deflate",
+                    "false",
+                    "--http",
+                    "httptools",
+                    "--ws",
+                    "websockets-sansio",
+                    "--ws-ping-interval",
+                    "0",
+                    "--backlog",
+                    "4096",
+                ],
+                base_env,
+                port,
+                "x",
+                case,
+                "/",
+            )
             port = free_port()
-            env = {**base_env, "METRICS_DATA_DIR": str(data), "PORT": str(port),
-                   "HOST": "127.0.0.1", "METRICS_PASSWORD": PASSWORD,
-                   "METRICS_MAX_EVENTS_PER_SECOND": "100000",
-                   "METRICS_MAX_SOCKETS": str(case["sockets"] + 100),
-                   "METRICS_WORKERS": str(args.workers)}
+            env = {
+                **base_env,
+                "METRICS_DATA_DIR": str(data),
+                "PORT": str(port),
+                "HOST": "127.0.0.1",
+                "METRICS_PASSWORD": PASSWORD,
+                "METRICS_MAX_EVENTS_PER_SECOND": "100000",
+                "METRICS_MAX_SOCKETS": str(case["sockets"] + 100),
+                "METRICS_WORKERS": str(args.workers),
+            }
 
             def stored(what: str, port: int = port) -> object:
                 if what == "key":
                     return "bench-ingest"
                 from app.storage.embedded import EmbeddedPostgres
+
                 url = EmbeddedPostgres(data).url
 
                 async def count() -> int:
                     import asyncpg
+
                     conn = await asyncpg.connect(url)
                     try:
-                        return int(await conn.fetchval(
-                            "SELECT coalesce(sum(event_count), 0) FROM sessions"))
+                        return int(
+                            await conn.fetchval(
+                                "SELECT coalesce(sum(event_count), 0) FROM sessions"
+                            )
+                        )
                     finally:
                         await conn.close()
+
                 return asyncio.run(count())
 
             # one worker shares CPU 0 with nothing; N workers get every core (and so
             # share CPU 1 with the generator)
             server_cpu = pinned(0) if args.workers == 1 else []
-            ours = measure("vidmetrics", [*server_cpu, sys.executable, "-m", "app.cli", "serve"],
-                           env, port, "bench-ingest", case, "/healthz",
-                           stored=lambda what, s=stored: s(what),
-                           pg_cpu=1 if server_cpu else None)
+            ours = measure(
+                "vidmetrics",
+                [*server_cpu, sys.executable, "-m", "app.cli", "serve"],
+                env,
+                port,
+                "bench-ingest",
+                case,
+                "/healthz",
+                stored=lambda what, s=stored: s(what),
+                pg_cpu=1 if server_cpu else None,
+            )
             acked_so_far += ours["acked"]
             ratio = ours["rate"] / echo["rate"] if echo["rate"] else 0.0
-            shape = (f"K={case['outstanding']}" if case["outstanding"]
-                     else f"1 event / {case['every']:g} s")
+            shape = (
+                f"K={case['outstanding']}"
+                if case["outstanding"]
+                else f"1 event / {case['every']:g} s"
+            )
             print(f"{case['sockets']} sockets, {shape}, workers={args.workers}:")
             for r in (echo, ours):
-                print(f"  {r['label']:10} {r['rate']:9,.0f} events/s  ack p50 {r['p50']:6.1f} ms "
-                      f"p99 {r['p99']:6.1f} ms  cpu server {r['cpu'][0]:.2f} pg "
-                      f"{r['cpu'][1]:.2f} generator {r['cpu'][2]:.2f}  "
-                      f"rss/socket {r['rss_per_socket']:.1f} KiB  errors {r['errors']}")
+                print(
+                    f"  {r['label']:10} {r['rate']:9,.0f} events/s  ack p50 {r['p50']:6.1f} ms "
+                    f"p99 {r['p99']:6.1f} ms  cpu server {r['cpu'][0]:.2f} pg "
+                    f"{r['cpu'][1]:.2f} generator {r['cpu'][2]:.2f}  "
+                    f"rss/socket {r['rss_per_socket']:.1f} KiB  errors {r['errors']}"
+                )
             lost = acked_so_far - int(ours.get("stored", 0))
-            print(f"  ratio vidmetrics/echo {ratio:.2f}; acknowledged {acked_so_far:,}, "
-                  f"stored {ours.get('stored', 0):,}: {lost} acknowledged events missing")
-            lines.append(f"| {case['sockets']} | {shape} | {args.workers} | {echo['rate']:,.0f} "
-                         f"| {ours['rate']:,.0f} | {ratio:.2f} | {ours['p50']:.1f} / "
-                         f"{ours['p99']:.1f} | {ours['cpu'][0]:.2f} / {ours['cpu'][1]:.2f} / "
-                         f"{ours['cpu'][2]:.2f} | {ours['rss_per_socket']:.1f} | "
-                         f"{acked_so_far:,} / {ours.get('stored', 0):,} |\n")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
+            print(
+                f"  ratio vidmetrics/echo {ratio:.2f}; acknowledged {acked_so_far:,}, "
+                f"stored {ours.get('stored', 0):,}: {lost} acknowledged events missing"
+            )
+            lines.append(
+                f"| {case['sockets']} | {shape} | {args.workers} | {echo['rate']:,.0f} "
+                f"| {ours['rate']:,.0f} | {ratio:.2f} | {ours['p50']:.1f} / "
+                f"{ours['p99']:.1f} | {ours['cpu'][0]:.2f} / {ours['cpu'][1]:.2f} / "
+                f"{ours['cpu'][2]:.2f} | {ours['rss_per_socket']:.1f} | "
+                f"{acked_so_far:,} / {ours.get('stored', 0):,} |\n"
+            )
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     with open(ROOT / "bench" / "RESULTS.md", "a") as results:
-        results.write(f"\n### ingest, {dt.date.today()}, commit {commit}, {os.cpu_count()} cores"
-                      "\n\n| sockets | load | workers | echo ev/s | vidmetrics ev/s | ratio "
-                      "| ack p50 / p99 ms | cpu server / pg / generator | RSS KiB/socket "
-                      "| acked / stored (cumulative) |\n"
-                      "|---|---|---|---|---|---|---|---|---|---|\n")
+        results.write(
+            f"\n### ingest, {dt.date.today()}, commit {commit}, {os.cpu_count()} cores"
+            "\n\n| sockets | load | workers | echo ev/s | vidmetrics ev/s | ratio "
+            "| ack p50 / p99 ms | cpu server / pg / generator | RSS KiB/socket "
+            "| acked / stored (cumulative) |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n"
+        )
         results.writelines(lines)
 
 

@@ -63,8 +63,13 @@ def label(path: str, body: dict[str, object]) -> str:
     return f"{path} ({'one video' if 'video' in query else 'all videos'})"
 
 
-async def ask(client: httpx.AsyncClient, path: str, body: dict[str, object],
-              times: dict[str, list[float]], refused: dict[str, int]) -> None:
+async def ask(
+    client: httpx.AsyncClient,
+    path: str,
+    body: dict[str, object],
+    times: dict[str, list[float]],
+    refused: dict[str, int],
+) -> None:
     started = time.perf_counter()
     response = await client.post(f"/api/v1/{path}", json=body)
     name = label(path, body)
@@ -86,24 +91,29 @@ async def quiet(client: httpx.AsyncClient, repeats: int) -> dict[str, tuple[floa
         name = label(path, body)
         p50, p95 = percentiles(times[name])
         out[name] = (first[name][0], p50, p95)
-        print(f"  quiet  {name:<26} first {first[name][0]:7.0f} ms  p50 {p50:6.1f}  "
-              f"p95 {p95:6.1f}", flush=True)
+        print(
+            f"  quiet  {name:<26} first {first[name][0]:7.0f} ms  p50 {p50:6.1f}  p95 {p95:6.1f}",
+            flush=True,
+        )
     return out
 
 
-async def live(port: int, args: argparse.Namespace, with_questions: bool,
-               soak: Soak) -> tuple[list[float], dict[str, list[float]], dict[str, int]]:
+async def live(
+    port: int, args: argparse.Namespace, with_questions: bool, soak: Soak
+) -> tuple[list[float], dict[str, list[float]], dict[str, int]]:
     """One phase: acks (ms) of the phase, and the questions' times when asked."""
     soak.window = []
     times: dict[str, list[float]] = {}
     refused: dict[str, int] = {}
     deadline = time.monotonic() + args.seconds
     if with_questions:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120,
-                                     auth=("admin", PASSWORD)) as client:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=120, auth=("admin", PASSWORD)
+        ) as client:
             while time.monotonic() < deadline:  # a dashboard reloaded again and again
-                await asyncio.gather(*(ask(client, path, body, times, refused)
-                                       for path, body in DASHBOARD))
+                await asyncio.gather(
+                    *(ask(client, path, body, times, refused) for path, body in DASHBOARD)
+                )
     else:
         await asyncio.sleep(args.seconds)
     acks = sorted(1000 * x for x in soak.window)
@@ -117,41 +127,60 @@ def ack_figures(acks: list[float]) -> tuple[float, float]:
 
 
 async def phases(port: int, args: argparse.Namespace) -> dict[str, object]:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=300,
-                                 auth=("admin", PASSWORD)) as client:
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", timeout=300, auth=("admin", PASSWORD)
+    ) as client:
         print("(a) quiet", flush=True)
         quiet_table = await quiet(client, args.repeats)
     rate = 1 / args.every
-    soak = Soak(port, rate, key=KEY, session_events=(10**9, 10**9), reconnect_one_in=10**9,
-                video="seed-{n}", videos=50)
+    soak = Soak(
+        port,
+        rate,
+        key=KEY,
+        session_events=(10**9, 10**9),
+        reconnect_one_in=10**9,
+        video="seed-{n}",
+        videos=50,
+    )
     slots = [asyncio.create_task(viewer_loop(soak, i)) for i in range(args.sockets)]
     await asyncio.sleep(5)  # every socket joined and sending
     print(f"(b) live ingest alone, {args.sockets} sockets × {rate:g} events/s", flush=True)
     ingest_only = await live(port, args, False, soak)
-    print(f"    ack p50 / p99 {ack_figures(ingest_only[0])[0]:.1f} / "
-          f"{ack_figures(ingest_only[0])[1]:.1f} ms", flush=True)
+    print(
+        f"    ack p50 / p99 {ack_figures(ingest_only[0])[0]:.1f} / "
+        f"{ack_figures(ingest_only[0])[1]:.1f} ms",
+        flush=True,
+    )
     print("(c) live ingest + the dashboard's questions in a loop", flush=True)
     mixed = await live(port, args, True, soak)
-    print(f"    ack p50 / p99 {ack_figures(mixed[0])[0]:.1f} / "
-          f"{ack_figures(mixed[0])[1]:.1f} ms", flush=True)
+    print(
+        f"    ack p50 / p99 {ack_figures(mixed[0])[0]:.1f} / {ack_figures(mixed[0])[1]:.1f} ms",
+        flush=True,
+    )
     await soak.stop(slots)
     return {"quiet": quiet_table, "ingest": ingest_only, "mixed": mixed, "soak": soak}
 
 
 async def stored_events(url: str) -> int:
     import asyncpg
+
     conn = await asyncpg.connect(url)
     try:
-        return int(await conn.fetchval("SELECT coalesce(sum(event_count), 0) FROM sessions "
-                                       "WHERE started_at > now() - interval '1 day' "
-                                       "AND page = 'https://soak.example/watch'"))
+        return int(
+            await conn.fetchval(
+                "SELECT coalesce(sum(event_count), 0) FROM sessions "
+                "WHERE started_at > now() - interval '1 day' "
+                "AND page = 'https://soak.example/watch'"
+            )
+        )
     finally:
         await conn.close()
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sessions", type=int, default=1_000_000)
     ap.add_argument("--data-dir", type=Path, help="keep the seeded database here")
     ap.add_argument("--sockets", type=int, default=1000)
@@ -162,19 +191,42 @@ def main() -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     from app.storage.embedded import EmbeddedPostgres
+
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = args.data_dir or Path(tmp_name)
         tmp.mkdir(parents=True, exist_ok=True)
         if not (tmp / "data" / "seeded").exists():
             started = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "app.cli", "seed", "--sessions",
-                            str(args.sessions), "--days", "30", "--videos", "50", "--key", KEY,
-                            "--quiet"], cwd=ROOT, env=env_for(tmp, 0, None), check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "app.cli",
+                    "seed",
+                    "--sessions",
+                    str(args.sessions),
+                    "--days",
+                    "30",
+                    "--videos",
+                    "50",
+                    "--key",
+                    KEY,
+                    "--quiet",
+                ],
+                cwd=ROOT,
+                env=env_for(tmp, 0, None),
+                check=True,
+            )
             (tmp / "data" / "seeded").write_text(str(time.perf_counter() - started))
         port = 39000 + os.getpid() % 1000
         env = {**env_for(tmp, port, None), "METRICS_MAX_SOCKETS": str(args.sockets + 100)}
-        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             wait_healthy(f"http://127.0.0.1:{port}/healthz")
             url = EmbeddedPostgres(tmp / "data").url
@@ -194,38 +246,49 @@ def report(args: argparse.Namespace, result: dict[str, object], stored: int) -> 
     quiet_table = result["quiet"]
     ingest_acks, _, _ = result["ingest"]  # type: ignore[misc]
     mixed_acks, mixed_times, refused = result["mixed"]  # type: ignore[misc]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
-    lines = [f"\n### mixed, {dt.date.today()}, commit {commit}, {args.sessions:,} sessions, "
-             f"{os.cpu_count()} cores\n\n",
-             f"{args.sockets} sockets × one event every {args.every:g} s "
-             f"(≈ {args.sockets / args.every:,.0f} events/s offered), phases of "
-             f"{args.seconds:g} s.\n\n",
-             "| question | quiet first ms | quiet p50 / p95 ms | live p50 / p95 ms | "
-             "503/504 live |\n|---|---|---|---|---|\n"]
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    lines = [
+        f"\n### mixed, {dt.date.today()}, commit {commit}, {args.sessions:,} sessions, "
+        f"{os.cpu_count()} cores\n\n",
+        f"{args.sockets} sockets × one event every {args.every:g} s "
+        f"(≈ {args.sockets / args.every:,.0f} events/s offered), phases of "
+        f"{args.seconds:g} s.\n\n",
+        "| question | quiet first ms | quiet p50 / p95 ms | live p50 / p95 ms | "
+        "503/504 live |\n|---|---|---|---|---|\n",
+    ]
     print("question                    quiet first  quiet p50/p95   live p50/p95")
     for name, (first, p50, p95) in quiet_table.items():  # type: ignore[attr-defined]
         live = mixed_times.get(name, [])
         l50, l95 = percentiles(live) if live else (0.0, 0.0)
-        print(f"{name:<27} {first:9.0f}   {p50:6.1f} / {p95:6.1f}   {l50:7.1f} / {l95:7.1f}"
-              f"   refused {refused.get(name, 0)}")
-        lines.append(f"| {name} | {first:.0f} | {p50:.1f} / {p95:.1f} | {l50:.1f} / {l95:.1f} "
-                     f"| {refused.get(name, 0)} |\n")
+        print(
+            f"{name:<27} {first:9.0f}   {p50:6.1f} / {p95:6.1f}   {l50:7.1f} / {l95:7.1f}"
+            f"   refused {refused.get(name, 0)}"
+        )
+        lines.append(
+            f"| {name} | {first:.0f} | {p50:.1f} / {p95:.1f} | {l50:.1f} / {l95:.1f} "
+            f"| {refused.get(name, 0)} |\n"
+        )
     i50, i99 = ack_figures(ingest_acks)
     m50, m99 = ack_figures(mixed_acks)
     missing = soak.acked - stored
-    print(f"ack p50/p99: ingest alone {i50:.1f} / {i99:.1f} ms "
-          f"({len(ingest_acks) / args.seconds:,.0f} acks/s); "
-          f"with questions {m50:.1f} / {m99:.1f} ms "
-          f"({len(mixed_acks) / args.seconds:,.0f} acks/s)")
+    print(
+        f"ack p50/p99: ingest alone {i50:.1f} / {i99:.1f} ms "
+        f"({len(ingest_acks) / args.seconds:,.0f} acks/s); "
+        f"with questions {m50:.1f} / {m99:.1f} ms "
+        f"({len(mixed_acks) / args.seconds:,.0f} acks/s)"
+    )
     print(f"acknowledged {soak.acked:,}, stored {stored:,}: {max(0, missing)} missing")
-    lines.append(f"\n| ack | p50 ms | p99 ms | acks/s |\n|---|---|---|---|\n"
-                 f"| live ingest alone | {i50:.1f} | {i99:.1f} | "
-                 f"{len(ingest_acks) / args.seconds:,.0f} |\n"
-                 f"| live ingest + questions | {m50:.1f} | {m99:.1f} | "
-                 f"{len(mixed_acks) / args.seconds:,.0f} |\n\n"
-                 f"Acknowledged {soak.acked:,}, stored {stored:,} "
-                 f"({max(0, missing)} missing).\n")
+    lines.append(
+        f"\n| ack | p50 ms | p99 ms | acks/s |\n|---|---|---|---|\n"
+        f"| live ingest alone | {i50:.1f} | {i99:.1f} | "
+        f"{len(ingest_acks) / args.seconds:,.0f} |\n"
+        f"| live ingest + questions | {m50:.1f} | {m99:.1f} | "
+        f"{len(mixed_acks) / args.seconds:,.0f} |\n\n"
+        f"Acknowledged {soak.acked:,}, stored {stored:,} "
+        f"({max(0, missing)} missing).\n"
+    )
     with open(ROOT / "bench" / "RESULTS.md", "a") as results:
         results.writelines(lines)
 

@@ -39,8 +39,14 @@ TARGET_MS = 100.0
 
 
 def env_for(tmp: Path, port: int, url: str | None) -> dict[str, str]:
-    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "METRICS_PASSWORD": PASSWORD,
-           "METRICS_DATA_DIR": str(tmp / "data"), "LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "METRICS_PASSWORD": PASSWORD,
+        "METRICS_DATA_DIR": str(tmp / "data"),
+        "LOG_LEVEL": "warning",
+    }
     env.pop("DATABASE_URL", None)
     if url:
         env["DATABASE_URL"] = url
@@ -106,8 +112,14 @@ async def storage(url: str) -> tuple[int, int, int]:
         await conn.close()
 
 
-def run(sessions: int, repeats: int, raw_repeats: int, url: str | None,
-        data_dir: Path | None = None, endpoints: tuple[str, ...] = ENDPOINTS) -> list[str]:
+def run(
+    sessions: int,
+    repeats: int,
+    raw_repeats: int,
+    url: str | None,
+    data_dir: Path | None = None,
+    endpoints: tuple[str, ...] = ENDPOINTS,
+) -> list[str]:
     print(f"\n== {sessions:,} sessions over 30 days, 50 videos ==", flush=True)
     lines = []
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -115,19 +127,39 @@ def run(sessions: int, repeats: int, raw_repeats: int, url: str | None,
         seeded = 0.0
         if not (tmp / "data" / "seeded").exists():  # --data-dir: seed once, measure often
             started = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "app.cli", "seed", "--sessions",
-                            str(sessions), "--days", "30", "--videos", "50", "--key", "bench",
-                            "--quiet"], cwd=ROOT, env=env_for(tmp, 0, url), check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "app.cli",
+                    "seed",
+                    "--sessions",
+                    str(sessions),
+                    "--days",
+                    "30",
+                    "--videos",
+                    "50",
+                    "--key",
+                    "bench",
+                    "--quiet",
+                ],
+                cwd=ROOT,
+                env=env_for(tmp, 0, url),
+                check=True,
+            )
             seeded = time.perf_counter() - started
             (tmp / "data" / "seeded").write_text(str(seeded))
-            print(f"  seeded in {seeded:.0f}s ({sessions / seeded:,.0f} sessions/s)",
-                  flush=True)
+            print(f"  seeded in {seeded:.0f}s ({sessions / seeded:,.0f} sessions/s)", flush=True)
         else:
             seeded = float((tmp / "data" / "seeded").read_text())
         port = 38000 + random.randrange(1000)
-        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT,
-                                env=env_for(tmp, port, url), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve"],
+            cwd=ROOT,
+            env=env_for(tmp, port, url),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             base = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 120
@@ -142,16 +174,25 @@ def run(sessions: int, repeats: int, raw_repeats: int, url: str | None,
                 time.sleep(0.2)
             db_url = url or EmbeddedPostgres(tmp / "data").url  # the server's running cluster
             events, n_sessions, size = asyncio.run(storage(db_url))
-            print(f"  storage: {size / 1e6:,.0f} MB for {n_sessions:,} sessions / {events:,} "
-                  f"events = {size / max(events, 1):.0f} B per event", flush=True)
-            header = (f"  {'endpoint':<11} {'selection':<11} {'timezone':<14} {'interval':<7} "
-                      f"{'p50':>7} {'p95':>7} {'raw p50':>8} {'speed-up':>8}")
+            print(
+                f"  storage: {size / 1e6:,.0f} MB for {n_sessions:,} sessions / {events:,} "
+                f"events = {size / max(events, 1):.0f} B per event",
+                flush=True,
+            )
+            header = (
+                f"  {'endpoint':<11} {'selection':<11} {'timezone':<14} {'interval':<7} "
+                f"{'p50':>7} {'p95':>7} {'raw p50':>8} {'speed-up':>8}"
+            )
             print(header)
-            lines.append(f"\n### query, {dt.date.today()}, {sessions:,} sessions "
-                         f"(seeded in {seeded:.0f}s), storage {size / max(events, 1):.0f} B "
-                         f"per event ({size / 1e6:,.0f} MB, {events:,} events)\n")
-            lines.append("| endpoint | selection | timezone | interval | p50 ms | p95 ms "
-                         "| raw p50 ms | speed-up |\n|---|---|---|---|---|---|---|---|\n")
+            lines.append(
+                f"\n### query, {dt.date.today()}, {sessions:,} sessions "
+                f"(seeded in {seeded:.0f}s), storage {size / max(events, 1):.0f} B "
+                f"per event ({size / 1e6:,.0f} MB, {events:,} events)\n"
+            )
+            lines.append(
+                "| endpoint | selection | timezone | interval | p50 ms | p95 ms "
+                "| raw p50 ms | speed-up |\n|---|---|---|---|---|---|---|---|\n"
+            )
             with httpx.Client(base_url=base, auth=("admin", PASSWORD), timeout=300) as client:
                 for path, label, tz, interval in cases(endpoints):
                     body = body_for(label, tz, interval)
@@ -165,11 +206,15 @@ def run(sessions: int, repeats: int, raw_repeats: int, url: str | None,
                     p50, p95 = percentiles(times)
                     raw = asyncio.run(raw_times(db_url, path, body, raw_repeats))
                     raw50 = statistics.median(raw)
-                    row = (f"  {path:<11} {label:<11} {tz:<14} {interval:<7} {p50:>7.1f} "
-                           f"{p95:>7.1f} {raw50:>8.0f} {raw50 / p50:>7.0f}x")
+                    row = (
+                        f"  {path:<11} {label:<11} {tz:<14} {interval:<7} {p50:>7.1f} "
+                        f"{p95:>7.1f} {raw50:>8.0f} {raw50 / p50:>7.0f}x"
+                    )
                     print(row, flush=True)
-                    lines.append(f"| {path} | {label} | {tz} | {interval} | {p50:.1f} | "
-                                 f"{p95:.1f} | {raw50:.0f} | {raw50 / p50:.0f}x |\n")
+                    lines.append(
+                        f"| {path} | {label} | {tz} | {interval} | {p50:.1f} | "
+                        f"{p95:.1f} | {raw50:.0f} | {raw50 / p50:.0f}x |\n"
+                    )
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
@@ -177,21 +222,30 @@ def run(sessions: int, repeats: int, raw_repeats: int, url: str | None,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sessions", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--raw-repeats", type=int, default=3)
     parser.add_argument("--database-url", help="use this database instead of an embedded one")
     parser.add_argument("--endpoints", nargs="+", choices=ENDPOINTS, default=list(ENDPOINTS))
-    parser.add_argument("--data-dir", type=Path,
-                        help="keep the embedded database here (seeded once, reused)")
+    parser.add_argument(
+        "--data-dir", type=Path, help="keep the embedded database here (seeded once, reused)"
+    )
     args = parser.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     for n in args.sessions:
-        lines = run(n, args.repeats, args.raw_repeats, args.database_url, args.data_dir,
-                    tuple(args.endpoints))
+        lines = run(
+            n,
+            args.repeats,
+            args.raw_repeats,
+            args.database_url,
+            args.data_dir,
+            tuple(args.endpoints),
+        )
         with open(ROOT / "bench" / "RESULTS.md", "a") as results:
             results.write(lines[0].rstrip("\n") + f", commit {commit}, {os.cpu_count()} cores\n")
             results.writelines(lines[1:])

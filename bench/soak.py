@@ -57,10 +57,17 @@ class Soak:
     """What the generator saw, in total and in the current 10 s window; and how its
     viewers behave (bench/mixed.py plays one long session per socket of seeded videos)."""
 
-    def __init__(self, port: int, rate: float, *, key: str = KEY,
-                 session_events: tuple[int, int] = (5, 30),
-                 reconnect_one_in: int = RECONNECT_ONE_IN, video: str = "soak-{n}",
-                 videos: int = 50) -> None:
+    def __init__(
+        self,
+        port: int,
+        rate: float,
+        *,
+        key: str = KEY,
+        session_events: tuple[int, int] = (5, 30),
+        reconnect_one_in: int = RECONNECT_ONE_IN,
+        video: str = "soak-{n}",
+        videos: int = 50,
+    ) -> None:
         self.port, self.rate, self.key = port, rate, key
         self.session_events, self.reconnect_one_in = session_events, reconnect_one_in
         self.video, self.videos = video, videos
@@ -68,7 +75,6 @@ class Soak:
         self.window: list[float] = []
         self.stopping = False
         self.open: set[Viewer] = set()
-
 
     async def stop(self, slots: list[asyncio.Task[None]]) -> None:
         """Stop sending, wait (30 s at most) until every event sent has its reply, close
@@ -108,8 +114,7 @@ class Viewer(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.soak.open.add(self)
-        self.transport.write(upgrade_request(
-            f"/socket/websocket?vsn=2.0.0&key={self.soak.key}"))
+        self.transport.write(upgrade_request(f"/socket/websocket?vsn=2.0.0&key={self.soak.key}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.soak.open.discard(self)
@@ -133,9 +138,14 @@ class Viewer(asyncio.Protocol):
         self.playing = False
         self.soak.sessions += 1
         video = self.soak.video.format(n=self.index % self.soak.videos)
-        self.join_ref = self.send("phx_join", {"key": self.soak.key,
-                                               "source_url": "https://soak.example/watch",
-                                               "metadata": {"video_id": video}})
+        self.join_ref = self.send(
+            "phx_join",
+            {
+                "key": self.soak.key,
+                "source_url": "https://soak.example/watch",
+                "metadata": {"video_id": video},
+            },
+        )
 
     def next_event(self) -> None:
         self.timer = None
@@ -153,12 +163,14 @@ class Viewer(asyncio.Protocol):
         self.left -= 1
         self.playing = not self.playing
         if self.playing:  # a session begins with play, then pause, play, ...
-            ref = self.send("event", {"name": "play", "from": round(self.position, 2),
-                                      "duration": 600})
+            ref = self.send(
+                "event", {"name": "play", "from": round(self.position, 2), "duration": 600}
+            )
         else:
             self.position += 2.0 / self.soak.rate  # a play/pause pair: real time
-            ref = self.send("event", {"name": "pause", "to": round(self.position, 2),
-                                      "duration": 600})
+            ref = self.send(
+                "event", {"name": "pause", "to": round(self.position, 2), "duration": 600}
+            )
         self.pending[ref] = time.perf_counter()
         self.schedule()
 
@@ -168,7 +180,8 @@ class Viewer(asyncio.Protocol):
 
     def schedule(self) -> None:
         self.timer = asyncio.get_running_loop().call_later(
-            random.expovariate(self.soak.rate), self.next_event)
+            random.expovariate(self.soak.rate), self.next_event
+        )
 
     # -- frames -------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -183,7 +196,7 @@ class Viewer(asyncio.Protocol):
                 self.transport.close()
                 return
             self.upgraded = True
-            self.buffer = self.buffer[end + 4:]
+            self.buffer = self.buffer[end + 4 :]
             self.start_session()
         assert self.transport is not None
         texts, self.buffer = text_frames(self.buffer, self.transport)
@@ -215,8 +228,9 @@ async def viewer_loop(soak: Soak, index: int) -> None:
     loop = asyncio.get_running_loop()
     while not soak.stopping:
         try:
-            _, viewer = await loop.create_connection(lambda: Viewer(soak, index), "127.0.0.1",
-                                                     soak.port)
+            _, viewer = await loop.create_connection(
+                lambda: Viewer(soak, index), "127.0.0.1", soak.port
+            )
         except OSError:
             soak.refused += 1
             await asyncio.sleep(1)
@@ -225,10 +239,14 @@ async def viewer_loop(soak: Soak, index: int) -> None:
 
 
 def scrape(port: int) -> dict[str, float]:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", auth=("admin", PASSWORD),
-                     timeout=10).text
-    wanted = {"process_resident_memory_bytes", "process_open_fds", "vidmetrics_asyncio_tasks",
-              "vidmetrics_sockets", "vidmetrics_sessions_active"}
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", auth=("admin", PASSWORD), timeout=10).text
+    wanted = {
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "vidmetrics_asyncio_tasks",
+        "vidmetrics_sockets",
+        "vidmetrics_sessions_active",
+    }
     found = {}
     for line in text.splitlines():
         name, _, value = line.partition(" ")
@@ -237,8 +255,9 @@ def scrape(port: int) -> dict[str, float]:
     return found
 
 
-async def soak_run(port: int, sockets: int, rate: float, minutes: float,
-                   server: psutil.Process) -> tuple[Soak, list[dict[str, float]]]:
+async def soak_run(
+    port: int, sockets: int, rate: float, minutes: float, server: psutil.Process
+) -> tuple[Soak, list[dict[str, float]]]:
     soak = Soak(port, rate)
     slots = []
     for i in range(sockets):
@@ -253,25 +272,32 @@ async def soak_run(port: int, sockets: int, rate: float, minutes: float,
         window, soak.window = sorted(soak.window), []
         metrics = await asyncio.to_thread(scrape, port)
         cpu = server.cpu_times()
-        samples.append({
-            "t": time.monotonic() - began, "acked": soak.acked, "sessions": soak.sessions,
-            "rate": len(window) / SAMPLE_SECONDS,
-            "p50": 1000 * statistics.median(window) if window else 0.0,
-            "p99": 1000 * window[max(0, int(len(window) * 0.99) - 1)] if window else 0.0,
-            "rss_mib": metrics.get("process_resident_memory_bytes", 0) / 2**20,
-            "fds": metrics.get("process_open_fds", 0),
-            "tasks": metrics.get("vidmetrics_asyncio_tasks", 0),
-            "sockets": metrics.get("vidmetrics_sockets", 0),
-            "channels": metrics.get("vidmetrics_sessions_active", 0),
-            "cpu": (cpu.user + cpu.system - cpu_before.user - cpu_before.system)
-            / SAMPLE_SECONDS,
-        })
+        samples.append(
+            {
+                "t": time.monotonic() - began,
+                "acked": soak.acked,
+                "sessions": soak.sessions,
+                "rate": len(window) / SAMPLE_SECONDS,
+                "p50": 1000 * statistics.median(window) if window else 0.0,
+                "p99": 1000 * window[max(0, int(len(window) * 0.99) - 1)] if window else 0.0,
+                "rss_mib": metrics.get("process_resident_memory_bytes", 0) / 2**20,
+                "fds": metrics.get("process_open_fds", 0),
+                "tasks": metrics.get("vidmetrics_asyncio_tasks", 0),
+                "sockets": metrics.get("vidmetrics_sockets", 0),
+                "channels": metrics.get("vidmetrics_sessions_active", 0),
+                "cpu": (cpu.user + cpu.system - cpu_before.user - cpu_before.system)
+                / SAMPLE_SECONDS,
+            }
+        )
         cpu_before = cpu
         s = samples[-1]
-        print(f"  {s['t']:6.0f} s  {s['rate']:6.0f} ev/s  ack p50 {s['p50']:5.1f} p99 "
-              f"{s['p99']:6.1f} ms  rss {s['rss_mib']:6.1f} MiB  fds {s['fds']:5.0f}  "
-              f"tasks {s['tasks']:4.0f}  sockets {s['sockets']:5.0f}  channels "
-              f"{s['channels']:5.0f}  cpu {s['cpu']:.2f}", flush=True)
+        print(
+            f"  {s['t']:6.0f} s  {s['rate']:6.0f} ev/s  ack p50 {s['p50']:5.1f} p99 "
+            f"{s['p99']:6.1f} ms  rss {s['rss_mib']:6.1f} MiB  fds {s['fds']:5.0f}  "
+            f"tasks {s['tasks']:4.0f}  sockets {s['sockets']:5.0f}  channels "
+            f"{s['channels']:5.0f}  cpu {s['cpu']:.2f}",
+            flush=True,
+        )
     await soak.stop(slots)
     return soak, samples
 
@@ -281,18 +307,20 @@ def stored_events(data: Path) -> int:
 
     async def count() -> int:
         import asyncpg
+
         conn = await asyncpg.connect(EmbeddedPostgres(data).url)
         try:
-            return int(await conn.fetchval(
-                "SELECT coalesce(sum(event_count), 0) FROM sessions"))
+            return int(await conn.fetchval("SELECT coalesce(sum(event_count), 0) FROM sessions"))
         finally:
             await conn.close()
+
     return asyncio.run(count())
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sockets", type=int, default=1000)
     ap.add_argument("--rate", type=float, default=1.0, help="events per second per socket")
     ap.add_argument("--minutes", type=float, default=10.0)
@@ -303,24 +331,41 @@ def main() -> None:
         os.sched_setaffinity(0, {1})
     with tempfile.TemporaryDirectory() as tmp_name:
         data = Path(tmp_name) / "data"
-        env = {**os.environ, "LOG_LEVEL": "warning", "METRICS_DATA_DIR": str(data),
-               "METRICS_PASSWORD": PASSWORD, "METRICS_MAX_SOCKETS": str(args.sockets + 100)}
+        env = {
+            **os.environ,
+            "LOG_LEVEL": "warning",
+            "METRICS_DATA_DIR": str(data),
+            "METRICS_PASSWORD": PASSWORD,
+            "METRICS_MAX_SOCKETS": str(args.sockets + 100),
+        }
         env.pop("DATABASE_URL", None)
-        subprocess.run([sys.executable, "-m", "app.cli", "keys", "create", KEY], cwd=ROOT,
-                       env=env, check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "app.cli", "keys", "create", KEY],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         port = free_port()
-        proc = subprocess.Popen([*pinned(0), sys.executable, "-m", "app.cli", "serve"],
-                                cwd=ROOT, env={**env, "PORT": str(port), "HOST": "127.0.0.1"},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [*pinned(0), sys.executable, "-m", "app.cli", "serve"],
+            cwd=ROOT,
+            env={**env, "PORT": str(port), "HOST": "127.0.0.1"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             wait_healthy(f"http://127.0.0.1:{port}/healthz")
             if (os.cpu_count() or 1) > 1:
                 for p in postgres_processes():
                     p.cpu_affinity([1])
-            print(f"soak: {args.sockets} sockets, {args.rate:g} events/s each, "
-                  f"{args.minutes:g} min", flush=True)
-            soak, samples = asyncio.run(soak_run(port, args.sockets, args.rate, args.minutes,
-                                                 psutil.Process(proc.pid)))
+            print(
+                f"soak: {args.sockets} sockets, {args.rate:g} events/s each, {args.minutes:g} min",
+                flush=True,
+            )
+            soak, samples = asyncio.run(
+                soak_run(port, args.sockets, args.rate, args.minutes, psutil.Process(proc.pid))
+            )
             time.sleep(1.0)
             stored = stored_events(data)
         finally:
@@ -332,8 +377,9 @@ def main() -> None:
     report(args, soak, samples, stored)
 
 
-def report(args: argparse.Namespace, soak: Soak, samples: list[dict[str, float]],
-           stored: int) -> None:
+def report(
+    args: argparse.Namespace, soak: Soak, samples: list[dict[str, float]], stored: int
+) -> None:
     minute = next((s for s in samples if s["t"] >= 60), samples[0])
     last = samples[-1]
     after = [s for s in samples if s["t"] >= 60] or samples
@@ -341,17 +387,24 @@ def report(args: argparse.Namespace, soak: Soak, samples: list[dict[str, float]]
     rss_change = last["rss_mib"] / minute["rss_mib"] - 1
     fds_change = last["fds"] / minute["fds"] - 1
     verdict = "flat" if abs(rss_change) <= 0.10 and abs(fds_change) <= 0.10 else "GROWING"
-    print(f"after 1 min: rss {minute['rss_mib']:.1f} MiB, fds {minute['fds']:.0f}, tasks "
-          f"{minute['tasks']:.0f}; at the end: rss {last['rss_mib']:.1f} MiB "
-          f"({100 * rss_change:+.1f} %), fds {last['fds']:.0f} ({100 * fds_change:+.1f} %), "
-          f"tasks {last['tasks']:.0f}: {verdict}")
-    print(f"ack p99 per 10 s window after the first minute: median {statistics.median(p99s):.1f}"
-          f" ms, max {max(p99s):.1f} ms; {soak.sessions:,} sessions, {soak.reconnects:,} "
-          f"reconnects, {soak.errors} errors, {soak.refused} refused")
-    print(f"acknowledged {soak.acked:,}, stored {stored:,}: {soak.acked - stored} "
-          "acknowledged events missing")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
+    print(
+        f"after 1 min: rss {minute['rss_mib']:.1f} MiB, fds {minute['fds']:.0f}, tasks "
+        f"{minute['tasks']:.0f}; at the end: rss {last['rss_mib']:.1f} MiB "
+        f"({100 * rss_change:+.1f} %), fds {last['fds']:.0f} ({100 * fds_change:+.1f} %), "
+        f"tasks {last['tasks']:.0f}: {verdict}"
+    )
+    print(
+        f"ack p99 per 10 s window after the first minute: median {statistics.median(p99s):.1f}"
+        f" ms, max {max(p99s):.1f} ms; {soak.sessions:,} sessions, {soak.reconnects:,} "
+        f"reconnects, {soak.errors} errors, {soak.refused} refused"
+    )
+    print(
+        f"acknowledged {soak.acked:,}, stored {stored:,}: {soak.acked - stored} "
+        "acknowledged events missing"
+    )
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     with open(ROOT / "bench" / "RESULTS.md", "a") as results:
         results.write(
             f"\n### soak, {dt.date.today()}, commit {commit}, {os.cpu_count()} cores\n\n"
@@ -366,7 +419,8 @@ def report(args: argparse.Namespace, soak: Soak, samples: list[dict[str, float]]
             f"| end | {last['rss_mib']:.1f} ({100 * rss_change:+.1f} %) | {last['fds']:.0f} "
             f"({100 * fds_change:+.1f} %) | {last['tasks']:.0f} | {last['p99']:.1f} |\n"
             f"| p99 over windows after 1 min | | | | median {statistics.median(p99s):.1f}, "
-            f"max {max(p99s):.1f} |\n\nVerdict: {verdict}.\n")
+            f"max {max(p99s):.1f} |\n\nVerdict: {verdict}.\n"
+        )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ config = context.config
 
 
 def _do_run(connection) -> None:  # type: ignore[no-untyped-def]
-    context.configure(connection=connection, target_metadata=metadata,
-                      transaction_per_migration=False)
+    context.configure(
+        connection=connection, target_metadata=metadata, transaction_per_migration=False
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -34,9 +34,11 @@ PASSWORD = "snapshot"
 KEY = "snap"
 VIDEO = {"video_id": "seed-0", "title": "Seed video 0"}
 # the server makes the example page's key at start: a new value every run
-MASKS = [(re.compile(rb'"key":"(?!snap")[^"]*"'), b'"key":"<made at start>"'),
-         (re.compile(rb'"created_at":\s*"[^"]*"'), b'"created_at":"<masked>"'),
-         (re.compile(rb'"created_at":\s*\d+(\.\d+)?'), b'"created_at":0')]
+MASKS = [
+    (re.compile(rb'"key":"(?!snap")[^"]*"'), b'"key":"<made at start>"'),
+    (re.compile(rb'"created_at":\s*"[^"]*"'), b'"created_at":"<masked>"'),
+    (re.compile(rb'"created_at":\s*\d+(\.\d+)?'), b'"created_at":0'),
+]
 
 
 def _free_port() -> int:
@@ -57,24 +59,47 @@ def questions(end: dt.datetime) -> list[tuple[str, str, dict[str, Any] | None]]:
     for sel in (key, one, {"query": {"key": KEY, "session": {"path": "/"}}}):
         for interval in ("1 day", "6 hours", "1 month"):
             base = {**sel, "timeframe": tf, "interval": interval, "timezone": "Europe/Berlin"}
-            out += [("POST", f"/api/v1/{name}", base)
-                    for name in ("plays", "sources", "completion", "qoe")]
+            out += [
+                ("POST", f"/api/v1/{name}", base)
+                for name in ("plays", "sources", "completion", "qoe")
+            ]
             out.append(("POST", "/api/v1/plays", {**base, "minimum_watch_seconds": 2.5}))
         out.append(("POST", "/api/v1/engagement", {**sel, "timeframe": tf}))
-        out.append(("POST", "/api/v1/engagement", {**sel, "timeframe": week, "ranges": 7,
-                                                   "normalize": "sessions"}))
+        out.append(
+            (
+                "POST",
+                "/api/v1/engagement",
+                {**sel, "timeframe": week, "ranges": 7, "normalize": "sessions"},
+            )
+        )
         out.append(("POST", "/api/v1/videos", {**sel, "timeframe": tf}))
         out.append(("POST", "/api/v1/sessions", {**sel, "timeframe": tf, "limit": 5}))
         out.append(("POST", "/api/v1/watching", sel))
     for breakdown in ("browser", "platform", "device"):
-        out.append(("POST", "/api/v1/qoe", {**key, "timeframe": tf, "interval": "1 day",
-                                            "breakdown": breakdown}))
+        out.append(
+            (
+                "POST",
+                "/api/v1/qoe",
+                {**key, "timeframe": tf, "interval": "1 day", "breakdown": breakdown},
+            )
+        )
     for fmt in ("ndjson", "csv"):
         out.append(("POST", "/api/v1/export", {**one, "timeframe": week, "format": fmt}))
     out += [
-        ("GET", "/api/v1/plays?" + str(httpx.QueryParams(
-            {"query": json.dumps(key["query"]), "timeframe": json.dumps(week),
-             "interval": "1 day"})), None),
+        (
+            "GET",
+            "/api/v1/plays?"
+            + str(
+                httpx.QueryParams(
+                    {
+                        "query": json.dumps(key["query"]),
+                        "timeframe": json.dumps(week),
+                        "interval": "1 day",
+                    }
+                )
+            ),
+            None,
+        ),
         ("GET", "/api/v1/openapi.json", None),
         ("GET", "/api/v1/keys", None),
         ("GET", "/api/v1/sessions/1", None),
@@ -83,10 +108,12 @@ def questions(end: dt.datetime) -> list[tuple[str, str, dict[str, Any] | None]]:
         ("POST", "/api/v1/plays", {"query": {}, "timeframe": tf}),
         ("POST", "/api/v1/plays", {**key, "timeframe": "7 weeks", "interval": "1 second"}),
         ("POST", "/api/v1/plays", {**key, "timeframe": {"from": 1}, "interval": "1 day"}),
-        ("POST", "/api/v1/plays", {**key, "timeframe": tf, "interval": "1 day",
-                                   "timezone": "Mars/Olympus"}),
-        ("POST", "/api/v1/qoe", {**key, "timeframe": tf, "interval": "1 day",
-                                 "breakdown": "shoe"}),
+        (
+            "POST",
+            "/api/v1/plays",
+            {**key, "timeframe": tf, "interval": "1 day", "timezone": "Mars/Olympus"},
+        ),
+        ("POST", "/api/v1/qoe", {**key, "timeframe": tf, "interval": "1 day", "breakdown": "shoe"}),
         ("POST", "/api/v1/engagement", {**key, "timeframe": tf, "ranges": 0}),
         ("POST", "/api/v1/export", {**key, "timeframe": tf, "format": "xml"}),
         ("POST", "/api/v1/nothing", {}),
@@ -103,15 +130,43 @@ def main() -> None:
     end = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     with tempfile.TemporaryDirectory() as tmp:
         port = _free_port()
-        env = {**os.environ, "METRICS_DATA_DIR": str(Path(tmp) / "data"),
-               "LOG_LEVEL": "warning", "METRICS_PASSWORD": PASSWORD, "PORT": str(port),
-               "HOST": "127.0.0.1"}
+        env = {
+            **os.environ,
+            "METRICS_DATA_DIR": str(Path(tmp) / "data"),
+            "LOG_LEVEL": "warning",
+            "METRICS_PASSWORD": PASSWORD,
+            "PORT": str(port),
+            "HOST": "127.0.0.1",
+        }
         env.pop("DATABASE_URL", None)
-        subprocess.run([sys.executable, "-m", "app.cli", "seed", "--sessions",
-                        str(args.sessions), "--days", "30", "--videos", "12", "--key", KEY,
-                        "--quiet"], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
-        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "seed",
+                "--sessions",
+                str(args.sessions),
+                "--days",
+                "30",
+                "--videos",
+                "12",
+                "--key",
+                KEY,
+                "--quiet",
+            ],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         base = f"http://127.0.0.1:{port}"
         try:
             with httpx.Client(base_url=base, auth=("admin", PASSWORD), timeout=60) as client:
@@ -129,8 +184,10 @@ def main() -> None:
                         for pattern, mask in MASKS:
                             content = pattern.sub(mask, content)
                         head = json.dumps([method, path, body], sort_keys=True)
-                        out.write(f"{head}\n{answer.status_code} "
-                                  f"{answer.headers.get('content-type')}\n".encode())
+                        out.write(
+                            f"{head}\n{answer.status_code} "
+                            f"{answer.headers.get('content-type')}\n".encode()
+                        )
                         out.write(content + b"\n\n")
         finally:
             proc.send_signal(signal.SIGTERM)

@@ -30,10 +30,24 @@ from app.storage.embedded import EmbeddedPostgres
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "test-secret"
 AUTH = ("admin", PASSWORD)
-TABLES = ("rollup_plays", "rollup_sources", "rollup_engagement", "rollup_key_plays",
-          "rollup_key_sources", "rollup_impressions", "rollup_key_impressions",
-          "rollup_completion", "rollup_key_completion", "impressions", "export_outbox",
-          "playing", "session_events", "sessions", "videos", "ingest_keys")
+TABLES = (
+    "rollup_plays",
+    "rollup_sources",
+    "rollup_engagement",
+    "rollup_key_plays",
+    "rollup_key_sources",
+    "rollup_impressions",
+    "rollup_key_impressions",
+    "rollup_completion",
+    "rollup_key_completion",
+    "impressions",
+    "export_outbox",
+    "playing",
+    "session_events",
+    "sessions",
+    "videos",
+    "ingest_keys",
+)
 
 
 async def islands_of(conn: asyncpg.Connection, session_id: int) -> list[tuple[float, float]]:
@@ -42,8 +56,10 @@ async def islands_of(conn: asyncpg.Connection, session_id: int) -> list[tuple[fl
     return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
 
-async def timeline_of(conn: asyncpg.Connection, session_id: int,
-                      ) -> list[tuple[dt.datetime, str, dict[str, Any]]]:
+async def timeline_of(
+    conn: asyncpg.Connection,
+    session_id: int,
+) -> list[tuple[dt.datetime, str, dict[str, Any]]]:
     """A session's stored raw events (at, name, payload), in the order they arrived."""
     found = await export.one_session(conn, session_id)
     return [] if found is None else [(e.at, e.name, e.payload) for e in found[1]]
@@ -88,21 +104,37 @@ def timescale_cluster(path: Path, *, preload: bool = True) -> Iterator[str]:
     preload=False leaves the extension installed but not in shared_preload_libraries."""
     cluster = SHARED_TIMESCALE / "cluster.sh"
     if not cluster.exists():
-        pytest.skip("no TimescaleDB here: ../shared/timescaledb is not beside this checkout "
-                    "(or set TEST_TIMESCALE_URL)")
+        pytest.skip(
+            "no TimescaleDB here: ../shared/timescaledb is not beside this checkout "
+            "(or set TEST_TIMESCALE_URL)"
+        )
     if not TIMESCALE_LIB.exists():
-        pytest.skip("TimescaleDB is not installed: run ../shared/timescaledb/install.sh "
-                    "(as root; .ci/run does)")
+        pytest.skip(
+            "TimescaleDB is not installed: run ../shared/timescaledb/install.sh "
+            "(as root; .ci/run does)"
+        )
     data, port = path / "cluster", str(free_port())
-    url = subprocess.run(["bash", str(cluster), "start", str(data), port], check=True,
-                         capture_output=True, text=True, timeout=120).stdout.strip()
+    url = subprocess.run(
+        ["bash", str(cluster), "start", str(data), port],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout.strip()
     if not preload:
         subprocess.run(["bash", str(cluster), "stop", str(data)], check=True, timeout=60)
         conf = data / "postgresql.conf"
-        conf.write_text(conf.read_text().replace("shared_preload_libraries = 'timescaledb'",
-                                                 "shared_preload_libraries = ''"))
-        subprocess.run(["bash", str(cluster), "start", str(data), port], check=True,
-                       capture_output=True, timeout=120)
+        conf.write_text(
+            conf.read_text().replace(
+                "shared_preload_libraries = 'timescaledb'", "shared_preload_libraries = ''"
+            )
+        )
+        subprocess.run(
+            ["bash", str(cluster), "start", str(data), port],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
     try:
         yield url
     finally:
@@ -146,12 +178,14 @@ def private_postgres(path: Path) -> Iterator[str]:
 
 def query(url: str, sql: str) -> list[asyncpg.Record]:
     """Run one statement on a fresh connection (for sync tests)."""
+
     async def run() -> list[asyncpg.Record]:
         conn = await db.connect(url)
         try:
             return await conn.fetch(sql)
         finally:
             await conn.close()
+
     return asyncio.run(run())
 
 
@@ -198,25 +232,41 @@ class Server:
         return int(self.proc.returncode)
 
 
-def start_server(tmp: Path, env: dict[str, str], *, wait_healthy: bool = True,
-                 nofile: int | None = None) -> Server:
+def start_server(
+    tmp: Path, env: dict[str, str], *, wait_healthy: bool = True, nofile: int | None = None
+) -> Server:
     """A `vidmetrics serve` process; nofile caps its file descriptors (soft and hard)."""
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("METRICS_")}
-    full_env.update({"PORT": str(port), "HOST": "127.0.0.1", "METRICS_PASSWORD": PASSWORD,
-                     "METRICS_KEY_REFRESH_SECONDS": "0.2", "LOG_LEVEL": "info",
-                     "METRICS_DATA_DIR": str(tmp / "data")})
+    full_env.update(
+        {
+            "PORT": str(port),
+            "HOST": "127.0.0.1",
+            "METRICS_PASSWORD": PASSWORD,
+            "METRICS_KEY_REFRESH_SECONDS": "0.2",
+            "LOG_LEVEL": "info",
+            "METRICS_DATA_DIR": str(tmp / "data"),
+        }
+    )
     full_env.pop("DATABASE_URL", None)
     full_env.update(env)
     log = tmp / f"server-{port}.log"
     with open(log, "wb") as out:
+
         def limit() -> None:
             if nofile is not None:
                 import resource
+
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT,
-                                env=full_env, stdout=out, stderr=subprocess.STDOUT,
-                                preexec_fn=limit if nofile is not None else None)
+
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve"],
+            cwd=ROOT,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=limit if nofile is not None else None,
+        )
     server = Server(proc, port, log)
     deadline = time.monotonic() + 60
     while wait_healthy:

@@ -9,10 +9,14 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-CHROME_UA = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-             "Chrome/120.0.0.0 Safari/537.36")
-IPHONE_UA = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 "
-             "(KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1")
+CHROME_UA = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/120.0.0.0 Safari/537.36"
+)
+IPHONE_UA = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1"
+)
 BOT_UA = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
 
 
@@ -25,8 +29,9 @@ class Phx:
 
     @classmethod
     async def open(cls, url: str, user_agent: str = CHROME_UA) -> Phx:
-        ws = await connect(url, user_agent_header=user_agent, compression=None,
-                           open_timeout=10, max_size=2**20)
+        ws = await connect(
+            url, user_agent_header=user_agent, compression=None, open_timeout=10, max_size=2**20
+        )
         return cls(ws)
 
     async def close(self) -> None:
@@ -49,8 +54,9 @@ class Phx:
                 return frame
             self.inbox.append(frame)
 
-    async def push(self, topic: str, event: str, payload: dict[str, Any],
-                   join_ref: str | None = None) -> list[Any]:
+    async def push(
+        self, topic: str, event: str, payload: dict[str, Any], join_ref: str | None = None
+    ) -> list[Any]:
         ref = str(next(self.refs))
         jr = join_ref if join_ref is not None else self.join_refs.get(topic)
         await self.ws.send(json.dumps([jr, ref, topic, event, payload]))
@@ -68,7 +74,8 @@ class Phx:
         return reply[4]
 
 
-def join_payload(key: str, video_id: str = "abc", url: str = "http://example.com/watch?x=1",
-                 **extra: Any) -> dict[str, Any]:
+def join_payload(
+    key: str, video_id: str = "abc", url: str = "http://example.com/watch?x=1", **extra: Any
+) -> dict[str, Any]:
     meta = {"video_id": video_id}
     return {"identifier": meta, "metadata": meta, "source_url": url, "key": key, **extra}

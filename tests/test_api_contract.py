@@ -23,8 +23,14 @@ from tests.test_ingest_socket import new_key, topic
 
 
 def test_password_hash_mode(tmp_path: Path, database_url: str) -> None:
-    srv = start_server(tmp_path, {"DATABASE_URL": database_url, "METRICS_PASSWORD": "",
-                                  "METRICS_PASSWORD_HASH": hash_password("s3cret")})
+    srv = start_server(
+        tmp_path,
+        {
+            "DATABASE_URL": database_url,
+            "METRICS_PASSWORD": "",
+            "METRICS_PASSWORD_HASH": hash_password("s3cret"),
+        },
+    )
     try:
         url = f"{srv.http}/api/v1/keys"
         assert httpx.get(url, auth=("admin", "wrong")).status_code == 401
@@ -46,10 +52,12 @@ def test_auth_disabled(tmp_path: Path, database_url: str) -> None:
         srv.stop()
 
 
-def test_missing_password_with_external_database_is_a_clear_error(tmp_path: Path,
-                                                                  database_url: str) -> None:
-    srv = start_server(tmp_path, {"DATABASE_URL": database_url, "METRICS_PASSWORD": ""},
-                       wait_healthy=False)
+def test_missing_password_with_external_database_is_a_clear_error(
+    tmp_path: Path, database_url: str
+) -> None:
+    srv = start_server(
+        tmp_path, {"DATABASE_URL": database_url, "METRICS_PASSWORD": ""}, wait_healthy=False
+    )
     assert srv.proc.wait(30) == 2
     assert "METRICS_PASSWORD or METRICS_PASSWORD_HASH is required" in srv.output()
 
@@ -57,8 +65,7 @@ def test_missing_password_with_external_database_is_a_clear_error(tmp_path: Path
 def _validator(doc: dict[str, Any], schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
     resource = Resource.from_contents(doc, default_specification=DRAFT202012)
     registry: Registry[Any] = Registry().with_resource("urn:doc", resource)
-    return jsonschema.Draft202012Validator({"$ref": "urn:doc" + schema["$ref"]},
-                                           registry=registry)
+    return jsonschema.Draft202012Validator({"$ref": "urn:doc" + schema["$ref"]}, registry=registry)
 
 
 def _check(doc: dict[str, Any], path: str, method: str, response: httpx.Response) -> None:
@@ -140,9 +147,17 @@ def test_postman_collection_has_every_call() -> None:
 
     from app.query.openapi import document
     from tests.conftest import ROOT
+
     collection = json.loads((ROOT / "examples" / "vidmetrics.postman_collection.json").read_text())
-    calls = {(item["request"]["method"], item["request"]["url"]["raw"].replace("{{base_url}}", "")
-              .replace("{{ingest_key}}", "{key}")) for item in collection["item"]}
+    calls = {
+        (
+            item["request"]["method"],
+            item["request"]["url"]["raw"]
+            .replace("{{base_url}}", "")
+            .replace("{{ingest_key}}", "{key}"),
+        )
+        for item in collection["item"]
+    }
     for path, operations in document()["paths"].items():
         for method in operations:
             assert (method.upper(), path) in calls, (method, path)
@@ -155,9 +170,9 @@ def test_example_page_escapes_the_key(server: Server) -> None:
     assert "\\u003c/script\\u003e" in page.text
 
 
-async def test_retention_deletes_only_old_data(conn: asyncpg.Connection,
-                                               database_url: str) -> None:
+async def test_retention_deletes_only_old_data(conn: asyncpg.Connection, database_url: str) -> None:
     from tests.test_query_api import Data
+
     data = await Data(conn).setup()
     old = (dt.datetime.now(dt.UTC) - dt.timedelta(days=40)).replace(tzinfo=None).isoformat()
     new = (dt.datetime.now(dt.UTC) - dt.timedelta(days=2)).replace(tzinfo=None).isoformat()
@@ -168,7 +183,10 @@ async def test_retention_deletes_only_old_data(conn: asyncpg.Connection,
         await session_store.apply_retention(pool, 30, 0)
     finally:
         await pool.close()
-    rows = await conn.fetch("SELECT s.started_at FROM sessions s JOIN videos v "
-                            "ON v.id = s.video_id WHERE v.key = $1", data.key)
+    rows = await conn.fetch(
+        "SELECT s.started_at FROM sessions s JOIN videos v ON v.id = s.video_id WHERE v.key = $1",
+        data.key,
+    )
     assert len(rows) == 1 and rows[0]["started_at"] > dt.datetime.now(dt.UTC) - dt.timedelta(
-        days=30)
+        days=30
+    )

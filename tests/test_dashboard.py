@@ -32,18 +32,35 @@ async def seeded(conn: asyncpg.Connection) -> Data:
     for day in range(6):
         for n in range(day + 1):
             start = (now - dt.timedelta(days=day, minutes=7 * n + 5)).isoformat()
-            await data.session(start, [(0, 5 + n), (20, 23)],
-                               video={"video_id": "intro" if n % 2 else "launch",
-                                      "title": "Intro" if n % 2 else "Launch"},
-                               browser="safari" if n % 3 else "chrome",
-                               device="mobile" if n % 2 else "desktop",
-                               page=f"https://shop.example/p/{n % 3}")
+            await data.session(
+                start,
+                [(0, 5 + n), (20, 23)],
+                video={
+                    "video_id": "intro" if n % 2 else "launch",
+                    "title": "Intro" if n % 2 else "Launch",
+                },
+                browser="safari" if n % 3 else "chrome",
+                device="mobile" if n % 2 else "desktop",
+                page=f"https://shop.example/p/{n % 3}",
+            )
     # page loads: one per session above, and 7 that never played
-    refs = [VideoRef.of(data.key, None, {"video_id": v, "title": v.title()})
-            for v in ("intro", "launch")]
+    refs = [
+        VideoRef.of(data.key, None, {"video_id": v, "title": v.title()})
+        for v in ("intro", "launch")
+    ]
     ids = await session_store.ensure_videos(conn, refs)
-    loads = [Impression(refs[n % 2], dt.datetime.now(dt.UTC) - dt.timedelta(hours=n + 1),
-                        "chrome", "mac", "desktop", None, None) for n in range(28)]
+    loads = [
+        Impression(
+            refs[n % 2],
+            dt.datetime.now(dt.UTC) - dt.timedelta(hours=n + 1),
+            "chrome",
+            "mac",
+            "desktop",
+            None,
+            None,
+        )
+        for n in range(28)
+    ]
     async with conn.transaction():
         await session_store.copy_rows(conn, ids, [], [], [], impressions=loads)
     # two thirds of the views come from the vidmetrics client: QoE data (rollups rebuilt)
@@ -54,7 +71,8 @@ async def seeded(conn: asyncpg.Connection) -> Data:
                   seek_count = 0, seek_ms = 0, failed_before_start = false,
                   exited_before_start = false
              FROM videos v WHERE v.id = s.video_id AND v.key = $1 AND s.id % 3 <> 0""",
-        data.key)
+        data.key,
+    )
     await conn.execute("UPDATE rollup_state SET done_at = NULL WHERE name = 'backfill'")
     await rebuild.backfill(conn)
     return data
@@ -62,11 +80,21 @@ async def seeded(conn: asyncpg.Connection) -> Data:
 
 def drive(server: Server, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
     SHOTS.mkdir(parents=True, exist_ok=True)
-    plan = {"base": server.http, "user": AUTH[0], "password": PASSWORD, "shots": str(SHOTS),
-            "steps": steps}
-    result = subprocess.run(["node", "dashboard.cjs", json.dumps(plan)], cwd=E2E,
-                            capture_output=True, text=True, timeout=240,
-                            env={"CHROMIUM": CHROMIUM, "PATH": "/usr/bin:/bin"})
+    plan = {
+        "base": server.http,
+        "user": AUTH[0],
+        "password": PASSWORD,
+        "shots": str(SHOTS),
+        "steps": steps,
+    }
+    result = subprocess.run(
+        ["node", "dashboard.cjs", json.dumps(plan)],
+        cwd=E2E,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={"CHROMIUM": CHROMIUM, "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
 
@@ -89,15 +117,29 @@ def test_dashboard_pages_show_what_the_api_answers(server: Server, seeded: Data)
     for width, height in ((1280, 800), (390, 844)):
         steps += [
             {"name": f"overview-{width}", "path": base, "width": width, "height": height},
-            {"name": f"video-{width}", "path": f"{base}&view=video&video={video}",
-             "width": width, "height": height},
-            {"name": f"sessions-{width}", "path": f"{base}&view=sessions", "width": width,
-             "height": height},
+            {
+                "name": f"video-{width}",
+                "path": f"{base}&view=video&video={video}",
+                "width": width,
+                "height": height,
+            },
+            {
+                "name": f"sessions-{width}",
+                "path": f"{base}&view=sessions",
+                "width": width,
+                "height": height,
+            },
         ]
     for width, height in ((1280, 800), (390, 844)):
-        steps.append({"name": f"session-{width}", "path": f"{base}&view=sessions",
-                      "width": width, "height": height,
-                      "actions": [{"click": "#sessions tbody tr"}]})
+        steps.append(
+            {
+                "name": f"session-{width}",
+                "path": f"{base}&view=sessions",
+                "width": width,
+                "height": height,
+                "actions": [{"click": "#sessions tbody tr"}],
+            }
+        )
     report = {r["name"]: r for r in drive(server, steps)}
     for name, result in report.items():
         assert result["errors"] == [], (name, result["errors"])
@@ -113,27 +155,34 @@ def test_dashboard_pages_show_what_the_api_answers(server: Server, seeded: Data)
     impressions = sum(b["impressions"] for b in plays["views"])
     assert impressions == 28
     assert overview["tiles"]["tile-play-rate"] == f"{100 * views / impressions:.1f} %"
-    completion = api(server, "completion", {**selection, "interval": "1 day",
-                                            "timezone": "Europe/Berlin"})["completion"]
+    completion = api(
+        server, "completion", {**selection, "interval": "1 day", "timezone": "Europe/Berlin"}
+    )["completion"]
     reached = sum(b["reached"]["25"] for b in completion)
     assert f"Reached 25 %\n{reached}" in overview["main"].replace("\t", "\n")
     top = api(server, "videos", {**selection, "limit": 10})["videos"]
-    assert [[r[0], number(r[1])] for r in overview["tables"]["top-videos"]] == \
-        [[v["video"]["title"], v["views"]] for v in top]
+    assert [[r[0], number(r[1])] for r in overview["tables"]["top-videos"]] == [
+        [v["video"]["title"], v["views"]] for v in top
+    ]
     assert overview["charts"] >= 2  # plays, startup time
-    qoe = api(server, "qoe", {**selection, "interval": "10 years",
-                              "timezone": "Europe/Berlin"})["qoe"][0]
+    qoe = api(server, "qoe", {**selection, "interval": "10 years", "timezone": "Europe/Berlin"})[
+        "qoe"
+    ][0]
     assert qoe["views"] > 5
     p50 = qoe["startup_time_ms"]["p50"]
     assert overview["tiles"]["tile-startup"] == (
-        f"{round(p50)} ms" if p50 < 1000 else f"{p50 / 1000:.2f} s")
+        f"{round(p50)} ms" if p50 < 1000 else f"{p50 / 1000:.2f} s"
+    )
     assert overview["tiles"]["tile-rebuffer"] == f"{qoe['rebuffer_percentage']:.1f} %"
 
-    one = {"query": {"key": seeded.key, "video": {"video_id": "launch", "title": "Launch"}},
-           "timeframe": "7 days"}
+    one = {
+        "query": {"key": seeded.key, "video": {"video_id": "launch", "title": "Launch"}},
+        "timeframe": "7 days",
+    }
     video_plays = api(server, "plays", {**one, "interval": "1 day", "timezone": "Europe/Berlin"})
-    assert number(report["video-1280"]["tiles"]["tile-views"]) == \
-        sum(b["views"] for b in video_plays["views"])
+    assert number(report["video-1280"]["tiles"]["tile-views"]) == sum(
+        b["views"] for b in video_plays["views"]
+    )
     assert report["video-1280"]["charts"] >= 2  # plays and retention
 
     sessions = api(server, "sessions", {**selection, "limit": 50})["sessions"]
@@ -141,19 +190,34 @@ def test_dashboard_pages_show_what_the_api_answers(server: Server, seeded: Data)
     assert len(shown) == len(sessions) == 21
     detail = report["session-1280"]
     assert "view=sessions" in detail["url"] and "session=" in detail["url"]
-    assert detail["tables"]["watched"] == [["0", "5"], ["20", "23"]] or \
-        len(detail["tables"]["watched"]) == 2
+    assert (
+        detail["tables"]["watched"] == [["0", "5"], ["20", "23"]]
+        or len(detail["tables"]["watched"]) == 2
+    )
 
 
 def test_controls_change_what_is_fetched_and_csv_matches(server: Server, seeded: Data) -> None:
     key = quote(seeded.key, safe="")
     base = f"/dashboard?key={key}&tz=UTC&tf=7%20days&interval=1%20day"
     steps = [
-        {"name": "tz", "path": base, "width": 1280, "height": 800,
-         "actions": [{"select": "#tz", "value": "Asia/Kolkata"}]},
-        {"name": "tf", "path": base, "width": 1280, "height": 800,
-         "actions": [{"select": "#tf", "value": "30 days"}, {"download": "#plays button"},
-                     {"download": "#top-videos button"}]},
+        {
+            "name": "tz",
+            "path": base,
+            "width": 1280,
+            "height": 800,
+            "actions": [{"select": "#tz", "value": "Asia/Kolkata"}],
+        },
+        {
+            "name": "tf",
+            "path": base,
+            "width": 1280,
+            "height": 800,
+            "actions": [
+                {"select": "#tf", "value": "30 days"},
+                {"download": "#plays button"},
+                {"download": "#top-videos button"},
+            ],
+        },
     ]
     report = {r["name"]: r for r in drive(server, steps)}
     for result in report.values():
@@ -165,12 +229,19 @@ def test_controls_change_what_is_fetched_and_csv_matches(server: Server, seeded:
     assert any(b.get("timeframe") == "30 days" for b in bodies)
     assert parse_qs(urlsplit(report["tf"]["url"]).query)["tf"] == ["30 days"]
 
-    plays = api(server, "plays", {"query": {"key": seeded.key}, "timeframe": "30 days",
-                                  "interval": "1 day", "timezone": "UTC"})
+    plays = api(
+        server,
+        "plays",
+        {
+            "query": {"key": seeded.key},
+            "timeframe": "30 days",
+            "interval": "1 day",
+            "timezone": "UTC",
+        },
+    )
     csv_rows = report["tf"]["downloads"]["#plays button"].strip().splitlines()
     assert csv_rows[0] == "interval,views,total_view_time"
-    parsed = [(r.split(",")[0], int(r.split(",")[1]), float(r.split(",")[2]))
-              for r in csv_rows[1:]]
+    parsed = [(r.split(",")[0], int(r.split(",")[1]), float(r.split(",")[2])) for r in csv_rows[1:]]
     assert parsed == [(b["interval"], b["views"], b["total_view_time"]) for b in plays["views"]]
     top_csv = report["tf"]["downloads"]["#top-videos button"].strip().splitlines()
     assert len(top_csv) == 1 + len(report["tf"]["tables"]["top-videos"])
@@ -181,8 +252,14 @@ def test_dashboard_needs_credentials_and_loads_nothing_from_elsewhere(server: Se
     page = httpx.get(f"{server.http}/dashboard", auth=AUTH)
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     total = len(page.content)
-    for asset in ("main.js", "api.js", "ui.js", "style.css", "vendor/uPlot.iife.min.js",
-                  "vendor/uPlot.min.css"):
+    for asset in (
+        "main.js",
+        "api.js",
+        "ui.js",
+        "style.css",
+        "vendor/uPlot.iife.min.js",
+        "vendor/uPlot.min.css",
+    ):
         response = httpx.get(f"{server.http}/dashboard/{asset}", auth=AUTH)
         assert response.status_code == 200, asset
         total += len(response.content)
@@ -190,5 +267,8 @@ def test_dashboard_needs_credentials_and_loads_nothing_from_elsewhere(server: Se
     assert "http://" not in page.text and "https://" not in page.text
     for bad in ("../app/cli.py", "..%2fsettings.py", "nope.js", "vendor/../main.py"):
         assert httpx.get(f"{server.http}/dashboard/{bad}", auth=AUTH).status_code == 404
-    assert (Path(__file__).parents[1] / "app" / "dashboard" / "vendor" /
-            "uPlot.LICENSE").read_text().startswith("The MIT License")
+    assert (
+        (Path(__file__).parents[1] / "app" / "dashboard" / "vendor" / "uPlot.LICENSE")
+        .read_text()
+        .startswith("The MIT License")
+    )

@@ -69,13 +69,39 @@ def build() -> Path:
     if not (E2E / "node_modules" / "@maveio" / "metrics").exists():
         _run(["npm", "ci", "--no-audit", "--no-fund"], E2E)
     BUILD.mkdir(exist_ok=True)
-    _run([str(E2E / "node_modules" / ".bin" / "esbuild"), "entry.js", "--bundle", "--format=iife",
-          f"--outfile={BUILD / 'metrics.js'}"], E2E)
+    _run(
+        [
+            str(E2E / "node_modules" / ".bin" / "esbuild"),
+            "entry.js",
+            "--bundle",
+            "--format=iife",
+            f"--outfile={BUILD / 'metrics.js'}",
+        ],
+        E2E,
+    )
     video = BUILD / "test.webm"
     if not video.exists():
-        _run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
-              "testsrc=duration=20:size=160x120:rate=10", "-c:v", "libvpx", "-b:v", "40k",
-              "-g", "10", "-y", str(video)], E2E)
+        _run(
+            [
+                "ffmpeg",
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc=duration=20:size=160x120:rate=10",
+                "-c:v",
+                "libvpx",
+                "-b:v",
+                "40k",
+                "-g",
+                "10",
+                "-y",
+                str(video),
+            ],
+            E2E,
+        )
     return BUILD
 
 
@@ -97,23 +123,32 @@ def static_site(build: Path) -> Iterator[str]:
     thread.join(5)
 
 
-def drive(static_site: str, server: Server, key: str, video_id: str,
-          mode: str = "watch") -> dict[str, Any]:
-    page = (PAGE.replace("__OBSERVER__", SOCKET_OBSERVER)
-            .replace("__SOCKET__", f"ws://127.0.0.1:{server.port}/socket")
-            .replace("__KEY__", key).replace("__VIDEO__", video_id))
+def drive(
+    static_site: str, server: Server, key: str, video_id: str, mode: str = "watch"
+) -> dict[str, Any]:
+    page = (
+        PAGE.replace("__OBSERVER__", SOCKET_OBSERVER)
+        .replace("__SOCKET__", f"ws://127.0.0.1:{server.port}/socket")
+        .replace("__KEY__", key)
+        .replace("__VIDEO__", video_id)
+    )
     name = f"page-{video_id}.html"
     (BUILD / name).write_text(page)
-    result = subprocess.run(["node", str(E2E / "drive.cjs"),
-                             f"{static_site}/{name}?{SECRET_QUERY}#section", mode],
-                            cwd=E2E, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        ["node", str(E2E / "drive.cjs"), f"{static_site}/{name}?{SECRET_QUERY}#section", mode],
+        cwd=E2E,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, f"driver failed:\n{result.stdout}\n{result.stderr}"
     return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 async def _session(conn: asyncpg.Connection, key: str) -> asyncpg.Record | None:
     row = await conn.fetchrow(
-        "SELECT s.* FROM sessions s JOIN videos v ON v.id = s.video_id WHERE v.key = $1", key)
+        "SELECT s.* FROM sessions s JOIN videos v ON v.id = s.video_id WHERE v.key = $1", key
+    )
     if row is None:
         return None
     return row if len(await islands_of(conn, row["id"])) >= 2 else None
@@ -145,13 +180,16 @@ async def test_real_client_in_chromium(e2e_run: dict[str, Any], conn: asyncpg.Co
     assert len(intervals) == len(played) == 2, (intervals, played)
     for (a, b), (pa, pb) in zip(intervals, played, strict=True):
         assert a == pytest.approx(pa, abs=0.5) and b == pytest.approx(pb, abs=0.5), (
-            intervals, played)
+            intervals,
+            played,
+        )
     assert row["watch_seconds"] == pytest.approx(sum(b - a for a, b in played), abs=0.7)
     assert row["ended_at"] is not None
 
 
-async def test_privacy_sweep(e2e_run: dict[str, Any], conn: asyncpg.Connection,
-                             server: Server) -> None:
+async def test_privacy_sweep(
+    e2e_run: dict[str, Any], conn: asyncpg.Connection, server: Server
+) -> None:
     ua = e2e_run["ua"]
     assert "Chrome" in ua
     dump = []
@@ -169,22 +207,29 @@ async def test_privacy_sweep(e2e_run: dict[str, Any], conn: asyncpg.Connection,
         assert secret not in log, secret
 
 
-async def test_a_load_without_play_and_a_play_to_the_end(static_site: str, server: Server,
-                                                         conn: asyncpg.Connection) -> None:
+async def test_a_load_without_play_and_a_play_to_the_end(
+    static_site: str, server: Server, conn: asyncpg.Connection
+) -> None:
     """The unmodified client: a page that never plays is one impression and no view; a page
     that plays to the end is a finish."""
     import httpx
 
     from tests.conftest import AUTH
+
     key = new_key(server)
     drive(static_site, server, key, "loaded-only", "load")
     drive(static_site, server, key, "to-the-end", "finish")
-    body = {"query": {"key": key}, "interval": "1 year", "timeframe": "1 day",
-            "minimum_watch_seconds": 1}
+    body = {
+        "query": {"key": key},
+        "interval": "1 year",
+        "timeframe": "1 day",
+        "minimum_watch_seconds": 1,
+    }
     deadline = time.monotonic() + 15
     while True:
-        completion = httpx.post(f"{server.http}/api/v1/completion", auth=AUTH,
-                                json=body).json()["completion"]
+        completion = httpx.post(f"{server.http}/api/v1/completion", auth=AUTH, json=body).json()[
+            "completion"
+        ]
         if completion and completion[0]["finishes"] == 1:
             break
         assert time.monotonic() < deadline, completion
@@ -193,7 +238,9 @@ async def test_a_load_without_play_and_a_play_to_the_end(static_site: str, serve
     plays = httpx.post(f"{server.http}/api/v1/plays", auth=AUTH, json=body).json()["views"]
     assert plays[0]["impressions"] == 2 and plays[0]["views"] == 1
     assert plays[0]["play_rate"] == 0.5
-    loaded = {"query": {"key": key, "video": {"video_id": "loaded-only"}}, **{
-        k: v for k, v in body.items() if k != "query"}}
+    loaded = {
+        "query": {"key": key, "video": {"video_id": "loaded-only"}},
+        **{k: v for k, v in body.items() if k != "query"},
+    }
     only = httpx.post(f"{server.http}/api/v1/plays", auth=AUTH, json=loaded).json()["views"]
     assert [(b["impressions"], b["views"]) for b in only] == [(1, 0)]

@@ -31,15 +31,20 @@ from tests.test_query_api import MAY, Data
 async def data(conn: asyncpg.Connection) -> Data:
     d = await Data(conn).setup()
     await d.session("2023-05-02T10:00:00", [(0, 4), (2, 6), (10, 12)], page="https://a.example/x")
-    await d.session("2023-05-03T11:00:00", [(1, 2)], video={"video_id": "b"},
-                    browser="firefox", device="mobile", platform="android")
+    await d.session(
+        "2023-05-03T11:00:00",
+        [(1, 2)],
+        video={"video_id": "b"},
+        browser="firefox",
+        device="mobile",
+        platform="android",
+    )
     await d.session("2023-05-04T12:00:00", [], duration=None)
     return d
 
 
 def _export(api: httpx.Client, fmt: str, key: str) -> httpx.Response:
-    return api.post("/api/v1/export", json={"query": {"key": key}, "timeframe": MAY,
-                                            "format": fmt})
+    return api.post("/api/v1/export", json={"query": {"key": key}, "timeframe": MAY, "format": fmt})
 
 
 async def test_export_formats_agree(api: httpx.Client, data: Data) -> None:
@@ -48,9 +53,11 @@ async def test_export_formats_agree(api: httpx.Client, data: Data) -> None:
     assert response.headers["content-type"].startswith("application/x-ndjson")
     assert "attachment" in response.headers["content-disposition"]
     rows = [json.loads(line) for line in response.text.splitlines()]
-    assert [r["started_at"] for r in rows] == ["2023-05-02T10:00:00+00:00",
-                                               "2023-05-03T11:00:00+00:00",
-                                               "2023-05-04T12:00:00+00:00"]
+    assert [r["started_at"] for r in rows] == [
+        "2023-05-02T10:00:00+00:00",
+        "2023-05-03T11:00:00+00:00",
+        "2023-05-04T12:00:00+00:00",
+    ]
     first = rows[0]
     assert first["watched"] == [[0.0, 6.0], [10.0, 12.0]]
     assert first["watch_seconds"] == 10.0 and first["page"] == "https://a.example/x"
@@ -58,9 +65,23 @@ async def test_export_formats_agree(api: httpx.Client, data: Data) -> None:
     assert rows[1]["device"] == "mobile" and rows[1]["browser"] == "firefox"
     assert rows[2]["watched"] == [] and rows[2]["duration"] is None
     for row in rows:
-        assert set(row) == {"session", "started_at", "ended_at", "identifier", "metadata",
-                            "browser", "platform", "device", "page", "duration",
-                            "watch_seconds", "furthest", "watched", "played", "qoe"}
+        assert set(row) == {
+            "session",
+            "started_at",
+            "ended_at",
+            "identifier",
+            "metadata",
+            "browser",
+            "platform",
+            "device",
+            "page",
+            "duration",
+            "watch_seconds",
+            "furthest",
+            "watched",
+            "played",
+            "qoe",
+        }
         assert row["played"] is True and row["qoe"] is None  # written without QoE data
 
     text = _export(api, "csv", data.key).text
@@ -90,9 +111,27 @@ async def test_cli_export(data: Data, database_url: str, tmp_path: Path) -> None
     out = tmp_path / "sessions.csv"
     env = {**os.environ, "DATABASE_URL": database_url}
     done = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "app.cli", "export", "--format", "csv",
-                         "--key", data.key, "--timeframe", "10 years", "-o", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "export",
+            "--format",
+            "csv",
+            "--key",
+            data.key,
+            "--timeframe",
+            "10 years",
+            "-o",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "exported 3 sessions" in done.stdout
     assert len(list(csv.DictReader(out.open()))) == 3
@@ -148,8 +187,8 @@ async def _play(srv: Server, key: str, video: str, close: bool = True) -> Phx:
 
 
 async def test_webhook_delivers_each_ended_session_across_outage_and_restart(
-        tmp_path: Path, database_url: str, conn: asyncpg.Connection,
-        receiver: Receiver) -> None:
+    tmp_path: Path, database_url: str, conn: asyncpg.Connection, receiver: Receiver
+) -> None:
     env = {"DATABASE_URL": database_url, "METRICS_EXPORT_WEBHOOK": receiver.url}
     (tmp_path / "a").mkdir()
     srv = start_server(tmp_path / "a", env)
@@ -159,9 +198,15 @@ async def test_webhook_delivers_each_ended_session_across_outage_and_restart(
     still_open = await _play(srv, key, "open", close=False)
 
     async def outbox_has(n: int) -> bool:
-        return await conn.fetchval(
-            "SELECT count(*) FROM export_outbox o JOIN sessions s ON s.id = o.session_id "
-            "JOIN videos v ON v.id = s.video_id WHERE v.key = $1", key) == n
+        return (
+            await conn.fetchval(
+                "SELECT count(*) FROM export_outbox o JOIN sessions s ON s.id = o.session_id "
+                "JOIN videos v ON v.id = s.video_id WHERE v.key = $1",
+                key,
+            )
+            == n
+        )
+
     await wait_for(lambda: outbox_has(3))
     await asyncio.sleep(1.5)  # the receiver is down: retries are scheduled, nothing is lost
     assert receiver.keys == []
@@ -174,12 +219,14 @@ async def test_webhook_delivers_each_ended_session_across_outage_and_restart(
     (tmp_path / "b").mkdir()
     srv = start_server(tmp_path / "b", env)
     try:
+
         async def all_delivered() -> bool:
             return await outbox_has(0) and len(set(receiver.keys)) >= 4
+
         await wait_for(all_delivered, timeout=40)
         sessions = await conn.fetch(
-            "SELECT s.id FROM sessions s JOIN videos v ON v.id = s.video_id WHERE v.key = $1",
-            key)
+            "SELECT s.id FROM sessions s JOIN videos v ON v.id = s.video_id WHERE v.key = $1", key
+        )
         assert {k.split("-")[1] for k in set(receiver.keys)} == {str(r["id"]) for r in sessions}
         delivered = [s for post in receiver.posts for s in post["sessions"]]
         assert all(s["watch_seconds"] == 1.5 and s["watched"] == [[0.0, 1.5]] for s in delivered)
@@ -218,11 +265,16 @@ async def test_session_events_relative_to_its_start(server: Server, api: httpx.C
 
 
 async def test_top_videos(api: httpx.Client, data: Data) -> None:
-    top = api.post("/api/v1/videos", json={"query": {"key": data.key}, "timeframe": MAY,
-                                           "minimum_watch_seconds": 0}).json()["videos"]
-    assert [(v["video"], v["views"]) for v in top] == [({"video_id": "a"}, 2),
-                                                       ({"video_id": "b"}, 1)]
+    top = api.post(
+        "/api/v1/videos",
+        json={"query": {"key": data.key}, "timeframe": MAY, "minimum_watch_seconds": 0},
+    ).json()["videos"]
+    assert [(v["video"], v["views"]) for v in top] == [
+        ({"video_id": "a"}, 2),
+        ({"video_id": "b"}, 1),
+    ]
     assert top[0]["total_view_time"] == 10.0
-    one = api.post("/api/v1/videos", json={"query": {"key": data.key}, "timeframe": MAY,
-                                           "limit": 1}).json()["videos"]
+    one = api.post(
+        "/api/v1/videos", json={"query": {"key": data.key}, "timeframe": MAY, "limit": 1}
+    ).json()["videos"]
     assert len(one) == 1

@@ -44,37 +44,77 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def test_schemathesis_finds_no_server_errors(fuzz_server: Server) -> None:
     st_cli = Path(sys.executable).parent / "st"
     result = subprocess.run(
-        [str(st_cli), "run", f"{fuzz_server.http}/api/v1/openapi.json",
-         "--url", fuzz_server.http, "--auth", f"admin:{PASSWORD}",
-         "--checks", "all", "--exclude-checks", SKIPPED_CHECKS,
-         # one worker: with two threads, CPython 3.11's parser (which hypothesis uses to
-         # describe its filters) sporadically fails with "AST constructor recursion depth
-         # mismatch" inside schemathesis: a crash of the fuzzer, not of the server
-         "--max-examples", "25", "--workers", "1", "--seed", "7", "--max-time", "40",
-         "--no-color"],
-        capture_output=True, text=True, timeout=300)
+        [
+            str(st_cli),
+            "run",
+            f"{fuzz_server.http}/api/v1/openapi.json",
+            "--url",
+            fuzz_server.http,
+            "--auth",
+            f"admin:{PASSWORD}",
+            "--checks",
+            "all",
+            "--exclude-checks",
+            SKIPPED_CHECKS,
+            # one worker: with two threads, CPython 3.11's parser (which hypothesis uses to
+            # describe its filters) sporadically fails with "AST constructor recursion depth
+            # mismatch" inside schemathesis: a crash of the fuzzer, not of the server
+            "--max-examples",
+            "25",
+            "--workers",
+            "1",
+            "--seed",
+            "7",
+            "--max-time",
+            "40",
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "Traceback" not in fuzz_server.output()
 
 
 # -- socket protocol: hypothesis -------------------------------------------------------
 def _scalars() -> st.SearchStrategy[Any]:
-    nasty = st.sampled_from(["\x00", "a\x00b", "\ud800", "\udfff", "\U0010ffff", "é" * 300,
-                             "session:x", "phoenix", "", " "])
+    nasty = st.sampled_from(
+        [
+            "\x00",
+            "a\x00b",
+            "\ud800",
+            "\udfff",
+            "\U0010ffff",
+            "é" * 300,
+            "session:x",
+            "phoenix",
+            "",
+            " ",
+        ]
+    )
     return st.one_of(
-        st.none(), st.booleans(),
+        st.none(),
+        st.booleans(),
         st.integers(min_value=-(10**30), max_value=10**30),
         st.floats(allow_nan=False, allow_infinity=False),
         st.sampled_from([1e308, -1e308, 5e-324, 2**63, -(2**63) - 1]),
-        st.text(max_size=30), nasty)
+        st.text(max_size=30),
+        nasty,
+    )
 
 
-JSON = st.recursive(_scalars(), lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-    max_leaves=20)
+JSON = st.recursive(
+    _scalars(),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
 EVENTS = st.sampled_from(["phx_join", "event", "phx_leave", "heartbeat", "phx_reply", "x"])
-NAMES = st.sampled_from(["play", "pause", "ended", "timeupdate", "seeked", "ratechange",
-                         "nope", "\x00"])
+NAMES = st.sampled_from(
+    ["play", "pause", "ended", "timeupdate", "seeked", "ratechange", "nope", "\x00"]
+)
 
 
 def _nested(depth: int) -> str:
@@ -96,16 +136,29 @@ def frames(draw: st.DrawFn) -> str:
     event = draw(EVENTS)
     payload: Any
     if kind == 3:
-        payload = {"key": draw(st.one_of(st.just("KEY"), JSON)), "metadata": draw(JSON),
-                   "identifier": draw(JSON), "session_data": draw(JSON),
-                   "source_url": draw(st.one_of(st.text(max_size=40), JSON))}
+        payload = {
+            "key": draw(st.one_of(st.just("KEY"), JSON)),
+            "metadata": draw(JSON),
+            "identifier": draw(JSON),
+            "session_data": draw(JSON),
+            "source_url": draw(st.one_of(st.text(max_size=40), JSON)),
+        }
     elif kind == 4:
-        payload = {"name": draw(NAMES), "from": draw(_scalars()), "to": draw(_scalars()),
-                   "duration": draw(_scalars()), draw(st.text(max_size=6)): draw(JSON)}
+        payload = {
+            "name": draw(NAMES),
+            "from": draw(_scalars()),
+            "to": draw(_scalars()),
+            "duration": draw(_scalars()),
+            draw(st.text(max_size=6)): draw(JSON),
+        }
     else:
         payload = draw(JSON)
-    refs = draw(st.tuples(st.one_of(st.none(), st.text(max_size=4), st.integers()),
-                          st.one_of(st.none(), st.text(max_size=4), st.integers())))
+    refs = draw(
+        st.tuples(
+            st.one_of(st.none(), st.text(max_size=4), st.integers()),
+            st.one_of(st.none(), st.text(max_size=4), st.integers()),
+        )
+    )
     return json.dumps([refs[0], refs[1], topic, event, payload])
 
 
@@ -122,15 +175,33 @@ class Steady(threading.Thread):
     def run(self) -> None:
         topic = "session:steady" + secrets.token_hex(4)
         with connect(self.url, user_agent_header=CHROME_UA, compression=None) as ws:
-            ws.send(json.dumps(["1", "1", topic, "phx_join",
-                                {"key": self.key, "metadata": {"video_id": "steady"}}]))
+            ws.send(
+                json.dumps(
+                    [
+                        "1",
+                        "1",
+                        topic,
+                        "phx_join",
+                        {"key": self.key, "metadata": {"video_id": "steady"}},
+                    ]
+                )
+            )
             json.loads(ws.recv(10))
             ref = 2
             while not self.stop.is_set():
                 name = "play" if ref % 2 == 0 else "pause"
                 field = "from" if name == "play" else "to"
-                ws.send(json.dumps(["1", str(ref), topic, "event",
-                                    {"name": name, field: ref / 10, "duration": 10_000}]))
+                ws.send(
+                    json.dumps(
+                        [
+                            "1",
+                            str(ref),
+                            topic,
+                            "event",
+                            {"name": name, field: ref / 10, "duration": 10_000},
+                        ]
+                    )
+                )
                 reply = json.loads(ws.recv(10))
                 if reply[4].get("status") == "ok":
                     self.acked += 1
@@ -163,20 +234,27 @@ def steady(fuzz_server: Server) -> Iterator[Steady]:
 
 def test_socket_protocol_fuzz(fuzz_server: Server, steady: Steady) -> None:
     key = httpx.post(f"{fuzz_server.http}/api/v1/keys", auth=AUTH, json={}).json()["key"]
-    ws = connect(fuzz_server.ws(), user_agent_header=CHROME_UA, compression=None,
-                 max_size=2**22, legacy=True)
+    ws = connect(
+        fuzz_server.ws(), user_agent_header=CHROME_UA, compression=None, max_size=2**22, legacy=True
+    )
     state = {"ws": ws}
 
-    @settings(max_examples=300, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     @given(frames())
     def one_frame(frame: str) -> None:
         frame = frame.replace('"KEY"', json.dumps(key))
         try:
             _answered(state["ws"], frame)
         except ConnectionClosed:  # a clean close (e.g. 1009): go on with a new socket
-            state["ws"] = connect(fuzz_server.ws(), user_agent_header=CHROME_UA,
-                                  compression=None, max_size=2**22, legacy=True)
+            state["ws"] = connect(
+                fuzz_server.ws(),
+                user_agent_header=CHROME_UA,
+                compression=None,
+                max_size=2**22,
+                legacy=True,
+            )
 
     try:
         one_frame()

@@ -31,10 +31,10 @@ def deep(levels: int) -> dict[str, object]:
 
 
 # -- 1. NUL characters: refused at validation, and the writer isolates a refused member ---
-@pytest.mark.parametrize("where", ["metadata", "identifier", "session_data", "source_url",
-                                   "event"])
+@pytest.mark.parametrize("where", ["metadata", "identifier", "session_data", "source_url", "event"])
 async def test_nul_is_refused_and_other_clients_keep_committing(
-        server: Server, conn: asyncpg.Connection, where: str) -> None:
+    server: Server, conn: asyncpg.Connection, where: str
+) -> None:
     key = new_key(server)
     poison, good = await Phx.open(server.ws()), await Phx.open(server.ws())
     tp, tg = topic(), topic()
@@ -66,11 +66,11 @@ async def test_nul_is_refused_and_other_clients_keep_committing(
     assert len(rows) == 1
 
 
-async def test_writer_commits_good_members_when_one_is_refused(database_url: str,
-                                                              conn: asyncpg.Connection) -> None:
+async def test_writer_commits_good_members_when_one_is_refused(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
     """Defence in depth: a value no validation caught fails only its own event."""
-    await conn.execute("INSERT INTO ingest_keys (key) VALUES ('writer-iso') "
-                       "ON CONFLICT DO NOTHING")
+    await conn.execute("INSERT INTO ingest_keys (key) VALUES ('writer-iso') ON CONFLICT DO NOTHING")
     pool = await db.create_pool(database_url, min_size=1, max_size=2)
     writer = Writer(pool, flush_interval=0.05, max_rows=1000)
     writer.start()
@@ -80,13 +80,22 @@ async def test_writer_commits_good_members_when_one_is_refused(database_url: str
         ids = [await writer.new_session_id() for _ in range(3)]
 
         def row(session_id: int, page: str) -> SessionRow:
-            return SessionRow(id=session_id, started_at=now, video=video, browser="chrome",
-                              platform="linux", device="desktop", page=page,
-                              session_data=None)
+            return SessionRow(
+                id=session_id,
+                started_at=now,
+                video=video,
+                browser="chrome",
+                platform="linux",
+                device="desktop",
+                page=page,
+                session_data=None,
+            )
 
-        futures = [writer.write([row(ids[0], "https://ok.example/1")]),
-                   writer.write([row(ids[1], "https://bad.example/\u0000")]),
-                   writer.write([row(ids[2], "https://ok.example/2")])]
+        futures = [
+            writer.write([row(ids[0], "https://ok.example/1")]),
+            writer.write([row(ids[1], "https://bad.example/\u0000")]),
+            writer.write([row(ids[2], "https://ok.example/2")]),
+        ]
         results = await asyncio.gather(*futures, return_exceptions=True)
         assert results[0] is None and results[2] is None
         assert isinstance(results[1], WriteFailed)
@@ -108,8 +117,9 @@ async def test_deep_nesting_is_refused_cleanly(server: Server) -> None:
         assert reply["status"] == "error"
         assert "nested deeper" in reply["response"]["reason"]
     # deeper than any JSON parser here goes: still an error reply, not a dropped socket
-    await phx.send_raw('["1","99","session:x","phx_join",' + '{"a":' * 5000 + "1"
-                       + "}" * 5000 + "]")
+    await phx.send_raw(
+        '["1","99","session:x","phx_join",' + '{"a":' * 5000 + "1" + "}" * 5000 + "]"
+    )
     reply = await phx.wait_ref(None)
     assert reply[4]["status"] == "error" and "malformed" in reply[4]["response"]["reason"]
     t = topic()
@@ -130,8 +140,9 @@ async def test_deep_nesting_is_refused_cleanly(server: Server) -> None:
 # -- 3. a non-ASCII Authorization header is a 401 ------------------------------------------
 def test_non_ascii_authorization_is_401(server: Server) -> None:
     for value in ("Basic äöü", "Basic " + "é" * 10, "Basic \u00ff\u00fe"):
-        response = httpx.get(f"{server.http}/api/v1/keys",
-                             headers={"authorization": value.encode("latin-1")})
+        response = httpx.get(
+            f"{server.http}/api/v1/keys", headers={"authorization": value.encode("latin-1")}
+        )
         assert response.status_code == 401, response.text
         assert response.json()["error"] == "malformed basic credentials"
 
@@ -155,21 +166,22 @@ async def test_revocation_stops_open_channels(server: Server, conn: asyncpg.Conn
             closed.add(frame[2])
     assert closed == {playing, idle}
     # ... and an event pushed on it anyway is not acknowledged, and creates no session
-    reply = await phx.push(idle, "event", {"name": "play", "from": 0},
-                           join_ref=phx.join_refs[idle])
+    reply = await phx.push(idle, "event", {"name": "play", "from": 0}, join_ref=phx.join_refs[idle])
     assert reply[4]["status"] == "error"
     await phx.close()
     rows = await sessions_for(conn, key)
     assert len(rows) == 1  # only the session that started before the revocation
-    watching = httpx.post(f"{server.http}/api/v1/watching", auth=AUTH,
-                          json={"query": {"key": key}}).json()
+    watching = httpx.post(
+        f"{server.http}/api/v1/watching", auth=AUTH, json={"query": {"key": key}}
+    ).json()
     assert watching == {"watching": 0}
 
 
 # -- 5. a global budget for what clients make the server hold -----------------------------
 async def test_session_memory_budget(tmp_path: Path, database_url: str) -> None:
-    srv = start_server(tmp_path, {"DATABASE_URL": database_url,
-                                  "METRICS_MAX_SESSION_STATE_MB": "1"})
+    srv = start_server(
+        tmp_path, {"DATABASE_URL": database_url, "METRICS_MAX_SESSION_STATE_MB": "1"}
+    )
     try:
         key = new_key(srv)
         big = {"video_id": "v", "pad": "x" * 3900}
@@ -178,8 +190,7 @@ async def test_session_memory_budget(tmp_path: Path, database_url: str) -> None:
             phx = await Phx.open(srv.ws())
             sockets.append(phx)
             for _ in range(16):
-                reply = await phx.join(topic(), {"key": key, "metadata": big,
-                                                 "session_data": big})
+                reply = await phx.join(topic(), {"key": key, "metadata": big, "session_data": big})
                 if reply["status"] == "error":
                     refused = reply["response"]["reason"]
                     break
@@ -196,6 +207,7 @@ async def test_session_memory_budget(tmp_path: Path, database_url: str) -> None:
             ok = (await phx.join(topic(), {"key": key, "metadata": big}))["status"] == "ok"
             await phx.close()
             return ok
+
         await wait_for(joins_again)
     finally:
         srv.stop()
@@ -223,15 +235,23 @@ def _closed_by_server(sock: socket.socket, within: float) -> bool:
 
 
 async def test_slow_and_silent_connections_are_reaped(tmp_path: Path, database_url: str) -> None:
-    srv = start_server(tmp_path, {"DATABASE_URL": database_url,
-                                  "METRICS_REQUEST_TIMEOUT_SECONDS": "1",
-                                  "METRICS_MAX_HTTP_CONNECTIONS": "30",
-                                  "METRICS_SOCKET_IDLE_SECONDS": "1"})
+    srv = start_server(
+        tmp_path,
+        {
+            "DATABASE_URL": database_url,
+            "METRICS_REQUEST_TIMEOUT_SECONDS": "1",
+            "METRICS_MAX_HTTP_CONNECTIONS": "30",
+            "METRICS_SOCKET_IDLE_SECONDS": "1",
+        },
+    )
     try:
         silent = _silent(srv.port)
         partial_headers = _silent(srv.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-        partial_body = _silent(srv.port, b"POST /api/v1/plays HTTP/1.1\r\nHost: x\r\n"
-                               b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        partial_body = _silent(
+            srv.port,
+            b"POST /api/v1/plays HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+        )
         for sock in (silent, partial_headers, partial_body):
             assert _closed_by_server(sock, within=4)
             sock.close()
@@ -249,8 +269,9 @@ async def test_slow_and_silent_connections_are_reaped(tmp_path: Path, database_u
         srv.stop()
 
 
-async def test_socket_cap_is_kept_below_the_descriptor_limit(tmp_path: Path,
-                                                             database_url: str) -> None:
+async def test_socket_cap_is_kept_below_the_descriptor_limit(
+    tmp_path: Path, database_url: str
+) -> None:
     srv = start_server(tmp_path, {"DATABASE_URL": database_url}, nofile=512)
     try:
         assert "file descriptor limit is 512" in srv.output()
@@ -261,21 +282,32 @@ async def test_socket_cap_is_kept_below_the_descriptor_limit(tmp_path: Path,
 
 # -- 7. nothing identifying survives in what is stored ------------------------------------
 async def test_matrix_params_ports_and_unknown_fields_are_not_stored(
-        server: Server, conn: asyncpg.Connection) -> None:
+    server: Server, conn: asyncpg.Connection
+) -> None:
     key = new_key(server)
     phx = await Phx.open(server.ws())
     t = topic()
     url = "https://Site.example:443/page;jsessionid=SECRET/more;x=1?y=2#f"
     assert (await phx.join(t, join_payload(key, url=url)))["status"] == "ok"
-    assert (await phx.event(t, name="play", duration=20, **{"from": 0},
-                            email="someone@example.com", tracking_id="abc123"))["status"] == "ok"
+    assert (
+        await phx.event(
+            t,
+            name="play",
+            duration=20,
+            **{"from": 0},
+            email="someone@example.com",
+            tracking_id="abc123",
+        )
+    )["status"] == "ok"
     assert (await phx.event(t, name="pause", duration=20, to="1.5"))["status"] == "ok"
     await phx.close()
     rows = await sessions_for(conn, key)
     assert rows[0]["page"] == "https://site.example/page/more"
     events = await timeline_of(conn, rows[0]["id"])
     assert {name: payload for _, name, payload in events} == {
-        "play": {"duration": 20.0, "from": 0.0}, "pause": {"duration": 20.0, "to": 1.5}}
+        "play": {"duration": 20.0, "from": 0.0},
+        "pause": {"duration": 20.0, "to": 1.5},
+    }
     dump = str(events) + str(await conn.fetch("SELECT * FROM sessions"))
     for secret in ("SECRET", "someone@example.com", "abc123", ":443"):
         assert secret not in dump
@@ -283,6 +315,7 @@ async def test_matrix_params_ports_and_unknown_fields_are_not_stored(
 
 def test_http_port_80_is_dropped_too() -> None:
     from app.ingest.sessions import strip_url
+
     assert strip_url("http://a.example:80/x;y") == "http://a.example/x"
     assert strip_url("http://a.example:8080/") == "http://a.example:8080/"
 
@@ -290,9 +323,11 @@ def test_http_port_80_is_dropped_too() -> None:
 # -- 8. cross-site form posts are refused -------------------------------------------------
 def test_post_requires_json_content_type(api: httpx.Client) -> None:
     before = api.get("/api/v1/keys").json()["keys"]
-    for content_type, body in (("text/plain", b'{"key": "from-a-form"}'),
-                               ("application/x-www-form-urlencoded", b"key=from-a-form"),
-                               ("multipart/form-data; boundary=x", b"--x--")):
+    for content_type, body in (
+        ("text/plain", b'{"key": "from-a-form"}'),
+        ("application/x-www-form-urlencoded", b"key=from-a-form"),
+        ("multipart/form-data; boundary=x", b"--x--"),
+    ):
         response = api.post("/api/v1/keys", content=body, headers={"content-type": content_type})
         assert response.status_code == 415, response.text
         assert "application/json" in response.json()["error"]
@@ -311,15 +346,24 @@ def test_contract_edges(api: httpx.Client) -> None:
     request = doc["components"]["schemas"]["BucketRequest"]["properties"]
     assert request["identifier"]["minLength"] == 1
     assert api.post("/api/v1/plays", json={"identifier": ""}).status_code == 400
-    key_schema = doc["paths"]["/api/v1/keys"]["post"]["requestBody"]["content"][
-        "application/json"]["schema"]["properties"]["key"]
+    key_schema = doc["paths"]["/api/v1/keys"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"
+    ]["properties"]["key"]
     import re
+
     pattern = re.compile(key_schema["pattern"])
-    for candidate, accepted in (("ok-Key_1+/=", True), ("with space", False), ("tab\t", False),
-                                ("", False), ("ü", False), ("x" * 201, False)):
+    for candidate, accepted in (
+        ("ok-Key_1+/=", True),
+        ("with space", False),
+        ("tab\t", False),
+        ("", False),
+        ("ü", False),
+        ("x" * 201, False),
+    ):
         assert bool(pattern.match(candidate)) is accepted
-        response = api.post("/api/v1/keys", json={"key": candidate + "-" if accepted else
-                                                  candidate})
+        response = api.post(
+            "/api/v1/keys", json={"key": candidate + "-" if accepted else candidate}
+        )
         assert (response.status_code == 201) is accepted, (candidate, response.text)
     response = api.options("/api/v1/keys")
     assert response.status_code == 405
@@ -362,26 +406,35 @@ async def test_watch_time_is_bounded_by_the_clock(server: Server, conn: asyncpg.
 
 # -- 12. answers are bounded -----------------------------------------------------------------
 def test_bucket_count_is_capped(api: httpx.Client) -> None:
-    response = api.post("/api/v1/plays", json={"query": {"key": "k"}, "interval": "1 second",
-                                                "timeframe": "10 years"})
+    response = api.post(
+        "/api/v1/plays",
+        json={"query": {"key": "k"}, "interval": "1 second", "timeframe": "10 years"},
+    )
     assert response.status_code == 400
     assert "limit is 10000" in response.json()["error"]
-    response = api.post("/api/v1/sources", json={"query": {"key": "k"}, "interval": "1 hour",
-                                                  "timeframe": "365 days"})
+    response = api.post(
+        "/api/v1/sources",
+        json={"query": {"key": "k"}, "interval": "1 hour", "timeframe": "365 days"},
+    )
     assert response.status_code == 200
 
 
 # -- 13. password guessing is bounded --------------------------------------------------------
 async def test_password_guessing_is_throttled(tmp_path: Path, database_url: str) -> None:
     from app.auth.basic import hash_password
-    srv = start_server(tmp_path, {"DATABASE_URL": database_url,
-                                  "METRICS_PASSWORD": "",
-                                  "METRICS_PASSWORD_HASH": hash_password(PASSWORD),
-                                  "METRICS_MAX_PASSWORD_CHECKS": "1"})
+
+    srv = start_server(
+        tmp_path,
+        {
+            "DATABASE_URL": database_url,
+            "METRICS_PASSWORD": "",
+            "METRICS_PASSWORD_HASH": hash_password(PASSWORD),
+            "METRICS_MAX_PASSWORD_CHECKS": "1",
+        },
+    )
     try:
         async with httpx.AsyncClient(base_url=srv.http, timeout=60) as client:
-            guesses = [client.get("/api/v1/keys", auth=("admin", f"guess-{i}"))
-                       for i in range(16)]
+            guesses = [client.get("/api/v1/keys", auth=("admin", f"guess-{i}")) for i in range(16)]
             statuses = [r.status_code for r in await asyncio.gather(*guesses)]
         assert set(statuses) <= {401, 429}
         assert statuses.count(429) >= 1  # more than one check plus 4 waiting: refused

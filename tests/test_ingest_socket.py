@@ -31,7 +31,9 @@ def topic() -> str:
 async def sessions_for(conn: asyncpg.Connection, key: str) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT s.* FROM sessions s JOIN videos v ON v.id = s.video_id WHERE v.key = $1 "
-        "ORDER BY s.started_at", key)
+        "ORDER BY s.started_at",
+        key,
+    )
 
 
 async def wait_for(predicate, timeout: float = 10.0):  # type: ignore[no-untyped-def]
@@ -83,6 +85,7 @@ async def test_revoked_key_is_refused(server: Server, conn: asyncpg.Connection) 
     assert (await phx.event(t, name="play", duration=20, **{"from": 0}))["status"] == "ok"
     assert (await phx.event(t, name="pause", duration=20, to="3.5"))["status"] == "ok"
     from urllib.parse import quote
+
     revoke = httpx.delete(f"{server.http}/api/v1/keys/{quote(key, safe='')}", auth=AUTH)
     assert revoke.status_code == 200
     assert (await phx.join(topic(), join_payload(key)))["response"]["reason"] == "invalid key"
@@ -91,8 +94,9 @@ async def test_revoked_key_is_refused(server: Server, conn: asyncpg.Connection) 
     assert len(rows) == 1 and rows[0]["watch_seconds"] == pytest.approx(3.5)
 
 
-async def test_bot_user_agent_is_refused_and_nothing_stored(server: Server,
-                                                            conn: asyncpg.Connection) -> None:
+async def test_bot_user_agent_is_refused_and_nothing_stored(
+    server: Server, conn: asyncpg.Connection
+) -> None:
     key = new_key(server)
     phx = await Phx.open(server.ws(), user_agent=BOT_UA)
     reply = await phx.join(topic(), join_payload(key))
@@ -110,8 +114,9 @@ async def test_unmatched_topic_and_unknown_events(server: Server) -> None:
     t = topic()
     await phx.join(t, join_payload(key))
     assert (await phx.event(t, name="explode"))["response"]["reason"].startswith("unknown event")
-    assert (await phx.event(t, name="play", **{"from": "abc"}))["response"]["reason"] == \
-        "from must be a number"
+    assert (await phx.event(t, name="play", **{"from": "abc"}))["response"][
+        "reason"
+    ] == "from must be a number"
     other = await phx.push(t, "shout", {})
     assert other[4]["status"] == "error"
     await phx.close()
@@ -119,8 +124,17 @@ async def test_unmatched_topic_and_unknown_events(server: Server) -> None:
 
 async def test_malformed_frames_never_break_the_socket(server: Server) -> None:
     phx = await Phx.open(server.ws())
-    for raw in ["not json", "[1,2,3]", '{"a":1}', '[null,"9",5,"x",{}]', '[null,"8","t","e",[]]',
-                "[]", "null", "1e999", '["x","y","z","w","v"]']:
+    for raw in [
+        "not json",
+        "[1,2,3]",
+        '{"a":1}',
+        '[null,"9",5,"x",{}]',
+        '[null,"8","t","e",[]]',
+        "[]",
+        "null",
+        "1e999",
+        '["x","y","z","w","v"]',
+    ]:
         await phx.send_raw(raw)
         frame = await phx.recv()
         assert frame[3] == "phx_reply" and frame[4]["status"] == "error", raw
@@ -146,14 +160,30 @@ async def test_oversized_frame_closes_with_1009(server: Server) -> None:
 async def test_vsn1_object_framing(server: Server) -> None:
     key = new_key(server)
     phx = await Phx.open(server.ws(vsn="1.0.0"))
-    await phx.send_raw(json.dumps({"topic": "session:v1", "event": "phx_join", "ref": "1",
-                                   "payload": {"identifier": "legacy-video", "key": key,
-                                               "metadata": {"title": "Legacy"},
-                                               "session_data": {"plan": "pro"},
-                                               "source_url": "http://legacy.example/a?b=c"}}))
+    await phx.send_raw(
+        json.dumps(
+            {
+                "topic": "session:v1",
+                "event": "phx_join",
+                "ref": "1",
+                "payload": {
+                    "identifier": "legacy-video",
+                    "key": key,
+                    "metadata": {"title": "Legacy"},
+                    "session_data": {"plan": "pro"},
+                    "source_url": "http://legacy.example/a?b=c",
+                },
+            }
+        )
+    )
     reply = json.loads(await phx.ws.recv())
-    assert reply == {"join_ref": None, "ref": "1", "topic": "session:v1", "event": "phx_reply",
-                     "payload": {"status": "ok", "response": {}}}
+    assert reply == {
+        "join_ref": None,
+        "ref": "1",
+        "topic": "session:v1",
+        "event": "phx_reply",
+        "payload": {"status": "ok", "response": {}},
+    }
     await phx.close()
 
 
@@ -162,7 +192,8 @@ async def test_play_pause_play_and_disconnect(server: Server, conn: asyncpg.Conn
     phx = await Phx.open(server.ws(), user_agent=IPHONE_UA)
     t = topic()
     assert (await phx.join(t, join_payload(key, url="https://shop.example/p/1?utm=x#top")))[
-        "status"] == "ok"
+        "status"
+    ] == "ok"
     assert (await phx.event(t, name="play", duration=20, **{"from": 0}))["status"] == "ok"
     assert (await phx.event(t, name="pause", duration=20, to="6.01"))["status"] == "ok"
     assert (await phx.event(t, name="play", duration=20, **{"from": "12.00"}))["status"] == "ok"
@@ -182,11 +213,16 @@ async def test_play_pause_play_and_disconnect(server: Server, conn: asyncpg.Conn
     events = await timeline_of(conn, row["id"])
     assert [name for _, name, _ in events] == ["play", "pause", "play", "pause", "play"]
     assert [payload for _, _, payload in events] == [
-        {"duration": 20.0, "from": 0.0}, {"duration": 20.0, "to": 6.01},
-        {"duration": 20.0, "from": 12.0}, {"duration": 20.0, "to": 15.5},
-        {"duration": 20.0, "from": 2.0}]
-    assert all(a <= b for (a, _, _), (b, _, _) in zip(events, events[1:], strict=False)) and \
-        events[0][0] == row["started_at"]
+        {"duration": 20.0, "from": 0.0},
+        {"duration": 20.0, "to": 6.01},
+        {"duration": 20.0, "from": 12.0},
+        {"duration": 20.0, "to": 15.5},
+        {"duration": 20.0, "from": 2.0},
+    ]
+    assert (
+        all(a <= b for (a, _, _), (b, _, _) in zip(events, events[1:], strict=False))
+        and events[0][0] == row["started_at"]
+    )
 
 
 async def _ended(conn: asyncpg.Connection, key: str) -> list[asyncpg.Record] | None:
@@ -198,8 +234,9 @@ async def _ended(conn: asyncpg.Connection, key: str) -> list[asyncpg.Record] | N
     return None
 
 
-async def test_page_that_never_plays_is_not_a_session(server: Server,
-                                                      conn: asyncpg.Connection) -> None:
+async def test_page_that_never_plays_is_not_a_session(
+    server: Server, conn: asyncpg.Connection
+) -> None:
     key = new_key(server)
     phx = await Phx.open(server.ws())
     t = topic()
@@ -238,8 +275,9 @@ async def _count(conn: asyncpg.Connection, key: str, n: int) -> list[asyncpg.Rec
 
 
 async def test_rate_limit(tmp_path: Path, database_url: str) -> None:
-    srv = start_server(tmp_path, {"DATABASE_URL": database_url,
-                                  "METRICS_MAX_EVENTS_PER_SECOND": "2"})
+    srv = start_server(
+        tmp_path, {"DATABASE_URL": database_url, "METRICS_MAX_EVENTS_PER_SECOND": "2"}
+    )
     try:
         key = new_key(srv)
         phx = await Phx.open(srv.ws())
@@ -278,9 +316,11 @@ async def test_database_outage_gives_errors_then_recovers(tmp_path: Path) -> Non
         assert health.json()["database"] == "unavailable"
         assert health.json()["writer"] == "failing"
         pg.start()
+
         async def recovered() -> bool:
             r = await phx.event(t, name="play", **{"from": 2})
             return r["status"] == "ok"
+
         await wait_for(recovered, timeout=20)
         health = httpx.get(f"{srv.http}/healthz", timeout=10)
         assert health.status_code == 200
@@ -291,8 +331,9 @@ async def test_database_outage_gives_errors_then_recovers(tmp_path: Path) -> Non
         srv.stop()
 
 
-async def test_sigterm_flushes_open_sessions(tmp_path: Path, database_url: str,
-                                             conn: asyncpg.Connection) -> None:
+async def test_sigterm_flushes_open_sessions(
+    tmp_path: Path, database_url: str, conn: asyncpg.Connection
+) -> None:
     srv = start_server(tmp_path, {"DATABASE_URL": database_url})
     key = new_key(srv)
     phx = await Phx.open(srv.ws())
@@ -307,8 +348,13 @@ async def test_sigterm_flushes_open_sessions(tmp_path: Path, database_url: str,
     assert len(ivs) == 1 and ivs[0][0] == 10.0 and 10.9 < ivs[0][1] < 13
     assert rows[0]["watch_seconds"] == pytest.approx(ivs[0][1] - 10.0)
     # no longer watching (a stopped session's presence row is dated -infinity)
-    assert await conn.fetchval("SELECT count(*) FROM playing WHERE session_id = $1 "
-                               "AND last_seen > '-infinity'", rows[0]["id"]) == 0
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM playing WHERE session_id = $1 AND last_seen > '-infinity'",
+            rows[0]["id"],
+        )
+        == 0
+    )
 
 
 async def test_max_sockets(tmp_path: Path, database_url: str) -> None:
@@ -330,10 +376,12 @@ async def test_max_sockets(tmp_path: Path, database_url: str) -> None:
         srv.stop()
 
 
-async def test_two_processes_share_revocation_and_presence(tmp_path: Path, server: Server,
-                                                           database_url: str) -> None:
-    other = start_server(tmp_path, {"DATABASE_URL": database_url,
-                                    "METRICS_KEY_REFRESH_SECONDS": "0.5"})
+async def test_two_processes_share_revocation_and_presence(
+    tmp_path: Path, server: Server, database_url: str
+) -> None:
+    other = start_server(
+        tmp_path, {"DATABASE_URL": database_url, "METRICS_KEY_REFRESH_SECONDS": "0.5"}
+    )
     try:
         key = new_key(server)
         await asyncio.sleep(1.2)  # the other process learns the new key by polling
@@ -341,12 +389,16 @@ async def test_two_processes_share_revocation_and_presence(tmp_path: Path, serve
         t = topic()
         assert (await phx.join(t, join_payload(key)))["status"] == "ok"
         assert (await phx.event(t, name="play", **{"from": 0}))["status"] == "ok"
-        watching = httpx.post(f"{server.http}/api/v1/watching", auth=AUTH,
-                              json={"query": {"key": key}}).json()
+        watching = httpx.post(
+            f"{server.http}/api/v1/watching", auth=AUTH, json={"query": {"key": key}}
+        ).json()
         assert watching == {"watching": 1}  # played on one process, seen from the other
         from urllib.parse import quote
-        assert httpx.delete(f"{server.http}/api/v1/keys/{quote(key, safe='')}",
-                            auth=AUTH).status_code == 200
+
+        assert (
+            httpx.delete(f"{server.http}/api/v1/keys/{quote(key, safe='')}", auth=AUTH).status_code
+            == 200
+        )
         await asyncio.sleep(1.0)
         refused = await phx.join(topic(), join_payload(key))
         assert refused == {"status": "error", "response": {"reason": "invalid key"}}
@@ -355,14 +407,16 @@ async def test_two_processes_share_revocation_and_presence(tmp_path: Path, serve
         other.stop()
 
 
-async def test_a_long_timeline_spills_into_overflow_rows(server: Server, conn: asyncpg.Connection,
-                                                         database_url: str) -> None:
+async def test_a_long_timeline_spills_into_overflow_rows(
+    server: Server, conn: asyncpg.Connection, database_url: str
+) -> None:
     """A session's row keeps its first raw events up to timeline.ROW_BYTES; the rest go to
     overflow rows (an append never rewrites a long value). The timeline reads back whole and
     in order, the count is exact, and raw-event retention drops both."""
     import datetime as dt
 
     from app.storage import db, session_store, timeline
+
     key = new_key(server)
     phx = await Phx.open(server.ws())
     t = topic()
@@ -370,20 +424,26 @@ async def test_a_long_timeline_spills_into_overflow_rows(server: Server, conn: a
     sent = []
     for n in range(80):  # 160 events of 24 bytes: ~3.8 KB
         for step in (0, 1):
-            assert (await phx.event(t, name=("play", "pause")[step], duration=600,
-                                    **{("from", "to")[step]: n + step}))["status"] == "ok"
+            assert (
+                await phx.event(
+                    t,
+                    name=("play", "pause")[step],
+                    duration=600,
+                    **{("from", "to")[step]: n + step},
+                )
+            )["status"] == "ok"
             sent.append((("play", "pause")[step], float(n + step)))
             await asyncio.sleep(0.012)  # under the rate limit (50/s, burst 100), acks or not
     await phx.close()
     (row,) = await wait_for(lambda: _ended_row(conn, key))
     events = await timeline_of(conn, row["id"])
-    assert [(name, payload.get("from", payload.get("to"))) for _, name, payload in events] \
-        == sent
+    assert [(name, payload.get("from", payload.get("to"))) for _, name, payload in events] == sent
     assert all(a <= b for (a, _, _), (b, _, _) in zip(events, events[1:], strict=False))
     assert row["event_count"] == len(sent)
     assert len(row["events"]) <= timeline.ROW_BYTES
     overflow = await conn.fetchval(
-        "SELECT count(*) FROM session_events WHERE session_id = $1", row["id"])
+        "SELECT count(*) FROM session_events WHERE session_id = $1", row["id"]
+    )
     assert overflow >= 1
     pool = await db.create_pool(database_url, min_size=1, max_size=1)
     try:
@@ -392,11 +452,14 @@ async def test_a_long_timeline_spills_into_overflow_rows(server: Server, conn: a
     finally:
         await pool.close()
     assert await timeline_of(conn, row["id"]) == []
-    assert await conn.fetchval(
-        "SELECT count(*) FROM session_events WHERE session_id = $1", row["id"]) == 0
+    assert (
+        await conn.fetchval("SELECT count(*) FROM session_events WHERE session_id = $1", row["id"])
+        == 0
+    )
 
 
 async def _ended_row(conn: asyncpg.Connection, key: str) -> list[asyncpg.Record] | None:
     rows = await sessions_for(conn, key)
-    return rows if rows and rows[0]["ended_at"] is not None and rows[0]["event_count"] >= 160 \
-        else None
+    return (
+        rows if rows and rows[0]["ended_at"] is not None and rows[0]["event_count"] >= 160 else None
+    )

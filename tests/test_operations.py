@@ -24,8 +24,9 @@ async def test_metrics_cover_what_the_docs_name(server: Server) -> None:
     httpx.post(f"{server.http}/api/v1/plays", auth=AUTH, json={"query": {"key": key}})
     text = httpx.get(f"{server.http}/metrics", auth=AUTH).text
     await phx.close()
-    documented = set(re.findall(r"`(vidmetrics_[a-z_]+)", (ROOT / "docs" / "operations.md")
-                                .read_text()))
+    documented = set(
+        re.findall(r"`(vidmetrics_[a-z_]+)", (ROOT / "docs" / "operations.md").read_text())
+    )
     assert len(documented) >= 15
     for name in documented:
         assert name in text, name

@@ -20,8 +20,9 @@ from tests.test_ingest_socket import new_key, sessions_for, topic
 DURATION = 100
 
 
-async def _viewer(server: Server, key: str, pushes: list[dict[str, Any]],
-                  user_agent: str | None = None) -> None:
+async def _viewer(
+    server: Server, key: str, pushes: list[dict[str, Any]], user_agent: str | None = None
+) -> None:
     phx = await (Phx.open(server.ws(), user_agent) if user_agent else Phx.open(server.ws()))
     t = topic()
     assert (await phx.join(t, join_payload(key, video_id="qoe")))["status"] == "ok"
@@ -42,33 +43,67 @@ def _rep(ms: float) -> float:
 async def _scenario(server: Server, key: str) -> None:
     await asyncio.gather(
         # 1: starts in 800 ms, one 2 s stall, watches 9 s, one 300 ms seek, exits cleanly
-        _viewer(server, key, [
-            {"name": "play_request"}, {"name": "first_frame", "ms": 800},
-            {"name": "play", "from": 0}, {"name": "rebuffering_start"},
-            {"name": "rebuffering_end", "ms": 2000}, {"name": "pause", "to": 9},
-            {"name": "seeking"}, {"name": "seeked", "ms": 300}, {"name": "exit"}]),
+        _viewer(
+            server,
+            key,
+            [
+                {"name": "play_request"},
+                {"name": "first_frame", "ms": 800},
+                {"name": "play", "from": 0},
+                {"name": "rebuffering_start"},
+                {"name": "rebuffering_end", "ms": 2000},
+                {"name": "pause", "to": 9},
+                {"name": "seeking"},
+                {"name": "seeked", "ms": 300},
+                {"name": "exit"},
+            ],
+        ),
         # 2: starts in 1.5 s, watches 6 s, two seeks (100 + 700 ms: 400 ms mean), tab closed
-        _viewer(server, key, [
-            {"name": "play_request"}, {"name": "first_frame", "ms": 1500},
-            {"name": "play", "from": 0}, {"name": "pause", "to": 6},
-            {"name": "seeking"}, {"name": "seeked", "ms": 100},
-            {"name": "seeking"}, {"name": "seeked", "ms": 700}]),
+        _viewer(
+            server,
+            key,
+            [
+                {"name": "play_request"},
+                {"name": "first_frame", "ms": 1500},
+                {"name": "play", "from": 0},
+                {"name": "pause", "to": 6},
+                {"name": "seeking"},
+                {"name": "seeked", "ms": 100},
+                {"name": "seeking"},
+                {"name": "seeked", "ms": 700},
+            ],
+        ),
         # 3 (iPhone): starts in 3 s, watches 3 s, then a fatal network error
-        _viewer(server, key, [
-            {"name": "play_request"}, {"sleep": 1.1}, {"name": "first_frame", "ms": 3000},
-            {"name": "play", "from": 0}, {"name": "pause", "to": 3},
-            {"name": "playback_failure", "code": 2}], IPHONE_UA),
+        _viewer(
+            server,
+            key,
+            [
+                {"name": "play_request"},
+                {"sleep": 1.1},
+                {"name": "first_frame", "ms": 3000},
+                {"name": "play", "from": 0},
+                {"name": "pause", "to": 3},
+                {"name": "playback_failure", "code": 2},
+            ],
+            IPHONE_UA,
+        ),
         # 4: the source is broken: fails before the first frame
-        _viewer(server, key, [{"name": "play_request"},
-                              {"name": "playback_failure", "code": 4}]),
+        _viewer(server, key, [{"name": "play_request"}, {"name": "playback_failure", "code": 4}]),
         # 5: asks to play, leaves before anything shows: an exit before start
         _viewer(server, key, [{"name": "play_request"}, {"name": "exit"}]),
         # 6: @maveio/metrics: no QoE events at all: not in any QoE figure
         _viewer(server, key, [{"name": "play", "from": 0}, {"name": "pause", "to": 5}]),
         # 7: a 0.0.x client that reports a stall (1 s) but no startup
-        _viewer(server, key, [{"name": "play", "from": 0}, {"name": "rebuffering_start"},
-                              {"name": "rebuffering_end", "ms": 1000},
-                              {"name": "pause", "to": 4}]),
+        _viewer(
+            server,
+            key,
+            [
+                {"name": "play", "from": 0},
+                {"name": "rebuffering_start"},
+                {"name": "rebuffering_end", "ms": 1000},
+                {"name": "pause", "to": 4},
+            ],
+        ),
     )
     await asyncio.sleep(0.3)  # disconnects are written without a reply
 
@@ -76,8 +111,12 @@ async def _scenario(server: Server, key: str) -> None:
 async def test_every_qoe_formula_on_a_hand_computed_scenario(server: Server) -> None:
     key = new_key(server)
     await _scenario(server, key)
-    body = {"query": {"key": key}, "interval": "1 year", "timeframe": "1 day",
-            "breakdown": "device"}
+    body = {
+        "query": {"key": key},
+        "interval": "1 year",
+        "timeframe": "1 day",
+        "breakdown": "device",
+    }
     answer = httpx.post(f"{server.http}/api/v1/qoe", auth=AUTH, json=body)
     assert answer.status_code == 200, answer.text
     (bucket,) = answer.json()["qoe"]
@@ -104,59 +143,98 @@ async def test_every_qoe_formula_on_a_hand_computed_scenario(server: Server) -> 
     assert set(bucket["breakdown"]) == {"desktop", "mobile"}
 
     # views that never started are not plays; the plays are 1, 2, 3, 6 and 7
-    plays = httpx.post(f"{server.http}/api/v1/plays", auth=AUTH,
-                       json={"query": {"key": key}, "interval": "1 year", "timeframe": "1 day",
-                             "minimum_watch_seconds": 0}).json()["views"]
+    plays = httpx.post(
+        f"{server.http}/api/v1/plays",
+        auth=AUTH,
+        json={
+            "query": {"key": key},
+            "interval": "1 year",
+            "timeframe": "1 day",
+            "minimum_watch_seconds": 0,
+        },
+    ).json()["views"]
     assert plays[0]["views"] == 5 and plays[0]["impressions"] == 7
 
     # without a breakdown there is none; with a bad one, a clear 400
-    plain = httpx.post(f"{server.http}/api/v1/qoe", auth=AUTH,
-                       json={**body, "breakdown": None}).json()["qoe"][0]
+    plain = httpx.post(
+        f"{server.http}/api/v1/qoe", auth=AUTH, json={**body, "breakdown": None}
+    ).json()["qoe"][0]
     assert "breakdown" not in plain and plain["views"] == 6
     bad = httpx.post(f"{server.http}/api/v1/qoe", auth=AUTH, json={**body, "breakdown": "os"})
     assert bad.status_code == 400 and "breakdown" in bad.json()["error"]
 
 
-async def test_sessions_carry_their_qoe_summary(server: Server,
-                                                conn: asyncpg.Connection) -> None:
+async def test_sessions_carry_their_qoe_summary(server: Server, conn: asyncpg.Connection) -> None:
     key = new_key(server)
     await _scenario(server, key)
-    listed = httpx.post(f"{server.http}/api/v1/sessions", auth=AUTH,
-                        json={"query": {"key": key}, "timeframe": "1 day"}).json()["sessions"]
+    listed = httpx.post(
+        f"{server.http}/api/v1/sessions",
+        auth=AUTH,
+        json={"query": {"key": key}, "timeframe": "1 day"},
+    ).json()["sessions"]
     assert len(listed) == 7
     by_startup = {s["qoe"]["startup_ms"] if s["qoe"] else "none": s for s in listed}
     first = by_startup[800]
     assert first["played"] is True and first["qoe"] == {
-        "startup_ms": 800, "rebuffer_count": 1, "rebuffer_seconds": 2.0, "seek_count": 1,
-        "seek_latency_ms": 300, "failure": None, "failed_before_start": False,
-        "exited_before_start": False}
+        "startup_ms": 800,
+        "rebuffer_count": 1,
+        "rebuffer_seconds": 2.0,
+        "seek_count": 1,
+        "seek_latency_ms": 300,
+        "failure": None,
+        "failed_before_start": False,
+        "exited_before_start": False,
+    }
     assert by_startup[1500]["qoe"]["seek_latency_ms"] == 400
     unstarted = [s for s in listed if not s["played"]]
-    assert sorted(((s["qoe"]["failure"], s["qoe"]["failed_before_start"],
-                    s["qoe"]["exited_before_start"]) for s in unstarted), key=str) == \
-        [(4, True, False), (None, False, True)]
+    assert sorted(
+        (
+            (s["qoe"]["failure"], s["qoe"]["failed_before_start"], s["qoe"]["exited_before_start"])
+            for s in unstarted
+        ),
+        key=str,
+    ) == [(4, True, False), (None, False, True)]
     assert sum(1 for s in listed if s["qoe"] is None) == 1  # the @maveio/metrics one
     one = httpx.get(f"{server.http}/api/v1/sessions/{first['session']}", auth=AUTH).json()
     names = [e["name"] for e in one["events"]]
-    assert names == ["play_request", "first_frame", "play", "rebuffering_start",
-                     "rebuffering_end", "pause", "seeking", "seeked", "exit"]
+    assert names == [
+        "play_request",
+        "first_frame",
+        "play",
+        "rebuffering_start",
+        "rebuffering_end",
+        "pause",
+        "seeking",
+        "seeked",
+        "exit",
+    ]
     assert one["events"][1]["payload"]["ms"] == 800
     assert all(e["at_ms"] >= 0 for e in one["events"])
     rows = await sessions_for(conn, key)
     assert sum(1 for r in rows if r["ended_at"] is not None) == 7
 
 
-async def test_client_durations_are_checked_against_the_server_clock(server: Server,
-                                                                     conn: asyncpg.Connection,
-                                                                     ) -> None:
+async def test_client_durations_are_checked_against_the_server_clock(
+    server: Server,
+    conn: asyncpg.Connection,
+) -> None:
     """A claimed startup far beyond what the server saw is replaced by the server's own
     measurement; a duration that is not a number is too; QoE events cannot start twice."""
     key = new_key(server)
-    await _viewer(server, key, [
-        {"name": "play_request"}, {"name": "first_frame", "ms": 3_600_000},
-        {"name": "first_frame", "ms": 10}, {"name": "play", "from": 0},
-        {"name": "rebuffering_start"}, {"name": "rebuffering_start"},
-        {"name": "rebuffering_end", "ms": "soon"}, {"name": "pause", "to": 1}])
+    await _viewer(
+        server,
+        key,
+        [
+            {"name": "play_request"},
+            {"name": "first_frame", "ms": 3_600_000},
+            {"name": "first_frame", "ms": 10},
+            {"name": "play", "from": 0},
+            {"name": "rebuffering_start"},
+            {"name": "rebuffering_start"},
+            {"name": "rebuffering_end", "ms": "soon"},
+            {"name": "pause", "to": 1},
+        ],
+    )
     await asyncio.sleep(0.3)
     (row,) = await sessions_for(conn, key)
     assert row["qoe"] and row["startup_ms"] < 3000  # the server's figure, not an hour
@@ -164,15 +242,25 @@ async def test_client_durations_are_checked_against_the_server_clock(server: Ser
     assert row["played"] and not row["exited_before_start"]
 
 
-async def test_a_final_summary_outlives_its_raw_events(server: Server, conn: asyncpg.Connection,
-                                                       database_url: str) -> None:
+async def test_a_final_summary_outlives_its_raw_events(
+    server: Server, conn: asyncpg.Connection, database_url: str
+) -> None:
     """Once raw events pass their retention they are deleted; /sessions/{id} still answers
     the session's final summary, QoE included, and /qoe is unchanged."""
     from app.storage import db, session_store
+
     key = new_key(server)
-    await _viewer(server, key, [
-        {"name": "play_request"}, {"name": "first_frame", "ms": 900},
-        {"name": "play", "from": 0}, {"name": "pause", "to": 5}, {"name": "exit"}])
+    await _viewer(
+        server,
+        key,
+        [
+            {"name": "play_request"},
+            {"name": "first_frame", "ms": 900},
+            {"name": "play", "from": 0},
+            {"name": "pause", "to": 5},
+            {"name": "exit"},
+        ],
+    )
     await asyncio.sleep(0.3)
     (row,) = await sessions_for(conn, key)
     body = {"query": {"key": key}, "interval": "1 day", "timeframe": "1 day"}
@@ -201,14 +289,30 @@ def test_a_snapshot_copies_every_field() -> None:
 
     from app.storage.rollups import Qoe
     from app.storage.session_store import SessionRow, VideoRef
-    row = SessionRow(7, dt.datetime(2026, 1, 1, tzinfo=dt.UTC), VideoRef.of("k", None, {}),
-                     "chrome", "mac", "desktop", "https://p.example/", None,
-                     ended_at=dt.datetime(2026, 1, 2, tzinfo=dt.UTC), duration=12.5,
-                     watch_seconds=3.25, furthest=4.0, ended=True, played=False,
-                     qoe=Qoe(startup_ms=10.0))
+
+    row = SessionRow(
+        7,
+        dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        VideoRef.of("k", None, {}),
+        "chrome",
+        "mac",
+        "desktop",
+        "https://p.example/",
+        None,
+        ended_at=dt.datetime(2026, 1, 2, tzinfo=dt.UTC),
+        duration=12.5,
+        watch_seconds=3.25,
+        furthest=4.0,
+        ended=True,
+        played=False,
+        qoe=Qoe(startup_ms=10.0),
+    )
     values = {f.name: getattr(row, f.name) for f in dataclasses.fields(SessionRow)}
-    defaults = {f.name: f.default for f in dataclasses.fields(SessionRow)
-                if f.default is not dataclasses.MISSING}
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(SessionRow)
+        if f.default is not dataclasses.MISSING
+    }
     assert all(values[name] != default for name, default in defaults.items()), values
     copy = row.copy()
     assert copy is not row

@@ -67,17 +67,20 @@ __OBSERVER__
 
 
 # The same page, but the client is imported and attached only when the driver says so
-LATE_PAGE = PAGE.replace("""<script type="module">
+LATE_PAGE = PAGE.replace(
+    """<script type="module">
   import { Metrics } from "__CLIENT__";
   Metrics.config = { socketPath: "__SOCKET__", apiKey: "__KEY__" };
   new Metrics("#video", { video_id: "__VIDEO__" }).monitor();
-</script>""", """<script>
+</script>""",
+    """<script>
   window.attach = async () => {
     const { Metrics } = await import("__CLIENT__");
     Metrics.config = { socketPath: "__SOCKET__", apiKey: "__KEY__" };
     window.metrics = new Metrics("#video", { video_id: "__VIDEO__" }).monitor();
   };
-</script>""")
+</script>""",
+)
 assert LATE_PAGE != PAGE
 
 
@@ -121,16 +124,25 @@ class MediaServer:
         async def body() -> Any:
             position = start
             while position <= end:
-                while position >= hole and run not in self.released \
-                        and time.monotonic() < began + 30:
+                while (
+                    position >= hole and run not in self.released and time.monotonic() < began + 30
+                ):
                     await asyncio.sleep(0.01)
                 stop = min(end + 1, position + 16384, hole if position < hole else end + 1)
                 yield self.data[position:stop]
                 position = stop
 
-        return StreamingResponse(body(), status_code=206, media_type="video/webm", headers={
-            "Accept-Ranges": "bytes", "Content-Length": str(end - start + 1),
-            "Content-Range": f"bytes {start}-{end}/{size}", "Cache-Control": "no-store"})
+        return StreamingResponse(
+            body(),
+            status_code=206,
+            media_type="video/webm",
+            headers={
+                "Accept-Ranges": "bytes",
+                "Content-Length": str(end - start + 1),
+                "Content-Range": f"bytes {start}-{end}/{size}",
+                "Cache-Control": "no-store",
+            },
+        )
 
     async def page(self, request: Request) -> Response:
         return HTMLResponse(self.pages[request.path_params["name"]])
@@ -144,16 +156,41 @@ def media_site() -> Iterator[tuple[str, MediaServer]]:
     BUILD.mkdir(exist_ok=True)
     video = BUILD / "qoe.webm"  # 30 frames/s, so a painted frame follows `playing` closely
     if not video.exists():
-        _run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
-              "testsrc=duration=20:size=160x120:rate=30", "-c:v", "libvpx", "-b:v", "60k",
-              "-g", "30", "-y", str(video)], E2E)
+        _run(
+            [
+                "ffmpeg",
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc=duration=20:size=160x120:rate=30",
+                "-c:v",
+                "libvpx",
+                "-b:v",
+                "60k",
+                "-g",
+                "30",
+                "-y",
+                str(video),
+            ],
+            E2E,
+        )
     media = MediaServer(video)
-    app = Starlette(routes=[Route("/media/{kind}.webm", media.media),
-                            Route("/release", media.release),
-                            Route("/pages/{name}", media.page)])
+    app = Starlette(
+        routes=[
+            Route("/media/{kind}.webm", media.media),
+            Route("/release", media.release),
+            Route("/pages/{name}", media.page),
+        ]
+    )
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
-                                           timeout_graceful_shutdown=1))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="error", timeout_graceful_shutdown=1
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -165,21 +202,30 @@ def media_site() -> Iterator[tuple[str, MediaServer]]:
     thread.join(5)
 
 
-def drive(site: tuple[str, MediaServer], server: Server, key: str, kind: str,
-          mode: str) -> dict[str, Any]:
+def drive(
+    site: tuple[str, MediaServer], server: Server, key: str, kind: str, mode: str
+) -> dict[str, Any]:
     base, media = site
     name = f"{mode}-{key[:8]}.html".replace("/", "_").replace("+", "_")
     media.pages[name] = (
         # nothing is fetched before the play request, except for a broken source, whose
         # failure comes first (before anybody asked to play)
-        (LATE_PAGE if mode.startswith("late-") else PAGE).replace("__OBSERVER__", SOCKET_OBSERVER)
+        (LATE_PAGE if mode.startswith("late-") else PAGE)
+        .replace("__OBSERVER__", SOCKET_OBSERVER)
         .replace("__SRC__", f"/media/{kind}.webm?run={name}")
         .replace("__PRELOAD__", "auto" if kind == "broken" else "none")
         .replace("__CLIENT__", f"{server.http}/client/vidmetrics.js")
         .replace("__SOCKET__", f"ws://127.0.0.1:{server.port}/socket")
-        .replace("__KEY__", key).replace("__VIDEO__", f"qoe-{mode}"))
-    result = subprocess.run(["node", str(E2E / "qoe.cjs"), f"{base}/pages/{name}?secret=1",
-                             mode], cwd=E2E, capture_output=True, text=True, timeout=120)
+        .replace("__KEY__", key)
+        .replace("__VIDEO__", f"qoe-{mode}")
+    )
+    result = subprocess.run(
+        ["node", str(E2E / "qoe.cjs"), f"{base}/pages/{name}?secret=1", mode],
+        cwd=E2E,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, f"driver failed:\n{result.stdout}\n{result.stderr}"
     observed = json.loads(result.stdout.strip().splitlines()[-1])
     assert not [line for line in observed["logs"] if "vidmetrics" in line or "pageerror" in line]
@@ -191,8 +237,8 @@ async def _final(conn: asyncpg.Connection, key: str) -> asyncpg.Record:
     deadline = time.monotonic() + 15
     while True:
         rows = await conn.fetch(
-            "SELECT s.* FROM sessions s JOIN videos v ON v.id = s.video_id WHERE v.key = $1",
-            key)
+            "SELECT s.* FROM sessions s JOIN videos v ON v.id = s.video_id WHERE v.key = $1", key
+        )
         ended = len(rows) == 1 and "exit" in await event_names(conn, rows[0]["id"])
         if len(rows) == 1 and (ended or rows[0]["exited_before_start"] is not None):
             return rows[0]
@@ -201,7 +247,8 @@ async def _final(conn: asyncpg.Connection, key: str) -> asyncpg.Record:
 
 
 async def test_startup_and_rebuffering_match_what_the_page_measured(
-        media_site: tuple[str, MediaServer], server: Server, conn: asyncpg.Connection) -> None:
+    media_site: tuple[str, MediaServer], server: Server, conn: asyncpg.Connection
+) -> None:
     key = new_key(server)
     measured = await asyncio.to_thread(drive, media_site, server, key, "slow", "play")
     assert measured["startup"] >= FIRST_BYTES_DELAY * 1000 - 50, measured
@@ -211,28 +258,41 @@ async def test_startup_and_rebuffering_match_what_the_page_measured(
     assert abs(row["startup_ms"] - measured["startup"]) <= TOLERANCE_MS, (row, measured)
     assert row["rebuffer_count"] == 1
     assert abs(row["rebuffer_seconds"] * 1000 - measured["stalls"][0]) <= TOLERANCE_MS, (
-        dict(row), measured)
+        dict(row),
+        measured,
+    )
     assert row["failure"] is None and not row["exited_before_start"]
-    print(f"startup: page {measured['startup']:.0f} ms, stored {row['startup_ms']:.0f} ms; "
-          f"stall: page {measured['stalls'][0]:.0f} ms, stored "
-          f"{row['rebuffer_seconds'] * 1000:.0f} ms")
+    print(
+        f"startup: page {measured['startup']:.0f} ms, stored {row['startup_ms']:.0f} ms; "
+        f"stall: page {measured['stalls'][0]:.0f} ms, stored "
+        f"{row['rebuffer_seconds'] * 1000:.0f} ms"
+    )
     names = await event_names(conn, row["id"])
     assert names[0] == "play_request" and names[-1] == "exit", names
-    assert names.index("first_frame") < names.index("rebuffering_start") \
-        < names.index("rebuffering_end"), names
-    assert {"first_frame", "rebuffering_start", "rebuffering_end", "rendition",
-            "exit"} <= set(names), names
+    assert (
+        names.index("first_frame")
+        < names.index("rebuffering_start")
+        < names.index("rebuffering_end")
+    ), names
+    assert {"first_frame", "rebuffering_start", "rebuffering_end", "rendition", "exit"} <= set(
+        names
+    ), names
     assert row["page"].endswith(".html") and "secret" not in row["page"]
 
-    answer = httpx.post(f"{server.http}/api/v1/qoe", auth=AUTH, json={
-        "query": {"key": key}, "interval": "1 day", "timeframe": "1 day"}).json()["qoe"]
+    answer = httpx.post(
+        f"{server.http}/api/v1/qoe",
+        auth=AUTH,
+        json={"query": {"key": key}, "interval": "1 day", "timeframe": "1 day"},
+    ).json()["qoe"]
     assert answer[0]["views"] == 1 and answer[0]["rebuffer_count"] == 1
     assert answer[0]["startup_time_ms"]["p50"] == pytest.approx(
-        row["startup_ms"], rel=sketch.RELATIVE_ERROR + 1e-6)  # one view: its own bucket
+        row["startup_ms"], rel=sketch.RELATIVE_ERROR + 1e-6
+    )  # one view: its own bucket
 
 
 async def test_a_broken_source_is_a_startup_failure(
-        media_site: tuple[str, MediaServer], server: Server, conn: asyncpg.Connection) -> None:
+    media_site: tuple[str, MediaServer], server: Server, conn: asyncpg.Connection
+) -> None:
     key = new_key(server)
     measured = await asyncio.to_thread(drive, media_site, server, key, "broken", "broken")
     assert measured["errors"] >= 1 and measured["startup"] is None
@@ -243,26 +303,32 @@ async def test_a_broken_source_is_a_startup_failure(
     body = {"query": {"key": key}, "interval": "1 day", "timeframe": "1 day"}
     qoe = httpx.post(f"{server.http}/api/v1/qoe", auth=AUTH, json=body).json()["qoe"][0]
     assert qoe["startup_failure_percentage"] == 100.0 and qoe["views"] == 1
-    plays = httpx.post(f"{server.http}/api/v1/plays", auth=AUTH,
-                       json={**body, "minimum_watch_seconds": 0}).json()["views"]
+    plays = httpx.post(
+        f"{server.http}/api/v1/plays", auth=AUTH, json={**body, "minimum_watch_seconds": 0}
+    ).json()["views"]
     assert [p["views"] for p in plays] == [0]  # loaded, never played: an impression only
 
 
 async def test_closing_the_page_before_the_first_frame_is_an_exit_before_start(
-        media_site: tuple[str, MediaServer], server: Server, conn: asyncpg.Connection) -> None:
+    media_site: tuple[str, MediaServer], server: Server, conn: asyncpg.Connection
+) -> None:
     key = new_key(server)
     measured = await asyncio.to_thread(drive, media_site, server, key, "hang", "exit")
     assert measured["startup"] is None and measured["errors"] == 0
     row = await _final(conn, key)
     assert row["qoe"] and not row["played"] and row["exited_before_start"]
     assert row["failure"] is None and row["startup_ms"] is None
-    qoe = httpx.post(f"{server.http}/api/v1/qoe", auth=AUTH, json={
-        "query": {"key": key}, "interval": "1 day", "timeframe": "1 day"}).json()["qoe"][0]
+    qoe = httpx.post(
+        f"{server.http}/api/v1/qoe",
+        auth=AUTH,
+        json={"query": {"key": key}, "interval": "1 day", "timeframe": "1 day"},
+    ).json()["qoe"][0]
     assert qoe["exits_before_start_percentage"] == 100.0
 
 
 async def test_a_client_attached_after_a_failure_reports_it(
-        media_site: tuple[str, MediaServer], server: Server, conn: asyncpg.Connection) -> None:
+    media_site: tuple[str, MediaServer], server: Server, conn: asyncpg.Connection
+) -> None:
     key = new_key(server)
     measured = await asyncio.to_thread(drive, media_site, server, key, "broken", "late-broken")
     assert measured["errors"] >= 1
@@ -274,7 +340,8 @@ async def test_a_client_attached_after_a_failure_reports_it(
 
 
 async def test_a_client_attached_during_playback_reports_the_play(
-        media_site: tuple[str, MediaServer], server: Server, conn: asyncpg.Connection) -> None:
+    media_site: tuple[str, MediaServer], server: Server, conn: asyncpg.Connection
+) -> None:
     key = new_key(server)
     measured = await asyncio.to_thread(drive, media_site, server, key, "slow", "late-playing")
     assert measured["startup"] is not None and not measured["stalls"]
@@ -288,7 +355,8 @@ async def test_a_client_attached_during_playback_reports_the_play(
 
 
 async def test_a_client_attached_during_a_stall_reports_it(
-        media_site: tuple[str, MediaServer], server: Server, conn: asyncpg.Connection) -> None:
+    media_site: tuple[str, MediaServer], server: Server, conn: asyncpg.Connection
+) -> None:
     key = new_key(server)
     measured = await asyncio.to_thread(drive, media_site, server, key, "slow", "late-stalled")
     assert len(measured["stalls"]) == 1 and measured["stalls"][0] > 1500, measured
@@ -296,7 +364,9 @@ async def test_a_client_attached_during_a_stall_reports_it(
     assert row["qoe"] and row["played"] and row["rebuffer_count"] == 1
     # counted from the moment the client saw it: at least the 1.5 s after attaching
     assert 1.3 <= row["rebuffer_seconds"] <= measured["stalls"][0] / 1000 + 0.15, (
-        dict(row), measured)
+        dict(row),
+        measured,
+    )
     names = await event_names(conn, row["id"])
     assert names[:2] == ["play", "rebuffering_start"], names
     assert "rebuffering_end" in names
@@ -304,6 +374,7 @@ async def test_a_client_attached_during_a_stall_reports_it(
 
 def test_the_client_is_small_and_served_to_any_origin(server: Server) -> None:
     import gzip
+
     response = httpx.get(f"{server.http}/client/vidmetrics.js")  # no credentials: public
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/javascript")
@@ -313,7 +384,12 @@ def test_the_client_is_small_and_served_to_any_origin(server: Server) -> None:
         assert banned not in response.text, banned
     minified = subprocess.run(
         [str(E2E / "node_modules" / ".bin" / "esbuild"), "--minify", "--format=esm"],
-        input=response.text, capture_output=True, text=True, cwd=E2E, timeout=60)
+        input=response.text,
+        capture_output=True,
+        text=True,
+        cwd=E2E,
+        timeout=60,
+    )
     assert minified.returncode == 0, minified.stderr
     assert len(gzip.compress(minified.stdout.encode(), 9)) <= 6 * 1024
     assert len(gzip.compress(response.content, 9)) <= 6 * 1024  # even unminified
@@ -324,13 +400,20 @@ async def test_the_example_page_reports_qoe(server: Server, conn: asyncpg.Connec
     shots = E2E / "build" / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
     result = await asyncio.to_thread(
-        subprocess.run, ["node", str(E2E / "qoe.cjs"),
-                         f"{server.http}/?key={quote(key, safe='')}", "example"],
-        cwd=E2E, capture_output=True, text=True, timeout=120,
-        env={**__import__("os").environ, "SCREENSHOT": str(shots / "example-page.png")})
+        subprocess.run,
+        ["node", str(E2E / "qoe.cjs"), f"{server.http}/?key={quote(key, safe='')}", "example"],
+        cwd=E2E,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "SCREENSHOT": str(shots / "example-page.png")},
+    )
     assert result.returncode == 0, result.stderr
-    assert not [line for line in json.loads(result.stdout.strip().splitlines()[-1])["logs"]
-                if "vidmetrics" in line or "pageerror" in line]
+    assert not [
+        line
+        for line in json.loads(result.stdout.strip().splitlines()[-1])["logs"]
+        if "vidmetrics" in line or "pageerror" in line
+    ]
     row = await _final(conn, key)
     assert row["qoe"] and row["played"] and row["startup_ms"] is not None
     assert row["watch_seconds"] > 0.5
@@ -357,13 +440,18 @@ MISUSE = """<!doctype html>
 """
 
 
-def test_the_client_never_throws_into_the_page(media_site: tuple[str, MediaServer],
-                                               server: Server) -> None:
+def test_the_client_never_throws_into_the_page(
+    media_site: tuple[str, MediaServer], server: Server
+) -> None:
     base, media = media_site
-    media.pages["misuse.html"] = MISUSE.replace("__CLIENT__",
-                                                f"{server.http}/client/vidmetrics.js")
-    result = subprocess.run(["node", str(E2E / "qoe.cjs"), f"{base}/pages/misuse.html",
-                             "misuse"], cwd=E2E, capture_output=True, text=True, timeout=120)
+    media.pages["misuse.html"] = MISUSE.replace("__CLIENT__", f"{server.http}/client/vidmetrics.js")
+    result = subprocess.run(
+        ["node", str(E2E / "qoe.cjs"), f"{base}/pages/misuse.html", "misuse"],
+        cwd=E2E,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     observed = json.loads(result.stdout.strip().splitlines()[-1])
     assert all(outcome == "ok" for _, outcome in observed["measured"]), observed

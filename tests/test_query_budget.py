@@ -24,10 +24,15 @@ BUDGET = 0.5  # seconds a statement of a question may run here
 
 @pytest.fixture
 async def budget_server(tmp_path: Path, database_url: str) -> AsyncIterator[Server]:
-    srv = start_server(tmp_path, {"DATABASE_URL": database_url,
-                                  "METRICS_QUERY_TIMEOUT_SECONDS": str(BUDGET),
-                                  "METRICS_QUERY_POOL_SIZE": "1",
-                                  "METRICS_QUERY_QUEUE_SECONDS": "0.3"})
+    srv = start_server(
+        tmp_path,
+        {
+            "DATABASE_URL": database_url,
+            "METRICS_QUERY_TIMEOUT_SECONDS": str(BUDGET),
+            "METRICS_QUERY_POOL_SIZE": "1",
+            "METRICS_QUERY_QUEUE_SECONDS": "0.3",
+        },
+    )
     try:
         yield srv
     finally:
@@ -50,7 +55,8 @@ async def _acked_while(phx: Phx, t: str, seconds: float) -> list[float]:
 
 
 async def test_a_question_over_budget_is_504_while_a_socket_is_acknowledged(
-        budget_server: Server, database_url: str) -> None:
+    budget_server: Server, database_url: str
+) -> None:
     server = budget_server
     key = new_key(server)
     phx = await Phx.open(server.ws())
@@ -80,16 +86,18 @@ async def test_a_question_over_budget_is_504_while_a_socket_is_acknowledged(
         # the budget is per statement: once the lock is gone, questions are answered
         async with httpx.AsyncClient(base_url=server.http, auth=AUTH, timeout=30) as api:
             assert (await api.get("/api/v1/keys")).status_code == 200
-            plays = await api.post("/api/v1/plays", json={"query": {"key": key},
-                                                          "minimum_watch_seconds": 0})
+            plays = await api.post(
+                "/api/v1/plays", json={"query": {"key": key}, "minimum_watch_seconds": 0}
+            )
             assert plays.status_code == 200, plays.text
     finally:
         await blocker.close()
         await phx.close()
 
 
-async def test_query_connections_run_without_parallel_workers(budget_server: Server,
-                                                              database_url: str) -> None:
+async def test_query_connections_run_without_parallel_workers(
+    budget_server: Server, database_url: str
+) -> None:
     """The query pool's sessions as PostgreSQL sees them: their own application name, a
     statement timeout, no parallel workers (a raw scan takes one core, not every core)."""
     async with httpx.AsyncClient(base_url=budget_server.http, auth=AUTH) as api:
@@ -104,9 +112,13 @@ async def test_query_connections_run_without_parallel_workers(budget_server: Ser
                 assert await c.fetchval("SHOW application_name") == "vidmetrics-query"
         finally:
             await pool.close()
-        names = {r[0] for r in await conn.fetch(
-            "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE "
-            "'vidmetrics%'")}
+        names = {
+            r[0]
+            for r in await conn.fetch(
+                "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE "
+                "'vidmetrics%'"
+            )
+        }
         assert {"vidmetrics", "vidmetrics-query"} <= names, names
     finally:
         await conn.close()

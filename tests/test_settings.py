@@ -20,10 +20,17 @@ def test_defaults() -> None:
 
 
 def test_values_are_read() -> None:
-    s = from_env({"DATABASE_URL": "postgresql://u:p@db/x", "PORT": "8080",
-                  "METRICS_AUTH_ENABLED": "false", "METRICS_USER": "ops",
-                  "METRICS_MAX_BODY_BYTES": "2048", "LOG_FORMAT": "json",
-                  "METRICS_RETENTION_DAYS": "400"})
+    s = from_env(
+        {
+            "DATABASE_URL": "postgresql://u:p@db/x",
+            "PORT": "8080",
+            "METRICS_AUTH_ENABLED": "false",
+            "METRICS_USER": "ops",
+            "METRICS_MAX_BODY_BYTES": "2048",
+            "LOG_FORMAT": "json",
+            "METRICS_RETENTION_DAYS": "400",
+        }
+    )
     assert not s.embedded and s.port == 8080 and not s.auth_enabled and s.user == "ops"
     assert s.max_body_bytes == 2048 and s.log_format == "json" and s.retention_days == 400
     with pytest.raises(dataclasses_error()):
@@ -32,39 +39,51 @@ def test_values_are_read() -> None:
 
 def dataclasses_error() -> type[Exception]:
     import dataclasses
+
     return dataclasses.FrozenInstanceError
 
 
-@pytest.mark.parametrize("env,name", [
-    ({"PORT": "eighty"}, "PORT"),
-    ({"PORT": "70000"}, "PORT"),
-    ({"METRICS_AUTH_ENABLED": "maybe"}, "METRICS_AUTH_ENABLED"),
-    ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
-    ({"METRICS_PASSWORD_HASH": "plain"}, "METRICS_PASSWORD_HASH"),
-    ({"METRICS_MAX_BODY_BYTES": "0"}, "METRICS_MAX_BODY_BYTES"),
-    ({"METRICS_MAX_EVENTS_PER_SECOND": "-3"}, "METRICS_MAX_EVENTS_PER_SECOND"),
-    ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
-    ({"METRICS_RETENTION_DAYS": "-1"}, "METRICS_RETENTION_DAYS"),
-])
+@pytest.mark.parametrize(
+    "env,name",
+    [
+        ({"PORT": "eighty"}, "PORT"),
+        ({"PORT": "70000"}, "PORT"),
+        ({"METRICS_AUTH_ENABLED": "maybe"}, "METRICS_AUTH_ENABLED"),
+        ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+        ({"METRICS_PASSWORD_HASH": "plain"}, "METRICS_PASSWORD_HASH"),
+        ({"METRICS_MAX_BODY_BYTES": "0"}, "METRICS_MAX_BODY_BYTES"),
+        ({"METRICS_MAX_EVENTS_PER_SECOND": "-3"}, "METRICS_MAX_EVENTS_PER_SECOND"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+        ({"METRICS_RETENTION_DAYS": "-1"}, "METRICS_RETENTION_DAYS"),
+    ],
+)
 def test_bad_values_name_the_variable(env: dict[str, str], name: str) -> None:
     with pytest.raises(SettingsError, match=name):
         from_env(env)
 
 
 def test_bad_value_stops_startup_with_one_line(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT,
-                            env={"PORT": "nope", "PATH": "/usr/bin:/bin",
-                                 "METRICS_DATA_DIR": str(tmp_path)},
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve"],
+        cwd=ROOT,
+        env={"PORT": "nope", "PATH": "/usr/bin:/bin", "METRICS_DATA_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "vidmetrics: PORT must be an integer, got 'nope'"]
+    assert result.stderr.strip().splitlines() == ["vidmetrics: PORT must be an integer, got 'nope'"]
 
 
 def test_envrc_and_readme_document_every_variable() -> None:
     import re
-    names = set(re.findall(r'"((?:METRICS_|DATABASE_|HOST|PORT|LOG_)[A-Z_]*)"',
-                           (ROOT / "app" / "settings.py").read_text()))
+
+    names = set(
+        re.findall(
+            r'"((?:METRICS_|DATABASE_|HOST|PORT|LOG_)[A-Z_]*)"',
+            (ROOT / "app" / "settings.py").read_text(),
+        )
+    )
     assert len(names) > 20
     envrc = (ROOT / ".envrc").read_text()
     readme = (ROOT / "README.md").read_text()

@@ -42,8 +42,14 @@ def test_serve_twice_on_one_data_dir_is_a_clear_error(tmp_path: Path) -> None:
     try:
         env = {**os.environ, "METRICS_DATA_DIR": str(tmp_path / "data"), "PORT": "0"}
         env.pop("DATABASE_URL", None)
-        second = subprocess.run([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=env,
-                                capture_output=True, text=True, timeout=60)
+        second = subprocess.run(
+            [sys.executable, "-m", "app.cli", "serve"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert second.returncode == 1
         assert "is in use by another vidmetrics process" in second.stderr
         # the first one is unharmed

@@ -24,9 +24,11 @@ async def _diff(url: str) -> list[object]:
     engine = create_async_engine(db.sqlalchemy_url(url), poolclass=NullPool)
     try:
         async with engine.connect() as conn:
+
             def compare(sync_conn):  # type: ignore[no-untyped-def]
                 ctx = MigrationContext.configure(sync_conn)
                 return compare_metadata(ctx, metadata)
+
             return await conn.run_sync(compare)
     finally:
         await engine.dispose()
@@ -37,8 +39,14 @@ def test_up_down_up_and_no_drift(tmp_path: Path) -> None:
         db.migrate(url)
         db.migrate(url)  # idempotent
         tables = _tables(url)
-        assert {"ingest_keys", "videos", "sessions", "impressions", "playing",
-                "alembic_version"} <= tables
+        assert {
+            "ingest_keys",
+            "videos",
+            "sessions",
+            "impressions",
+            "playing",
+            "alembic_version",
+        } <= tables
         assert not {"watch_intervals", "events"} & tables  # both live in sessions rows
         assert asyncio.run(_diff(url)) == []
         db.downgrade(url, "base")
@@ -93,8 +101,9 @@ def test_0007_moves_events_and_intervals_into_the_session_rows(tmp_path: Path) -
             found = await export.one_session(conn, session)
             assert found is not None
             summary, events = found
-            return [((e.at - summary.started_at).total_seconds(), e.name, e.payload)
-                    for e in events]
+            return [
+                ((e.at - summary.started_at).total_seconds(), e.name, e.payload) for e in events
+            ]
         finally:
             await conn.close()
 
@@ -103,31 +112,51 @@ def test_0007_moves_events_and_intervals_into_the_session_rows(tmp_path: Path) -
         for statement in OLD_ROWS.strip().split(";\n"):
             query(url, statement)
         db.migrate(url)
-        rows = {r[0]: r[1:] for r in query(
-            url, "SELECT id, islands, event_count FROM sessions")}
+        rows = {r[0]: r[1:] for r in query(url, "SELECT id, islands, event_count FROM sessions")}
         assert rows[7] == ([0.0, 6.0, 10.0, 11.0], 3)
         assert rows[8] == ([0.0, 4.0], 2) and rows[9] == ([], 0)
         assert asyncio.run(timeline(url, 7)) == [
             (0.0, "play", {"from": 0.0, "language": "de-CH"}),
-            (5.0, "pause", {"to": 5.0, "duration": 60.0}), (30.0, "ended", {})]
+            (5.0, "pause", {"to": 5.0, "duration": 60.0}),
+            (30.0, "ended", {}),
+        ]
         assert asyncio.run(timeline(url, 8)) == [
             (-0.5, "rendition", {"width": 1280.0, "height": 720.0}),
-            (0.0, "play", {"from": 0.0})]
+            (0.0, "play", {"from": 0.0}),
+        ]
         assert asyncio.run(timeline(url, 9)) == []
         assert not {"events", "watch_intervals"} & _tables(url)
 
         db.downgrade(url, "0006")
         assert query(url, "SELECT id, distinct_seconds FROM sessions ORDER BY id") == [
-            (7, 7.0), (8, 4.0), (9, 0.0)]
-        assert query(url, "SELECT session_id, at, name, payload::text FROM events "
-                          "ORDER BY session_id, at") == [
-            (7, dt.datetime(2026, 11, 1, 10, 0, tzinfo=dt.UTC), "play",
-             '{"from": 0.0, "language": "de-CH"}'),
-            (7, dt.datetime(2026, 11, 1, 10, 0, 5, tzinfo=dt.UTC), "pause",
-             '{"to": 5.0, "duration": 60.0}'),
+            (7, 7.0),
+            (8, 4.0),
+            (9, 0.0),
+        ]
+        assert query(
+            url, "SELECT session_id, at, name, payload::text FROM events ORDER BY session_id, at"
+        ) == [
+            (
+                7,
+                dt.datetime(2026, 11, 1, 10, 0, tzinfo=dt.UTC),
+                "play",
+                '{"from": 0.0, "language": "de-CH"}',
+            ),
+            (
+                7,
+                dt.datetime(2026, 11, 1, 10, 0, 5, tzinfo=dt.UTC),
+                "pause",
+                '{"to": 5.0, "duration": 60.0}',
+            ),
             (7, dt.datetime(2026, 11, 1, 10, 0, 30, tzinfo=dt.UTC), "ended", None),
-            (8, dt.datetime(2026, 11, 1, 10, 59, 59, 500000, tzinfo=dt.UTC), "rendition",
-             '{"width": 1280.0, "height": 720.0}'),
-            (8, dt.datetime(2026, 11, 1, 11, 0, tzinfo=dt.UTC), "play", '{"from": 0.0}')]
-        assert query(url, "SELECT session_id, media_from, media_to FROM watch_intervals "
-                          "ORDER BY 1, 2") == [(7, 0.0, 6.0), (7, 10.0, 11.0), (8, 0.0, 4.0)]
+            (
+                8,
+                dt.datetime(2026, 11, 1, 10, 59, 59, 500000, tzinfo=dt.UTC),
+                "rendition",
+                '{"width": 1280.0, "height": 720.0}',
+            ),
+            (8, dt.datetime(2026, 11, 1, 11, 0, tzinfo=dt.UTC), "play", '{"from": 0.0}'),
+        ]
+        assert query(
+            url, "SELECT session_id, media_from, media_to FROM watch_intervals ORDER BY 1, 2"
+        ) == [(7, 0.0, 6.0), (7, 10.0, 11.0), (8, 0.0, 4.0)]

@@ -31,11 +31,17 @@ async def ts(timescale_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 async def test_hypertables_and_continuous_aggregate(ts: asyncpg.Connection) -> None:
     assert await timescale.is_enabled(ts)
-    names = {r[0] for r in await ts.fetch(
-        "SELECT hypertable_name FROM timescaledb_information.hypertables")}
+    names = {
+        r[0]
+        for r in await ts.fetch("SELECT hypertable_name FROM timescaledb_information.hypertables")
+    }
     assert {"sessions", "impressions"} <= names
-    caggs = {r[0] for r in await ts.fetch(
-        "SELECT view_name FROM timescaledb_information.continuous_aggregates")}
+    caggs = {
+        r[0]
+        for r in await ts.fetch(
+            "SELECT view_name FROM timescaledb_information.continuous_aggregates"
+        )
+    }
     assert "sessions_hourly" in caggs
 
 
@@ -56,27 +62,42 @@ async def test_aggregate_refresh_covers_backfilled_sessions(ts: asyncpg.Connecti
     await timescale.apply_policies(ts, Settings())
     job = await ts.fetchval(
         "SELECT job_id FROM timescaledb_information.jobs "
-        "WHERE proc_name = 'policy_refresh_continuous_aggregate'")
-    config = await ts.fetchval("SELECT config FROM timescaledb_information.jobs "
-                               "WHERE job_id = $1", job)
+        "WHERE proc_name = 'policy_refresh_continuous_aggregate'"
+    )
+    config = await ts.fetchval(
+        "SELECT config FROM timescaledb_information.jobs WHERE job_id = $1", job
+    )
     assert config["start_offset"] is None
-    await ts.execute("INSERT INTO ingest_keys (key) VALUES ('ts-backfill') "
-                     "ON CONFLICT DO NOTHING")
+    await ts.execute("INSERT INTO ingest_keys (key) VALUES ('ts-backfill') ON CONFLICT DO NOTHING")
     ref = VideoRef.of("ts-backfill", None, {"video_id": "old"})
     ids = await ensure_videos(ts, [ref])
     start = dt.datetime.now(dt.UTC) - dt.timedelta(days=40)
-    rows = [SessionRow(10**14 + i, start + dt.timedelta(minutes=i), ref, "chrome", "mac",
-                       "desktop", None, None, watch_seconds=5.0) for i in range(50)]
+    rows = [
+        SessionRow(
+            10**14 + i,
+            start + dt.timedelta(minutes=i),
+            ref,
+            "chrome",
+            "mac",
+            "desktop",
+            None,
+            None,
+            watch_seconds=5.0,
+        )
+        for i in range(50)
+    ]
     await copy_rows(ts, ids, rows, [], [])
     await ts.execute(f"CALL run_job({job})")
     total = await ts.fetchval(
         "SELECT sum(sessions) FROM sessions_hourly WHERE video_id = $1",
-        ids[(ref.key, ref.identity)])
+        ids[(ref.key, ref.identity)],
+    )
     assert total == 50
 
 
-def test_installed_but_not_preloaded_falls_back_to_plain(tmp_path: Path,
-                                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_installed_but_not_preloaded_falls_back_to_plain(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with timescale_cluster(tmp_path, preload=False) as url:
         with caplog.at_level(logging.WARNING, logger="vidmetrics"):
             db.migrate(url)
@@ -89,11 +110,13 @@ def test_installed_but_not_preloaded_falls_back_to_plain(tmp_path: Path,
                 assert await conn.fetchval("SELECT count(*) FROM sessions") == 0
             finally:
                 await conn.close()
+
         asyncio.run(check())
 
 
 async def test_plain_schema_that_gains_the_extension_stays_plain(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with timescale_cluster(tmp_path, preload=False) as url:
         await asyncio.to_thread(db.migrate, url)  # plain tables
         # later the server preloads the extension and it is created in the database
@@ -104,8 +127,12 @@ async def test_plain_schema_that_gains_the_extension_stays_plain(
         cluster, data = SHARED_TIMESCALE / "cluster.sh", tmp_path / "cluster"
         port = url.rsplit(":", 1)[1].split("/")[0]
         subprocess.run(["bash", str(cluster), "stop", str(data)], check=True, timeout=60)
-        subprocess.run(["bash", str(cluster), "start", str(data), port], check=True,
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            ["bash", str(cluster), "start", str(data), port],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         conn = await db.connect(url)
         try:
             await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")

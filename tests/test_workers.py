@@ -17,8 +17,9 @@ from tests.phx import Phx, join_payload
 from tests.test_ingest_socket import new_key, sessions_for, topic
 
 
-async def test_two_workers_share_ids_presence_and_revocation(tmp_path: Path, database_url: str,
-                                                             conn: asyncpg.Connection) -> None:
+async def test_two_workers_share_ids_presence_and_revocation(
+    tmp_path: Path, database_url: str, conn: asyncpg.Connection
+) -> None:
     srv = start_server(tmp_path, {"DATABASE_URL": database_url, "METRICS_WORKERS": "2"})
     try:
         key = new_key(srv)
@@ -32,8 +33,9 @@ async def test_two_workers_share_ids_presence_and_revocation(tmp_path: Path, dat
             clients.append((phx, t))
         pids = set(re.findall(r"Started server process \[(\d+)\]", srv.output()))
         assert len(pids) == 2, srv.output()[-2000:]
-        watching = httpx.post(f"{srv.http}/api/v1/watching", auth=AUTH,
-                              json={"query": {"key": key}}).json()
+        watching = httpx.post(
+            f"{srv.http}/api/v1/watching", auth=AUTH, json={"query": {"key": key}}
+        ).json()
         assert watching == {"watching": 12}
         rows = await sessions_for(conn, key)
         assert len({r["id"] for r in rows}) == 12

@@ -49,8 +49,9 @@ def parse_header(value: str | None) -> tuple[str, str]:
 
 
 class BasicAuth:
-    def __init__(self, user: str, password: str | None, password_hash: str | None,
-                 max_checks: int = 2) -> None:
+    def __init__(
+        self, user: str, password: str | None, password_hash: str | None, max_checks: int = 2
+    ) -> None:
         if password is None and password_hash is None:
             raise ValueError("either a password or a password hash is required")
         self._user = user.encode()

@@ -8,13 +8,25 @@ from dataclasses import dataclass
 import user_agents
 
 _BROWSER_FAMILIES = {
-    "chrome": "chrome", "chrome mobile": "chrome", "chrome mobile ios": "chrome",
-    "chrome mobile webview": "chrome", "chromium": "chrome", "headlesschrome": "chrome",
-    "firefox": "firefox", "firefox mobile": "firefox", "firefox ios": "firefox",
-    "safari": "safari", "mobile safari": "safari", "mobile safari ui/wkwebview": "safari",
-    "edge": "edge", "edge mobile": "edge",
-    "opera": "opera", "opera mobile": "opera", "opera mini": "opera",
-    "ie": "ie", "ie mobile": "ie",
+    "chrome": "chrome",
+    "chrome mobile": "chrome",
+    "chrome mobile ios": "chrome",
+    "chrome mobile webview": "chrome",
+    "chromium": "chrome",
+    "headlesschrome": "chrome",
+    "firefox": "firefox",
+    "firefox mobile": "firefox",
+    "firefox ios": "firefox",
+    "safari": "safari",
+    "mobile safari": "safari",
+    "mobile safari ui/wkwebview": "safari",
+    "edge": "edge",
+    "edge mobile": "edge",
+    "opera": "opera",
+    "opera mobile": "opera",
+    "opera mini": "opera",
+    "ie": "ie",
+    "ie mobile": "ie",
     "brave": "brave",
 }
 _LINUXES = ("linux", "ubuntu", "debian", "fedora", "red hat", "suse", "arch linux", "mint")

@@ -90,8 +90,14 @@ def parse(raw: str | bytes, vsn: str) -> Frame:
     return Frame(join_ref, ref, topic, event, payload)
 
 
-def encode(vsn: str, join_ref: str | None, ref: str | None, topic: str, event: str,
-           payload: dict[str, Any] | orjson.Fragment) -> bytes:
+def encode(
+    vsn: str,
+    join_ref: str | None,
+    ref: str | None,
+    topic: str,
+    event: str,
+    payload: dict[str, Any] | orjson.Fragment,
+) -> bytes:
     """A frame's text, as UTF-8 bytes."""
     if vsn == V2:
         return orjson.dumps((join_ref, ref, topic, event, payload))
@@ -103,10 +109,12 @@ def encode(vsn: str, join_ref: str | None, ref: str | None, topic: str, event: s
 _OK = orjson.Fragment(b'{"status":"ok","response":{}}')  # the usual reply, encoded once
 
 
-def reply(vsn: str, join_ref: str | None, ref: str | None, topic: str,
-          reason: str | None = None) -> bytes:
+def reply(
+    vsn: str, join_ref: str | None, ref: str | None, topic: str, reason: str | None = None
+) -> bytes:
     """A phx_reply: ok when reason is None, else error with that reason."""
     if reason is None:
         return encode(vsn, join_ref, ref, topic, "phx_reply", _OK)
-    return encode(vsn, join_ref, ref, topic, "phx_reply",
-                  {"status": "error", "response": {"reason": reason}})
+    return encode(
+        vsn, join_ref, ref, topic, "phx_reply", {"status": "error", "response": {"reason": reason}}
+    )

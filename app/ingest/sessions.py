@@ -39,8 +39,16 @@ EVENTS = frozenset(EVENT_NAMES)
 STARTERS = frozenset({"play", "play_request", "playback_failure"})
 # Events that mark a session as one with QoE data (its client reports QoE); sessions
 # without any are left out of every QoE figure, never counted as perfect.
-QOE_SIGNALS = frozenset({"play_request", "first_frame", "rebuffering_start", "rebuffering_end",
-                         "playback_failure", "exit"})
+QOE_SIGNALS = frozenset(
+    {
+        "play_request",
+        "first_frame",
+        "rebuffering_start",
+        "rebuffering_end",
+        "playback_failure",
+        "exit",
+    }
+)
 # A duration the client measured (`ms`) may exceed what the server's clock saw between
 # the two events by network jitter; beyond this slack the server's figure is used.
 CLIENT_MS_SLACK = 2000.0
@@ -136,8 +144,9 @@ class JoinInfo:
         return self.video.size + len(self.page or "") + extra
 
 
-def parse_join(payload: dict[str, Any], connect_key: str | None, connect_url: str | None,
-               limits: Limits) -> JoinInfo:
+def parse_join(
+    payload: dict[str, Any], connect_key: str | None, connect_url: str | None, limits: Limits
+) -> JoinInfo:
     """Validate a phx_join payload (current and legacy shapes)."""
     key = payload.get("key", connect_key)
     missing = []
@@ -171,8 +180,12 @@ def parse_join(payload: dict[str, Any], connect_key: str | None, connect_url: st
     if isinstance(raw_url, str):
         _check_string("source_url", raw_url)
     page = strip_url(raw_url)
-    return JoinInfo(key, _shared(VideoRef.of(key, identifier, metadata or {})), page,
-                    orjson.Fragment(orjson.dumps(session_data)) if session_data else None)
+    return JoinInfo(
+        key,
+        _shared(VideoRef.of(key, identifier, metadata or {})),
+        page,
+        orjson.Fragment(orjson.dumps(session_data)) if session_data else None,
+    )
 
 
 # The videos of open sessions, one object each however many viewers it has (a socket
@@ -214,8 +227,9 @@ def _stored_fields(payload: dict[str, Any]) -> dict[str, Any]:
     """The protocol-defined fields of an event payload, as stored with the raw event."""
     kept: dict[str, Any] = {}
     # the payload's few keys against the protocol's fields, kept in the protocol's order
-    for _, name, raw in sorted((_NUMBER_AT[name], name, raw) for name, raw in payload.items()
-                               if name in _NUMBER_AT):
+    for _, name, raw in sorted(
+        (_NUMBER_AT[name], name, raw) for name, raw in payload.items() if name in _NUMBER_AT
+    ):
         if isinstance(raw, bool) or raw is None:
             continue
         try:
@@ -285,8 +299,15 @@ class ViewingSession:
 
     def impression(self, now: dt.datetime) -> Impression:
         """The join itself: this video was loaded on a page."""
-        return Impression(self.join.video, now, self.device.browser, self.device.platform,
-                          self.device.device, self.join.page, self.join.session_data)
+        return Impression(
+            self.join.video,
+            now,
+            self.device.browser,
+            self.device.platform,
+            self.device.device,
+            self.join.page,
+            self.join.session_data,
+        )
 
     def stop_presence(self) -> Presence:
         """Stop counting the session as playing, writing nothing else (key revoked)."""
@@ -298,8 +319,9 @@ class ViewingSession:
         """True when this event starts the session and a session id must be allocated."""
         return self.row is None and payload.get("name") in STARTERS
 
-    def handle(self, payload: dict[str, Any], now: dt.datetime,
-               new_id: int | None = None) -> list[Op]:
+    def handle(
+        self, payload: dict[str, Any], now: dt.datetime, new_id: int | None = None
+    ) -> list[Op]:
         """Apply one `event` push; return the rows to write (empty: nothing to store)."""
         name = payload.get("name")
         if not isinstance(name, str) or name not in EVENTS:
@@ -308,8 +330,11 @@ class ViewingSession:
         if duration is not None and duration > 0:
             self.duration = duration
         if name == "ratechange":
-            rate = (_optional_number(payload, "rate") or _optional_number(payload, "playbackRate")
-                    or _optional_number(payload, "pr"))
+            rate = (
+                _optional_number(payload, "rate")
+                or _optional_number(payload, "playbackRate")
+                or _optional_number(payload, "pr")
+            )
             if rate is not None and 0 < rate <= 16:
                 self.rate = rate
         extra = _stored_fields(payload)
@@ -319,10 +344,15 @@ class ViewingSession:
         if self.row is None and name in STARTERS:
             assert new_id is not None
             self.row = SessionRow(
-                id=new_id, started_at=now, video=self.join.video,
-                browser=self.device.browser, platform=self.device.platform,
-                device=self.device.device, page=self.join.page,
-                session_data=self.join.session_data, played=False,
+                id=new_id,
+                started_at=now,
+                video=self.join.video,
+                browser=self.device.browser,
+                platform=self.device.platform,
+                device=self.device.device,
+                page=self.join.page,
+                session_data=self.join.session_data,
+                played=False,
             )
             if self.preplay:
                 ops.extend(self._event(at, n, p) for at, n, p in self.preplay)
@@ -382,24 +412,36 @@ class ViewingSession:
             self.seeking_since = now
         elif name == "seeked":
             if self.seeking_since is not None:
-                row.qoe = replace(q, seek_count=q.seek_count + 1, seek_ms=q.seek_ms
-                                  + _measured_ms(payload, self.seeking_since, now))
+                row.qoe = replace(
+                    q,
+                    seek_count=q.seek_count + 1,
+                    seek_ms=q.seek_ms + _measured_ms(payload, self.seeking_since, now),
+                )
                 self.seeking_since = None
         elif name == "playback_failure":
             if q.failure is None:
                 code = _optional_number(payload, "code")
-                failure = int(code) if code is not None and code == int(code) \
-                    and 1 <= code <= MAX_MEDIA_ERROR else 0
-                row.qoe = replace(q, failure=failure, failed_before_start=(
-                    q.startup_ms is None and not row.played))
+                failure = (
+                    int(code)
+                    if code is not None and code == int(code) and 1 <= code <= MAX_MEDIA_ERROR
+                    else 0
+                )
+                row.qoe = replace(
+                    q,
+                    failure=failure,
+                    failed_before_start=(q.startup_ms is None and not row.played),
+                )
                 self._end_stall({}, now)
 
     def _end_stall(self, payload: dict[str, Any], now: dt.datetime) -> None:
         """A stall ends (or the session does while stalled): add its length."""
         row = self.row
         if self.stalled_since is not None and row is not None and row.qoe is not None:
-            row.qoe = replace(row.qoe, rebuffer_seconds=row.qoe.rebuffer_seconds
-                              + _measured_ms(payload, self.stalled_since, now) / 1000)
+            row.qoe = replace(
+                row.qoe,
+                rebuffer_seconds=row.qoe.rebuffer_seconds
+                + _measured_ms(payload, self.stalled_since, now) / 1000,
+            )
         self.stalled_since = None
 
     def _finish(self, now: dt.datetime, position: float | None) -> list[Op]:
@@ -410,8 +452,10 @@ class ViewingSession:
         if row.qoe is not None:
             self._end_stall({}, now)
             q = row.qoe
-            row.qoe = replace(q, exited_before_start=(
-                not row.played and q.startup_ms is None and q.failure is None))
+            row.qoe = replace(
+                q,
+                exited_before_start=(not row.played and q.startup_ms is None and q.failure is None),
+            )
         self.closed = True
         ops.append(self._snapshot(now))
         ops.append(Ended(row.id, row.video, row.started_at))
@@ -419,8 +463,7 @@ class ViewingSession:
 
     def _event(self, at: dt.datetime, name: str, payload: dict[str, Any]) -> EventRow:
         assert self.row is not None
-        return EventRow(self.row.id, self.row.video, self.row.started_at, at, name,
-                        payload or None)
+        return EventRow(self.row.id, self.row.video, self.row.started_at, at, name, payload or None)
 
     def _snapshot(self, now: dt.datetime) -> SessionRow:
         assert self.row is not None

@@ -36,22 +36,49 @@ from app.settings import Settings
 log = logging.getLogger("vidmetrics.socket")
 
 SOCKETS = Gauge("vidmetrics_sockets", "Open websockets")
-SESSION_BYTES = Gauge("vidmetrics_session_state_bytes",
-                      "Client-supplied session state held in memory (the budget's use)")
+SESSION_BYTES = Gauge(
+    "vidmetrics_session_state_bytes",
+    "Client-supplied session state held in memory (the budget's use)",
+)
 # Label values come from these fixed sets only (never from client text): a scrape stays
 # small whatever clients send. Plain numbers (app/ingest/tally.py): no lock per frame.
-_FRAME = Tally("vidmetrics_frames", "Frames received", "kind", (
-    "malformed", "heartbeat", "join", "unmatched", "leave", "event", "unknown", "binary"))
-_REFUSED = Tally("vidmetrics_refused", "Refused frames, joins and sockets", "reason", (
-    "malformed", "unmatched_topic", "unknown_event", "bot", "too_many_channels",
-    "invalid_input", "invalid_key", "memory_budget", "rate_limit", "write_failed",
-    "max_sockets", "shutting_down", "frame_too_large", "idle", "slow_reader",
-    "protocol_error"))
-_EVENTS = Tally("vidmetrics_events", "Event pushes by outcome", "outcome",
-                ("acked", "refused", "failed"))
-ACK_SECONDS = Spread("vidmetrics_ack_seconds", "From an event's arrival to its ok reply "
-                     "(after commit)", (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5,
-                                        5, 10))
+_FRAME = Tally(
+    "vidmetrics_frames",
+    "Frames received",
+    "kind",
+    ("malformed", "heartbeat", "join", "unmatched", "leave", "event", "unknown", "binary"),
+)
+_REFUSED = Tally(
+    "vidmetrics_refused",
+    "Refused frames, joins and sockets",
+    "reason",
+    (
+        "malformed",
+        "unmatched_topic",
+        "unknown_event",
+        "bot",
+        "too_many_channels",
+        "invalid_input",
+        "invalid_key",
+        "memory_budget",
+        "rate_limit",
+        "write_failed",
+        "max_sockets",
+        "shutting_down",
+        "frame_too_large",
+        "idle",
+        "slow_reader",
+        "protocol_error",
+    ),
+)
+_EVENTS = Tally(
+    "vidmetrics_events", "Event pushes by outcome", "outcome", ("acked", "refused", "failed")
+)
+ACK_SECONDS = Spread(
+    "vidmetrics_ack_seconds",
+    "From an event's arrival to its ok reply (after commit)",
+    (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 
 
 # Replies a peer has not read (beyond what the kernel buffers) before it is dropped: a
@@ -167,11 +194,25 @@ class _Bucket:
 class Connection:
     """One open websocket: its Phoenix channels, and the replies due to it."""
 
-    __slots__ = ("hub", "transport", "vsn", "key", "source_url", "device", "channels",
-                 "bucket", "closed", "last_seen", "pinged", "out", "backlog")
+    __slots__ = (
+        "hub",
+        "transport",
+        "vsn",
+        "key",
+        "source_url",
+        "device",
+        "channels",
+        "bucket",
+        "closed",
+        "last_seen",
+        "pinged",
+        "out",
+        "backlog",
+    )
 
-    def __init__(self, hub: Hub, transport: asyncio.Transport, query: bytes,
-                 headers: dict[bytes, bytes]) -> None:
+    def __init__(
+        self, hub: Hub, transport: asyncio.Transport, query: bytes, headers: dict[bytes, bytes]
+    ) -> None:
         self.hub = hub
         self.transport = transport
         params = parse_qs(query.decode("latin-1"))
@@ -238,8 +279,7 @@ class Connection:
         except protocol.FrameError as exc:
             _FRAME.add("malformed")
             _REFUSED.add("malformed")
-            self.send(protocol.reply(self.vsn, None, exc.ref, exc.topic or "phoenix",
-                                     exc.reason))
+            self.send(protocol.reply(self.vsn, None, exc.ref, exc.topic or "phoenix", exc.reason))
             return True
         if frame.topic == "phoenix" and frame.event == "heartbeat":
             _FRAME.add("heartbeat")
@@ -252,15 +292,17 @@ class Connection:
         joined = self.channels.get(frame.topic)
         if joined is None or (frame.join_ref is not None and joined[0] != frame.join_ref):
             _FRAME.add("unmatched")
-            self.send(protocol.reply(self.vsn, None, frame.ref, frame.topic,
-                                     "unmatched topic"))
+            self.send(protocol.reply(self.vsn, None, frame.ref, frame.topic, "unmatched topic"))
             return True
         if frame.event == "phx_leave":
             _FRAME.add("leave")
             self.leave(frame.topic)
             self.send(protocol.reply(self.vsn, frame.join_ref, frame.ref, frame.topic))
-            self.send(protocol.encode(self.vsn, frame.join_ref, frame.join_ref,
-                                      frame.topic, "phx_close", {}))
+            self.send(
+                protocol.encode(
+                    self.vsn, frame.join_ref, frame.join_ref, frame.topic, "phx_close", {}
+                )
+            )
             return True
         if frame.event == "event":
             _FRAME.add("event")
@@ -283,8 +325,7 @@ class Connection:
         if frame.topic in self.channels:  # a rejoin replaces the old channel, as Phoenix does
             self.leave(frame.topic)
         if len(self.channels) >= self.hub.settings.max_channels_per_socket:
-            return self._refuse(frame, "too_many_channels",
-                                "too many channels on this socket")
+            return self._refuse(frame, "too_many_channels", "too many channels on this socket")
         try:
             info = parse_join(frame.payload, self.key, self.source_url, self.hub.limits)
         except InvalidInput as exc:
@@ -293,12 +334,12 @@ class Connection:
             return self._refuse(frame, "invalid_key", "invalid key")
         session = ViewingSession(info, self.device)
         if not self.hub.reserve(session.cost):
-            return self._refuse(frame, "memory_budget",
-                                "server is at its session memory limit, try again later")
+            return self._refuse(
+                frame, "memory_budget", "server is at its session memory limit, try again later"
+            )
         self.channels[frame.topic] = (frame.join_ref, session)
         # the join is an impression: acknowledged once it is committed, like every event
-        self.hub.writer.submit([session.impression(_now())],
-                               functools.partial(self._joined, frame))
+        self.hub.writer.submit([session.impression(_now())], functools.partial(self._joined, frame))
 
     def _joined(self, frame: protocol.Frame, failure: str | None) -> None:
         """The join's impression committed (or failed): queue the join's reply."""
@@ -477,14 +518,18 @@ class SocketProtocol(asyncio.Protocol):
                 conn.receive(text)
             elif opcode == wire.BINARY:
                 _FRAME.add("binary")
-                conn.send(protocol.reply(conn.vsn, None, None, "phoenix",
-                                         "binary frames are not supported"))
+                conn.send(
+                    protocol.reply(
+                        conn.vsn, None, None, "phoenix", "binary frames are not supported"
+                    )
+                )
             elif opcode == wire.PING:
                 conn.queue(wire.frame(wire.PONG, payload))
             elif opcode == wire.CLOSE:
                 code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1000
-                return conn.close(code if 1000 <= code < 5000 and code not in (
-                    1004, 1005, 1006, 1015) else 1000)
+                return conn.close(
+                    code if 1000 <= code < 5000 and code not in (1004, 1005, 1006, 1015) else 1000
+                )
 
     def _open(self, request: bytes) -> None:
         """The upgrade request (uvicorn passes it whole): accept, or answer with HTTP."""

@@ -16,8 +16,7 @@ from prometheus_client.registry import Collector
 class Tally(Collector):
     """A counter with one label, its values fixed up front (never from client text)."""
 
-    def __init__(self, name: str, documentation: str, label: str,
-                 values: Iterable[str]) -> None:
+    def __init__(self, name: str, documentation: str, label: str, values: Iterable[str]) -> None:
         self.name, self.documentation, self.label = name, documentation, label
         self.counts = dict.fromkeys(values, 0)
         REGISTRY.register(self)
@@ -51,5 +50,6 @@ class Spread(Collector):
         for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
             running += count
             cumulative.append((bound, running))
-        yield HistogramMetricFamily(self.name, self.documentation, buckets=cumulative,
-                                    sum_value=self.total)
+        yield HistogramMetricFamily(
+            self.name, self.documentation, buckets=cumulative, sum_value=self.total
+        )

@@ -59,8 +59,10 @@ def handshake(request: bytes) -> tuple[str, bytes, dict[bytes, bytes], bytes]:
     path, _, query = target.partition(b"?")
     if method != b"GET":
         raise Refused(405, "a websocket opens with GET")
-    if b"websocket" not in headers.get(b"upgrade", b"").lower() \
-            or headers.get(b"sec-websocket-version") != b"13":
+    if (
+        b"websocket" not in headers.get(b"upgrade", b"").lower()
+        or headers.get(b"sec-websocket-version") != b"13"
+    ):
         raise Refused(400, "not a websocket version 13 upgrade")
     key = headers.get(b"sec-websocket-key", b"")
     try:
@@ -69,18 +71,26 @@ def handshake(request: bytes) -> tuple[str, bytes, dict[bytes, bytes], bytes]:
     except ValueError:
         raise Refused(400, "bad Sec-WebSocket-Key") from None
     accept = base64.b64encode(hashlib.sha1(key + GUID).digest())  # noqa: S324 - the RFC's
-    response = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+    response = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+    )
     return path.decode("latin-1"), query, headers, response
 
 
 def refusal(status: int, reason: str) -> bytes:
     """An HTTP response refusing the upgrade."""
     body = reason.encode()
-    phrase = {400: "Bad Request", 403: "Forbidden", 404: "Not Found",
-              405: "Method Not Allowed"}.get(status, "Error")
-    return (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: text/plain\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
+    phrase = {
+        400: "Bad Request",
+        403: "Forbidden",
+        404: "Not Found",
+        405: "Method Not Allowed",
+    }.get(status, "Error")
+    return (
+        f"HTTP/1.1 {status} {phrase}\r\ncontent-type: text/plain\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode() + body
 
 
 def frame(opcode: int, payload: bytes) -> bytes:
@@ -135,7 +145,7 @@ class Reader:
                 raise Closing(TOO_BIG, "frame too large")
             if end - head < 4 + n:
                 break
-            payload = apply_mask(buffer[head + 4:head + 4 + n], buffer[head:head + 4])
+            payload = apply_mask(buffer[head + 4 : head + 4 + n], buffer[head : head + 4])
             pos = head + 4 + n
             opcode, final = first & 0x0F, first & 0x80
             if opcode >= 0x8:  # control: never fragmented, at most 125 bytes

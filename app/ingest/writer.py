@@ -35,20 +35,35 @@ FLUSHES = Counter("vidmetrics_writer_flushes_total", "Transactions committed by 
 FLUSH_FAILURES = Counter("vidmetrics_writer_failures_total", "Writer transactions that failed")
 ROWS = Counter("vidmetrics_writer_ops_total", "Rows written by the writer")
 FLUSH_SECONDS = Histogram("vidmetrics_writer_flush_seconds", "Time to write and commit a batch")
-BATCH_ROWS = Histogram("vidmetrics_writer_batch_rows", "Rows per committed batch",
-                       buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000))
+BATCH_ROWS = Histogram(
+    "vidmetrics_writer_batch_rows",
+    "Rows per committed batch",
+    buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000),
+)
 QUEUE_ROWS = Gauge("vidmetrics_writer_queue_rows", "Rows waiting for the writer")
-REFUSED_MEMBERS = Counter("vidmetrics_writer_refused_total",
-                          "Events the database refused for their data (isolated from the batch)")
+REFUSED_MEMBERS = Counter(
+    "vidmetrics_writer_refused_total",
+    "Events the database refused for their data (isolated from the batch)",
+)
 
 TRANSACTION_TIMEOUT = 10.0
 FAILING_SECONDS = 10.0
 # Refusals caused by what was written, not by the database being unreachable: the batch
 # is retried member by member. (Encoding errors surface as TypeError/ValueError.)
-DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, TypeError,
-               ValueError, OverflowError)
-UNAVAILABLE_ERRORS = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                      asyncpg.InternalClientError)  # a connection cut mid-statement
+DATA_ERRORS = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    TypeError,
+    ValueError,
+    OverflowError,
+)
+UNAVAILABLE_ERRORS = (
+    TimeoutError,
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)  # a connection cut mid-statement
 # called once per submission: None when committed, else a reason a client may read
 Done = Callable[[str | None], None]
 Batch = list[tuple[list[Op], Done]]
@@ -75,8 +90,15 @@ class WriteFailed(Exception):
 
 
 class Writer:
-    def __init__(self, pool: asyncpg.Pool, *, flush_interval: float, max_rows: int,
-                 outbox: bool = False, shards: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        flush_interval: float,
+        max_rows: int,
+        outbox: bool = False,
+        shards: tuple[int, int] | None = None,
+    ) -> None:
         self._pool = pool
         self._outbox = outbox
         self._flush_interval = flush_interval
@@ -134,6 +156,7 @@ class Writer:
                 future.set_result(None)
             else:
                 future.set_exception(WriteFailed(reason))
+
         self.submit(ops, done)
         return future
 
@@ -269,8 +292,9 @@ class Writer:
             started = time.perf_counter()
             error: Exception | None = None
             try:
-                committed = await asyncio.wait_for(self._speculate(ops, before, flight),
-                                                   TRANSACTION_TIMEOUT)
+                committed = await asyncio.wait_for(
+                    self._speculate(ops, before, flight), TRANSACTION_TIMEOUT
+                )
             except Exception as exc:  # noqa: BLE001 - every failure goes the careful way
                 committed, error = False, exc
             if committed:
@@ -308,8 +332,7 @@ class Writer:
                     future.set_result(False if future is flight.first else None)
             flight.done.set_result(None)
 
-    async def _speculate(self, ops: list[Op], before: _Flight | None,
-                         flight: _Flight) -> bool:
+    async def _speculate(self, ops: list[Op], before: _Flight | None, flight: _Flight) -> bool:
         """The first try of _pipelined: True when committed, False when the batch before
         failed (rolled back here, nothing else done); raises on any failure of its own."""
         async with self._pool.acquire() as conn:
@@ -324,8 +347,14 @@ class Writer:
                 # time takes locks, in batch order)
                 ready = before.executed if before is not None else None
                 prepared = await session_store.prepare_batch(
-                    conn, ops, self._videos, self._outbox, self._written,
-                    shard=self._shards[self._turn], ready=ready)
+                    conn,
+                    ops,
+                    self._videos,
+                    self._outbox,
+                    self._written,
+                    shard=self._shards[self._turn],
+                    ready=ready,
+                )
                 # the next batch builds on these states while this one is sent
                 self._written.apply(prepared.outcome.sessions)
                 flight.may_follow.set_result(None)
@@ -355,12 +384,17 @@ class Writer:
             outcome = await asyncio.wait_for(self._write(all_ops), TRANSACTION_TIMEOUT)
             failed: dict[int, str] = {}
         except DATA_ERRORS as exc:
-            log.warning("batch of %d rows refused (%s); writing its %d members one by one",
-                        len(all_ops), type(exc).__name__, len(batch))
+            log.warning(
+                "batch of %d rows refused (%s); writing its %d members one by one",
+                len(all_ops),
+                type(exc).__name__,
+                len(batch),
+            )
             self._written.forget(session_store.session_ids(all_ops))
             try:
-                outcome, failed = await asyncio.wait_for(self._write_each(batch),
-                                                         TRANSACTION_TIMEOUT)
+                outcome, failed = await asyncio.wait_for(
+                    self._write_each(batch), TRANSACTION_TIMEOUT
+                )
             except UNAVAILABLE_ERRORS as exc2:
                 return await self._unavailable(batch, all_ops, exc2)
         except UNAVAILABLE_ERRORS as exc:
@@ -402,8 +436,9 @@ class Writer:
     async def _write(self, ops: list[Op]) -> Outcome:
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                return await session_store.write_batch(conn, ops, self._videos, self._outbox,
-                                                       self._written)
+                return await session_store.write_batch(
+                    conn, ops, self._videos, self._outbox, self._written
+                )
         except StaleState as exc:  # rolled back; write it again from what is stored
             log.warning("%s; writing the batch again from the stored rows", exc)
             self._written.forget(session_store.session_ids(ops))
@@ -420,8 +455,7 @@ class Writer:
             for index, (ops, _) in enumerate(batch):
                 try:
                     async with conn.transaction():
-                        got = await session_store.write_batch(conn, ops, self._videos,
-                                                              self._outbox)
+                        got = await session_store.write_batch(conn, ops, self._videos, self._outbox)
                 except DATA_ERRORS as exc:
                     REFUSED_MEMBERS.inc()
                     log.info("event refused by the database: %s", type(exc).__name__)

@@ -18,9 +18,23 @@ MEDIA_TYPES = {
     "csv": "text/csv; charset=utf-8",
     "parquet": "application/vnd.apache.parquet",
 }
-COLUMNS = ("session", "started_at", "ended_at", "identifier", "metadata", "browser",
-           "platform", "device", "page", "duration", "watch_seconds", "furthest", "watched",
-           "played", "qoe")
+COLUMNS = (
+    "session",
+    "started_at",
+    "ended_at",
+    "identifier",
+    "metadata",
+    "browser",
+    "platform",
+    "device",
+    "page",
+    "duration",
+    "watch_seconds",
+    "furthest",
+    "watched",
+    "played",
+    "qoe",
+)
 
 
 # A text cell that begins with one of these is a formula to a spreadsheet (OWASP, "CSV
@@ -107,23 +121,46 @@ class _Parquet:
             import pyarrow as pa
             import pyarrow.parquet as pq
         except ImportError:
-            raise FormatUnavailable("parquet export needs the optional pyarrow package "
-                                    "(pip install 'vidmetrics[parquet]')") from None
+            raise FormatUnavailable(
+                "parquet export needs the optional pyarrow package "
+                "(pip install 'vidmetrics[parquet]')"
+            ) from None
         self._pa, self._pq = pa, pq
         span = pa.struct([("from", pa.float64()), ("to", pa.float64())])
         stamp = pa.timestamp("us", tz="UTC")
-        self._schema = pa.schema([
-            ("session", pa.int64()), ("started_at", stamp), ("ended_at", stamp),
-            ("identifier", pa.string()), ("metadata", pa.string()), ("browser", pa.string()),
-            ("platform", pa.string()), ("device", pa.string()), ("page", pa.string()),
-            ("duration", pa.float64()), ("watch_seconds", pa.float64()),
-            ("furthest", pa.float64()), ("watched", pa.list_(span)),
-            ("played", pa.bool_()), ("qoe", pa.struct([
-                ("startup_ms", pa.float64()), ("rebuffer_count", pa.int32()),
-                ("rebuffer_seconds", pa.float64()), ("seek_count", pa.int32()),
-                ("seek_latency_ms", pa.float64()), ("failure", pa.int16()),
-                ("failed_before_start", pa.bool_()), ("exited_before_start", pa.bool_())])),
-        ])
+        self._schema = pa.schema(
+            [
+                ("session", pa.int64()),
+                ("started_at", stamp),
+                ("ended_at", stamp),
+                ("identifier", pa.string()),
+                ("metadata", pa.string()),
+                ("browser", pa.string()),
+                ("platform", pa.string()),
+                ("device", pa.string()),
+                ("page", pa.string()),
+                ("duration", pa.float64()),
+                ("watch_seconds", pa.float64()),
+                ("furthest", pa.float64()),
+                ("watched", pa.list_(span)),
+                ("played", pa.bool_()),
+                (
+                    "qoe",
+                    pa.struct(
+                        [
+                            ("startup_ms", pa.float64()),
+                            ("rebuffer_count", pa.int32()),
+                            ("rebuffer_seconds", pa.float64()),
+                            ("seek_count", pa.int32()),
+                            ("seek_latency_ms", pa.float64()),
+                            ("failure", pa.int16()),
+                            ("failed_before_start", pa.bool_()),
+                            ("exited_before_start", pa.bool_()),
+                        ]
+                    ),
+                ),
+            ]
+        )
         self._sink = _Sink()
         self._writer = pq.ParquetWriter(self._sink, self._schema, compression="zstd")
 

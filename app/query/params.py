@@ -21,8 +21,7 @@ MAX_SPAN_SECONDS = 10 * 366 * 86400
 MAX_MONTHS = 120
 DEFAULT_INTERVAL = "12 months"
 DEFAULT_TIMEFRAME = "7 days"
-_SPAN = re.compile(r"^\s*(\d{1,9})\s+(second|minute|hour|day|week|month|year)s?\s*$",
-                   re.I | re.A)
+_SPAN = re.compile(r"^\s*(\d{1,9})\s+(second|minute|hour|day|week|month|year)s?\s*$", re.I | re.A)
 _UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800}
 _ZONE = re.compile(r"^[A-Za-z0-9_+\-/]{1,64}$")
 _QUERY_FIELDS = ("video", "session", "key")
@@ -30,11 +29,11 @@ _QUERY_FIELDS = ("video", "session", "key")
 
 def parse_span(field: str, value: Any) -> Span:
     if not isinstance(value, str):
-        raise BadRequest(f"{field} must be a string like \"1 day\"")
+        raise BadRequest(f'{field} must be a string like "1 day"')
     match = _SPAN.match(value)
     if match is None:
         raise BadRequest(
-            f"{field} must be \"<n> <unit>\" with unit second, minute, hour, day, week, month "
+            f'{field} must be "<n> <unit>" with unit second, minute, hour, day, week, month '
             f"or year, got {value[:60]!r}"
         )
     count, unit = int(match.group(1)), match.group(2).lower()
@@ -72,14 +71,16 @@ def parse_timeframe(value: Any, now: dt.datetime) -> Window:
         if unknown:
             raise BadRequest(f"timeframe has unknown field {sorted(unknown)[0]!r}")
         if "from" not in value or "to" not in value:
-            raise BadRequest("timeframe must have both \"from\" and \"to\"")
+            raise BadRequest('timeframe must have both "from" and "to"')
         start, end = _unix("timeframe.from", value["from"]), _unix("timeframe.to", value["to"])
         if start > end:
             raise BadRequest("timeframe.from must not be after timeframe.to")
         if start == end:
             raise BadRequest("timeframe must span more than zero seconds")
-    elif isinstance(value, (int, float)) and not isinstance(value, bool) or (
-        isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", value, re.A)
+    elif (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        or (isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", value, re.A))
     ):
         start, end = _unix("timeframe", value), now
         if start >= end:
@@ -88,8 +89,10 @@ def parse_timeframe(value: Any, now: dt.datetime) -> Window:
         end = now
         start = parse_span("timeframe", value).before(now)
     else:
-        raise BadRequest("timeframe must be a span like \"7 days\", a unix timestamp, "
-                         "or {\"from\": unix, \"to\": unix}")
+        raise BadRequest(
+            'timeframe must be a span like "7 days", a unix timestamp, '
+            'or {"from": unix, "to": unix}'
+        )
     if (end - start).total_seconds() > MAX_SPAN_SECONDS:
         raise BadRequest("timeframe must not exceed 10 years")
     return Window(start, end)
@@ -109,7 +112,7 @@ def parse_timezone(value: Any) -> str:
     if value is None:
         return "UTC"
     if not isinstance(value, str) or not _ZONE.match(value):
-        raise BadRequest("timezone must be an IANA time zone name like \"Europe/Berlin\"")
+        raise BadRequest('timezone must be an IANA time zone name like "Europe/Berlin"')
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError):
@@ -155,8 +158,9 @@ def parse_selection(body: dict[str, Any]) -> Selection:
         query = _object("query", query)
         unknown = set(query) - set(_QUERY_FIELDS)
         if unknown:
-            raise BadRequest(f"query has unknown field {sorted(unknown)[0]!r} "
-                             "(expected video, session or key)")
+            raise BadRequest(
+                f"query has unknown field {sorted(unknown)[0]!r} (expected video, session or key)"
+            )
         if query.get("video") is not None:
             video = _object("query.video", query["video"])
         if query.get("session") is not None:
@@ -184,15 +188,18 @@ def bucket_query(body: dict[str, Any], now: dt.datetime, max_buckets: int) -> Bu
     window = parse_timeframe(body.get("timeframe"), now)
     buckets = bucket_count(window, interval)
     if buckets > max_buckets:
-        raise BadRequest(f"interval is too small for this timeframe: up to {buckets} buckets, "
-                         f"the limit is {max_buckets}")
+        raise BadRequest(
+            f"interval is too small for this timeframe: up to {buckets} buckets, "
+            f"the limit is {max_buckets}"
+        )
     return BucketQuery(
         selection=parse_selection(body),
         window=window,
         interval=interval,
         timezone=parse_timezone(body.get("timezone")),
-        minimum_watch_seconds=_number("minimum_watch_seconds", body.get("minimum_watch_seconds"),
-                                      1, 0, 86400 * 365),
+        minimum_watch_seconds=_number(
+            "minimum_watch_seconds", body.get("minimum_watch_seconds"), 1, 0, 86400 * 365
+        ),
     )
 
 

@@ -57,8 +57,9 @@ async def json_off_loop(rows: int, build: Callable[[], Any]) -> Response:
 
 def _is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or (media.startswith("application/")
-                                            and media.endswith("+json"))
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
 
 
 async def read_body(request: Request) -> dict[str, Any]:
@@ -73,8 +74,7 @@ async def read_body(request: Request) -> dict[str, Any]:
     declared = request.headers.get("content-length")
     if request.method == "POST" and content_type is not None and not _is_json(content_type):
         raise UnsupportedMediaType("request body must be application/json")
-    if declared is not None and declared.isascii() and declared.isdigit() \
-            and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body is larger than {limit} bytes")
     chunks, size = [], 0
     try:
@@ -112,11 +112,13 @@ async def read_command(request: Request) -> dict[str, Any]:
     `<form>` can only send form, multipart or text/plain bodies, or none); an empty body is
     `{}`. The query string is never read: a URL alone changes nothing."""
     if not _is_json(request.headers.get("content-type", "")):
-        raise UnsupportedMediaType("a request that changes state must send a JSON body with "
-                                   "Content-Type: application/json")
+        raise UnsupportedMediaType(
+            "a request that changes state must send a JSON body with Content-Type: application/json"
+        )
     if request.query_params:
-        raise BadRequest("query-string parameters are not read by this request; send its "
-                         "fields in the JSON body")
+        raise BadRequest(
+            "query-string parameters are not read by this request; send its fields in the JSON body"
+        )
     return await read_body(request)
 
 
@@ -124,8 +126,9 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-QUERY_SECONDS = Histogram("vidmetrics_query_seconds", "Database time of a query API answer",
-                          ["endpoint"])
+QUERY_SECONDS = Histogram(
+    "vidmetrics_query_seconds", "Database time of a query API answer", ["endpoint"]
+)
 
 
 @contextlib.asynccontextmanager
@@ -135,18 +138,21 @@ async def query_connection(request: Request) -> AsyncIterator[asyncpg.Connection
     past METRICS_QUERY_TIMEOUT_SECONDS is cancelled by PostgreSQL and answered 504."""
     settings = request.app.state.settings
     try:
-        conn = await request.app.state.query_pool.acquire(
-            timeout=settings.query_queue_seconds)
+        conn = await request.app.state.query_pool.acquire(timeout=settings.query_queue_seconds)
     except TimeoutError:
-        raise ServiceBusy(f"busy: {settings.query_pool_size} questions are being answered "
-                          f"(METRICS_QUERY_POOL_SIZE); retry in a moment") from None
+        raise ServiceBusy(
+            f"busy: {settings.query_pool_size} questions are being answered "
+            f"(METRICS_QUERY_POOL_SIZE); retry in a moment"
+        ) from None
     try:
         yield conn
     except (asyncpg.QueryCanceledError, TimeoutError):  # the server's cancel, or ours
-        raise QueryTimeout(f"the question took longer than its budget of "
-                           f"{settings.query_timeout_seconds:g} s "
-                           "(METRICS_QUERY_TIMEOUT_SECONDS); ask for a shorter timeframe "
-                           "or fewer videos") from None
+        raise QueryTimeout(
+            f"the question took longer than its budget of "
+            f"{settings.query_timeout_seconds:g} s "
+            "(METRICS_QUERY_TIMEOUT_SECONDS); ask for a shorter timeframe "
+            "or fewer videos"
+        ) from None
     finally:
         await request.app.state.query_pool.release(conn)
 
@@ -170,8 +176,9 @@ async def _run(request: Request, work: Callable[[asyncpg.Connection], Awaitable[
 def _bucket_query(request: Request, body: dict[str, Any]) -> params.BucketQuery:
     settings, now = request.app.state.settings, _now()
     q = params.bucket_query(body, now, settings.max_buckets)
-    return dataclasses.replace(q, window=params.within_retention(
-        q.window, settings.retention_days, now))
+    return dataclasses.replace(
+        q, window=params.within_retention(q.window, settings.retention_days, now)
+    )
 
 
 async def plays(request: Request) -> Response:
@@ -209,8 +216,9 @@ async def qoe(request: Request) -> Response:
 async def engagement(request: Request) -> Response:
     settings, now = request.app.state.settings, _now()
     q = params.engagement_query(await read_body(request), now)
-    q = dataclasses.replace(q, window=params.within_retention(
-        q.window, settings.retention_days, now))
+    q = dataclasses.replace(
+        q, window=params.within_retention(q.window, settings.retention_days, now)
+    )
     total, counts = await _run(request, lambda conn: stats.engagement(conn, q))
     sessions = None
     if q.normalize == "sessions" and total is not None:
@@ -231,8 +239,19 @@ async def videos(request: Request) -> Response:
     q = _bucket_query(request, body)
     limit = params.parse_limit(body.get("limit"), 20, 100)
     rows = await _run(request, lambda conn: stats.videos(conn, q, limit))
-    return json({"videos": [{"video": r.metadata, "identifier": r.identifier, "views": r.views,
-                             "total_view_time": round(r.watch_seconds, 3)} for r in rows]})
+    return json(
+        {
+            "videos": [
+                {
+                    "video": r.metadata,
+                    "identifier": r.identifier,
+                    "views": r.views,
+                    "total_view_time": round(r.watch_seconds, 3),
+                }
+                for r in rows
+            ]
+        }
+    )
 
 
 async def sessions(request: Request) -> Response:
@@ -243,13 +262,18 @@ async def sessions(request: Request) -> Response:
     window = params.within_retention(q.window, settings.retention_days, now)
     limit = params.parse_limit(body.get("limit"), 50, 200)
     before = params.parse_cursor(body.get("cursor"))
-    rows = await _run(request, lambda conn: export_store.page_of_sessions(
-        conn, q.selection, window, limit + 1, before))
+    rows = await _run(
+        request,
+        lambda conn: export_store.page_of_sessions(conn, q.selection, window, limit + 1, before),
+    )
     page = rows[:limit]
     more = len(rows) > limit
-    return json({"sessions": [s.to_dict() for s in page],
-                 "next": params.make_cursor(page[-1].started_at, page[-1].session)
-                 if more else None})
+    return json(
+        {
+            "sessions": [s.to_dict() for s in page],
+            "next": params.make_cursor(page[-1].started_at, page[-1].session) if more else None,
+        }
+    )
 
 
 async def one_session(request: Request) -> Response:
@@ -260,17 +284,28 @@ async def one_session(request: Request) -> Response:
         raise NotFound(f"no session {raw}")
     summary, events = found
     start = summary.started_at
-    return json({"session": summary.to_dict(), "events": [
-        {"at_ms": round((e.at - start).total_seconds() * 1000, 1), "name": e.name,
-         "payload": e.payload or {}} for e in events]})
+    return json(
+        {
+            "session": summary.to_dict(),
+            "events": [
+                {
+                    "at_ms": round((e.at - start).total_seconds() * 1000, 1),
+                    "name": e.name,
+                    "payload": e.payload or {},
+                }
+                for e in events
+            ],
+        }
+    )
 
 
 async def export(request: Request) -> Response:
     """Per-session summaries, streamed: one pooled connection and one batch in memory."""
     settings, now = request.app.state.settings, _now()
     q = params.export_query(await read_body(request), now)
-    q = dataclasses.replace(q, window=params.within_retention(
-        q.window, settings.retention_days, now))
+    q = dataclasses.replace(
+        q, window=params.within_retention(q.window, settings.retention_days, now)
+    )
     try:
         exporting.encoder(q.format)  # an optional package may be missing: say so now
     except exporting.FormatUnavailable as exc:
@@ -290,8 +325,11 @@ async def export(request: Request) -> Response:
             slots.release()
 
     extension = "ndjson" if q.format == "ndjson" else q.format
-    return StreamingResponse(body(), media_type=exporting.MEDIA_TYPES[q.format], headers={
-        "Content-Disposition": f'attachment; filename="vidmetrics-sessions.{extension}"'})
+    return StreamingResponse(
+        body(),
+        media_type=exporting.MEDIA_TYPES[q.format],
+        headers={"Content-Disposition": f'attachment; filename="vidmetrics-sessions.{extension}"'},
+    )
 
 
 async def watching(request: Request) -> Response:
@@ -302,16 +340,14 @@ async def watching(request: Request) -> Response:
 
 
 def _key_json(row: key_store.KeyRow) -> dict[str, Any]:
-    return {"key": row.key,
-            "disabled_at": row.disabled_at.isoformat() if row.disabled_at else None}
+    return {"key": row.key, "disabled_at": row.disabled_at.isoformat() if row.disabled_at else None}
 
 
 async def create_key(request: Request) -> Response:
     body = await read_command(request)
     custom = body.get("key")
     if custom is not None and (not isinstance(custom, str) or not _KEY.match(custom)):
-        raise BadRequest(f"key must be 1 to {MAX_KEY_LENGTH} visible ASCII characters "
-                         "(no spaces)")
+        raise BadRequest(f"key must be 1 to {MAX_KEY_LENGTH} visible ASCII characters (no spaces)")
     key = custom or generate_key()
     try:
         row = await _run(request, lambda conn: key_store.insert_key(conn, key))
@@ -344,8 +380,19 @@ async def keys(request: Request) -> Response:
 
 
 QUERY_METHODS = ["GET", "POST"]
-QUERY_ENDPOINTS = frozenset({"plays", "engagement", "sources", "watching", "keys", "videos",
-                             "sessions", "completion", "qoe"})
+QUERY_ENDPOINTS = frozenset(
+    {
+        "plays",
+        "engagement",
+        "sources",
+        "watching",
+        "keys",
+        "videos",
+        "sessions",
+        "completion",
+        "qoe",
+    }
+)
 routes = [
     Route("/api/v1/plays", plays, methods=QUERY_METHODS),
     Route("/api/v1/engagement", engagement, methods=QUERY_METHODS),

@@ -24,15 +24,18 @@ def plays(buckets: list[PlaysBucket]) -> dict[str, Any]:
     views = []
     for b in buckets:
         counts = dict(zip(BREAKDOWN_COLUMNS, b.counts, strict=True))
-        views.append({
-            "interval": label(b.bucket), "views": b.views,
-            "total_view_time": _seconds(b.watch_seconds),
-            "browser": {x: counts[f"browser_{x}"] for x in BROWSERS},
-            "device_type": {x: counts[f"device_{x}"] for x in DEVICES},
-            "platform": {x: counts[f"platform_{x}"] for x in PLATFORMS},
-            "impressions": b.impressions,
-            "play_rate": round(b.views / b.impressions, 4) if b.impressions else None,
-        })
+        views.append(
+            {
+                "interval": label(b.bucket),
+                "views": b.views,
+                "total_view_time": _seconds(b.watch_seconds),
+                "browser": {x: counts[f"browser_{x}"] for x in BROWSERS},
+                "device_type": {x: counts[f"device_{x}"] for x in DEVICES},
+                "platform": {x: counts[f"platform_{x}"] for x in PLATFORMS},
+                "impressions": b.impressions,
+                "play_rate": round(b.views / b.impressions, 4) if b.impressions else None,
+            }
+        )
     return {"views": views}
 
 
@@ -57,20 +60,36 @@ def completion(buckets: dict[dt.datetime, dict[str, CompletionCounts]]) -> dict[
         for counts in devices.values():
             total = [a + b for a, b in zip(total, counts.values, strict=True)]
         empty = [0.0] * (len(COMPLETION_COLUMNS) + 1)
-        out.append({"interval": label(bucket), **_completion_figures(total),
-                    "device_type": {d: _completion_figures(
-                        devices[d].values if d in devices else empty) for d in DEVICES}})
+        out.append(
+            {
+                "interval": label(bucket),
+                **_completion_figures(total),
+                "device_type": {
+                    d: _completion_figures(devices[d].values if d in devices else empty)
+                    for d in DEVICES
+                },
+            }
+        )
     return {"completion": out}
 
 
 def sources(rows: list[tuple[dt.datetime, str, int]]) -> dict[str, Any]:
     labels: dict[dt.datetime, str] = {}  # a month of hours: ~700 buckets, ~10,000 rows
-    return {"sources": [{"interval": labels.get(b) or labels.setdefault(b, label(b)),
-                         "path": page, "views": views} for b, page, views in rows]}
+    return {
+        "sources": [
+            {
+                "interval": labels.get(b) or labels.setdefault(b, label(b)),
+                "path": page,
+                "views": views,
+            }
+            for b, page, views in rows
+        ]
+    }
 
 
-def engagement(total: float | None, ranges: int, counts: dict[int, int],
-               sessions: int | None = None) -> dict[str, Any]:
+def engagement(
+    total: float | None, ranges: int, counts: dict[int, int], sessions: int | None = None
+) -> dict[str, Any]:
     """sessions given (normalize=sessions): each range also carries `share`, the part of
     the selected sessions that watched it (0..1)."""
     if total is None:
@@ -79,8 +98,10 @@ def engagement(total: float | None, ranges: int, counts: dict[int, int],
     out = []
     for r in range(ranges):
         entry: dict[str, Any] = {
-            "range": r, "range_time": {"from": _seconds(r * step), "to": _seconds((r + 1) * step)},
-            "viewers": counts.get(r, 0)}
+            "range": r,
+            "range_time": {"from": _seconds(r * step), "to": _seconds((r + 1) * step)},
+            "viewers": counts.get(r, 0),
+        }
         if sessions is not None:
             entry["share"] = round(counts.get(r, 0) / sessions, 4) if sessions else 0.0
         out.append(entry)
@@ -97,12 +118,13 @@ def qoe_figures(c: QoeCounts) -> dict[str, Any]:
     views, watch, stalled = int(v["views"]), v["watch_seconds"], v["rebuffer_seconds"]
     return {
         "views": views,
-        "startup_time_ms": {"p50": sketch.quantile(c.startup, 0.5),
-                            "p95": sketch.quantile(c.startup, 0.95),
-                            "views": int(v["startups"])},
+        "startup_time_ms": {
+            "p50": sketch.quantile(c.startup, 0.5),
+            "p95": sketch.quantile(c.startup, 0.95),
+            "views": int(v["startups"]),
+        },
         "rebuffer_percentage": _share(stalled, watch + stalled),
-        "rebuffer_frequency": round(v["rebuffer_count"] / (watch / 60), 4) if watch > 0
-        else None,
+        "rebuffer_frequency": round(v["rebuffer_count"] / (watch / 60), 4) if watch > 0 else None,
         "rebuffer_count": int(v["rebuffer_count"]),
         "rebuffer_seconds": _seconds(stalled),
         "watch_seconds": _seconds(watch),
@@ -113,8 +135,7 @@ def qoe_figures(c: QoeCounts) -> dict[str, Any]:
     }
 
 
-def qoe(buckets: dict[dt.datetime, dict[str, QoeCounts]],
-        breakdown: str | None) -> dict[str, Any]:
+def qoe(buckets: dict[dt.datetime, dict[str, QoeCounts]], breakdown: str | None) -> dict[str, Any]:
     """buckets: per bucket, the counts per group ("" without a breakdown)."""
     out = []
     for bucket, groups in buckets.items():

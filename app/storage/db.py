@@ -57,8 +57,9 @@ async def _backfill(url: str, progress: bool) -> None:
 
     conn = await connect(url)
     try:
-        with tqdm(unit="table", desc="rollups", disable=not progress, file=sys.stderr,
-                  leave=False) as bar:
+        with tqdm(
+            unit="table", desc="rollups", disable=not progress, file=sys.stderr, leave=False
+        ) as bar:
             if await rebuild.backfill(conn, bar):
                 log.info("rollups rebuilt from the stored sessions")
     finally:
@@ -72,17 +73,25 @@ def downgrade(url: str, revision: str = "base") -> None:
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # binary jsonb (a version byte, then the text) so that COPY can carry it too
     await conn.set_type_codec(
-        "jsonb", encoder=lambda v: b"\x01" + orjson.dumps(v), decoder=lambda b: orjson.loads(b[1:]),
-        schema="pg_catalog", format="binary",
+        "jsonb",
+        encoder=lambda v: b"\x01" + orjson.dumps(v),
+        decoder=lambda b: orjson.loads(b[1:]),
+        schema="pg_catalog",
+        format="binary",
     )
     await conn.set_type_codec(
         "json", encoder=json.dumps, decoder=orjson.loads, schema="pg_catalog", format="text"
     )
 
 
-async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10,
-                      shard: int | None = None, statement_seconds: float | None = None,
-                      ) -> asyncpg.Pool:
+async def create_pool(
+    url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    shard: int | None = None,
+    statement_seconds: float | None = None,
+) -> asyncpg.Pool:
     """shard: the rollup shard this process writes (see rollups.SHARDS).
 
     statement_seconds: a pool for questions, not writes: PostgreSQL cancels any statement
@@ -98,8 +107,12 @@ async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10,
         settings["max_parallel_workers_per_gather"] = "0"
         command_timeout = statement_seconds + 5  # the server cancels first
     pool = await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=_init_connection,
-        command_timeout=command_timeout, server_settings=settings,
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        command_timeout=command_timeout,
+        server_settings=settings,
     )
     assert pool is not None
     return pool

@@ -55,8 +55,14 @@ def _run_as() -> dict[str, Any]:
         entry = pwd.getpwnam(SYSTEM_USER)
     except KeyError:
         subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-             SYSTEM_USER],
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                SYSTEM_USER,
+            ],
             check=True,
             capture_output=True,
         )
@@ -132,9 +138,19 @@ class EmbeddedPostgres:
             _open_path_for(self.data_dir)
             _open_path_for(POSTGRES_BIN_PATH)
         subprocess.run(
-            [self._bin("initdb"), "-D", str(self.pgdata), "-U", "postgres", "--auth=trust",
-             "--encoding=UTF8", "--locale=C"],
-            check=True, capture_output=True, **self._run_as,
+            [
+                self._bin("initdb"),
+                "-D",
+                str(self.pgdata),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+            ],
+            check=True,
+            capture_output=True,
+            **self._run_as,
         )
         with open(self.pgdata / "postgresql.conf", "a") as conf:
             conf.write(
@@ -176,9 +192,23 @@ class EmbeddedPostgres:
                 self.log_file.touch()
                 os.chown(self.log_file, self._run_as["user"], self._run_as["group"])
             result = subprocess.run(
-                [self._bin("pg_ctl"), "-D", str(self.pgdata), "-l", str(self.log_file), "-w",
-                 "-t", "60", "-o", f"-k {sock}", "start"],
-                capture_output=True, text=True, start_new_session=True, **self._run_as,
+                [
+                    self._bin("pg_ctl"),
+                    "-D",
+                    str(self.pgdata),
+                    "-l",
+                    str(self.log_file),
+                    "-w",
+                    "-t",
+                    "60",
+                    "-o",
+                    f"-k {sock}",
+                    "start",
+                ],
+                capture_output=True,
+                text=True,
+                start_new_session=True,
+                **self._run_as,
             )
             if result.returncode != 0:
                 tail = self.log_file.read_text()[-2000:] if self.log_file.exists() else ""
@@ -188,9 +218,25 @@ class EmbeddedPostgres:
 
     def _psql(self, sql: str, database: str = "postgres") -> str:
         result = subprocess.run(
-            [self._bin("psql"), "-X", "-A", "-t", "-h", str(_socket_dir(self.pgdata)), "-p",
-             str(PORT), "-U", "postgres", "-d", database, "-c", sql],
-            capture_output=True, text=True, check=False,
+            [
+                self._bin("psql"),
+                "-X",
+                "-A",
+                "-t",
+                "-h",
+                str(_socket_dir(self.pgdata)),
+                "-p",
+                str(PORT),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-c",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if result.returncode != 0:
             raise EmbeddedError(f"psql failed: {result.stderr.strip()}")
@@ -215,5 +261,7 @@ class EmbeddedPostgres:
             return
         subprocess.run(
             [self._bin("pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "-t", "60", "stop"],
-            capture_output=True, check=False, **self._run_as,
+            capture_output=True,
+            check=False,
+            **self._run_as,
         )

@@ -50,7 +50,9 @@ class Summary:
             "ended_at": self.ended_at.isoformat() if self.ended_at else None,
             "identifier": self.identifier,
             "metadata": self.metadata,
-            "browser": self.browser, "platform": self.platform, "device": self.device,
+            "browser": self.browser,
+            "platform": self.platform,
+            "device": self.device,
             "page": self.page,
             "duration": self.duration,
             "watch_seconds": round(self.watch_seconds, 3),
@@ -88,29 +90,49 @@ _COLUMNS = """
 
 def _summary(row: asyncpg.Record) -> Summary:
     islands = row["islands"] or []  # merged and sorted already: rounded to milliseconds here
-    watched = [(round(islands[i], 3), round(islands[i + 1], 3))
-               for i in range(0, len(islands) - 1, 2)]
-    return Summary(row["id"], row["started_at"], row["ended_at"], row["identifier"],
-                   row["metadata"], row["browser"], row["platform"], row["device"], row["page"],
-                   row["duration"], row["watch_seconds"], row["furthest"], watched,
-                   row["played"], qoe_of(row))
+    watched = [
+        (round(islands[i], 3), round(islands[i + 1], 3)) for i in range(0, len(islands) - 1, 2)
+    ]
+    return Summary(
+        row["id"],
+        row["started_at"],
+        row["ended_at"],
+        row["identifier"],
+        row["metadata"],
+        row["browser"],
+        row["platform"],
+        row["device"],
+        row["page"],
+        row["duration"],
+        row["watch_seconds"],
+        row["furthest"],
+        watched,
+        row["played"],
+        qoe_of(row),
+    )
 
 
 async def count_sessions(conn: asyncpg.Connection, sel: Selection, window: Window) -> int:
     p = Params()
     where = session_filters(sel, window, p)
-    return int(await conn.fetchval(
-        f"SELECT count(*) FROM sessions s WHERE {' AND '.join(where)}", *p.values))
+    return int(
+        await conn.fetchval(
+            f"SELECT count(*) FROM sessions s WHERE {' AND '.join(where)}", *p.values
+        )
+    )
 
 
-async def summaries(conn: asyncpg.Connection, sel: Selection, window: Window,
-                    batch: int = BATCH) -> AsyncIterator[list[Summary]]:
+async def summaries(
+    conn: asyncpg.Connection, sel: Selection, window: Window, batch: int = BATCH
+) -> AsyncIterator[list[Summary]]:
     """Batches of session summaries, oldest first, read through a cursor (the caller's
     connection must stay checked out while iterating)."""
     p = Params()
     where = session_filters(sel, window, p)
-    sql = (f"SELECT {_COLUMNS} FROM sessions s JOIN videos v ON v.id = s.video_id "
-           f"WHERE {' AND '.join(where)} ORDER BY s.started_at, s.id")
+    sql = (
+        f"SELECT {_COLUMNS} FROM sessions s JOIN videos v ON v.id = s.video_id "
+        f"WHERE {' AND '.join(where)} ORDER BY s.started_at, s.id"
+    )
     async with conn.transaction(readonly=True, isolation="repeatable_read"):
         # a stream may take as long as its reader: not bound by a question's budget (at
         # most two run at once, see the export route)
@@ -139,13 +161,14 @@ async def due_summaries(conn: asyncpg.Connection, limit: int) -> list[Summary]:
                                   AND s.started_at = due.session_started_at
           JOIN videos v ON v.id = s.video_id
          ORDER BY s.started_at, s.id
-        """, limit)
+        """,
+        limit,
+    )
     return [_summary(r) for r in rows]
 
 
 async def delivered(conn: asyncpg.Connection, sessions: list[int]) -> None:
-    await conn.execute("DELETE FROM export_outbox WHERE session_id = ANY($1::bigint[])",
-                       sessions)
+    await conn.execute("DELETE FROM export_outbox WHERE session_id = ANY($1::bigint[])", sessions)
 
 
 async def retry_later(conn: asyncpg.Connection, sessions: list[int], error: str) -> None:
@@ -156,14 +179,18 @@ async def retry_later(conn: asyncpg.Connection, sessions: list[int], error: str)
            SET attempts = attempts + 1, last_error = $2,
                next_attempt_at = now() + make_interval(secs => least(600, 2 ^ attempts))
          WHERE session_id = ANY($1::bigint[])
-        """, sessions, error[:500])
+        """,
+        sessions,
+        error[:500],
+    )
 
 
 async def drop_orphans(conn: asyncpg.Connection) -> None:
     """Forget outbox entries whose session is gone (retention)."""
     await conn.execute(
         "DELETE FROM export_outbox o WHERE NOT EXISTS (SELECT 1 FROM sessions s "
-        "WHERE s.id = o.session_id AND s.started_at = o.session_started_at)")
+        "WHERE s.id = o.session_id AND s.started_at = o.session_started_at)"
+    )
 
 
 async def pending(conn: asyncpg.Connection | asyncpg.Pool) -> int:
@@ -171,19 +198,27 @@ async def pending(conn: asyncpg.Connection | asyncpg.Pool) -> int:
 
 
 # -- session drill-down -----------------------------------------------------------------
-async def page_of_sessions(conn: asyncpg.Connection, sel: Selection, window: Window,
-                           limit: int, before: tuple[dt.datetime, int] | None,
-                           ) -> list[Summary]:
+async def page_of_sessions(
+    conn: asyncpg.Connection,
+    sel: Selection,
+    window: Window,
+    limit: int,
+    before: tuple[dt.datetime, int] | None,
+) -> list[Summary]:
     """Newest first; `before` is the (started_at, id) of the last session already shown."""
     p = Params()
     where = session_filters(sel, window, p)
     if before is not None:
-        where.append(f"(s.started_at, s.id) < ({p.add(before[0], 'timestamptz')}, "
-                     f"{p.add(before[1], 'bigint')})")
+        where.append(
+            f"(s.started_at, s.id) < ({p.add(before[0], 'timestamptz')}, "
+            f"{p.add(before[1], 'bigint')})"
+        )
     rows = await conn.fetch(
         f"SELECT {_COLUMNS} FROM sessions s JOIN videos v ON v.id = s.video_id "
         f"WHERE {' AND '.join(where)} ORDER BY s.started_at DESC, s.id DESC "
-        f"LIMIT {p.add(limit, 'int')}", *p.values)
+        f"LIMIT {p.add(limit, 'int')}",
+        *p.values,
+    )
     return [_summary(r) for r in rows]
 
 
@@ -194,16 +229,32 @@ class EventEntry:
     payload: Any
 
 
-async def one_session(conn: asyncpg.Connection, session_id: int,
-                      ) -> tuple[Summary, list[EventEntry]] | None:
+async def one_session(
+    conn: asyncpg.Connection,
+    session_id: int,
+) -> tuple[Summary, list[EventEntry]] | None:
     """A session's summary and every stored raw event in order (None: no such session)."""
     row = await conn.fetchrow(
         f"SELECT {_COLUMNS}, s.events FROM sessions s JOIN videos v ON v.id = s.video_id "
-        f"WHERE s.id = $1", session_id)
+        f"WHERE s.id = $1",
+        session_id,
+    )
     if row is None:
         return None
-    blobs = [row["events"], *[r[0] for r in await conn.fetch(
-        "SELECT events FROM session_events WHERE session_id = $1 AND session_started_at = $2 "
-        "ORDER BY seq", session_id, row["started_at"])]]
-    return _summary(row), [EventEntry(at, name, payload) for blob in blobs
-                           for at, name, payload in timeline.decode(blob, row["started_at"])]
+    blobs = [
+        row["events"],
+        *[
+            r[0]
+            for r in await conn.fetch(
+                "SELECT events FROM session_events"
+                " WHERE session_id = $1 AND session_started_at = $2 ORDER BY seq",
+                session_id,
+                row["started_at"],
+            )
+        ],
+    ]
+    return _summary(row), [
+        EventEntry(at, name, payload)
+        for blob in blobs
+        for at, name, payload in timeline.decode(blob, row["started_at"])
+    ]

@@ -56,22 +56,25 @@ def _folded(column: str, known: tuple[str, ...]) -> str:
 BROWSER = _folded("s.browser", BROWSERS)
 PLATFORM = _folded("s.platform", PLATFORMS)
 DEVICE = _folded("s.device", DEVICES)
-WATCH_CLASS = "(" + " + ".join(f"(s.watch_seconds >= {b}::float8)::int"
-                               for b in WATCH_BOUNDS) + ")"
+WATCH_CLASS = "(" + " + ".join(f"(s.watch_seconds >= {b}::float8)::int" for b in WATCH_BOUNDS) + ")"
 KNOWN = "s.duration > 0"
 
 
 def _histogram_index(ms: str) -> str:
     """sketch.index in SQL: the same C log(), the same float8 division (and NULL for
     NULL: greatest() would skip it)."""
-    return (f"(CASE WHEN {ms} IS NOT NULL THEN ceil(ln(least(greatest({ms}, 1::float8), "
-            f"{sketch.MAX_MS!r}::float8)) / ln({sketch.GAMMA!r}::float8))::int END)")
+    return (
+        f"(CASE WHEN {ms} IS NOT NULL THEN ceil(ln(least(greatest({ms}, 1::float8), "
+        f"{sketch.MAX_MS!r}::float8)) / ln({sketch.GAMMA!r}::float8))::int END)"
+    )
 
 
 def _plays(prefix: str, owner: str, join: str, src: str) -> str:
-    classes = [f"count(*) FILTER (WHERE {BROWSER} = '{b}')" for b in BROWSERS] \
-        + [f"count(*) FILTER (WHERE {PLATFORM} = '{p}')" for p in PLATFORMS] \
+    classes = (
+        [f"count(*) FILTER (WHERE {BROWSER} = '{b}')" for b in BROWSERS]
+        + [f"count(*) FILTER (WHERE {PLATFORM} = '{p}')" for p in PLATFORMS]
         + [f"count(*) FILTER (WHERE {DEVICE} = '{d}')" for d in DEVICES]
+    )
     return f"""
         INSERT INTO rollup_{prefix}plays ({"key" if prefix else "video_id"}, bucket, class,
                                           sessions, watch_seconds, {", ".join(BREAKDOWN_COLUMNS)},
@@ -82,8 +85,7 @@ def _plays(prefix: str, owner: str, join: str, src: str) -> str:
 
 
 def _sources(prefix: str, owner: str, join: str, src: str) -> str:
-    reached = [f"count(*) FILTER (WHERE {WATCH_CLASS} >= {k})"
-               for k in range(len(REACHED_COLUMNS))]
+    reached = [f"count(*) FILTER (WHERE {WATCH_CLASS} >= {k})" for k in range(len(REACHED_COLUMNS))]
     return f"""
         INSERT INTO rollup_{prefix}sources ({"key" if prefix else "video_id"}, bucket, page,
                                             {", ".join(REACHED_COLUMNS)})
@@ -94,10 +96,15 @@ def _sources(prefix: str, owner: str, join: str, src: str) -> str:
 
 def _completion(prefix: str, owner: str, join: str, src: str) -> str:
     ratio = "s.furthest / s.duration"
-    counts = ["count(*)", f"count(*) FILTER (WHERE {KNOWN})",
-              *[f"count(*) FILTER (WHERE {KNOWN} AND {ratio} >= {m / 100!r}::float8)"
-                for m in MILESTONES],
-              f"count(*) FILTER (WHERE {KNOWN} AND (s.ended OR s.furthest >= s.duration - 1))"]
+    counts = [
+        "count(*)",
+        f"count(*) FILTER (WHERE {KNOWN})",
+        *[
+            f"count(*) FILTER (WHERE {KNOWN} AND {ratio} >= {m / 100!r}::float8)"
+            for m in MILESTONES
+        ],
+        f"count(*) FILTER (WHERE {KNOWN} AND (s.ended OR s.furthest >= s.duration - 1))",
+    ]
     return f"""
         INSERT INTO rollup_{prefix}completion ({"key" if prefix else "video_id"}, bucket, class,
                                                device, {", ".join(COMPLETION_COLUMNS)},
@@ -110,12 +117,17 @@ def _completion(prefix: str, owner: str, join: str, src: str) -> str:
 
 def _qoe(prefix: str, owner: str, join: str, src: str) -> str:
     latency = "(s.seek_ms / nullif(s.seek_count, 0))"
-    sums = {"views": "count(*)", "startups": "count(s.startup_ms)",
-            "watch_seconds": "sum(s.watch_seconds)", "rebuffer_count": "sum(s.rebuffer_count)",
-            "rebuffer_seconds": "sum(s.rebuffer_seconds)", "failures": "count(s.failure)",
-            "startup_failures": "count(*) FILTER (WHERE s.failed_before_start)",
-            "exits": "count(*) FILTER (WHERE s.exited_before_start)",
-            "seek_views": "count(*) FILTER (WHERE s.seek_count > 0)"}
+    sums = {
+        "views": "count(*)",
+        "startups": "count(s.startup_ms)",
+        "watch_seconds": "sum(s.watch_seconds)",
+        "rebuffer_count": "sum(s.rebuffer_count)",
+        "rebuffer_seconds": "sum(s.rebuffer_seconds)",
+        "failures": "count(s.failure)",
+        "startup_failures": "count(*) FILTER (WHERE s.failed_before_start)",
+        "exits": "count(*) FILTER (WHERE s.exited_before_start)",
+        "seek_views": "count(*) FILTER (WHERE s.seek_count > 0)",
+    }
     assert list(sums) == QOE_COLUMNS
     owner_column = "key" if prefix else "video_id"
     groups = "owner, bucket, browser, platform, device"
@@ -227,19 +239,23 @@ def _impressions(prefix: str, owner: str, join: str, loads: str) -> str:
           FROM {loads} i {join.replace("s.video_id", "i.video_id")} GROUP BY 1, 2"""
 
 
-def statements(sessions: str = "sessions", impressions: str = "impressions",
-               add: bool = False) -> list[tuple[str, str]]:
+def statements(
+    sessions: str = "sessions", impressions: str = "impressions", add: bool = False
+) -> list[tuple[str, str]]:
     """(rollup table, the INSERT that fills it from `sessions` and `impressions`), for
     every rollup table. add=False: into empty tables (a rebuild); add=True: added to what
     is there (rows in key order, so concurrent writers never deadlock)."""
     out = [("rollup_engagement", _engagement(sessions))]
     for prefix, owner, join in OWNERS:
-        for name, build in (("plays", _plays), ("sources", _sources),
-                            ("completion", _completion), ("qoe", _qoe),
-                            ("qoe_hist", _qoe_hist)):
+        for name, build in (
+            ("plays", _plays),
+            ("sources", _sources),
+            ("completion", _completion),
+            ("qoe", _qoe),
+            ("qoe_hist", _qoe_hist),
+        ):
             out.append((f"rollup_{prefix}{name}", build(prefix, owner, join, sessions)))
-        out.append((f"rollup_{prefix}impressions", _impressions(prefix, owner, join,
-                                                                 impressions)))
+        out.append((f"rollup_{prefix}impressions", _impressions(prefix, owner, join, impressions)))
     assert sorted(t for t, _ in out) == sorted(ROLLUP_TABLES)
     if add:
         out = [(table, _adding(table, sql)) for table, sql in out]
@@ -253,12 +269,15 @@ def _adding(table: str, insert: str) -> str:
     keys = KEYS[table]
     updates = [f"{c} = r.{c} + EXCLUDED.{c}" for c in SUMS[kind]] + [
         f"{c} = " + merge.format(old=f"r.{c}", new=f"EXCLUDED.{c}")
-        for c, merge in MERGED.get(kind, [])]
+        for c, merge in MERGED.get(kind, [])
+    ]
     head, select = insert.split(f"INSERT INTO {table} ", 1)
     columns, query = select.split(")", 1)
-    return (f"{head}INSERT INTO {table} AS r {columns}) "
-            f"SELECT * FROM ({query}) AS added {columns}) ORDER BY {', '.join(keys)} "
-            f"ON CONFLICT ({', '.join(keys)}, shard) DO UPDATE SET {', '.join(updates)}")
+    return (
+        f"{head}INSERT INTO {table} AS r {columns}) "
+        f"SELECT * FROM ({query}) AS added {columns}) ORDER BY {', '.join(keys)} "
+        f"ON CONFLICT ({', '.join(keys)}, shard) DO UPDATE SET {', '.join(updates)}"
+    )
 
 
 async def rebuild(conn: asyncpg.Connection, progress: Any = None) -> None:
@@ -283,7 +302,8 @@ async def backfill(conn: asyncpg.Connection, progress: Any = None) -> bool:
     """Rebuild the rollups once, after the migration that created them (rollup_state
     'backfill' pending). Returns True if it ran."""
     pending = await conn.fetchval(
-        "SELECT 1 FROM rollup_state WHERE name = 'backfill' AND done_at IS NULL")
+        "SELECT 1 FROM rollup_state WHERE name = 'backfill' AND done_at IS NULL"
+    )
     if not pending:
         return False
     async with conn.transaction():

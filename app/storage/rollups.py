@@ -56,13 +56,27 @@ KEY_SOURCES_GRAIN_SECONDS = 3600
 WATCH_BOUNDS = (1, 2, 3, 5, 10, 30, 60)
 ENGAGEMENT_RANGES = (10, 20, 50, 100)
 UNKNOWN_DURATION = -1.0
-BREAKDOWN_COLUMNS = ([f"browser_{b}" for b in BROWSERS] + [f"platform_{p}" for p in PLATFORMS]
-                     + [f"device_{d}" for d in DEVICES])
+BREAKDOWN_COLUMNS = (
+    [f"browser_{b}" for b in BROWSERS]
+    + [f"platform_{p}" for p in PLATFORMS]
+    + [f"device_{d}" for d in DEVICES]
+)
 REACHED_COLUMNS = [f"reached_{k}" for k in range(1 + len(WATCH_BOUNDS))]
-ROLLUP_TABLES = ("rollup_plays", "rollup_sources", "rollup_engagement", "rollup_key_plays",
-                 "rollup_key_sources", "rollup_impressions", "rollup_key_impressions",
-                 "rollup_completion", "rollup_key_completion", "rollup_qoe", "rollup_key_qoe",
-                 "rollup_qoe_hist", "rollup_key_qoe_hist")
+ROLLUP_TABLES = (
+    "rollup_plays",
+    "rollup_sources",
+    "rollup_engagement",
+    "rollup_key_plays",
+    "rollup_key_sources",
+    "rollup_impressions",
+    "rollup_key_impressions",
+    "rollup_completion",
+    "rollup_key_completion",
+    "rollup_qoe",
+    "rollup_key_qoe",
+    "rollup_qoe_hist",
+    "rollup_key_qoe_hist",
+)
 STARTUP, SEEK = 0, 1  # the `metric` of rollup_qoe_hist rows
 # Every rollup row also has a `shard`: the writing process's (the connection setting
 # vidmetrics.shard, 0 when unset). Several processes adding to the same bucket then
@@ -77,6 +91,8 @@ def shard_pair() -> tuple[int, int]:
     which all have the same pid — then share a pair once in 16,000 (shard is a smallint)."""
     base = 2 * secrets.randbelow(16_000)
     return base, base + 1
+
+
 SHARD_DEFAULT = "coalesce(nullif(current_setting('vidmetrics.shard', true), '')::smallint, 0)"
 # completion per (owner, bucket, watch class, device): views, views whose duration is known,
 # views that reached 25/50/75/95/100 % of it, finishes; plus the sum of % watched
@@ -86,8 +102,17 @@ COMPLETION_COLUMNS = ["views", "known", *[f"reached_{m}" for m in MILESTONES], "
 # views with a startup time, their watch seconds, rebuffer events and seconds, failed views,
 # views failed before the first frame, exits before start, views with seeks; plus the
 # startup-time histogram and the histogram of each view's mean seek latency (app/sketch.py)
-QOE_COLUMNS = ["views", "startups", "watch_seconds", "rebuffer_count", "rebuffer_seconds",
-               "failures", "startup_failures", "exits", "seek_views"]
+QOE_COLUMNS = [
+    "views",
+    "startups",
+    "watch_seconds",
+    "rebuffer_count",
+    "rebuffer_seconds",
+    "failures",
+    "startup_failures",
+    "exits",
+    "seek_views",
+]
 _BROWSER_AT = {b: i for i, b in enumerate(BROWSERS)}
 _PLATFORM_AT = {p: len(BROWSERS) + i for i, p in enumerate(PLATFORMS)}
 _DEVICE_AT = {d: len(BROWSERS) + len(PLATFORMS) + i for i, d in enumerate(DEVICES)}
@@ -127,8 +152,10 @@ def grain_up(moment: dt.datetime, width: int = GRAIN_SECONDS) -> dt.datetime:
     return down if down == moment else down + dt.timedelta(seconds=width)
 
 
-def merge_islands(islands: list[float] | None, spans: Iterable[tuple[float, float]],
-                  ) -> list[float]:
+def merge_islands(
+    islands: list[float] | None,
+    spans: Iterable[tuple[float, float]],
+) -> list[float]:
     """Merged watched media ranges, flattened [a1, b1, a2, b2, ...], sorted. Only spans with
     to > from count (as in the engagement query)."""
     pairs = [(islands[i], islands[i + 1]) for i in range(0, len(islands or []), 2)]
@@ -237,11 +264,15 @@ class Deltas:
         if not s.played:  # a view that never started: QoE only, not a play
             return
         cls = bisect.bisect_right(WATCH_BOUNDS, s.watch_seconds)
-        columns = (2 + _BROWSER_AT.get(s.browser, _BROWSER_AT["other"]),
-                   2 + _PLATFORM_AT.get(s.platform, _PLATFORM_AT["other"]),
-                   2 + _DEVICE_AT.get(s.device, _DEVICE_AT["other"]))
-        for table, key in ((self.plays, (s.video_id, bucket, cls)),
-                           (self.key_plays, (s.key, bucket, cls))):
+        columns = (
+            2 + _BROWSER_AT.get(s.browser, _BROWSER_AT["other"]),
+            2 + _PLATFORM_AT.get(s.platform, _PLATFORM_AT["other"]),
+            2 + _DEVICE_AT.get(s.device, _DEVICE_AT["other"]),
+        )
+        for table, key in (
+            (self.plays, (s.video_id, bucket, cls)),
+            (self.key_plays, (s.key, bucket, cls)),
+        ):
             plays = table.get(key)  # type: ignore[attr-defined]
             if plays is None:
                 plays = table[key] = [0.0] * (3 + len(BREAKDOWN_COLUMNS))  # type: ignore[index]
@@ -253,8 +284,10 @@ class Deltas:
                 plays[-1] += 1
         if s.page is not None:
             hour = moment - moment % KEY_SOURCES_GRAIN_SECONDS
-            for table, key in ((self.sources, (s.video_id, bucket, s.page)),  # type: ignore
-                               (self.key_sources, (s.key, hour, s.page))):
+            for table, key in (
+                (self.sources, (s.video_id, bucket, s.page)),  # type: ignore
+                (self.key_sources, (s.key, hour, s.page)),
+            ):
                 reached = table.get(key)  # type: ignore[attr-defined]
                 if reached is None:
                     reached = table[key] = [0] * (1 + len(WATCH_BOUNDS))  # type: ignore[index]
@@ -263,8 +296,10 @@ class Deltas:
         duration = s.duration if s.duration is not None and s.duration > 0 else None
         device = s.device if s.device in _DEVICE_AT else "other"
         done = completion_of(s.furthest, duration, s.ended, s.distinct_seconds)
-        for table, key in ((self.completion, (s.video_id, bucket, cls, device)),
-                           (self.key_completion, (s.key, bucket, cls, device))):
+        for table, key in (
+            (self.completion, (s.video_id, bucket, cls, device)),
+            (self.key_completion, (s.key, bucket, cls, device)),
+        ):
             entry = table.get(key)  # type: ignore[attr-defined]
             if entry is None:
                 entry = table[key] = [0.0] * (len(COMPLETION_COLUMNS) + 1)  # type: ignore
@@ -273,8 +308,7 @@ class Deltas:
         if engagement:
             self._add_engagement(s, bucket, duration, sign)
 
-    def _add_engagement(self, s: State, bucket: float, duration: float | None,
-                        sign: int) -> None:
+    def _add_engagement(self, s: State, bucket: float, duration: float | None, sign: int) -> None:
         islands = s.islands
         for ranges in ENGAGEMENT_RANGES:
             eng_key = (s.video_id, bucket, ranges, duration or UNKNOWN_DURATION)
@@ -295,18 +329,27 @@ class Deltas:
                     entry[1 + index] += sign
 
     def _add_qoe(self, s: State, q: Qoe, bucket: float, sign: int) -> None:
-        classes = (s.browser if s.browser in _BROWSER_AT else "other",
-                   s.platform if s.platform in _PLATFORM_AT else "other",
-                   s.device if s.device in _DEVICE_AT else "other")
+        classes = (
+            s.browser if s.browser in _BROWSER_AT else "other",
+            s.platform if s.platform in _PLATFORM_AT else "other",
+            s.device if s.device in _DEVICE_AT else "other",
+        )
         latency = q.seek_latency_ms
         # histogram buckets, once: each goes into four rows (video and key, with and
         # without the device classes)
         startup = None if q.startup_ms is None else sketch.index(q.startup_ms)
         seek = None if latency is None else sketch.index(latency)
-        values = (1, 1 if q.startup_ms is not None else 0, s.watch_seconds, q.rebuffer_count,
-                  q.rebuffer_seconds, 1 if q.failure is not None else 0,
-                  1 if q.failed_before_start else 0, 1 if q.exited_before_start else 0,
-                  1 if latency is not None else 0)
+        values = (
+            1,
+            1 if q.startup_ms is not None else 0,
+            s.watch_seconds,
+            q.rebuffer_count,
+            q.rebuffer_seconds,
+            1 if q.failure is not None else 0,
+            1 if q.failed_before_start else 0,
+            1 if q.exited_before_start else 0,
+            1 if latency is not None else 0,
+        )
         for table, owner in ((self.qoe, s.video_id), (self.key_qoe, s.key)):
             entry = table.get((owner, bucket, *classes))
             if entry is None:
@@ -326,8 +369,13 @@ class Deltas:
             return
         # the usual change: a session of the same video, bucket and duration watched more;
         # its engagement then changes only in the ranges it newly covers (no full -1/+1)
-        same = (old.played and new.played and old.video_id == new.video_id
-                and old.started_at == new.started_at and old.duration == new.duration)
+        same = (
+            old.played
+            and new.played
+            and old.video_id == new.video_id
+            and old.started_at == new.started_at
+            and old.duration == new.duration
+        )
         self.add(old, -1, engagement=not same)
         self.add(new, +1, engagement=not same)
         if same and old.islands != new.islands:
@@ -346,8 +394,9 @@ class Deltas:
                 continue
             entry = self.engagement.get((new.video_id, bucket, ranges, duration))
             if entry is None:
-                entry = self.engagement[(new.video_id, bucket, ranges, duration)] = \
-                    [0] * (1 + ranges)
+                entry = self.engagement[(new.video_id, bucket, ranges, duration)] = [0] * (
+                    1 + ranges
+                )
             for index in after - before:
                 entry[1 + index] += 1
             for index in before - after:
@@ -362,59 +411,127 @@ class Deltas:
     def add_to(self, statement: Statement, shard: int | None = None) -> None:
         """Add the non-zero deltas' upserts to a statement (see Statement), into rows of
         `shard` (None: the connection's, see SHARDS)."""
-        for table, owner, deltas in (("rollup_plays", VIDEO, self.plays),
-                                     ("rollup_key_plays", KEY, self.key_plays)):
-            _upsert(statement, shard, table, [owner, BUCKET, ("class", "smallint")],
-                    [("sessions", "int"), ("watch_seconds", "float8"),
-                     *[(c, "int") for c in BREAKDOWN_COLUMNS], ("changes", "int8")],
-                    [(k[0], _at(k[1]), k[2], int(v[0]), v[1], *[int(x) for x in v[2:]])
-                     for k, v in deltas.items() if any(v)])
-        for table, owner, reached in (("rollup_sources", VIDEO, self.sources),
-                                      ("rollup_key_sources", KEY, self.key_sources)):
-            _upsert(statement, shard, table, [owner, BUCKET, ("page", "text")],
-                    [(c, "int") for c in REACHED_COLUMNS],
-                    [(k[0], _at(k[1]), k[2], *v) for k, v in reached.items() if any(v)])
-        for table, owner, loads in (("rollup_impressions", VIDEO, self.impressions),
-                                    ("rollup_key_impressions", KEY, self.key_impressions)):
-            _upsert(statement, shard, table, [owner, BUCKET], [("impressions", "int")],
-                    [(k[0], _at(k[1]), v) for k, v in loads.items() if v])
-        for table, owner, done in (("rollup_completion", VIDEO, self.completion),
-                                   ("rollup_key_completion", KEY, self.key_completion)):
-            _upsert(statement, shard, table,
-                    [owner, BUCKET, ("class", "smallint"), ("device", "text")],
-                    [*[(c, "int") for c in COMPLETION_COLUMNS], ("percent_sum", "float8")],
-                    [(*k[:1], _at(k[1]), *k[2:], *[int(round(x)) for x in v[:-1]], v[-1])
-                     for k, v in done.items() if any(v)])
-        for table, owner, qoe in (("rollup_qoe", VIDEO, self.qoe),
-                                  ("rollup_key_qoe", KEY, self.key_qoe)):
-            _upsert(statement, shard, table,
-                    [owner, BUCKET, ("browser", "text"), ("platform", "text"), ("device", "text")],
-                    [(c, "float8" if c.endswith("seconds") else "int") for c in QOE_COLUMNS],
-                    [(k[0], _at(k[1]), *k[2:],
-                      *[x if c.endswith("seconds") else int(round(x))
-                        for c, x in zip(QOE_COLUMNS, v.values, strict=True)],
-                      hist_literal(v.startup), hist_literal(v.seek))
-                     for k, v in qoe.items() if v],
-                    merged=[(h, HIST_MERGE) for h in ("startup_hist", "seek_hist")])
-        for table, owner, hist in (("rollup_qoe_hist", VIDEO, self.qoe_hist),
-                                   ("rollup_key_qoe_hist", KEY, self.key_qoe_hist)):
-            _upsert(statement, shard, table,
-                    [owner, BUCKET, ("metric", "smallint"), ("idx", "smallint")],
-                    [("views", "int")],
-                    [(k[0], _at(k[1]), k[2], k[3], v) for k, v in hist.items() if v])
-        _upsert(statement, shard, "rollup_engagement",
-                [VIDEO, BUCKET, ("ranges", "smallint"), ("duration", "float8")],
-                [("sessions", "int")],
-                [(k[0], _at(k[1]), k[2], k[3], v[0], "{" + ",".join(map(str, v[1:])) + "}")
-                 for k, v in self.engagement.items() if any(v)],
-                merged=[("counts", COUNTS_MERGE)])
+        for table, owner, deltas in (
+            ("rollup_plays", VIDEO, self.plays),
+            ("rollup_key_plays", KEY, self.key_plays),
+        ):
+            _upsert(
+                statement,
+                shard,
+                table,
+                [owner, BUCKET, ("class", "smallint")],
+                [
+                    ("sessions", "int"),
+                    ("watch_seconds", "float8"),
+                    *[(c, "int") for c in BREAKDOWN_COLUMNS],
+                    ("changes", "int8"),
+                ],
+                [
+                    (k[0], _at(k[1]), k[2], int(v[0]), v[1], *[int(x) for x in v[2:]])
+                    for k, v in deltas.items()
+                    if any(v)
+                ],
+            )
+        for table, owner, reached in (
+            ("rollup_sources", VIDEO, self.sources),
+            ("rollup_key_sources", KEY, self.key_sources),
+        ):
+            _upsert(
+                statement,
+                shard,
+                table,
+                [owner, BUCKET, ("page", "text")],
+                [(c, "int") for c in REACHED_COLUMNS],
+                [(k[0], _at(k[1]), k[2], *v) for k, v in reached.items() if any(v)],
+            )
+        for table, owner, loads in (
+            ("rollup_impressions", VIDEO, self.impressions),
+            ("rollup_key_impressions", KEY, self.key_impressions),
+        ):
+            _upsert(
+                statement,
+                shard,
+                table,
+                [owner, BUCKET],
+                [("impressions", "int")],
+                [(k[0], _at(k[1]), v) for k, v in loads.items() if v],
+            )
+        for table, owner, done in (
+            ("rollup_completion", VIDEO, self.completion),
+            ("rollup_key_completion", KEY, self.key_completion),
+        ):
+            _upsert(
+                statement,
+                shard,
+                table,
+                [owner, BUCKET, ("class", "smallint"), ("device", "text")],
+                [*[(c, "int") for c in COMPLETION_COLUMNS], ("percent_sum", "float8")],
+                [
+                    (*k[:1], _at(k[1]), *k[2:], *[int(round(x)) for x in v[:-1]], v[-1])
+                    for k, v in done.items()
+                    if any(v)
+                ],
+            )
+        for table, owner, qoe in (
+            ("rollup_qoe", VIDEO, self.qoe),
+            ("rollup_key_qoe", KEY, self.key_qoe),
+        ):
+            _upsert(
+                statement,
+                shard,
+                table,
+                [owner, BUCKET, ("browser", "text"), ("platform", "text"), ("device", "text")],
+                [(c, "float8" if c.endswith("seconds") else "int") for c in QOE_COLUMNS],
+                [
+                    (
+                        k[0],
+                        _at(k[1]),
+                        *k[2:],
+                        *[
+                            x if c.endswith("seconds") else int(round(x))
+                            for c, x in zip(QOE_COLUMNS, v.values, strict=True)
+                        ],
+                        hist_literal(v.startup),
+                        hist_literal(v.seek),
+                    )
+                    for k, v in qoe.items()
+                    if v
+                ],
+                merged=[(h, HIST_MERGE) for h in ("startup_hist", "seek_hist")],
+            )
+        for table, owner, hist in (
+            ("rollup_qoe_hist", VIDEO, self.qoe_hist),
+            ("rollup_key_qoe_hist", KEY, self.key_qoe_hist),
+        ):
+            _upsert(
+                statement,
+                shard,
+                table,
+                [owner, BUCKET, ("metric", "smallint"), ("idx", "smallint")],
+                [("views", "int")],
+                [(k[0], _at(k[1]), k[2], k[3], v) for k, v in hist.items() if v],
+            )
+        _upsert(
+            statement,
+            shard,
+            "rollup_engagement",
+            [VIDEO, BUCKET, ("ranges", "smallint"), ("duration", "float8")],
+            [("sessions", "int")],
+            [
+                (k[0], _at(k[1]), k[2], k[3], v[0], "{" + ",".join(map(str, v[1:])) + "}")
+                for k, v in self.engagement.items()
+                if any(v)
+            ],
+            merged=[("counts", COUNTS_MERGE)],
+        )
 
 
 # how an upsert combines a stored array with the one added ({old}, {new}): histograms
 # (subscripts are histogram buckets), and engagement counts (same length, elementwise)
 HIST_MERGE = "vidmetrics_hist_add({old}, {new})"
-COUNTS_MERGE = ("(SELECT array_agg(x + y ORDER BY i) FROM "
-                "unnest({old}, {new}) WITH ORDINALITY AS z(x, y, i))")
+COUNTS_MERGE = (
+    "(SELECT array_agg(x + y ORDER BY i) FROM unnest({old}, {new}) WITH ORDINALITY AS z(x, y, i))"
+)
 # every rollup table: its key columns before the shard, the columns an upsert adds, and
 # the arrays it merges
 KEYS = {
@@ -426,8 +543,13 @@ KEYS = {
     "rollup_qoe": ["video_id", "bucket", "browser", "platform", "device"],
     "rollup_qoe_hist": ["video_id", "bucket", "metric", "idx"],
 }
-KEYS.update({t.replace("rollup_", "rollup_key_"): ["key", *k[1:]] for t, k in list(KEYS.items())
-             if t != "rollup_engagement"})
+KEYS.update(
+    {
+        t.replace("rollup_", "rollup_key_"): ["key", *k[1:]]
+        for t, k in list(KEYS.items())
+        if t != "rollup_engagement"
+    }
+)
 SUMS = {
     "plays": ["sessions", "watch_seconds", *BREAKDOWN_COLUMNS, "changes"],
     "sources": REACHED_COLUMNS,
@@ -437,8 +559,10 @@ SUMS = {
     "qoe": QOE_COLUMNS,
     "qoe_hist": ["views"],
 }
-MERGED = {"engagement": [("counts", COUNTS_MERGE)],
-          "qoe": [("startup_hist", HIST_MERGE), ("seek_hist", HIST_MERGE)]}
+MERGED = {
+    "engagement": [("counts", COUNTS_MERGE)],
+    "qoe": [("startup_hist", HIST_MERGE), ("seek_hist", HIST_MERGE)],
+}
 
 Column = tuple[str, str]  # a column's name and the PostgreSQL type of its values
 VIDEO: Column = ("video_id", "bigint")
@@ -475,9 +599,15 @@ class Statement:
             await conn.execute(self.sql("SELECT 1"), *self.args)
 
 
-def _upsert(statement: Statement, shard: int | None, table: str, keys: list[Column],
-            sums: list[Column], rows: list[tuple[Any, ...]],
-            merged: list[tuple[str, str]] | None = None) -> None:
+def _upsert(
+    statement: Statement,
+    shard: int | None,
+    table: str,
+    keys: list[Column],
+    sums: list[Column],
+    rows: list[tuple[Any, ...]],
+    merged: list[tuple[str, str]] | None = None,
+) -> None:
     """Add `rows` (the key columns' values, then the sums', then each merged array as an
     int[] literal) to a rollup table: a new key is inserted, an existing one gets the sums
     added and each merged array combined by its SQL expression over {old} and {new}. Rows
@@ -485,17 +615,19 @@ def _upsert(statement: Statement, shard: int | None, table: str, keys: list[Colu
     the column default (this process's, see SHARDS)."""
     if not rows:
         return
-    rows.sort(key=lambda row: row[:len(keys)])
+    rows.sort(key=lambda row: row[: len(keys)])
     merged = merged or []
     columns = [*keys, *sums, *((name, "text") for name, _ in merged)]
     aliases = [f"c{i}" for i in range(len(columns))]
     plain = len(keys) + len(sums)
     selected = [*aliases[:plain], *(f"{a}::int[]" for a in aliases[plain:])]
     updates = [f"{c} = r.{c} + EXCLUDED.{c}" for c, _ in sums] + [
-        f"{c} = " + expression.format(old=f"r.{c}", new=f"EXCLUDED.{c}")
-        for c, expression in merged]
-    arrays = [statement.param(list(values), f"{t}[]")
-              for values, (_, t) in zip(zip(*rows, strict=True), columns, strict=True)]
+        f"{c} = " + expression.format(old=f"r.{c}", new=f"EXCLUDED.{c}") for c, expression in merged
+    ]
+    arrays = [
+        statement.param(list(values), f"{t}[]")
+        for values, (_, t) in zip(zip(*rows, strict=True), columns, strict=True)
+    ]
     names = [c for c, _ in columns]
     if shard is not None:
         names.append("shard")
@@ -507,11 +639,13 @@ def _upsert(statement: Statement, shard: int | None, table: str, keys: list[Colu
           FROM unnest({", ".join(arrays)}) AS u({", ".join(aliases)})
         ON CONFLICT ({", ".join(c for c, _ in keys)}, shard) DO UPDATE SET
             {", ".join(updates)}
-        """)
+        """
+    )
 
 
-def completion_of(furthest: float, duration: float | None, ended: bool,
-                  distinct: float) -> list[float]:
+def completion_of(
+    furthest: float, duration: float | None, ended: bool, distinct: float
+) -> list[float]:
     """One view's contribution per COMPLETION_COLUMNS, then its fraction watched. The
     arithmetic is the raw completion query's, in float8."""
     if duration is None:
@@ -532,8 +666,9 @@ class QoeSums:
         self.startup: dict[int, int] = {}
         self.seek: dict[int, int] = {}
 
-    def add(self, values: tuple[float, ...], startup: int | None, seek: int | None,
-            sign: int) -> None:
+    def add(
+        self, values: tuple[float, ...], startup: int | None, seek: int | None, sign: int
+    ) -> None:
         """Add a view's values and its histogram buckets (sketch.index), each once."""
         for i, value in enumerate(values):
             self.values[i] += sign * value
@@ -553,14 +688,17 @@ def hist_literal(counts: dict[int, int]) -> str | None:
     if not used:
         return None
     low, high = min(used), max(used)
-    return f"[{low}:{high}]={{" + ",".join(str(counts.get(i, 0)) for i in range(low, high + 1)) \
-        + "}"
+    return (
+        f"[{low}:{high}]={{" + ",".join(str(counts.get(i, 0)) for i in range(low, high + 1)) + "}"
+    )
 
 
 # seconds of distinct media a stored session watched: its islands' total length, summed
 # in the order State.distinct_seconds sums them (so float8 gives the same figure)
-DISTINCT_SECONDS = ("(SELECT coalesce(sum(s.islands[2 * k] - s.islands[2 * k - 1]), 0) "
-                    "FROM generate_series(1, coalesce(cardinality(s.islands), 0) / 2) AS k)")
+DISTINCT_SECONDS = (
+    "(SELECT coalesce(sum(s.islands[2 * k] - s.islands[2 * k - 1]), 0) "
+    "FROM generate_series(1, coalesce(cardinality(s.islands), 0) / 2) AS k)"
+)
 
 # the sessions columns a State is built from (after s.* aliases); see state_of
 STATE_COLUMNS = """s.id, s.started_at, s.video_id, v.key, s.browser, s.platform, s.device,
@@ -573,14 +711,33 @@ def qoe_of(row: Any) -> Qoe | None:
     """The Qoe of a stored sessions row (None: the session has no QoE data)."""
     if not row["qoe"]:
         return None
-    return Qoe(row["startup_ms"], row["rebuffer_count"] or 0, row["rebuffer_seconds"] or 0.0,
-               row["seek_count"] or 0, row["seek_ms"] or 0.0, row["failure"],
-               bool(row["failed_before_start"]), bool(row["exited_before_start"]))
+    return Qoe(
+        row["startup_ms"],
+        row["rebuffer_count"] or 0,
+        row["rebuffer_seconds"] or 0.0,
+        row["seek_count"] or 0,
+        row["seek_ms"] or 0.0,
+        row["failure"],
+        bool(row["failed_before_start"]),
+        bool(row["exited_before_start"]),
+    )
 
 
 def state_of(row: Any) -> State:
     """A State from a stored sessions row (STATE_COLUMNS)."""
-    return State(row["key"], row["video_id"], row["started_at"], row["browser"], row["platform"],
-                 row["device"], row["page"], row["watch_seconds"], row["duration"],
-                 tuple(row["islands"] or ()), row["furthest"], row["ended"], row["played"],
-                 qoe_of(row))
+    return State(
+        row["key"],
+        row["video_id"],
+        row["started_at"],
+        row["browser"],
+        row["platform"],
+        row["device"],
+        row["page"],
+        row["watch_seconds"],
+        row["duration"],
+        tuple(row["islands"] or ()),
+        row["furthest"],
+        row["ended"],
+        row["played"],
+        qoe_of(row),
+    )

@@ -25,14 +25,22 @@ class VideoRef:
     @classmethod
     def of(cls, key: str, identifier: str | None, metadata: dict[str, Any]) -> VideoRef:
         canonical = orjson.dumps([identifier, metadata], option=orjson.OPT_SORT_KEYS)
-        return cls(key, hashlib.sha256(canonical).hexdigest(), identifier,
-                   orjson.Fragment(orjson.dumps(metadata)))
+        return cls(
+            key,
+            hashlib.sha256(canonical).hexdigest(),
+            identifier,
+            orjson.Fragment(orjson.dumps(metadata)),
+        )
 
     @property
     def size(self) -> int:
         """Bytes this reference holds on to (for memory accounting)."""
-        return len(self.key) + len(self.identity) + len(self.identifier or "") \
+        return (
+            len(self.key)
+            + len(self.identity)
+            + len(self.identifier or "")
             + len(orjson.dumps(self.metadata))
+        )
 
 
 @dataclass(slots=True)
@@ -57,29 +65,72 @@ class SessionRow:
 
     def copy(self) -> SessionRow:
         """A snapshot (cheaper than dataclasses.replace: no field introspection)."""
-        return SessionRow(self.id, self.started_at, self.video, self.browser, self.platform,
-                          self.device, self.page, self.session_data, self.ended_at,
-                          self.duration, self.watch_seconds, self.furthest, self.ended,
-                          self.played, self.qoe)
+        return SessionRow(
+            self.id,
+            self.started_at,
+            self.video,
+            self.browser,
+            self.platform,
+            self.device,
+            self.page,
+            self.session_data,
+            self.ended_at,
+            self.duration,
+            self.watch_seconds,
+            self.furthest,
+            self.ended,
+            self.played,
+            self.qoe,
+        )
 
     def state(self, video_id: int, islands: tuple[float, ...]) -> rollups.State:
         """What this snapshot contributes to the rollups."""
-        return rollups.State(self.video.key, video_id, self.started_at, self.browser,
-                             self.platform, self.device, self.page, self.watch_seconds,
-                             self.duration, islands, self.furthest, self.ended, self.played,
-                             self.qoe)
+        return rollups.State(
+            self.video.key,
+            video_id,
+            self.started_at,
+            self.browser,
+            self.platform,
+            self.device,
+            self.page,
+            self.watch_seconds,
+            self.duration,
+            islands,
+            self.furthest,
+            self.ended,
+            self.played,
+            self.qoe,
+        )
 
     def qoe_columns(self) -> tuple[Any, ...]:
         """The sessions table's QoE columns (all NULL without QoE data)."""
         q = self.qoe
         if q is None:
             return (None,) * 9
-        return (True, q.startup_ms, q.rebuffer_count, q.rebuffer_seconds, q.seek_count,
-                q.seek_ms, q.failure, q.failed_before_start, q.exited_before_start)
+        return (
+            True,
+            q.startup_ms,
+            q.rebuffer_count,
+            q.rebuffer_seconds,
+            q.seek_count,
+            q.seek_ms,
+            q.failure,
+            q.failed_before_start,
+            q.exited_before_start,
+        )
 
 
-QOE_SESSION_COLUMNS = ["qoe", "startup_ms", "rebuffer_count", "rebuffer_seconds", "seek_count",
-                       "seek_ms", "failure", "failed_before_start", "exited_before_start"]
+QOE_SESSION_COLUMNS = [
+    "qoe",
+    "startup_ms",
+    "rebuffer_count",
+    "rebuffer_seconds",
+    "seek_count",
+    "seek_ms",
+    "failure",
+    "failed_before_start",
+    "exited_before_start",
+]
 QOE_SESSION_TYPES = ["bool", "float8", "int", "float8", "int", "float8", "int2", "bool", "bool"]
 
 
@@ -209,8 +260,11 @@ class Outcome:
 
 def session_ids(ops: Iterable[Op]) -> set[int]:
     """The sessions a batch touches."""
-    return {op.id if isinstance(op, SessionRow) else op.session_id  # type: ignore[union-attr]
-            for op in ops if not isinstance(op, Impression)}
+    return {
+        op.id if isinstance(op, SessionRow) else op.session_id  # type: ignore[union-attr]
+        for op in ops
+        if not isinstance(op, Impression)
+    }
 
 
 async def reserve_session_ids(conn: asyncpg.Connection | asyncpg.Pool) -> range:
@@ -219,8 +273,10 @@ async def reserve_session_ids(conn: asyncpg.Connection | asyncpg.Pool) -> range:
     return range(first, first + SESSION_ID_BLOCK)
 
 
-async def _resolve_videos(conn: asyncpg.Connection, refs: dict[tuple[str, str], VideoRef],
-                          ) -> dict[tuple[str, str], int]:
+async def _resolve_videos(
+    conn: asyncpg.Connection,
+    refs: dict[tuple[str, str], VideoRef],
+) -> dict[tuple[str, str], int]:
     if not refs:
         return {}
     items = list(refs.values())
@@ -231,19 +287,28 @@ async def _resolve_videos(conn: asyncpg.Connection, refs: dict[tuple[str, str], 
         ON CONFLICT (key, identity) DO UPDATE SET identity = EXCLUDED.identity
         RETURNING key, identity, id
         """,
-        [r.key for r in items], [r.identity for r in items],
-        [r.identifier for r in items], [r.metadata for r in items],
+        [r.key for r in items],
+        [r.identity for r in items],
+        [r.identifier for r in items],
+        [r.metadata for r in items],
     )
     return {(r["key"], r["identity"]): r["id"] for r in rows}
 
 
-async def _copy_impressions(conn: asyncpg.Connection, rows: list[Impression],
-                            vid: Callable[[VideoRef], int], deltas: rollups.Deltas) -> None:
+async def _copy_impressions(
+    conn: asyncpg.Connection,
+    rows: list[Impression],
+    vid: Callable[[VideoRef], int],
+    deltas: rollups.Deltas,
+) -> None:
     await conn.copy_records_to_table(
         "impressions",
         columns=["video_id", "at", "browser", "platform", "device", "page", "session_data"],
-        records=[(vid(i.video), i.at, i.browser, i.platform, i.device, i.page, i.session_data)
-                 for i in rows])
+        records=[
+            (vid(i.video), i.at, i.browser, i.platform, i.device, i.page, i.session_data)
+            for i in rows
+        ],
+    )
     for i in rows:
         deltas.impression(i.video.key, vid(i.video), i.at)
 
@@ -253,15 +318,24 @@ def _timelines(events: list[EventRow]) -> dict[int, tuple[dt.datetime, bytes, in
     grouped: dict[int, list[EventRow]] = {}
     for e in events:
         grouped.setdefault(e.session_id, []).append(e)
-    return {sid: (rows[0].session_started_at,
-                  timeline.encode(((e.at, e.name, e.payload) for e in rows),
-                                  rows[0].session_started_at), len(rows))
-            for sid, rows in grouped.items()}
+    return {
+        sid: (
+            rows[0].session_started_at,
+            timeline.encode(((e.at, e.name, e.payload) for e in rows), rows[0].session_started_at),
+            len(rows),
+        )
+        for sid, rows in grouped.items()
+    }
 
 
-async def write_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
-                      outbox: bool = False, written: Written | None = None,
-                      shard: int | None = None) -> Outcome:
+async def write_batch(
+    conn: asyncpg.Connection,
+    ops: list[Op],
+    videos: VideoIds,
+    outbox: bool = False,
+    written: Written | None = None,
+    shard: int | None = None,
+) -> Outcome:
     """prepare_batch, then execute_batch: see those."""
     prepared = await prepare_batch(conn, ops, videos, outbox, written, shard)
     await execute_batch(conn, prepared)
@@ -277,10 +351,15 @@ class Prepared:
     outcome: Outcome
 
 
-async def prepare_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoIds,
-                        outbox: bool = False, written: Written | None = None,
-                        shard: int | None = None,
-                        ready: Awaitable[Any] | None = None) -> Prepared:
+async def prepare_batch(
+    conn: asyncpg.Connection,
+    ops: list[Op],
+    videos: VideoIds,
+    outbox: bool = False,
+    written: Written | None = None,
+    shard: int | None = None,
+    ready: Awaitable[Any] | None = None,
+) -> Prepared:
     """Write ops (in submission order) inside one transaction; the caller commits.
     outbox=True: ended sessions also go into the export webhook's outbox. `written`: what
     the caller knows it committed of these sessions (read from the database otherwise).
@@ -315,6 +394,7 @@ async def prepare_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoId
     for op in ops:
         if videos.get(op.video) is None:
             wanted[(op.video.key, op.video.identity)] = op.video
+
     async def database() -> asyncpg.Connection:
         """The connection, once the caller lets this batch use it."""
         nonlocal ready
@@ -351,14 +431,17 @@ async def prepare_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoId
             # FOR NO KEY UPDATE: a row another transaction is writing is read once that
             # one has ended, as it then is
             for rec in await (await database()).fetch(
-                    f"""
+                f"""
                     SELECT {rollups.STATE_COLUMNS}, coalesce(octet_length(s.events), 0) AS kept
                       FROM sessions s
                       JOIN unnest($1::bigint[], $2::timestamptz[]) AS u(id, t)
                         ON s.id = u.id AND s.started_at = u.t
                       JOIN videos v ON v.id = s.video_id
                        FOR NO KEY UPDATE OF s
-                    """, [r.id for r in unknown], [r.started_at for r in unknown]):
+                    """,
+                [r.id for r in unknown],
+                [r.started_at for r in unknown],
+            ):
                 old[rec["id"]] = (rollups.state_of(rec), rec["kept"])
         spans: dict[int, list[tuple[float, float]]] = {}
         for i in intervals:
@@ -367,8 +450,9 @@ async def prepare_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoId
         packed = [timelines.pop(r.id, None) for r in rows]
         for n, r in enumerate(rows):
             before = old.get(r.id)
-            merged = rollups.merge_islands(list(before[0].islands) if before else None,
-                                           spans.get(r.id, ()))
+            merged = rollups.merge_islands(
+                list(before[0].islands) if before else None, spans.get(r.id, ())
+            )
             islands.append("{" + ",".join(map(repr, merged)) + "}")
             state = r.state(vid(r.video), tuple(merged))
             deltas.change(before[0] if before else None, state)
@@ -385,17 +469,25 @@ async def prepare_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoId
             outcome.sessions[r.id] = (state, kept)
         qoe = [r.qoe_columns() for r in rows]
         columns = (
-            ([r.id for r in rows], "bigint"), ([r.started_at for r in rows], "timestamptz"),
-            ([vid(r.video) for r in rows], "bigint"), ([r.ended_at for r in rows], "timestamptz"),
-            ([r.browser for r in rows], "text"), ([r.platform for r in rows], "text"),
-            ([r.device for r in rows], "text"), ([r.page for r in rows], "text"),
-            ([r.session_data for r in rows], "jsonb"), ([r.duration for r in rows], "float8"),
-            ([r.watch_seconds for r in rows], "float8"), ([r.furthest for r in rows], "float8"),
-            (islands, "text"), ([r.ended for r in rows], "bool"),
+            ([r.id for r in rows], "bigint"),
+            ([r.started_at for r in rows], "timestamptz"),
+            ([vid(r.video) for r in rows], "bigint"),
+            ([r.ended_at for r in rows], "timestamptz"),
+            ([r.browser for r in rows], "text"),
+            ([r.platform for r in rows], "text"),
+            ([r.device for r in rows], "text"),
+            ([r.page for r in rows], "text"),
+            ([r.session_data for r in rows], "jsonb"),
+            ([r.duration for r in rows], "float8"),
+            ([r.watch_seconds for r in rows], "float8"),
+            ([r.furthest for r in rows], "float8"),
+            (islands, "text"),
+            ([r.ended for r in rows], "bool"),
             ([r.played for r in rows], "bool"),
             *[([q[i] for q in qoe], t) for i, t in enumerate(QOE_SESSION_TYPES)],
             ([p[1] if p else None for p in packed], "bytea"),
-            ([p[2] if p else 0 for p in packed], "int"))
+            ([p[2] if p else 0 for p in packed], "int"),
+        )
         arrays = ", ".join(statement.param(values, f"{t}[]") for values, t in columns)
         upsert = statement.add(
             f"""
@@ -416,20 +508,24 @@ async def prepare_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoId
                 events = CASE WHEN EXCLUDED.events IS NULL THEN s.events
                               ELSE coalesce(s.events, ''::bytea) || EXCLUDED.events END,
                 event_count = s.event_count + EXCLUDED.event_count
-            RETURNING s.id, s.xmax = 0 AS inserted""")
+            RETURNING s.id, s.xmax = 0 AS inserted"""
+        )
         # believed stored (not read back) yet inserted afresh: the deltas were wrong
-        final = (f"SELECT id FROM {upsert} WHERE inserted AND id = ANY("
-                 f"{statement.param([r.id for r in rows if r.id not in fetched], 'bigint[]')})")
+        final = (
+            f"SELECT id FROM {upsert} WHERE inserted AND id = ANY("
+            f"{statement.param([r.id for r in rows if r.id not in fetched], 'bigint[]')})"
+        )
         # overflowing timelines of these sessions: one row each (counted by the upsert)
         overflow = [sid for sid in timelines if sid in sessions]
         if overflow:
             statement.add(
                 f"""
                 INSERT INTO session_events (session_id, session_started_at, events)
-                SELECT * FROM unnest({statement.param(overflow, 'bigint[]')},
-                    {statement.param([timelines[sid][0] for sid in overflow], 'timestamptz[]')},
-                    {statement.param([timelines.pop(sid)[1] for sid in overflow], 'bytea[]')})
-                """)
+                SELECT * FROM unnest({statement.param(overflow, "bigint[]")},
+                    {statement.param([timelines[sid][0] for sid in overflow], "timestamptz[]")},
+                    {statement.param([timelines.pop(sid)[1] for sid in overflow], "bytea[]")})
+                """
+            )
     if timelines:  # events of sessions without a snapshot in this batch
         await append_events(await database(), timelines)
     if impressions:
@@ -444,21 +540,23 @@ async def prepare_batch(conn: asyncpg.Connection, ops: list[Op], videos: VideoId
             f"""
             INSERT INTO playing AS pl (session_id, video_id, session_started_at, last_seen)
             SELECT s, v, t, CASE WHEN p THEN now() ELSE '-infinity' END FROM unnest(
-                {statement.param([m.session_id for m in moves], 'bigint[]')},
-                {statement.param([vid(m.video) for m in moves], 'bigint[]')},
-                {statement.param([m.session_started_at for m in moves], 'timestamptz[]')},
-                {statement.param([m.playing for m in moves], 'bool[]')}) AS u(s, v, t, p)
+                {statement.param([m.session_id for m in moves], "bigint[]")},
+                {statement.param([vid(m.video) for m in moves], "bigint[]")},
+                {statement.param([m.session_started_at for m in moves], "timestamptz[]")},
+                {statement.param([m.playing for m in moves], "bool[]")}) AS u(s, v, t, p)
             ON CONFLICT (session_id) DO UPDATE SET last_seen = EXCLUDED.last_seen
-            """)
+            """
+        )
     if outbox and ended:
         statement.add(
             f"""
             INSERT INTO export_outbox (session_id, session_started_at)
             SELECT * FROM unnest(
-                {statement.param([e.session_id for e in ended], 'bigint[]')},
-                {statement.param([e.session_started_at for e in ended], 'timestamptz[]')})
+                {statement.param([e.session_id for e in ended], "bigint[]")},
+                {statement.param([e.session_started_at for e in ended], "timestamptz[]")})
             ON CONFLICT (session_id) DO NOTHING
-            """)
+            """
+        )
     for e in ended:
         outcome.sessions[e.session_id] = None
     return Prepared(statement, final, outcome)
@@ -476,20 +574,26 @@ async def execute_batch(conn: asyncpg.Connection, prepared: Prepared) -> None:
         raise StaleState([rec["id"] for rec in vanished])
 
 
-async def append_events(conn: asyncpg.Connection,
-                        timelines: dict[int, tuple[dt.datetime, bytes, int]]) -> None:
+async def append_events(
+    conn: asyncpg.Connection, timelines: dict[int, tuple[dt.datetime, bytes, int]]
+) -> None:
     """Add packed events to the timelines of existing sessions, as overflow rows (one per
     session and write; see timeline.ROW_BYTES), and count them in event_count."""
     await conn.copy_records_to_table(
-        "session_events", columns=["session_id", "session_started_at", "events"],
-        records=[(sid, t[0], t[1]) for sid, t in timelines.items()])
+        "session_events",
+        columns=["session_id", "session_started_at", "events"],
+        records=[(sid, t[0], t[1]) for sid, t in timelines.items()],
+    )
     await conn.execute(
         """
         UPDATE sessions s SET event_count = s.event_count + u.n
           FROM unnest($1::bigint[], $2::timestamptz[], $3::int[]) AS u(id, t, n)
          WHERE s.id = u.id AND s.started_at = u.t
-        """, list(timelines), [t[0] for t in timelines.values()],
-        [t[2] for t in timelines.values()])
+        """,
+        list(timelines),
+        [t[0] for t in timelines.values()],
+        [t[2] for t in timelines.values()],
+    )
 
 
 async def touch_playing(conn: asyncpg.Connection | asyncpg.Pool, session_ids: list[int]) -> None:
@@ -506,24 +610,33 @@ async def touch_playing(conn: asyncpg.Connection | asyncpg.Pool, session_ids: li
                                    WHERE session_id = ANY($1::bigint[])
                                      AND last_seen > '-infinity'  -- a stop stays a stop
                                      FOR UPDATE SKIP LOCKED)
-            """, session_ids)
+            """,
+            session_ids,
+        )
     await conn.execute(
         """
         DELETE FROM playing WHERE session_id IN (
             SELECT session_id FROM playing WHERE last_seen < now() - interval '1 hour'
                FOR UPDATE SKIP LOCKED)
-        """)
+        """
+    )
 
 
-async def ensure_videos(conn: asyncpg.Connection,
-                        refs: list[VideoRef]) -> dict[tuple[str, str], int]:
+async def ensure_videos(
+    conn: asyncpg.Connection, refs: list[VideoRef]
+) -> dict[tuple[str, str], int]:
     return await _resolve_videos(conn, {(r.key, r.identity): r for r in refs})
 
 
-async def copy_rows(conn: asyncpg.Connection, ids: dict[tuple[str, str], int],
-                    sessions: list[SessionRow], intervals: list[IntervalRow],
-                    events: list[EventRow], pending: rollups.Deltas | None = None,
-                    impressions: list[Impression] | None = None) -> None:
+async def copy_rows(
+    conn: asyncpg.Connection,
+    ids: dict[tuple[str, str], int],
+    sessions: list[SessionRow],
+    intervals: list[IntervalRow],
+    events: list[EventRow],
+    pending: rollups.Deltas | None = None,
+    impressions: list[Impression] | None = None,
+) -> None:
     """Bulk-load finished sessions (seeding, imports) with COPY, and count them into the
     rollups in the same transaction — or into `pending`, for a bulk load that writes its
     accumulated rollup deltas itself (fewer, larger upserts)."""
@@ -543,17 +656,50 @@ async def copy_rows(conn: asyncpg.Connection, ids: dict[tuple[str, str], int],
         state = s.state(video_id, tuple(merged))
         deltas.add(state, +1)
         packed = timelines.pop(s.id, None)
-        records.append((s.id, s.started_at, video_id, s.ended_at, s.browser, s.platform,
-                        s.device, s.page, s.session_data, s.duration, s.watch_seconds,
-                        s.furthest, merged, s.ended, s.played,
-                        *s.qoe_columns(), packed[1] if packed else None,
-                        packed[2] if packed else 0))
+        records.append(
+            (
+                s.id,
+                s.started_at,
+                video_id,
+                s.ended_at,
+                s.browser,
+                s.platform,
+                s.device,
+                s.page,
+                s.session_data,
+                s.duration,
+                s.watch_seconds,
+                s.furthest,
+                merged,
+                s.ended,
+                s.played,
+                *s.qoe_columns(),
+                packed[1] if packed else None,
+                packed[2] if packed else 0,
+            )
+        )
     await conn.copy_records_to_table(
         "sessions",
-        columns=["id", "started_at", "video_id", "ended_at", "browser", "platform", "device",
-                 "page", "session_data", "duration", "watch_seconds", "furthest", "islands",
-                 "ended", "played", *QOE_SESSION_COLUMNS, "events",
-                 "event_count"],
+        columns=[
+            "id",
+            "started_at",
+            "video_id",
+            "ended_at",
+            "browser",
+            "platform",
+            "device",
+            "page",
+            "session_data",
+            "duration",
+            "watch_seconds",
+            "furthest",
+            "islands",
+            "ended",
+            "played",
+            *QOE_SESSION_COLUMNS,
+            "events",
+            "event_count",
+        ],
         records=records,
     )
     if timelines:
@@ -567,8 +713,7 @@ async def copy_rows(conn: asyncpg.Connection, ids: dict[tuple[str, str], int],
 RAW_DROP_BATCH = 10_000  # sessions per UPDATE when raw events expire (short row locks)
 
 
-async def drop_raw_events(pool: asyncpg.Pool, days: int,
-                          now: dt.datetime | None = None) -> int:
+async def drop_raw_events(pool: asyncpg.Pool, days: int, now: dt.datetime | None = None) -> int:
     """Forget the raw events of sessions that started more than `days` before `now`
     (default: the database's clock; days 0: keep); their summaries, and so every answer,
     stay. Returns how many timelines were dropped."""
@@ -583,7 +728,11 @@ async def drop_raw_events(pool: asyncpg.Pool, days: int,
                            AND events IS NOT NULL LIMIT $2
                            FOR NO KEY UPDATE SKIP LOCKED) old  -- see touch_playing
                  WHERE s.id = old.id AND s.started_at = old.started_at
-                """, days, RAW_DROP_BATCH, now)
+                """,
+                days,
+                RAW_DROP_BATCH,
+                now,
+            )
         count = int(done.split()[-1])
         dropped += count
         if count < RAW_DROP_BATCH:
@@ -593,7 +742,9 @@ async def drop_raw_events(pool: asyncpg.Pool, days: int,
             await conn.execute(
                 "DELETE FROM session_events "
                 "WHERE session_started_at < coalesce($2, now()) - make_interval(days => $1)",
-                days, now)
+                days,
+                now,
+            )
     return dropped
 
 
@@ -603,14 +754,21 @@ async def apply_retention(pool: asyncpg.Pool, days: int, raw_event_days: int) ->
     await drop_raw_events(pool, raw_event_days)
     async with pool.acquire() as conn:
         if days > 0:
-            await conn.execute("DELETE FROM sessions "
-                               "WHERE started_at < now() - make_interval(days => $1)", days)
-            await conn.execute("DELETE FROM session_events WHERE session_started_at "
-                               "< now() - make_interval(days => $1)", days)
+            await conn.execute(
+                "DELETE FROM sessions WHERE started_at < now() - make_interval(days => $1)", days
+            )
+            await conn.execute(
+                "DELETE FROM session_events WHERE session_started_at "
+                "< now() - make_interval(days => $1)",
+                days,
+            )
             # rollup buckets wholly before the horizon (the query clamps to it anyway)
-            await conn.execute("DELETE FROM impressions "
-                               "WHERE at < now() - make_interval(days => $1)", days)
+            await conn.execute(
+                "DELETE FROM impressions WHERE at < now() - make_interval(days => $1)", days
+            )
             for table in (*rollups.ROLLUP_TABLES, "engagement_cache"):
                 await conn.execute(
                     f"DELETE FROM {table} WHERE bucket < now() - make_interval(days => $1) "
-                    "- interval '15 minutes'", days)
+                    "- interval '15 minutes'",
+                    days,
+                )

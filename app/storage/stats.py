@@ -70,10 +70,14 @@ def _bucket(q: BucketQuery, p: Params, timescale: bool, column: str = "s.started
     local = f"({column} AT TIME ZONE {p.add(q.timezone, 'text')})"
     if q.interval.months:
         months = p.add(q.interval.months, "int")
-        index = (f"((extract(year FROM {local})::int - {MONTH_ORIGIN_YEAR}) * 12 "
-                 f"+ extract(month FROM {local})::int - 1)")
-        return (f"(timestamp '{MONTH_ORIGIN_YEAR}-01-01' + make_interval(months => "
-                f"(floor({index}::numeric / {months}) * {months})::int))")
+        index = (
+            f"((extract(year FROM {local})::int - {MONTH_ORIGIN_YEAR}) * 12 "
+            f"+ extract(month FROM {local})::int - 1)"
+        )
+        return (
+            f"(timestamp '{MONTH_ORIGIN_YEAR}-01-01' + make_interval(months => "
+            f"(floor({index}::numeric / {months}) * {months})::int))"
+        )
     width = p.add(dt.timedelta(seconds=q.interval.seconds), "interval")
     if timescale:
         return f"time_bucket({width}, {local}, {ORIGIN})"
@@ -82,8 +86,9 @@ def _bucket(q: BucketQuery, p: Params, timescale: bool, column: str = "s.started
 
 # -- which requests the rollups answer exactly ------------------------------------------
 @functools.lru_cache(maxsize=4096)
-def _whole_offsets(zone: str, first_day: int, last_day: int,
-                   grain: int = rollups.GRAIN_SECONDS) -> bool:
+def _whole_offsets(
+    zone: str, first_day: int, last_day: int, grain: int = rollups.GRAIN_SECONDS
+) -> bool:
     """True when every UTC offset of `zone` between the two days (days since the epoch)
     is a whole multiple of `grain` seconds, sampled every 3 hours."""
     tz = ZoneInfo(zone)
@@ -102,8 +107,11 @@ def _inner(window: Window, width: int = rollups.GRAIN_SECONDS) -> Window | None:
 
 
 def _edges(window: Window, inner: Window) -> list[Window]:
-    return [w for w in (Window(window.start, inner.start), Window(inner.end, window.end))
-            if w.start < w.end]
+    return [
+        w
+        for w in (Window(window.start, inner.start), Window(inner.end, window.end))
+        if w.start < w.end
+    ]
 
 
 def bucket_rollup_plan(q: BucketQuery) -> tuple[int, Window] | None:
@@ -125,16 +133,21 @@ def _rollup_window(q: BucketQuery, width: int) -> Window | None:
     if inner is None:
         return None
     day = 86400
-    if not _whole_offsets(q.timezone, int(q.window.start.timestamp() // day) - 1,
-                          int(q.window.end.timestamp() // day) + 1, width):
+    if not _whole_offsets(
+        q.timezone,
+        int(q.window.start.timestamp() // day) - 1,
+        int(q.window.end.timestamp() // day) + 1,
+        width,
+    ):
         return None
     return inner
 
 
 def _whole_key(sel: Selection) -> bool:
     """Every video of one ingest key, no other filter."""
-    return sel.key is not None and sel.video is None and sel.identifier is None \
-        and sel.session is None
+    return (
+        sel.key is not None and sel.video is None and sel.identifier is None and sel.session is None
+    )
 
 
 def _rollup_scope(sel: Selection, p: Params, kind: str) -> tuple[str, list[str]]:
@@ -145,8 +158,9 @@ def _rollup_scope(sel: Selection, p: Params, kind: str) -> tuple[str, list[str]]
     return f"rollup_{kind}", video_filter(sel, p, "r.video_id")
 
 
-def _rollup_where(q: BucketQuery, p: Params, kind: str, inner: Window,
-                  cls: int | None = None) -> tuple[str, list[str]]:
+def _rollup_where(
+    q: BucketQuery, p: Params, kind: str, inner: Window, cls: int | None = None
+) -> tuple[str, list[str]]:
     """Table and conditions for the whole buckets of `inner` (and watch class >= cls)."""
     table, where = _rollup_scope(q.selection, p, kind)
     where.append(f"r.bucket >= {p.add(inner.start, 'timestamptz')}")
@@ -168,9 +182,12 @@ def _sessions_where(q: BucketQuery, p: Params, windows: list[Window]) -> list[st
     return where
 
 
-async def _by_plan(q: BucketQuery, use_rollups: bool,
-                   raw: Callable[[list[Window]], Awaitable[None]],
-                   rollup: Callable[[int, Window], Awaitable[None]]) -> None:
+async def _by_plan(
+    q: BucketQuery,
+    use_rollups: bool,
+    raw: Callable[[list[Window]], Awaitable[None]],
+    rollup: Callable[[int, Window], Awaitable[None]],
+) -> None:
     """Answer from the rollups where they are exact (whole buckets, then each partial edge
     of the window from raw rows, one plain time range each: index-friendly), else raw."""
     plan = bucket_rollup_plan(q) if use_rollups else None
@@ -199,13 +216,24 @@ _COLUMN_AT = {c: i for i, c in enumerate(rollups.BREAKDOWN_COLUMNS)}
 
 
 def _window_condition(windows: list[Window], p: Params, column: str) -> str:
-    return "(" + " OR ".join(
-        f"({column} >= {p.add(w.start, 'timestamptz')} AND {column} < "
-        f"{p.add(w.end, 'timestamptz')})" for w in windows) + ")"
+    return (
+        "("
+        + " OR ".join(
+            f"({column} >= {p.add(w.start, 'timestamptz')} AND {column} < "
+            f"{p.add(w.end, 'timestamptz')})"
+            for w in windows
+        )
+        + ")"
+    )
 
 
-async def _plays_raw(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
-                     windows: list[Window], into: dict[dt.datetime, PlaysBucket]) -> None:
+async def _plays_raw(
+    conn: asyncpg.Connection,
+    q: BucketQuery,
+    timescale: bool,
+    windows: list[Window],
+    into: dict[dt.datetime, PlaysBucket],
+) -> None:
     p = Params()
     bucket = _bucket(q, p, timescale)
     where = _sessions_where(q, p, windows)
@@ -214,7 +242,7 @@ async def _plays_raw(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
         SELECT {bucket} AS bucket, s.browser, s.platform, s.device,
                count(*) AS views, sum(s.watch_seconds) AS watch_seconds
           FROM sessions s
-         WHERE {' AND '.join(where)}
+         WHERE {" AND ".join(where)}
          GROUP BY 1, 2, 3, 4
         """,
         *p.values,
@@ -223,14 +251,23 @@ async def _plays_raw(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
         entry = into.get(r["bucket"]) or into.setdefault(r["bucket"], PlaysBucket(r["bucket"]))
         entry.views += r["views"]
         entry.watch_seconds += r["watch_seconds"]
-        for column in (f"browser_{r['browser']}", f"platform_{r['platform']}",
-                       f"device_{r['device']}"):
+        for column in (
+            f"browser_{r['browser']}",
+            f"platform_{r['platform']}",
+            f"device_{r['device']}",
+        ):
             kind = column.split("_", 1)[0]
             entry.counts[_COLUMN_AT.get(column, _COLUMN_AT[f"{kind}_other"])] += r["views"]
 
 
-async def _plays_rollup(conn: asyncpg.Connection, q: BucketQuery, timescale: bool, cls: int,
-                        inner: Window, into: dict[dt.datetime, PlaysBucket]) -> None:
+async def _plays_rollup(
+    conn: asyncpg.Connection,
+    q: BucketQuery,
+    timescale: bool,
+    cls: int,
+    inner: Window,
+    into: dict[dt.datetime, PlaysBucket],
+) -> None:
     p = Params()
     bucket = _bucket(q, p, timescale, "r.bucket")
     table, where = _rollup_where(q, p, "plays", inner, cls)
@@ -240,7 +277,7 @@ async def _plays_rollup(conn: asyncpg.Connection, q: BucketQuery, timescale: boo
         SELECT {bucket} AS bucket, sum(r.sessions) AS views, sum(r.watch_seconds) AS watch,
                {sums}
           FROM {table} r
-         WHERE {' AND '.join(where)}
+         WHERE {" AND ".join(where)}
          GROUP BY 1
         HAVING sum(r.sessions) > 0
         """,
@@ -254,8 +291,9 @@ async def _plays_rollup(conn: asyncpg.Connection, q: BucketQuery, timescale: boo
             entry.counts[i] += r[3 + i]
 
 
-async def plays(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
-                use_rollups: bool = True) -> list[PlaysBucket]:
+async def plays(
+    conn: asyncpg.Connection, q: BucketQuery, timescale: bool, use_rollups: bool = True
+) -> list[PlaysBucket]:
     """Views per bucket: whole 15-minute buckets from the rollup, the partial edges of the
     window (and anything the rollup cannot answer exactly) from the sessions table."""
     out: dict[dt.datetime, PlaysBucket] = {}
@@ -272,28 +310,43 @@ async def plays(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
     return [out[b] for b in sorted(out) if out[b].views > 0 or out[b].impressions > 0]
 
 
-async def _impressions_raw(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
-                           windows: list[Window], into: dict[dt.datetime, PlaysBucket]) -> None:
+async def _impressions_raw(
+    conn: asyncpg.Connection,
+    q: BucketQuery,
+    timescale: bool,
+    windows: list[Window],
+    into: dict[dt.datetime, PlaysBucket],
+) -> None:
     p = Params()
     bucket = _bucket(q, p, timescale, "i.at")
     where = video_filter(q.selection, p, "i.video_id")
     where.append(_window_condition(windows, p, "i.at"))
     if q.selection.session is not None:
         where.append(f"i.session_data @> {p.add(q.selection.session, 'jsonb')}")
-    for r in await conn.fetch(f"SELECT {bucket} AS bucket, count(*) AS n FROM impressions i "
-                              f"WHERE {' AND '.join(where)} GROUP BY 1", *p.values):
+    for r in await conn.fetch(
+        f"SELECT {bucket} AS bucket, count(*) AS n FROM impressions i "
+        f"WHERE {' AND '.join(where)} GROUP BY 1",
+        *p.values,
+    ):
         entry = into.get(r["bucket"]) or into.setdefault(r["bucket"], PlaysBucket(r["bucket"]))
         entry.impressions += r["n"]
 
 
-async def _impressions_rollup(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
-                              inner: Window, into: dict[dt.datetime, PlaysBucket]) -> None:
+async def _impressions_rollup(
+    conn: asyncpg.Connection,
+    q: BucketQuery,
+    timescale: bool,
+    inner: Window,
+    into: dict[dt.datetime, PlaysBucket],
+) -> None:
     p = Params()
     bucket = _bucket(q, p, timescale, "r.bucket")
     table, where = _rollup_where(q, p, "impressions", inner)
-    for r in await conn.fetch(f"SELECT {bucket} AS bucket, sum(r.impressions) AS n "
-                              f"FROM {table} r WHERE {' AND '.join(where)} GROUP BY 1",
-                              *p.values):
+    for r in await conn.fetch(
+        f"SELECT {bucket} AS bucket, sum(r.impressions) AS n "
+        f"FROM {table} r WHERE {' AND '.join(where)} GROUP BY 1",
+        *p.values,
+    ):
         entry = into.get(r["bucket"]) or into.setdefault(r["bucket"], PlaysBucket(r["bucket"]))
         entry.impressions += int(r["n"])
 
@@ -304,12 +357,16 @@ class CompletionCounts:
     """Per bucket and device: COMPLETION_COLUMNS, then the sum of fractions watched."""
 
     values: list[float] = field(
-        default_factory=lambda: [0.0] * (len(rollups.COMPLETION_COLUMNS) + 1))
+        default_factory=lambda: [0.0] * (len(rollups.COMPLETION_COLUMNS) + 1)
+    )
 
 
-async def completion(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
-                     use_rollups: bool = True,
-                     ) -> dict[dt.datetime, dict[str, CompletionCounts]]:
+async def completion(
+    conn: asyncpg.Connection,
+    q: BucketQuery,
+    timescale: bool,
+    use_rollups: bool = True,
+) -> dict[dt.datetime, dict[str, CompletionCounts]]:
     """{bucket: {device: counts}} for the views of the selection."""
     out: dict[dt.datetime, dict[str, CompletionCounts]] = {}
 
@@ -325,7 +382,9 @@ async def completion(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
         known = "s.duration > 0"
         reached = ", ".join(
             f"count(*) FILTER (WHERE {known} AND s.furthest / s.duration >= "
-            f"{p.add(m / 100, 'float8')})" for m in rollups.MILESTONES)
+            f"{p.add(m / 100, 'float8')})"
+            for m in rollups.MILESTONES
+        )
         devices = p.add(list(DEVICES), "text[]")
         rows = await conn.fetch(
             f"""
@@ -336,9 +395,11 @@ async def completion(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
                    coalesce(sum(least(1.0, {rollups.DISTINCT_SECONDS} / s.duration))
                             FILTER (WHERE {known}), 0)
               FROM sessions s
-             WHERE {' AND '.join(where)}
+             WHERE {" AND ".join(where)}
              GROUP BY 1, 2
-            """, *p.values)
+            """,
+            *p.values,
+        )
         for r in rows:
             add(r["bucket"], r["device"], [float(r[i]) for i in range(2, len(r))])
 
@@ -347,14 +408,19 @@ async def completion(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
         bucket = _bucket(q, p, timescale, "r.bucket")
         table, where = _rollup_where(q, p, "completion", inner, cls)
         sums = ", ".join(f"sum(r.{c})" for c in [*rollups.COMPLETION_COLUMNS, "percent_sum"])
-        for r in await conn.fetch(f"SELECT {bucket} AS bucket, r.device, {sums} FROM {table} r "
-                                  f"WHERE {' AND '.join(where)} GROUP BY 1, 2", *p.values):
+        for r in await conn.fetch(
+            f"SELECT {bucket} AS bucket, r.device, {sums} FROM {table} r "
+            f"WHERE {' AND '.join(where)} GROUP BY 1, 2",
+            *p.values,
+        ):
             add(r["bucket"], r["device"], [float(r[i]) for i in range(2, len(r))])
 
     await _by_plan(q, use_rollups, raw, rollup)
-    return {b: {d: c for d, c in devices.items() if c.values[0] > 0}
-            for b, devices in sorted(out.items())
-            if any(c.values[0] > 0 for c in devices.values())}
+    return {
+        b: {d: c for d, c in devices.items() if c.values[0] > 0}
+        for b, devices in sorted(out.items())
+        if any(c.values[0] > 0 for c in devices.values())
+    }
 
 
 # -- quality of experience --------------------------------------------------------------
@@ -388,9 +454,13 @@ def qoe_plan(q: BucketQuery) -> Window | None:
     return _rollup_window(q, rollups.QOE_GRAIN_SECONDS)
 
 
-async def qoe(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
-              use_rollups: bool = True, breakdown: str | None = None,
-              ) -> dict[dt.datetime, dict[str, QoeCounts]]:
+async def qoe(
+    conn: asyncpg.Connection,
+    q: BucketQuery,
+    timescale: bool,
+    use_rollups: bool = True,
+    breakdown: str | None = None,
+) -> dict[dt.datetime, dict[str, QoeCounts]]:
     """{bucket: {group: counts}} over the views with QoE data; the group is "" without a
     breakdown, else the view's browser, platform or device class.
 
@@ -398,11 +468,11 @@ async def qoe(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
     whole hours; the partial hours at its edges, and everything else, from the sessions."""
     out: dict[dt.datetime, dict[str, QoeCounts]] = {}
     n = len(rollups.QOE_COLUMNS)
+
     # the grouping column: a constant name (the caller checked `breakdown`), never text
     # from the client
     def group(alias: str) -> str:
         return f"{alias}.{breakdown}" if breakdown else "''"
-
 
     def entry(bucket: dt.datetime, group: str) -> QoeCounts:
         return out.setdefault(bucket, {}).setdefault(_class_of(breakdown, group), QoeCounts())
@@ -426,13 +496,19 @@ async def qoe(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
                    array_agg(s.startup_ms) FILTER (WHERE s.startup_ms IS NOT NULL) AS startups,
                    array_agg(s.seek_ms / s.seek_count) FILTER (WHERE s.seek_count > 0) AS seeks
               FROM sessions s
-             WHERE {' AND '.join(where)}
+             WHERE {" AND ".join(where)}
              GROUP BY 1, 2
-            """, *p.values)
+            """,
+            *p.values,
+        )
         for r in rows:
-            entry(r["bucket"], r["grp"]).merge(QoeCounts(
-                [float(r[2 + i] or 0) for i in range(n)], sketch.histogram(r["startups"] or ()),
-                sketch.histogram(r["seeks"] or ())))
+            entry(r["bucket"], r["grp"]).merge(
+                QoeCounts(
+                    [float(r[2 + i] or 0) for i in range(n)],
+                    sketch.histogram(r["startups"] or ()),
+                    sketch.histogram(r["seeks"] or ()),
+                )
+            )
 
     async def rollup(inner: Window) -> None:
         p = Params()
@@ -443,18 +519,22 @@ async def qoe(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
         condition = " AND ".join(where)
         sums = ", ".join(f"sum(r.{c})" for c in rollups.QOE_COLUMNS)
         for r in await conn.fetch(
-                f"SELECT {bucket} AS bucket, {group('r')}::text AS grp, {sums} "
-                f"FROM {table} r WHERE {condition} GROUP BY 1, 2", *p.values):
+            f"SELECT {bucket} AS bucket, {group('r')}::text AS grp, {sums} "
+            f"FROM {table} r WHERE {condition} GROUP BY 1, 2",
+            *p.values,
+        ):
             entry(r["bucket"], r["grp"]).merge(QoeCounts([float(r[2 + i]) for i in range(n)]))
         if breakdown is None:  # totals: the histogram rows, a plain GROUP BY, and each
             # bucket's histogram returned as two arrays (a few rows, not one per bucket)
             hist = f"{table}_hist"  # rollup_qoe_hist or rollup_key_qoe_hist
             for r in await conn.fetch(
-                    f"SELECT bucket, kind, array_agg(i ORDER BY i) AS i, "
-                    f"array_agg(c ORDER BY i) AS c FROM ("
-                    f"SELECT {bucket} AS bucket, r.metric AS kind, r.idx AS i, "
-                    f"sum(r.views)::int AS c FROM {hist} r WHERE {condition} "
-                    f"GROUP BY 1, 2, 3) h WHERE c <> 0 GROUP BY 1, 2", *p.values):
+                f"SELECT bucket, kind, array_agg(i ORDER BY i) AS i, "
+                f"array_agg(c ORDER BY i) AS c FROM ("
+                f"SELECT {bucket} AS bucket, r.metric AS kind, r.idx AS i, "
+                f"sum(r.views)::int AS c FROM {hist} r WHERE {condition} "
+                f"GROUP BY 1, 2, 3) h WHERE c <> 0 GROUP BY 1, 2",
+                *p.values,
+            ):
                 counts = entry(r["bucket"], "")
                 into = counts.startup if r["kind"] == rollups.STARTUP else counts.seek
                 sketch.add(into, dict(zip(r["i"], r["c"], strict=True)))
@@ -465,13 +545,15 @@ async def qoe(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
             f"SELECT {bucket} AS bucket, r.{breakdown}::text AS grp, {kind} AS kind, i, "
             f"r.{array}[i] AS c FROM {table} r, generate_subscripts(r.{array}, 1) i "
             f"WHERE {condition}"
-            for kind, array in ((rollups.STARTUP, "startup_hist"),
-                                (rollups.SEEK, "seek_hist")))
+            for kind, array in ((rollups.STARTUP, "startup_hist"), (rollups.SEEK, "seek_hist"))
+        )
         for r in await conn.fetch(
-                f"SELECT bucket, grp, kind, array_agg(i ORDER BY i) AS i, "
-                f"array_agg(c ORDER BY i) AS c FROM (SELECT bucket, grp, kind, i, "
-                f"sum(c)::int AS c FROM ({unnested}) u GROUP BY 1, 2, 3, 4) h "
-                f"WHERE c <> 0 GROUP BY 1, 2, 3", *p.values):
+            f"SELECT bucket, grp, kind, array_agg(i ORDER BY i) AS i, "
+            f"array_agg(c ORDER BY i) AS c FROM (SELECT bucket, grp, kind, i, "
+            f"sum(c)::int AS c FROM ({unnested}) u GROUP BY 1, 2, 3, 4) h "
+            f"WHERE c <> 0 GROUP BY 1, 2, 3",
+            *p.values,
+        ):
             counts = entry(r["bucket"], r["grp"])
             into = counts.startup if r["kind"] == rollups.STARTUP else counts.seek
             sketch.add(into, dict(zip(r["i"], r["c"], strict=True)))
@@ -492,8 +574,9 @@ async def qoe(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
 
 
 # -- sources ----------------------------------------------------------------------------
-async def sources(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
-                  use_rollups: bool = True) -> list[tuple[dt.datetime, str, int]]:
+async def sources(
+    conn: asyncpg.Connection, q: BucketQuery, timescale: bool, use_rollups: bool = True
+) -> list[tuple[dt.datetime, str, int]]:
     """(bucket, page, views), by bucket, then most views, then page (code point order).
     One statement: the rollup's whole buckets and the raw edges are added up, grouped and
     sorted by PostgreSQL (an hourly month of a busy key is ~10,000 rows)."""
@@ -514,29 +597,39 @@ async def sources(conn: asyncpg.Connection, q: BucketQuery, timescale: bool,
                 f"r.{reached} AS views FROM rollup_key_sources r "
                 f"WHERE r.key = {p.add(q.selection.key, 'text')} "
                 f"AND r.bucket >= {p.add(hourly.start, 'timestamptz')} "
-                f"AND r.bucket < {p.add(hourly.end, 'timestamptz')}")
+                f"AND r.bucket < {p.add(hourly.end, 'timestamptz')}"
+            )
         for window in quarters:
             where = video_filter(q.selection, p, "r.video_id")
-            where += [f"r.bucket >= {p.add(window.start, 'timestamptz')}",
-                      f"r.bucket < {p.add(window.end, 'timestamptz')}"]
-            parts.append(f"SELECT {_bucket(q, p, timescale, 'r.bucket')} AS bucket, r.page, "
-                         f"r.{reached} AS views FROM rollup_sources r "
-                         f"WHERE {' AND '.join(where)}")
+            where += [
+                f"r.bucket >= {p.add(window.start, 'timestamptz')}",
+                f"r.bucket < {p.add(window.end, 'timestamptz')}",
+            ]
+            parts.append(
+                f"SELECT {_bucket(q, p, timescale, 'r.bucket')} AS bucket, r.page, "
+                f"r.{reached} AS views FROM rollup_sources r "
+                f"WHERE {' AND '.join(where)}"
+            )
     for window in windows:  # one plain time range each: index-friendly
         bucket = _bucket(q, p, timescale)
         where = _sessions_where(q, p, [window])
         where.append("s.page IS NOT NULL")
-        parts.append(f"SELECT {bucket} AS bucket, s.page, 1 AS views FROM sessions s "
-                     f"WHERE {' AND '.join(where)}")
+        parts.append(
+            f"SELECT {bucket} AS bucket, s.page, 1 AS views FROM sessions s "
+            f"WHERE {' AND '.join(where)}"
+        )
     rows = await conn.fetch(
         f"SELECT bucket, page, sum(views)::int8 AS views "
         f"FROM ({' UNION ALL '.join(parts)}) AS u GROUP BY 1, 2 HAVING sum(views) > 0 "
-        f'ORDER BY 1, 3 DESC, page COLLATE "C"', *p.values)
+        f'ORDER BY 1, 3 DESC, page COLLATE "C"',
+        *p.values,
+    )
     return [(r[0], r[1], r[2]) for r in rows]
 
 
-async def engagement(conn: asyncpg.Connection, q: EngagementQuery,
-                     use_rollups: bool = True) -> tuple[float | None, dict[int, int]]:
+async def engagement(
+    conn: asyncpg.Connection, q: EngagementQuery, use_rollups: bool = True
+) -> tuple[float | None, dict[int, int]]:
     """(timeline length, {range index: viewers}); length None when nothing was watched.
 
     Whole 15-minute buckets: from the engagement rollup when every selected session
@@ -569,67 +662,90 @@ async def engagement(conn: asyncpg.Connection, q: EngagementQuery,
 Found = tuple[float | None, dict[int, int]] | None  # None: ask the raw path
 
 
-async def _single_length(conn: asyncpg.Connection, q: EngagementQuery, inner: Window,
-                         durations: set[float]) -> Found:
+async def _single_length(
+    conn: asyncpg.Connection, q: EngagementQuery, inner: Window, durations: set[float]
+) -> Found:
     """From the per-video engagement rollup, when the sessions share one known duration."""
     if not durations:
         return None, {}
-    if len(durations) == 1 and (length := next(iter(durations))) > 0 \
-            and q.ranges in rollups.ENGAGEMENT_RANGES:
+    if (
+        len(durations) == 1
+        and (length := next(iter(durations))) > 0
+        and q.ranges in rollups.ENGAGEMENT_RANGES
+    ):
         return length, await _engagement_rollup(conn, q, inner, length)
     return None
 
 
 def _rollup_durations(sel: Selection, p: Params, inner: Window) -> list[str]:
     where = video_filter(sel, p, "r.video_id")
-    return where + [f"r.bucket >= {p.add(inner.start, 'timestamptz')}",
-                    f"r.bucket < {p.add(inner.end, 'timestamptz')}",
-                    # the rows for the fewest ranges hold every session too
-                    f"r.ranges = {rollups.ENGAGEMENT_RANGES[0]}"]
+    return where + [
+        f"r.bucket >= {p.add(inner.start, 'timestamptz')}",
+        f"r.bucket < {p.add(inner.end, 'timestamptz')}",
+        # the rows for the fewest ranges hold every session too
+        f"r.ranges = {rollups.ENGAGEMENT_RANGES[0]}",
+    ]
 
 
-async def _durations(conn: asyncpg.Connection, sel: Selection, inner: Window | None,
-                     edges: list[Window]) -> set[float]:
+async def _durations(
+    conn: asyncpg.Connection, sel: Selection, inner: Window | None, edges: list[Window]
+) -> set[float]:
     """The durations the selected played sessions reported (UNKNOWN_DURATION: none), from
     the engagement rollup over `inner` and from the sessions in `edges`."""
     durations: set[float] = set()
     if inner is not None:
         p = Params()
-        durations = {r["duration"] for r in await conn.fetch(
-            f"SELECT r.duration FROM rollup_engagement r "
-            f"WHERE {' AND '.join(_rollup_durations(sel, p, inner))} "
-            f"GROUP BY 1 HAVING sum(r.sessions) > 0", *p.values)}
+        durations = {
+            r["duration"]
+            for r in await conn.fetch(
+                f"SELECT r.duration FROM rollup_engagement r "
+                f"WHERE {' AND '.join(_rollup_durations(sel, p, inner))} "
+                f"GROUP BY 1 HAVING sum(r.sessions) > 0",
+                *p.values,
+            )
+        }
     for edge in edges:  # one plain time range each: index-friendly
         p = Params()
         cond = video_filter(sel, p, "s.video_id")
         cond.append(_window_condition([edge], p, "s.started_at"))
         cond.append("s.played")
-        durations |= {r[0] for r in await conn.fetch(
-            f"SELECT DISTINCT CASE WHEN s.duration > 0 THEN s.duration "
-            f"ELSE {rollups.UNKNOWN_DURATION} END FROM sessions s WHERE {' AND '.join(cond)}",
-            *p.values)}
+        durations |= {
+            r[0]
+            for r in await conn.fetch(
+                f"SELECT DISTINCT CASE WHEN s.duration > 0 THEN s.duration "
+                f"ELSE {rollups.UNKNOWN_DURATION} END FROM sessions s WHERE {' AND '.join(cond)}",
+                *p.values,
+            )
+        }
     return durations
 
 
-async def _engagement_rollup(conn: asyncpg.Connection, q: EngagementQuery, inner: Window,
-                             length: float) -> dict[int, int]:
+async def _engagement_rollup(
+    conn: asyncpg.Connection, q: EngagementQuery, inner: Window, length: float
+) -> dict[int, int]:
     p = Params()
     where = video_filter(q.selection, p, "r.video_id")
-    where += [f"r.bucket >= {p.add(inner.start, 'timestamptz')}",
-              f"r.bucket < {p.add(inner.end, 'timestamptz')}",
-              f"r.ranges = {p.add(q.ranges, 'int')}", f"r.duration = {p.add(length, 'float8')}"]
+    where += [
+        f"r.bucket >= {p.add(inner.start, 'timestamptz')}",
+        f"r.bucket < {p.add(inner.end, 'timestamptz')}",
+        f"r.ranges = {p.add(q.ranges, 'int')}",
+        f"r.duration = {p.add(length, 'float8')}",
+    ]
     counts: dict[int, int] = {}
     for r in await conn.fetch(
-            f"SELECT u.i - 1 AS i, sum(u.c) AS c FROM rollup_engagement r, "
-            f"unnest(r.counts) WITH ORDINALITY AS u(c, i) WHERE {' AND '.join(where)} "
-            f"GROUP BY 1", *p.values):
+        f"SELECT u.i - 1 AS i, sum(u.c) AS c FROM rollup_engagement r, "
+        f"unnest(r.counts) WITH ORDINALITY AS u(c, i) WHERE {' AND '.join(where)} "
+        f"GROUP BY 1",
+        *p.values,
+    ):
         if r["c"]:
             counts[r["i"]] = int(r["c"])
     return counts
 
 
-async def _engagement_of_key(conn: asyncpg.Connection, q: EngagementQuery, inner: Window,
-                             edges: list[Window]) -> Found:
+async def _engagement_of_key(
+    conn: asyncpg.Connection, q: EngagementQuery, inner: Window, edges: list[Window]
+) -> Found:
     """All videos of a key over the whole buckets of `inner`. Per bucket, the cache holds
     the bucket's durations and its counts for (ranges, length), valid while the bucket's
     change count (rollup_key_plays.changes, summed) is the one they were computed at;
@@ -637,28 +753,44 @@ async def _engagement_of_key(conn: asyncpg.Connection, q: EngagementQuery, inner
     counts from raw rows) in the same snapshot, and cached."""
     key, ranges = q.selection.key, q.ranges
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        versions = {r["bucket"]: r["v"] for r in await conn.fetch(
-            "SELECT bucket, sum(changes)::int8 AS v FROM rollup_key_plays "
-            "WHERE key = $1 AND bucket >= $2 AND bucket < $3 GROUP BY bucket HAVING "
-            "sum(sessions) > 0", key, inner.start, inner.end)}
-        valid = [r for r in await conn.fetch(
-            "SELECT bucket, length, version, counts, durations FROM engagement_cache "
-            "WHERE key = $1 AND ranges = $2 AND bucket >= $3 AND bucket < $4",
-            key, ranges, inner.start, inner.end) if versions.get(r["bucket"]) == r["version"]]
-        by_bucket: dict[dt.datetime, set[float]] = {r["bucket"]: set(r["durations"])
-                                                    for r in valid}
+        versions = {
+            r["bucket"]: r["v"]
+            for r in await conn.fetch(
+                "SELECT bucket, sum(changes)::int8 AS v FROM rollup_key_plays "
+                "WHERE key = $1 AND bucket >= $2 AND bucket < $3 GROUP BY bucket HAVING "
+                "sum(sessions) > 0",
+                key,
+                inner.start,
+                inner.end,
+            )
+        }
+        valid = [
+            r
+            for r in await conn.fetch(
+                "SELECT bucket, length, version, counts, durations FROM engagement_cache "
+                "WHERE key = $1 AND ranges = $2 AND bucket >= $3 AND bucket < $4",
+                key,
+                ranges,
+                inner.start,
+                inner.end,
+            )
+            if versions.get(r["bucket"]) == r["version"]
+        ]
+        by_bucket: dict[dt.datetime, set[float]] = {r["bucket"]: set(r["durations"]) for r in valid}
         missing = [b for b in versions if b not in by_bucket]
         if missing:
             p = Params()
             where = _rollup_durations(q.selection, p, inner)
             where.append(f"r.bucket = ANY({p.add(missing, 'timestamptz[]')})")
             for r in await conn.fetch(
-                    f"SELECT r.bucket, r.duration FROM rollup_engagement r "
-                    f"WHERE {' AND '.join(where)} GROUP BY 1, 2 HAVING sum(r.sessions) > 0",
-                    *p.values):
+                f"SELECT r.bucket, r.duration FROM rollup_engagement r "
+                f"WHERE {' AND '.join(where)} GROUP BY 1, 2 HAVING sum(r.sessions) > 0",
+                *p.values,
+            ):
                 by_bucket.setdefault(r["bucket"], set()).add(r["duration"])
         durations = set().union(*by_bucket.values()) | await _durations(
-            conn, q.selection, None, edges)
+            conn, q.selection, None, edges
+        )
         known = [d for d in durations if d > 0]
         if not known or len(durations) == 1:
             found = await _single_length(conn, q, inner, durations)
@@ -670,8 +802,9 @@ async def _engagement_of_key(conn: asyncpg.Connection, q: EngagementQuery, inner
         if stale:  # what the raw path says for these buckets
             grain = dt.timedelta(seconds=rollups.GRAIN_SECONDS)
             deltas: dict[dt.datetime, dict[int, int]] = {}
-            for r in await _raw_edges(conn, q, Window(stale[0], stale[-1] + grain), length,
-                                      by_bucket=True):
+            for r in await _raw_edges(
+                conn, q, Window(stale[0], stale[-1] + grain), length, by_bucket=True
+            ):
                 per = deltas.setdefault(r["bucket"], {})
                 per[r["edge"]] = per.get(r["edge"], 0) + r["delta"]
             fresh = {b: _running(deltas.get(b, {}), ranges) for b in stale}
@@ -687,9 +820,15 @@ async def _engagement_of_key(conn: asyncpg.Connection, q: EngagementQuery, inner
                SET version = EXCLUDED.version, counts = EXCLUDED.counts,
                    durations = EXCLUDED.durations
              WHERE c.version < EXCLUDED.version
-            """, key, ranges, length, stale, [versions[b] for b in stale],
+            """,
+            key,
+            ranges,
+            length,
+            stale,
+            [versions[b] for b in stale],
             ["{" + ",".join(map(str, fresh[b])) + "}" for b in stale],
-            ["{" + ",".join(map(repr, sorted(by_bucket.get(b, ())))) + "}" for b in stale])
+            ["{" + ",".join(map(repr, sorted(by_bucket.get(b, ())))) + "}" for b in stale],
+        )
     totals = [0] * ranges
     for bucket in versions:
         for i, c in enumerate(fresh[bucket] if bucket in fresh else cached[bucket]):
@@ -706,8 +845,9 @@ def _running(deltas: dict[int, int], ranges: int) -> list[int]:
     return out
 
 
-async def _engagement_raw(conn: asyncpg.Connection, q: EngagementQuery, window: Window,
-                          length: float | None) -> tuple[float | None, dict[int, int]]:
+async def _engagement_raw(
+    conn: asyncpg.Connection, q: EngagementQuery, window: Window, length: float | None
+) -> tuple[float | None, dict[int, int]]:
     """The raw path: from the watched ranges (islands) of the sessions started in `window`;
     the timeline length is `length` if given, else computed from those sessions."""
     rows = await _raw_edges(conn, q, window, length)
@@ -720,8 +860,13 @@ async def _engagement_raw(conn: asyncpg.Connection, q: EngagementQuery, window: 
     return (total if total and total > 0 else None), counts
 
 
-async def _raw_edges(conn: asyncpg.Connection, q: EngagementQuery, window: Window,
-                     length: float | None, by_bucket: bool = False) -> list[asyncpg.Record]:
+async def _raw_edges(
+    conn: asyncpg.Connection,
+    q: EngagementQuery,
+    window: Window,
+    length: float | None,
+    by_bucket: bool = False,
+) -> list[asyncpg.Record]:
     """Rows (edge, delta[, bucket]) and one (-1, 0, total): the +1/-1 at the edges of the
     range spans the selected sessions' islands cover, per 15-minute bucket if asked.
 
@@ -735,15 +880,18 @@ async def _raw_edges(conn: asyncpg.Connection, q: EngagementQuery, window: Windo
     where = session_filters(q.selection, window, p)
     where.append("s.played")
     ranges = p.add(q.ranges, "int")
-    total = ("SELECT coalesce(max(duration), max(furthest)) AS total FROM sel" if length is None
-             else f"SELECT {p.add(length, 'float8')} AS total")
+    total = (
+        "SELECT coalesce(max(duration), max(furthest)) AS total FROM sel"
+        if length is None
+        else f"SELECT {p.add(length, 'float8')} AS total"
+    )
     bucket = rollups.grain_sql() if by_bucket else "NULL"
     return await conn.fetch(
         f"""
         WITH sel AS MATERIALIZED (
             SELECT {bucket}::timestamptz AS bucket, s.islands, s.duration, s.furthest
               FROM sessions s
-             WHERE {' AND '.join(where)}
+             WHERE {" AND ".join(where)}
         ), len AS (
             {total}
         ), spans AS (
@@ -801,8 +949,9 @@ class VideoTotals:
     watch_seconds: float
 
 
-async def videos(conn: asyncpg.Connection, q: BucketQuery, limit: int,
-                 use_rollups: bool = True) -> list[VideoTotals]:
+async def videos(
+    conn: asyncpg.Connection, q: BucketQuery, limit: int, use_rollups: bool = True
+) -> list[VideoTotals]:
     """The most viewed videos of the selection in the window (views, watch seconds)."""
     totals: dict[int, list[float]] = {}
 
@@ -810,8 +959,10 @@ async def videos(conn: asyncpg.Connection, q: BucketQuery, limit: int,
         p = Params()
         where = _sessions_where(q, p, windows)
         for r in await conn.fetch(
-                f"SELECT s.video_id, count(*) AS n, sum(s.watch_seconds) AS w FROM sessions s "
-                f"WHERE {' AND '.join(where)} GROUP BY 1", *p.values):
+            f"SELECT s.video_id, count(*) AS n, sum(s.watch_seconds) AS w FROM sessions s "
+            f"WHERE {' AND '.join(where)} GROUP BY 1",
+            *p.values,
+        ):
             entry = totals.setdefault(r["video_id"], [0, 0.0])
             entry[0] += r["n"]
             entry[1] += r["w"]
@@ -819,23 +970,35 @@ async def videos(conn: asyncpg.Connection, q: BucketQuery, limit: int,
     async def rollup(cls: int, inner: Window) -> None:
         p = Params()
         where = video_filter(q.selection, p, "r.video_id")  # per video, even for a key
-        where += [f"r.bucket >= {p.add(inner.start, 'timestamptz')}",
-                  f"r.bucket < {p.add(inner.end, 'timestamptz')}",
-                  f"r.class >= {p.add(cls, 'int')}"]
+        where += [
+            f"r.bucket >= {p.add(inner.start, 'timestamptz')}",
+            f"r.bucket < {p.add(inner.end, 'timestamptz')}",
+            f"r.class >= {p.add(cls, 'int')}",
+        ]
         for r in await conn.fetch(
-                f"SELECT r.video_id, sum(r.sessions) AS n, sum(r.watch_seconds) AS w "
-                f"FROM rollup_plays r WHERE {' AND '.join(where)} GROUP BY 1", *p.values):
+            f"SELECT r.video_id, sum(r.sessions) AS n, sum(r.watch_seconds) AS w "
+            f"FROM rollup_plays r WHERE {' AND '.join(where)} GROUP BY 1",
+            *p.values,
+        ):
             entry = totals.setdefault(r["video_id"], [0, 0.0])
             entry[0] += r["n"]
             entry[1] += r["w"]
 
     await _by_plan(q, use_rollups, raw, rollup)
-    ranked = sorted(((v, t) for v, t in totals.items() if t[0] > 0),
-                    key=lambda item: (-item[1][0], -item[1][1], item[0]))[:limit]
+    ranked = sorted(
+        ((v, t) for v, t in totals.items() if t[0] > 0),
+        key=lambda item: (-item[1][0], -item[1][1], item[0]),
+    )[:limit]
     if not ranked:
         return []
-    info = {r["id"]: r for r in await conn.fetch(
-        "SELECT id, identifier, metadata FROM videos WHERE id = ANY($1::bigint[])",
-        [v for v, _ in ranked])}
-    return [VideoTotals(v, info[v]["identifier"], info[v]["metadata"], int(t[0]), t[1])
-            for v, t in ranked]
+    info = {
+        r["id"]: r
+        for r in await conn.fetch(
+            "SELECT id, identifier, metadata FROM videos WHERE id = ANY($1::bigint[])",
+            [v for v, _ in ranked],
+        )
+    }
+    return [
+        VideoTotals(v, info[v]["identifier"], info[v]["metadata"], int(t[0]), t[1])
+        for v, t in ranked
+    ]

@@ -57,8 +57,10 @@ _MASK = 2**53 - 1
 def _u(k: int, n: str = "n") -> str:
     """A uniform draw in (0, 1): number k of session n under the seed ($1). float8 all the
     way: a numeric literal here would make every draw (and ln, exp on it) numeric."""
-    return (f"(((hashint8extended({n}, $1::int8 * 1000 + {k}) & {_MASK})::float8 + 0.5) "
-            f"/ {_MASK + 1}::float8)")
+    return (
+        f"(((hashint8extended({n}, $1::int8 * 1000 + {k}) & {_MASK})::float8 + 0.5) "
+        f"/ {_MASK + 1}::float8)"
+    )
 
 
 def _normal(k: int) -> str:
@@ -75,8 +77,10 @@ def _event(at_seconds: str, name: str, field: str | None = None, value: str = ""
     head = f"int4send(round(({at_seconds}) * 1000)::int)"
     if field is None:
         return f"{head} || '\\x{_code(name)}00'::bytea"
-    return (f"{head} || '\\x{_code(name)}01{PAYLOAD_NUMBERS.index(field):02x}'::bytea "
-            f"|| float8send(({value})::float8)")
+    return (
+        f"{head} || '\\x{_code(name)}01{PAYLOAD_NUMBERS.index(field):02x}'::bytea "
+        f"|| float8send(({value})::float8)"
+    )
 
 
 def _draws(m: Model) -> str:
@@ -140,39 +144,54 @@ def _runs() -> str:
                                    AS e2) r2"""
 
 
-async def seed(connections: Sequence[asyncpg.Connection], model: Model, *, sessions: int,
-               days: int, end: dt.datetime, seed_value: int, video_ids: Sequence[int],
-               durations: Sequence[float], chunk: int = 100_000,
-               progress: Callable[[int], None] | None = None) -> int:
+async def seed(
+    connections: Sequence[asyncpg.Connection],
+    model: Model,
+    *,
+    sessions: int,
+    days: int,
+    end: dt.datetime,
+    seed_value: int,
+    video_ids: Sequence[int],
+    durations: Sequence[float],
+    chunk: int = 100_000,
+    progress: Callable[[int], None] | None = None,
+) -> int:
     """Insert `sessions` played sessions (plus the unplayed views and page loads that go
     with them) ending before `end`, and count them into the rollups; returns the number
     of raw events. Each chunk is one transaction (sessions, loads and their rollups
     together), and the connections work on chunks side by side."""
     conn = connections[0]
-    blocks = [await conn.fetchval("SELECT nextval('session_ids')")
-              for _ in range(-(-2 * sessions // SESSION_ID_BLOCK))]
+    blocks = [
+        await conn.fetchval("SELECT nextval('session_ids')")
+        for _ in range(-(-2 * sessions // SESSION_ID_BLOCK))
+    ]
     # session number n has ids 2n (its play) and 2n + 1 (an unplayed view, if any)
-    ident = (f"($1::int8[])[({{m}}) / {SESSION_ID_BLOCK} + 1] + ({{m}}) % {SESSION_ID_BLOCK}")
+    ident = f"($1::int8[])[({{m}}) / {SESSION_ID_BLOCK} + 1] + ({{m}}) % {SESSION_ID_BLOCK}"
     main_id, extra_id = ident.format(m="2 * s.n"), ident.format(m="2 * s.n + 1")
     piece_len = "(s.l1 / s.pieces)"
     shift = "(CASE WHEN s.qoe THEN s.startup_ms / 1000 ELSE 0 END)"
     step = f"({piece_len} + s.pause)"
-    timeline = [f"CASE WHEN s.qoe THEN {_event('0', 'play_request')} || "
-                f"{_event('s.startup_ms / 1000', 'first_frame', 'ms', 's.startup_ms')} "
-                f"ELSE ''::bytea END"]
+    timeline = [
+        f"CASE WHEN s.qoe THEN {_event('0', 'play_request')} || "
+        f"{_event('s.startup_ms / 1000', 'first_frame', 'ms', 's.startup_ms')} "
+        f"ELSE ''::bytea END"
+    ]
     for i in range(1, 5):
         play_at = f"{shift} + {i - 1} * {step}"
         play = _event(play_at, "play", "from", f"s.p0 + {i - 1} * {piece_len}")
         pause = _event(f"{play_at} + {piece_len}", "pause", "to", f"s.p0 + {i} * {piece_len}")
         timeline.append(f"CASE WHEN s.pieces >= {i} THEN {play} || {pause} ELSE ''::bytea END")
     second_at = f"{shift} + s.pieces * {step}"
-    last_at = (f"(CASE WHEN s.on2 THEN {second_at} + s.l2 "
-               f"ELSE {shift} + s.pieces * {step} - s.pause END)")
+    last_at = (
+        f"(CASE WHEN s.on2 THEN {second_at} + s.l2 ELSE {shift} + s.pieces * {step} - s.pause END)"
+    )
     timeline += [
         f"CASE WHEN s.on2 THEN {_event(second_at, 'play', 'from', 's.p2')} || "
         f"{_event(f'{second_at} + s.l2', 'pause', 'to', 's.e2')} ELSE ''::bytea END",
         f"CASE WHEN s.ended THEN {_event(last_at, 'ended')} ELSE ''::bytea END",
-        f"CASE WHEN s.qoe THEN {_event(f'{last_at} + 1', 'exit')} ELSE ''::bytea END"]
+        f"CASE WHEN s.qoe THEN {_event(f'{last_at} + 1', 'exit')} ELSE ''::bytea END",
+    ]
     counted = "2 * s.pieces + 2 * s.on2::int + s.ended::int + 3 * s.qoe::int"
     overlap = "s.on2 AND s.p2 <= s.e1 AND (s.p0) <= s.e2"
     islands = f"""CASE WHEN NOT s.on2 THEN ARRAY[s.p0, s.e1]
@@ -211,9 +230,9 @@ async def seed(connections: Sequence[asyncpg.Connection], model: Model, *, sessi
                s.started_at + interval '9 seconds', s.browser, s.platform, s.device, s.page,
                s.duration, false, true, 0, 0, 0, 0, CASE WHEN {failed} THEN 4 END, {failed},
                NOT ({failed}), '{{}}',
-               {_event('0', 'play_request')} || CASE WHEN {failed}
-                   THEN {_event('5', 'playback_failure', 'code', '4')}
-                   ELSE {_event('8', 'exit')} END, 2
+               {_event("0", "play_request")} || CASE WHEN {failed}
+                   THEN {_event("5", "playback_failure", "code", "4")}
+                   ELSE {_event("8", "exit")} END, 2
           FROM seed_chunk s
          WHERE s.qoe AND s.unstarted < {exit_rate + failure_rate}"""
     # its own page load just before; loads that never played in the two hours before
@@ -225,9 +244,16 @@ async def seed(connections: Sequence[asyncpg.Connection], model: Model, *, sessi
                    END,
                s.browser, s.platform, s.device, s.page
           FROM seed_chunk s, generate_series(0, least(s.extra_loads, 60)) AS j"""
-    args_for = [list(video_ids), list(durations), [b for _, b, _, _ in model.mix],
-                [p for _, _, p, _ in model.mix], [d for _, _, _, d in model.mix],
-                list(model.pages), len(video_ids), sessions]
+    args_for = [
+        list(video_ids),
+        list(durations),
+        [b for _, b, _, _ in model.mix],
+        [p for _, _, p, _ in model.mix],
+        [d for _, _, _, d in model.mix],
+        list(model.pages),
+        len(video_ids),
+        sessions,
+    ]
     adding = statements("seed_sessions", "seed_loads", add=True)
     total_events = 0
 
@@ -238,14 +264,23 @@ async def seed(connections: Sequence[asyncpg.Connection], model: Model, *, sessi
             await conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")  # steady plans
             await conn.execute(
                 f"CREATE TEMP TABLE seed_chunk ON COMMIT DROP AS {_draws(model)}",
-                seed_value, lo, hi, end, days * 86400.0, *args_for)
-            await conn.execute("CREATE TEMP TABLE seed_sessions (LIKE sessions INCLUDING "
-                               "DEFAULTS) ON COMMIT DROP")
-            await conn.execute("CREATE TEMP TABLE seed_loads (LIKE impressions INCLUDING "
-                               "DEFAULTS) ON COMMIT DROP")
+                seed_value,
+                lo,
+                hi,
+                end,
+                days * 86400.0,
+                *args_for,
+            )
+            await conn.execute(
+                "CREATE TEMP TABLE seed_sessions (LIKE sessions INCLUDING DEFAULTS) ON COMMIT DROP"
+            )
+            await conn.execute(
+                "CREATE TEMP TABLE seed_loads (LIKE impressions INCLUDING DEFAULTS) ON COMMIT DROP"
+            )
             done = await conn.fetch(f"{insert_played} RETURNING event_count", blocks)
             unplayed = await conn.fetchval(
-                f"WITH x AS ({insert_unplayed} RETURNING 1) SELECT count(*) FROM x", blocks)
+                f"WITH x AS ({insert_unplayed} RETURNING 1) SELECT count(*) FROM x", blocks
+            )
             await conn.execute(insert_loads, seed_value)
             await conn.execute("INSERT INTO sessions SELECT * FROM seed_sessions")
             await conn.execute("INSERT INTO impressions SELECT * FROM seed_loads")
@@ -262,6 +297,7 @@ async def seed(connections: Sequence[asyncpg.Connection], model: Model, *, sessi
     # each connection a stretch of time of its own: they meet at one bucket only
     bounds = [(lo, min(sessions, lo + chunk)) for lo in range(0, sessions, chunk)]
     share = -(-len(bounds) // len(connections))
-    await asyncio.gather(*(worker(c, bounds[i * share:(i + 1) * share])
-                           for i, c in enumerate(connections)))
+    await asyncio.gather(
+        *(worker(c, bounds[i * share : (i + 1) * share]) for i, c in enumerate(connections))
+    )
     return total_events

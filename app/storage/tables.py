@@ -43,6 +43,7 @@ def _shard() -> Column:  # type: ignore[type-arg]
     """The writing process's rollup shard (see rollups.SHARDS)."""
     return Column("shard", SmallInteger, nullable=False, server_default=text(SHARD_DEFAULT))
 
+
 metadata = MetaData()
 
 # Session ids are handed out in blocks of SESSION_ID_BLOCK per nextval(), so a server
@@ -69,8 +70,12 @@ videos = Table(
     Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     UniqueConstraint("key", "identity", name="videos_key_identity_key"),
-    Index("videos_metadata_idx", "metadata", postgresql_using="gin",
-          postgresql_ops={"metadata": "jsonb_path_ops"}),
+    Index(
+        "videos_metadata_idx",
+        "metadata",
+        postgresql_using="gin",
+        postgresql_ops={"metadata": "jsonb_path_ops"},
+    ),
     Index("videos_identifier_idx", "identifier"),
 )
 
@@ -137,23 +142,26 @@ export_outbox = Table(
     Column("session_started_at", DateTime(timezone=True), nullable=False),
     Column("enqueued_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
-    Column("next_attempt_at", DateTime(timezone=True), nullable=False,
-           server_default=text("now()")),
+    Column(
+        "next_attempt_at", DateTime(timezone=True), nullable=False, server_default=text("now()")
+    ),
     Column("last_error", Text, nullable=True),
     PrimaryKeyConstraint("session_id", name="export_outbox_pkey"),
     Index("export_outbox_due_idx", "next_attempt_at"),
 )
 
+
 # Rollups kept exact at ingest (see app/storage/rollups.py), per video and per ingest key.
 def _plays_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-arg]
     return Table(
-        name, metadata, owner,
+        name,
+        metadata,
+        owner,
         Column("bucket", DateTime(timezone=True), nullable=False),
         Column("class", SmallInteger, nullable=False),
         Column("sessions", Integer, nullable=False),
         Column("watch_seconds", Float, nullable=False),
-        *[Column(c, Integer, nullable=False, server_default=text("0"))
-          for c in BREAKDOWN_COLUMNS],
+        *[Column(c, Integer, nullable=False, server_default=text("0")) for c in BREAKDOWN_COLUMNS],
         _shard(),
         # writes of this bucket's sessions, ever (see rollups.py): the engagement cache's
         # version
@@ -164,11 +172,12 @@ def _plays_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-arg]
 
 def _sources_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-arg]
     return Table(
-        name, metadata, owner,
+        name,
+        metadata,
+        owner,
         Column("bucket", DateTime(timezone=True), nullable=False),
         Column("page", Text, nullable=False),
-        *[Column(c, Integer, nullable=False, server_default=text("0"))
-          for c in REACHED_COLUMNS],
+        *[Column(c, Integer, nullable=False, server_default=text("0")) for c in REACHED_COLUMNS],
         _shard(),
         PrimaryKeyConstraint(owner.name, "bucket", "page", "shard", name=f"{name}_pkey"),
     )
@@ -176,8 +185,7 @@ def _sources_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-arg
 
 rollup_plays = _plays_rollup("rollup_plays", Column("video_id", BigInteger, nullable=False))
 rollup_key_plays = _plays_rollup("rollup_key_plays", Column("key", Text, nullable=False))
-rollup_sources = _sources_rollup("rollup_sources",
-                                 Column("video_id", BigInteger, nullable=False))
+rollup_sources = _sources_rollup("rollup_sources", Column("video_id", BigInteger, nullable=False))
 rollup_key_sources = _sources_rollup("rollup_key_sources", Column("key", Text, nullable=False))
 
 rollup_engagement = Table(
@@ -190,8 +198,9 @@ rollup_engagement = Table(
     Column("sessions", Integer, nullable=False),
     Column("counts", ARRAY(Integer), nullable=False),
     _shard(),
-    PrimaryKeyConstraint("video_id", "ranges", "bucket", "duration", "shard",
-                         name="rollup_engagement_pkey"),
+    PrimaryKeyConstraint(
+        "video_id", "ranges", "bucket", "duration", "shard", name="rollup_engagement_pkey"
+    ),
 )
 
 # one row per one-off data job (the rollup backfill); done_at NULL: still to do
@@ -220,7 +229,9 @@ impressions = Table(
 
 def _impressions_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-arg]
     return Table(
-        name, metadata, owner,
+        name,
+        metadata,
+        owner,
         Column("bucket", DateTime(timezone=True), nullable=False),
         Column("impressions", Integer, nullable=False),
         _shard(),
@@ -230,44 +241,58 @@ def _impressions_rollup(name: str, owner: Column) -> Table:  # type: ignore[type
 
 def _completion_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-arg]
     return Table(
-        name, metadata, owner,
+        name,
+        metadata,
+        owner,
         Column("bucket", DateTime(timezone=True), nullable=False),
         Column("class", SmallInteger, nullable=False),
         Column("device", Text, nullable=False),
-        *[Column(c, Integer, nullable=False, server_default=text("0"))
-          for c in COMPLETION_COLUMNS],
+        *[Column(c, Integer, nullable=False, server_default=text("0")) for c in COMPLETION_COLUMNS],
         Column("percent_sum", Float, nullable=False, server_default=text("0")),
         _shard(),
-        PrimaryKeyConstraint(owner.name, "bucket", "class", "device", "shard",
-                             name=f"{name}_pkey"),
+        PrimaryKeyConstraint(owner.name, "bucket", "class", "device", "shard", name=f"{name}_pkey"),
     )
 
 
 rollup_impressions = _impressions_rollup(
-    "rollup_impressions", Column("video_id", BigInteger, nullable=False))
+    "rollup_impressions", Column("video_id", BigInteger, nullable=False)
+)
 rollup_key_impressions = _impressions_rollup(
-    "rollup_key_impressions", Column("key", Text, nullable=False))
+    "rollup_key_impressions", Column("key", Text, nullable=False)
+)
 rollup_completion = _completion_rollup(
-    "rollup_completion", Column("video_id", BigInteger, nullable=False))
+    "rollup_completion", Column("video_id", BigInteger, nullable=False)
+)
 rollup_key_completion = _completion_rollup(
-    "rollup_key_completion", Column("key", Text, nullable=False))
+    "rollup_key_completion", Column("key", Text, nullable=False)
+)
 
 
 def _qoe_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-arg]
     return Table(
-        name, metadata, owner,
+        name,
+        metadata,
+        owner,
         Column("bucket", DateTime(timezone=True), nullable=False),
         Column("browser", Text, nullable=False),
         Column("platform", Text, nullable=False),
         Column("device", Text, nullable=False),
-        *[Column(c, Float if c.endswith("seconds") else Integer, nullable=False,
-                 server_default=text("0")) for c in QOE_COLUMNS],
+        *[
+            Column(
+                c,
+                Float if c.endswith("seconds") else Integer,
+                nullable=False,
+                server_default=text("0"),
+            )
+            for c in QOE_COLUMNS
+        ],
         # histograms (app/sketch.py): subscript = histogram bucket, value = views
         Column("startup_hist", ARRAY(Integer), nullable=True),
         Column("seek_hist", ARRAY(Integer), nullable=True),
         _shard(),
-        PrimaryKeyConstraint(owner.name, "bucket", "browser", "platform", "device", "shard",
-                             name=f"{name}_pkey"),
+        PrimaryKeyConstraint(
+            owner.name, "bucket", "browser", "platform", "device", "shard", name=f"{name}_pkey"
+        ),
     )
 
 
@@ -278,21 +303,22 @@ rollup_key_qoe = _qoe_rollup("rollup_key_qoe", Column("key", Text, nullable=Fals
 def _qoe_hist_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-arg]
     """Histogram rows without device classes: metric 0 startup, 1 seek latency."""
     return Table(
-        name, metadata, owner,
+        name,
+        metadata,
+        owner,
         Column("bucket", DateTime(timezone=True), nullable=False),
         Column("metric", SmallInteger, nullable=False),
         Column("idx", SmallInteger, nullable=False),
         Column("views", Integer, nullable=False),
         _shard(),
-        PrimaryKeyConstraint(owner.name, "bucket", "metric", "idx", "shard",
-                             name=f"{name}_pkey"),
+        PrimaryKeyConstraint(owner.name, "bucket", "metric", "idx", "shard", name=f"{name}_pkey"),
     )
 
 
-rollup_qoe_hist = _qoe_hist_rollup("rollup_qoe_hist",
-                                   Column("video_id", BigInteger, nullable=False))
-rollup_key_qoe_hist = _qoe_hist_rollup("rollup_key_qoe_hist",
-                                       Column("key", Text, nullable=False))
+rollup_qoe_hist = _qoe_hist_rollup(
+    "rollup_qoe_hist", Column("video_id", BigInteger, nullable=False)
+)
+rollup_key_qoe_hist = _qoe_hist_rollup("rollup_key_qoe_hist", Column("key", Text, nullable=False))
 
 # Engagement of all videos of a key per 15-minute bucket, for one (ranges, length): what
 # the raw path computed, kept while the bucket's change count (sum of rollup_key_plays.

@@ -42,8 +42,9 @@ def offset_ms(at: dt.datetime, started_at: dt.datetime) -> int:
     return max(-_INT32, min(_INT32, ms))
 
 
-def encode(events: Iterable[tuple[dt.datetime, str, dict[str, Any] | None]],
-           started_at: dt.datetime) -> bytes:
+def encode(
+    events: Iterable[tuple[dt.datetime, str, dict[str, Any] | None]], started_at: dt.datetime
+) -> bytes:
     """Pack (at, name, payload) events; names and payload fields outside the vocabulary
     are not stored (ingest never produces them)."""
     out = bytearray()
@@ -66,8 +67,10 @@ def encode(events: Iterable[tuple[dt.datetime, str, dict[str, Any] | None]],
     return bytes(out)
 
 
-def decode(blob: bytes | None, started_at: dt.datetime,
-           ) -> list[tuple[dt.datetime, str, dict[str, Any]]]:
+def decode(
+    blob: bytes | None,
+    started_at: dt.datetime,
+) -> list[tuple[dt.datetime, str, dict[str, Any]]]:
     """The events in `blob`, in stored order, as (at, name, payload)."""
     out: list[tuple[dt.datetime, str, dict[str, Any]]] = []
     if not blob:
@@ -86,7 +89,8 @@ def decode(blob: bytes | None, started_at: dt.datetime,
             else:
                 length = view[pos + 1]
                 payload[PAYLOAD_TEXTS[field - 128][0]] = bytes(
-                    view[pos + 2:pos + 2 + length]).decode(errors="replace")
+                    view[pos + 2 : pos + 2 + length]
+                ).decode(errors="replace")
                 pos += 2 + length
         name = EVENT_NAMES[code] if code < len(EVENT_NAMES) else "unknown"
         out.append((started_at + dt.timedelta(milliseconds=ms), name, payload))

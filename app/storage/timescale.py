@@ -40,9 +40,11 @@ def available(bind: sa.Connection) -> bool:
     preload = bind.execute(sa.text("SELECT current_setting('shared_preload_libraries')")).scalar()
     if "timescaledb" in [name.strip() for name in str(preload or "").split(",")]:
         return True
-    log.warning("TimescaleDB is installed but not preloaded (add timescaledb to "
-                "shared_preload_libraries and restart PostgreSQL to use it): "
-                "using plain PostgreSQL tables")
+    log.warning(
+        "TimescaleDB is installed but not preloaded (add timescaledb to "
+        "shared_preload_libraries and restart PostgreSQL to use it): "
+        "using plain PostgreSQL tables"
+    )
     return False
 
 
@@ -71,10 +73,13 @@ async def is_enabled(conn: asyncpg.Connection) -> bool:
     if not await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"):
         return False
     hyper = await conn.fetchval(
-        "SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_name = 'sessions'")
+        "SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_name = 'sessions'"
+    )
     if not hyper:
-        log.warning("the timescaledb extension exists, but the vidmetrics tables were created "
-                    "on plain PostgreSQL: staying on plain tables (same answers)")
+        log.warning(
+            "the timescaledb extension exists, but the vidmetrics tables were created "
+            "on plain PostgreSQL: staying on plain tables (same answers)"
+        )
     return bool(hyper)
 
 

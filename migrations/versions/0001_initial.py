@@ -43,8 +43,13 @@ def upgrade() -> None:
         sa.Column("created_at", TZ, nullable=False, server_default=sa.text("now()")),
         sa.UniqueConstraint("key", "identity", name="videos_key_identity_key"),
     )
-    op.create_index("videos_metadata_idx", "videos", ["metadata"], postgresql_using="gin",
-                    postgresql_ops={"metadata": "jsonb_path_ops"})
+    op.create_index(
+        "videos_metadata_idx",
+        "videos",
+        ["metadata"],
+        postgresql_using="gin",
+        postgresql_ops={"metadata": "jsonb_path_ops"},
+    )
     op.create_index("videos_identifier_idx", "videos", ["identifier"])
     op.create_table(
         "sessions",
@@ -73,7 +78,9 @@ def upgrade() -> None:
         sa.Column("media_to", sa.Float, nullable=False),
         sa.Column("elapsed", sa.Float, nullable=False),
     )
-    op.create_index("watch_intervals_video_idx", "watch_intervals", ["video_id", "session_started_at"])
+    op.create_index(
+        "watch_intervals_video_idx", "watch_intervals", ["video_id", "session_started_at"]
+    )
     op.create_index("watch_intervals_session_idx", "watch_intervals", ["session_id"])
     op.create_table(
         "events",

@@ -33,8 +33,10 @@ def upgrade() -> None:
         sa.Column("class", sa.SmallInteger, nullable=False),
         sa.Column("sessions", sa.Integer, nullable=False),
         sa.Column("watch_seconds", sa.Float, nullable=False),
-        *[sa.Column(c, sa.Integer, nullable=False, server_default=sa.text("0"))
-          for c in BREAKDOWN_COLUMNS],
+        *[
+            sa.Column(c, sa.Integer, nullable=False, server_default=sa.text("0"))
+            for c in BREAKDOWN_COLUMNS
+        ],
         sa.PrimaryKeyConstraint("video_id", "bucket", "class", name="rollup_plays_pkey"),
     )
     op.create_table(
@@ -42,10 +44,11 @@ def upgrade() -> None:
         sa.Column("video_id", sa.BigInteger, nullable=False),
         sa.Column("bucket", TZ, nullable=False),
         sa.Column("page", sa.Text, nullable=False),
-        *[sa.Column(c, sa.Integer, nullable=False, server_default=sa.text("0"))
-          for c in REACHED_COLUMNS],
-        sa.PrimaryKeyConstraint("video_id", "bucket", "page",
-                                name="rollup_sources_pkey"),
+        *[
+            sa.Column(c, sa.Integer, nullable=False, server_default=sa.text("0"))
+            for c in REACHED_COLUMNS
+        ],
+        sa.PrimaryKeyConstraint("video_id", "bucket", "page", name="rollup_sources_pkey"),
     )
     # the same per ingest key (all its videos): what a key-wide question reads
     op.create_table(
@@ -55,8 +58,10 @@ def upgrade() -> None:
         sa.Column("class", sa.SmallInteger, nullable=False),
         sa.Column("sessions", sa.Integer, nullable=False),
         sa.Column("watch_seconds", sa.Float, nullable=False),
-        *[sa.Column(c, sa.Integer, nullable=False, server_default=sa.text("0"))
-          for c in BREAKDOWN_COLUMNS],
+        *[
+            sa.Column(c, sa.Integer, nullable=False, server_default=sa.text("0"))
+            for c in BREAKDOWN_COLUMNS
+        ],
         sa.PrimaryKeyConstraint("key", "bucket", "class", name="rollup_key_plays_pkey"),
     )
     op.create_table(
@@ -64,10 +69,11 @@ def upgrade() -> None:
         sa.Column("key", sa.Text, nullable=False),
         sa.Column("bucket", TZ, nullable=False),
         sa.Column("page", sa.Text, nullable=False),
-        *[sa.Column(c, sa.Integer, nullable=False, server_default=sa.text("0"))
-          for c in REACHED_COLUMNS],
-        sa.PrimaryKeyConstraint("key", "bucket", "page",
-                                name="rollup_key_sources_pkey"),
+        *[
+            sa.Column(c, sa.Integer, nullable=False, server_default=sa.text("0"))
+            for c in REACHED_COLUMNS
+        ],
+        sa.PrimaryKeyConstraint("key", "bucket", "page", name="rollup_key_sources_pkey"),
     )
     op.create_table(
         "rollup_engagement",
@@ -77,8 +83,9 @@ def upgrade() -> None:
         sa.Column("duration", sa.Float, nullable=False),
         sa.Column("sessions", sa.Integer, nullable=False),
         sa.Column("counts", sa.ARRAY(sa.Integer), nullable=False),
-        sa.PrimaryKeyConstraint("video_id", "ranges", "bucket", "duration",
-                                name="rollup_engagement_pkey"),
+        sa.PrimaryKeyConstraint(
+            "video_id", "ranges", "bucket", "duration", name="rollup_engagement_pkey"
+        ),
     )
     op.create_table(
         "rollup_state",
@@ -89,7 +96,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("rollup_state", "rollup_engagement", "rollup_key_sources",
-                  "rollup_key_plays", "rollup_sources", "rollup_plays"):
+    for table in (
+        "rollup_state",
+        "rollup_engagement",
+        "rollup_key_sources",
+        "rollup_key_plays",
+        "rollup_sources",
+        "rollup_plays",
+    ):
         op.drop_table(table)
     op.drop_column("sessions", "islands")

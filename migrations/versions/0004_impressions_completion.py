@@ -27,22 +27,28 @@ TZ = sa.DateTime(timezone=True)
 
 def _completion(name: str, owner: sa.Column) -> None:
     op.create_table(
-        name, owner,
+        name,
+        owner,
         sa.Column("bucket", TZ, nullable=False),
         sa.Column("class", sa.SmallInteger, nullable=False),
         sa.Column("device", sa.Text, nullable=False),
-        *[sa.Column(c, sa.Integer, nullable=False, server_default=sa.text("0"))
-          for c in COMPLETION_COLUMNS],
+        *[
+            sa.Column(c, sa.Integer, nullable=False, server_default=sa.text("0"))
+            for c in COMPLETION_COLUMNS
+        ],
         sa.Column("percent_sum", sa.Float, nullable=False, server_default=sa.text("0")),
         sa.PrimaryKeyConstraint(owner.name, "bucket", "class", "device", name=f"{name}_pkey"),
     )
 
 
 def upgrade() -> None:
-    op.add_column("sessions", sa.Column("ended", sa.Boolean, nullable=False,
-                                        server_default=sa.text("false")))
-    op.add_column("sessions", sa.Column("distinct_seconds", sa.Float, nullable=False,
-                                        server_default=sa.text("0")))
+    op.add_column(
+        "sessions", sa.Column("ended", sa.Boolean, nullable=False, server_default=sa.text("false"))
+    )
+    op.add_column(
+        "sessions",
+        sa.Column("distinct_seconds", sa.Float, nullable=False, server_default=sa.text("0")),
+    )
     op.create_table(
         "impressions",
         sa.Column("video_id", sa.BigInteger, nullable=False),
@@ -73,17 +79,30 @@ def upgrade() -> None:
     _completion("rollup_completion", sa.Column("video_id", sa.BigInteger, nullable=False))
     _completion("rollup_key_completion", sa.Column("key", sa.Text, nullable=False))
     bind = op.get_bind()
-    if timescale.is_enabled_sync(bind) and bind.execute(sa.text(
-            "SELECT 1 FROM timescaledb_information.hypertables "
-            "WHERE hypertable_name = 'sessions'")).first():
-        bind.exec_driver_sql("SELECT create_hypertable('impressions', 'at', chunk_time_interval "
-                             "=> INTERVAL '7 days', migrate_data => true, if_not_exists => true)")
+    if (
+        timescale.is_enabled_sync(bind)
+        and bind.execute(
+            sa.text(
+                "SELECT 1 FROM timescaledb_information.hypertables "
+                "WHERE hypertable_name = 'sessions'"
+            )
+        ).first()
+    ):
+        bind.exec_driver_sql(
+            "SELECT create_hypertable('impressions', 'at', chunk_time_interval "
+            "=> INTERVAL '7 days', migrate_data => true, if_not_exists => true)"
+        )
     op.execute("UPDATE rollup_state SET done_at = NULL WHERE name = 'backfill'")
 
 
 def downgrade() -> None:
-    for table in ("rollup_key_completion", "rollup_completion", "rollup_key_impressions",
-                  "rollup_impressions", "impressions"):
+    for table in (
+        "rollup_key_completion",
+        "rollup_completion",
+        "rollup_key_impressions",
+        "rollup_impressions",
+        "impressions",
+    ):
         op.drop_table(table)
     op.drop_index("sessions_started_idx", "sessions")
     op.drop_column("sessions", "distinct_seconds")

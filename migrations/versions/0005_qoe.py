@@ -46,6 +46,7 @@ BEGIN
 END $$
 """
 
+
 def _session_columns() -> list[sa.Column]:  # type: ignore[type-arg]
     return [
         sa.Column("played", sa.Boolean, nullable=False, server_default=sa.text("true")),
@@ -63,23 +64,33 @@ def _session_columns() -> list[sa.Column]:  # type: ignore[type-arg]
 
 def _qoe(name: str, owner: sa.Column) -> None:
     op.create_table(
-        name, owner,
+        name,
+        owner,
         sa.Column("bucket", TZ, nullable=False),
         sa.Column("browser", sa.Text, nullable=False),
         sa.Column("platform", sa.Text, nullable=False),
         sa.Column("device", sa.Text, nullable=False),
-        *[sa.Column(c, sa.Float if c.endswith("seconds") else sa.Integer, nullable=False,
-                    server_default=sa.text("0")) for c in QOE_COLUMNS],
+        *[
+            sa.Column(
+                c,
+                sa.Float if c.endswith("seconds") else sa.Integer,
+                nullable=False,
+                server_default=sa.text("0"),
+            )
+            for c in QOE_COLUMNS
+        ],
         sa.Column("startup_hist", ARRAY(sa.Integer), nullable=True),
         sa.Column("seek_hist", ARRAY(sa.Integer), nullable=True),
-        sa.PrimaryKeyConstraint(owner.name, "bucket", "browser", "platform", "device",
-                                name=f"{name}_pkey"),
+        sa.PrimaryKeyConstraint(
+            owner.name, "bucket", "browser", "platform", "device", name=f"{name}_pkey"
+        ),
     )
 
 
 def _hist(name: str, owner: sa.Column) -> None:
     op.create_table(
-        name, owner,
+        name,
+        owner,
         sa.Column("bucket", TZ, nullable=False),
         sa.Column("metric", sa.SmallInteger, nullable=False),
         sa.Column("idx", sa.SmallInteger, nullable=False),

@@ -40,8 +40,12 @@ KEYS = {
 
 def upgrade() -> None:
     for table, key in KEYS.items():
-        op.add_column(table, sa.Column("shard", sa.SmallInteger, nullable=False,
-                                       server_default=sa.text(SHARD_DEFAULT)))
+        op.add_column(
+            table,
+            sa.Column(
+                "shard", sa.SmallInteger, nullable=False, server_default=sa.text(SHARD_DEFAULT)
+            ),
+        )
         op.drop_constraint(f"{table}_pkey", table, type_="primary")
         op.create_primary_key(f"{table}_pkey", table, [*key, "shard"])
 

@@ -34,15 +34,19 @@ BATCH = 5000
 def _fill_islands(bind: sa.Connection) -> None:
     last = -1
     while True:
-        rows = bind.execute(sa.text(
-            """
+        rows = bind.execute(
+            sa.text(
+                """
             SELECT s.id, s.started_at,
                    ARRAY(SELECT ARRAY[i.media_from, i.media_to] FROM watch_intervals i
                           WHERE i.session_id = s.id AND i.session_started_at = s.started_at)
               FROM sessions s
              WHERE s.islands IS NULL AND s.id > :last
              ORDER BY s.id LIMIT :batch
-            """), {"last": last, "batch": BATCH}).all()
+            """
+            ),
+            {"last": last, "batch": BATCH},
+        ).all()
         if not rows:
             return
         islands, distinct = [], []
@@ -50,54 +54,89 @@ def _fill_islands(bind: sa.Connection) -> None:
             merged = merge_islands(None, [(a, b) for a, b in spans or []])
             islands.append("{" + ",".join(map(repr, merged)) + "}")
             distinct.append(sum(merged[i + 1] - merged[i] for i in range(0, len(merged), 2)))
-        bind.execute(sa.text(
-            """
+        bind.execute(
+            sa.text(
+                """
             UPDATE sessions s SET islands = u.i::float8[], distinct_seconds = u.d
               FROM unnest(CAST(:ids AS bigint[]), CAST(:ts AS timestamptz[]),
                           CAST(:islands AS text[]), CAST(:distinct AS float8[])) AS u(id, t, i, d)
              WHERE s.id = u.id AND s.started_at = u.t
-            """), {"ids": [r[0] for r in rows], "ts": [r[1] for r in rows],
-                   "islands": islands, "distinct": distinct})
+            """
+            ),
+            {
+                "ids": [r[0] for r in rows],
+                "ts": [r[1] for r in rows],
+                "islands": islands,
+                "distinct": distinct,
+            },
+        )
         last = rows[-1][0]
 
 
 def _pack_events(bind: sa.Connection) -> None:
     last = -1
     while True:
-        ids = bind.execute(sa.text(
-            "SELECT DISTINCT session_id FROM (SELECT session_id FROM events "
-            "WHERE session_id > :last ORDER BY session_id LIMIT :batch) e ORDER BY 1"),
-            {"last": last, "batch": BATCH * 4}).scalars().all()
+        ids = (
+            bind.execute(
+                sa.text(
+                    "SELECT DISTINCT session_id FROM (SELECT session_id FROM events "
+                    "WHERE session_id > :last ORDER BY session_id LIMIT :batch) e ORDER BY 1"
+                ),
+                {"last": last, "batch": BATCH * 4},
+            )
+            .scalars()
+            .all()
+        )
         if not ids:
             return
-        rows = bind.execute(sa.text(
-            """
+        rows = bind.execute(
+            sa.text(
+                """
             SELECT s.id, s.started_at, array_agg(e.at ORDER BY e.at),
                    array_agg(e.name ORDER BY e.at), array_agg(e.payload::text ORDER BY e.at)
               FROM events e JOIN sessions s ON s.id = e.session_id
              WHERE e.session_id = ANY(CAST(:ids AS bigint[]))
              GROUP BY s.id, s.started_at
-            """), {"ids": list(ids)}).all()
-        packed = [timeline.encode(
-            ((at, name, orjson.loads(payload) if payload else None)
-             for at, name, payload in zip(ats, names, payloads, strict=True)), started)
-            for _, started, ats, names, payloads in rows]
+            """
+            ),
+            {"ids": list(ids)},
+        ).all()
+        packed = [
+            timeline.encode(
+                (
+                    (at, name, orjson.loads(payload) if payload else None)
+                    for at, name, payload in zip(ats, names, payloads, strict=True)
+                ),
+                started,
+            )
+            for _, started, ats, names, payloads in rows
+        ]
         if rows:
-            bind.execute(sa.text(
-                """
+            bind.execute(
+                sa.text(
+                    """
                 UPDATE sessions s SET events = u.ev, event_count = u.n
                   FROM unnest(CAST(:ids AS bigint[]), CAST(:ts AS timestamptz[]),
                               CAST(:evs AS bytea[]), CAST(:ns AS int[])) AS u(id, t, ev, n)
                  WHERE s.id = u.id AND s.started_at = u.t
-                """), {"ids": [r[0] for r in rows], "ts": [r[1] for r in rows], "evs": packed,
-                       "ns": [len(r[2]) for r in rows]})
+                """
+                ),
+                {
+                    "ids": [r[0] for r in rows],
+                    "ts": [r[1] for r in rows],
+                    "evs": packed,
+                    "ns": [len(r[2]) for r in rows],
+                },
+            )
         last = ids[-1]
 
 
 def upgrade() -> None:
     op.add_column("sessions", sa.Column("events", sa.LargeBinary, nullable=True))
-    op.add_column("sessions", sa.Column("event_count", sa.Integer, nullable=False,
-                                        server_default=sa.text("0")))
+    op.add_column(
+        "sessions",
+        sa.Column("event_count", sa.Integer, nullable=False, server_default=sa.text("0")),
+    )
     bind = op.get_bind()
     _fill_islands(bind)
     _pack_events(bind)
@@ -116,8 +155,9 @@ def downgrade() -> None:
         sa.Column("media_to", sa.Float, nullable=False),
         sa.Column("elapsed", sa.Float, nullable=False),
     )
-    op.create_index("watch_intervals_video_idx", "watch_intervals",
-                    ["video_id", "session_started_at"])
+    op.create_index(
+        "watch_intervals_video_idx", "watch_intervals", ["video_id", "session_started_at"]
+    )
     op.create_index("watch_intervals_session_idx", "watch_intervals", ["session_id"])
     op.create_table(
         "events",
@@ -130,34 +170,50 @@ def downgrade() -> None:
     op.create_index("events_session_idx", "events", ["session_id", "at"])
     bind = op.get_bind()
     # one interval per island (the merged ranges are all that was kept)
-    bind.execute(sa.text(
-        """
+    bind.execute(
+        sa.text(
+            """
         INSERT INTO watch_intervals
         SELECT s.id, s.video_id, s.started_at, s.started_at, s.islands[2 * k - 1],
                s.islands[2 * k], s.islands[2 * k] - s.islands[2 * k - 1]
           FROM sessions s, generate_series(1, coalesce(cardinality(s.islands), 0) / 2) AS k
-        """))
+        """
+        )
+    )
     last = -1
     while True:
-        rows = bind.execute(sa.text(
-            "SELECT id, started_at, video_id, events FROM sessions "
-            "WHERE events IS NOT NULL AND id > :last ORDER BY id LIMIT :batch"),
-            {"last": last, "batch": BATCH}).all()
+        rows = bind.execute(
+            sa.text(
+                "SELECT id, started_at, video_id, events FROM sessions "
+                "WHERE events IS NOT NULL AND id > :last ORDER BY id LIMIT :batch"
+            ),
+            {"last": last, "batch": BATCH},
+        ).all()
         if not rows:
             break
-        out = [(sid, video, at, name, orjson.dumps(payload).decode() if payload else None)
-               for sid, started, video, blob in rows
-               for at, name, payload in timeline.decode(blob, started)]
+        out = [
+            (sid, video, at, name, orjson.dumps(payload).decode() if payload else None)
+            for sid, started, video, blob in rows
+            for at, name, payload in timeline.decode(blob, started)
+        ]
         if out:
-            bind.execute(sa.text(
-                """
+            bind.execute(
+                sa.text(
+                    """
                 INSERT INTO events
                 SELECT * FROM unnest(CAST(:s AS bigint[]), CAST(:v AS bigint[]),
                                      CAST(:at AS timestamptz[]), CAST(:n AS text[]),
                                      CAST(:p AS jsonb[]))
-                """), {"s": [o[0] for o in out], "v": [o[1] for o in out],
-                       "at": [o[2] for o in out], "n": [o[3] for o in out],
-                       "p": [o[4] for o in out]})
+                """
+                ),
+                {
+                    "s": [o[0] for o in out],
+                    "v": [o[1] for o in out],
+                    "at": [o[2] for o in out],
+                    "n": [o[3] for o in out],
+                    "p": [o[4] for o in out],
+                },
+            )
         last = rows[-1][0]
     op.drop_column("sessions", "event_count")
     op.drop_column("sessions", "events")

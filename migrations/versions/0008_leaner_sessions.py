@@ -31,10 +31,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.add_column("sessions", sa.Column("distinct_seconds", sa.Float, nullable=False,
-                                        server_default=sa.text("0")))
-    op.execute(f"UPDATE sessions s SET distinct_seconds = {DISTINCT_SECONDS} "
-               "WHERE cardinality(s.islands) > 0")
+    op.add_column(
+        "sessions",
+        sa.Column("distinct_seconds", sa.Float, nullable=False, server_default=sa.text("0")),
+    )
+    op.execute(
+        f"UPDATE sessions s SET distinct_seconds = {DISTINCT_SECONDS} "
+        "WHERE cardinality(s.islands) > 0"
+    )
     op.drop_index("impressions_at_brin", table_name="impressions")
     op.drop_index("sessions_started_brin", table_name="sessions")
     op.create_index("sessions_started_idx", "sessions", ["started_at"])
