@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import random
 
-from app.model import BROWSERS, DEVICES, PLATFORMS
-from app.storage.session_store import VideoRef
+from app.model.rows import VideoRef
+from app.model.vocabulary import BROWSERS, DEVICES, PLATFORMS
 from app.storage.synthetic import Model
 
 # (weight, browser, platform, device): a plausible mix of real-world traffic

@@ -29,7 +29,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.model import BucketQuery, EngagementQuery  # noqa: E402
+from app.model.query import BucketQuery, EngagementQuery  # noqa: E402
 from app.query import params  # noqa: E402
 from app.storage import db, stats  # noqa: E402
 from app.storage.embedded import EmbeddedPostgres  # noqa: E402

@@ -15,8 +15,8 @@ import asyncpg
 import httpx
 import pytest
 
+from app.model.rows import Impression, VideoRef
 from app.storage import rebuild, session_store
-from app.storage.session_store import Impression, VideoRef
 from tests.conftest import AUTH, PASSWORD, Server
 from tests.test_e2e_browser import CHROMIUM, E2E
 from tests.test_query_api import Data

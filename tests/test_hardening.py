@@ -16,8 +16,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from app.ingest.writer import WriteFailed, Writer
+from app.model.rows import SessionRow, VideoRef
 from app.storage import db
-from app.storage.session_store import SessionRow, VideoRef
 from tests.conftest import AUTH, PASSWORD, Server, start_server, timeline_of
 from tests.phx import Phx, join_payload
 from tests.test_ingest_socket import new_key, sessions_for, topic, wait_for

@@ -12,7 +12,7 @@ import asyncpg
 import httpx
 import pytest
 
-from app import sketch
+from app.model import sketch
 from tests.conftest import AUTH, Server
 from tests.phx import IPHONE_UA, Phx, join_payload
 from tests.test_ingest_socket import new_key, sessions_for, topic

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from app import sketch
+from app.model import sketch
 from tests.conftest import AUTH, Server, event_names, free_port
 from tests.test_e2e_browser import CHROMIUM, E2E, SOCKET_OBSERVER, _run
 from tests.test_ingest_socket import new_key

@@ -12,8 +12,8 @@ import asyncpg
 import httpx
 import pytest
 
+from app.model.rows import IntervalRow, SessionRow, VideoRef
 from app.storage import key_store, session_store
-from app.storage.session_store import IntervalRow, SessionRow, VideoRef
 from tests.conftest import AUTH, Server, serving, start_server
 
 UTC = dt.UTC

@@ -16,16 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.model import BucketQuery, EngagementQuery, Selection, Span, Window
-from app.storage import db, key_store, rebuild, rollups, session_store, stats
-from app.storage.session_store import (
-    Impression,
-    IntervalRow,
-    SessionRow,
-    VideoIds,
-    VideoRef,
-    Written,
-)
+from app.model import rollup
+from app.model.query import BucketQuery, EngagementQuery, Selection, Span, Window
+from app.model.rows import Impression, IntervalRow, SessionRow, VideoIds, VideoRef, Written
+from app.storage import db, key_store, rebuild, session_store, stats
 
 UTC = dt.UTC
 BASE = dt.datetime(2026, 3, 20, tzinfo=UTC)  # spans the 2026 DST switches in EU and US
@@ -137,7 +131,7 @@ async def _write(
         final_qoe = None
         if quality is not None:
             row.played = quality["played"]
-            final_qoe = rollups.Qoe(
+            final_qoe = rollup.Qoe(
                 quality["startup"],
                 quality["stalls"],
                 quality["stalled"],
@@ -148,7 +142,7 @@ async def _write(
                 quality["exited"] and quality["failure"] is None,
             )
             # what the first snapshot knew: requested, nothing measured yet
-            row.qoe = rollups.Qoe() if spec["incremental"] else final_qoe
+            row.qoe = rollup.Qoe() if spec["incremental"] else final_qoe
         intervals = [
             IntervalRow(row.id, ref, a, b) for a, b in (spec["spans"] if row.played else [])
         ]
@@ -331,8 +325,8 @@ def test_plans_use_the_rollups_where_they_are_exact() -> None:
     assert stats.qoe_plan(dataclasses.replace(q, timezone="Asia/Kolkata")) is None
     assert stats.qoe_plan(dataclasses.replace(q, interval=Span(seconds=900))) is None
     assert stats.qoe_plan(dataclasses.replace(q, interval=Span(months=1)))
-    assert rollups.watch_class(0.99) == 0 and rollups.watch_class(1) == 1
-    assert rollups.watch_class(59.9) == 6 and rollups.watch_class(600) == 7
+    assert rollup.watch_class(0.99) == 0 and rollup.watch_class(1) == 1
+    assert rollup.watch_class(59.9) == 6 and rollup.watch_class(600) == 7
 
 
 async def test_a_session_still_playing_counts_with_its_current_watch_time(
@@ -390,7 +384,7 @@ async def _rollup_snapshot(conn: asyncpg.Connection, key: str) -> list[list[Any]
         for column in ("sessions", "views", "impressions"):
             if column in r.keys():
                 return bool(r[column])
-        return any(r[c] for c in rollups.REACHED_COLUMNS)
+        return any(r[c] for c in rollup.REACHED_COLUMNS)
 
     def semantic(array: str) -> str:
         """A histogram array as its non-zero buckets ("12:3,14:1"): arrays that mean the
@@ -412,7 +406,7 @@ async def _rollup_snapshot(conn: asyncpg.Connection, key: str) -> list[list[Any]
                     "browser",
                     "platform",
                     "device",
-                    *rollups.QOE_COLUMNS,
+                    *rollup.QOE_COLUMNS,
                 )
             )
             columns += f", {semantic('startup_hist')}, {semantic('seek_hist')}"

@@ -7,7 +7,7 @@ import datetime as dt
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.model import EVENT_NAMES, PAYLOAD_NUMBERS, PAYLOAD_TEXTS
+from app.model.vocabulary import EVENT_NAMES, PAYLOAD_NUMBERS, PAYLOAD_TEXTS
 from app.storage import timeline
 
 START = dt.datetime(2026, 11, 29, 12, tzinfo=dt.UTC)

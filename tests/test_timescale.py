@@ -14,9 +14,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from app.model.rows import SessionRow, VideoRef
 from app.settings import Settings
 from app.storage import db, timescale
-from app.storage.session_store import SessionRow, VideoRef, copy_rows, ensure_videos
+from app.storage.session_store import copy_rows, ensure_videos
 from tests.conftest import SHARED_TIMESCALE, start_server, timescale_cluster
 
 

@@ -15,8 +15,8 @@ from typing import Any
 import asyncpg
 
 from app.ingest.writer import WriteFailed, Writer
+from app.model.rows import EventRow, IntervalRow, Presence, SessionRow, VideoRef
 from app.storage import db, key_store, rebuild, rollups
-from app.storage.session_store import EventRow, IntervalRow, Presence, SessionRow, VideoRef
 
 
 async def _sums(conn: asyncpg.Connection, key: str) -> list[Any]:

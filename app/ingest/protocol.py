@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from app.values import MAX_JSON_DEPTH, UnsafeValue, check_json
+from app.model.storable import MAX_JSON_DEPTH, UnsafeValue, check_json
 
 V1 = "1.0.0"
 V2 = "2.0.0"

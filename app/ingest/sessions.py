@@ -16,9 +16,8 @@ from urllib.parse import urlsplit
 import orjson
 
 from app.ingest.agents import Device
-from app.model import EVENT_NAMES, PAYLOAD_NUMBERS, PAYLOAD_TEXTS
-from app.storage.rollups import Qoe
-from app.storage.session_store import (
+from app.model.rollup import Qoe
+from app.model.rows import (
     Ended,
     EventRow,
     Impression,
@@ -28,7 +27,8 @@ from app.storage.session_store import (
     SessionRow,
     VideoRef,
 )
-from app.values import UnsafeValue, check_json, check_text
+from app.model.storable import UnsafeValue, check_json, check_text
+from app.model.vocabulary import EVENT_NAMES, PAYLOAD_NUMBERS, PAYLOAD_TEXTS
 
 # Event names the legacy (0.0.x) and current clients send (app.model.EVENT_NAMES; the
 # first-party client adds play_request, first_frame, rendition and exit, see

@@ -26,8 +26,8 @@ from collections.abc import Callable
 import asyncpg
 from prometheus_client import Counter, Gauge, Histogram
 
+from app.model.rows import Op, Outcome, StaleState, VideoIds, Written
 from app.storage import rollups, session_store
-from app.storage.session_store import Op, Outcome, StaleState, VideoIds, Written
 
 log = logging.getLogger("vidmetrics.writer")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from app.model import BROWSERS, DEVICES, PLATFORMS
+from app.model.vocabulary import BROWSERS, DEVICES, PLATFORMS
 
 
 def _counts(keys: tuple[str, ...]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 
 from app.errors import BadRequest
-from app.model import BucketQuery, EngagementQuery, ExportQuery, Selection, Span, Window
+from app.model.query import BucketQuery, EngagementQuery, ExportQuery, Selection, Span, Window
 
 MAX_SPAN_SECONDS = 10 * 366 * 86400
 MAX_MONTHS = 120

@@ -30,12 +30,12 @@ from app.errors import (
     TooManyRequests,
     UnsupportedMediaType,
 )
-from app.model import BucketQuery, Span
+from app.model.query import BucketQuery, Span
+from app.model.storable import UnsafeValue, check_json
 from app.query import exporting, params, shapes
 from app.query.openapi import KEY_PATTERN, document
 from app.storage import export as export_store
 from app.storage import key_store, stats
-from app.values import UnsafeValue, check_json
 
 MAX_KEY_LENGTH = 200
 _KEY = re.compile(KEY_PATTERN)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from app import sketch
-from app.model import BROWSERS, DEVICES, PLATFORMS
-from app.storage.rollups import BREAKDOWN_COLUMNS, COMPLETION_COLUMNS, MILESTONES, QOE_COLUMNS
+from app.model import sketch
+from app.model.rollup import BREAKDOWN_COLUMNS, COMPLETION_COLUMNS, MILESTONES, QOE_COLUMNS
+from app.model.vocabulary import BROWSERS, DEVICES, PLATFORMS
 from app.storage.stats import CompletionCounts, PlaysBucket, QoeCounts
 
 

@@ -10,9 +10,10 @@ from typing import Any
 
 import asyncpg
 
-from app.model import Selection, Window
+from app.model.query import Selection, Window
+from app.model.rollup import Qoe
 from app.storage import timeline
-from app.storage.rollups import Qoe, qoe_of
+from app.storage.rollups import qoe_of
 from app.storage.stats import Params, session_filters
 
 BATCH = 2000

@@ -18,29 +18,24 @@ from typing import Any
 
 import asyncpg
 
-from app import sketch
-from app.model import BROWSERS, DEVICES, PLATFORMS
-from app.storage.rollups import (
+from app.model import sketch
+from app.model.rollup import (
     BREAKDOWN_COLUMNS,
     COMPLETION_COLUMNS,
-    DISTINCT_SECONDS,
     ENGAGEMENT_RANGES,
     GRAIN_SECONDS,
     KEY_SOURCES_GRAIN_SECONDS,
-    KEYS,
-    MERGED,
     MILESTONES,
     QOE_COLUMNS,
     QOE_GRAIN_SECONDS,
     REACHED_COLUMNS,
-    ROLLUP_TABLES,
     SEEK,
     STARTUP,
-    SUMS,
     UNKNOWN_DURATION,
     WATCH_BOUNDS,
-    grain_sql,
 )
+from app.model.vocabulary import BROWSERS, DEVICES, PLATFORMS
+from app.storage.rollups import DISTINCT_SECONDS, KEYS, MERGED, ROLLUP_TABLES, SUMS, grain_sql
 
 WORK_MEM = "256MB"  # for the rebuild's transaction only
 # (table, the owner column as selected, the join that provides it)

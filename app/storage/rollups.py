@@ -26,42 +26,29 @@ subtracts what it contributed, adds what it contributes now, and upserts the sum
   the sessions reported. A selection whose sessions all share one duration is answered
   from it; anything else uses the raw path.
 
-Every IANA offset is a multiple of 15 minutes, so 15-minute UTC buckets re-bucket exactly
-into any time zone for intervals that are whole multiples of 15 minutes (or months).
+What a session contributes and how a batch's changes add up is pure arithmetic, in
+app/model/rollup.py; this module is the SQL that stores and reads it.
 """
 
 from __future__ import annotations
 
-import bisect
-import datetime as dt
-import math
 import secrets
-from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
-from app import sketch
-from app.model import BROWSERS, DEVICES, PLATFORMS
-
-GRAIN_SECONDS = 900
-# QoE rollups are hourly: their histograms have many rows per bucket, and an hour grain
-# answers every zone with whole-hour offsets (the others use the raw path)
-QOE_GRAIN_SECONDS = 3600
-# Sources per ingest key are hourly too: a month of a key's pages per 15 minutes is ~40,000
-# rows to read for an hourly answer; hours are a quarter of that. Questions an hour grain
-# cannot answer (15-minute intervals, zones with :30/:45 offsets) sum the per-video rows.
-KEY_SOURCES_GRAIN_SECONDS = 3600
-WATCH_BOUNDS = (1, 2, 3, 5, 10, 30, 60)
-ENGAGEMENT_RANGES = (10, 20, 50, 100)
-UNKNOWN_DURATION = -1.0
-BREAKDOWN_COLUMNS = (
-    [f"browser_{b}" for b in BROWSERS]
-    + [f"platform_{p}" for p in PLATFORMS]
-    + [f"device_{d}" for d in DEVICES]
+from app.model.rollup import (
+    BREAKDOWN_COLUMNS,
+    COMPLETION_COLUMNS,
+    GRAIN_SECONDS,
+    QOE_COLUMNS,
+    REACHED_COLUMNS,
+    Deltas,
+    Qoe,
+    State,
+    at_epoch,
 )
-REACHED_COLUMNS = [f"reached_{k}" for k in range(1 + len(WATCH_BOUNDS))]
+
 ROLLUP_TABLES = (
     "rollup_plays",
     "rollup_sources",
@@ -77,7 +64,6 @@ ROLLUP_TABLES = (
     "rollup_qoe_hist",
     "rollup_key_qoe_hist",
 )
-STARTUP, SEEK = 0, 1  # the `metric` of rollup_qoe_hist rows
 # Every rollup row also has a `shard`: the writing process's (the connection setting
 # vidmetrics.shard, 0 when unset). Several processes adding to the same bucket then
 # update rows of their own instead of queueing on one row's lock; every rollup query sums
@@ -94,436 +80,11 @@ def shard_pair() -> tuple[int, int]:
 
 
 SHARD_DEFAULT = "coalesce(nullif(current_setting('vidmetrics.shard', true), '')::smallint, 0)"
-# completion per (owner, bucket, watch class, device): views, views whose duration is known,
-# views that reached 25/50/75/95/100 % of it, finishes; plus the sum of % watched
-MILESTONES = (25, 50, 75, 95, 100)
-COMPLETION_COLUMNS = ["views", "known", *[f"reached_{m}" for m in MILESTONES], "finishes"]
-# QoE per (owner, bucket, browser, platform, device), views with QoE data only: views,
-# views with a startup time, their watch seconds, rebuffer events and seconds, failed views,
-# views failed before the first frame, exits before start, views with seeks; plus the
-# startup-time histogram and the histogram of each view's mean seek latency (app/sketch.py)
-QOE_COLUMNS = [
-    "views",
-    "startups",
-    "watch_seconds",
-    "rebuffer_count",
-    "rebuffer_seconds",
-    "failures",
-    "startup_failures",
-    "exits",
-    "seek_views",
-]
-_BROWSER_AT = {b: i for i, b in enumerate(BROWSERS)}
-_PLATFORM_AT = {p: len(BROWSERS) + i for i, p in enumerate(PLATFORMS)}
-_DEVICE_AT = {d: len(BROWSERS) + len(PLATFORMS) + i for i, d in enumerate(DEVICES)}
-
-
-def watch_class(watch_seconds: float) -> int:
-    """How many of WATCH_BOUNDS the watch time reaches (0..len(WATCH_BOUNDS))."""
-    return bisect.bisect_right(WATCH_BOUNDS, watch_seconds)
-
-
-def threshold_class(threshold: float) -> int | None:
-    """The smallest watch class whose sessions all reach `threshold`, if that is exact."""
-    if threshold == 0:
-        return 0
-    if threshold in WATCH_BOUNDS:
-        return WATCH_BOUNDS.index(threshold) + 1  # type: ignore[arg-type]
-    return None
-
-
-def grain(moment: dt.datetime, width: int = GRAIN_SECONDS) -> dt.datetime:
-    """The UTC bucket (15 minutes, or `width` seconds) a moment falls in."""
-    seconds = math.floor(moment.timestamp() / width) * width
-    return dt.datetime.fromtimestamp(seconds, dt.UTC)
 
 
 def grain_sql(width: int = GRAIN_SECONDS, column: str = "s.started_at") -> str:
     """grain() in SQL: the UTC bucket of `width` seconds a timestamptz column falls in."""
     return f"to_timestamp(floor(extract(epoch FROM {column}) / {width}) * {width})"
-
-
-def _at(epoch: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC)
-
-
-def grain_up(moment: dt.datetime, width: int = GRAIN_SECONDS) -> dt.datetime:
-    down = grain(moment, width)
-    return down if down == moment else down + dt.timedelta(seconds=width)
-
-
-def merge_islands(
-    islands: list[float] | None,
-    spans: Iterable[tuple[float, float]],
-) -> list[float]:
-    """Merged watched media ranges, flattened [a1, b1, a2, b2, ...], sorted. Only spans with
-    to > from count (as in the engagement query)."""
-    pairs = [(islands[i], islands[i + 1]) for i in range(0, len(islands or []), 2)]
-    pairs += [(a, b) for a, b in spans if b > a]
-    pairs.sort()
-    merged: list[list[float]] = []
-    for a, b in pairs:
-        if merged and a <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], b)
-        else:
-            merged.append([a, b])
-    return [x for pair in merged for x in pair]
-
-
-def covered_ranges(islands: list[float], length: float, ranges: int) -> set[int]:
-    """Range indexes a session's islands touch: the raw engagement query's arithmetic
-    (first = floor(from / (L / R)), last = ceil(to / (L / R)) - 1, clamped), in float8."""
-    if length <= 0:
-        return set()
-    step = length / ranges
-    out: set[int] = set()
-    for i in range(0, len(islands), 2):
-        first = max(0, math.floor(islands[i] / step))
-        last = min(ranges - 1, math.ceil(islands[i + 1] / step) - 1)
-        out.update(range(first, last + 1))
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class Qoe:
-    """A view's quality of experience so far (see docs/api.md for the definitions)."""
-
-    startup_ms: float | None = None
-    rebuffer_count: int = 0
-    rebuffer_seconds: float = 0.0
-    seek_count: int = 0
-    seek_ms: float = 0.0
-    failure: int | None = None  # MediaError code (0: unknown) of a fatal error
-    failed_before_start: bool = False
-    exited_before_start: bool = False
-
-    @property
-    def seek_latency_ms(self) -> float | None:
-        return self.seek_ms / self.seek_count if self.seek_count else None
-
-
-@dataclass(frozen=True, slots=True)
-class State:
-    """What one session contributes to the rollups."""
-
-    key: str
-    video_id: int
-    started_at: dt.datetime
-    browser: str
-    platform: str
-    device: str
-    page: str | None
-    watch_seconds: float
-    duration: float | None
-    islands: tuple[float, ...]
-    furthest: float = 0.0
-    ended: bool = False
-    played: bool = True
-    qoe: Qoe | None = None
-
-    @property
-    def distinct_seconds(self) -> float:
-        """Seconds of distinct media watched (the islands' total length)."""
-        return sum(self.islands[i + 1] - self.islands[i] for i in range(0, len(self.islands), 2))
-
-
-class Deltas:
-    """Changes to the rollups, summed per key, for one batch."""
-
-    def __init__(self) -> None:
-        # keys: (video id, bucket start in epoch seconds, ...)
-        self.plays: dict[tuple[int, float, int], list[float]] = {}
-        self.sources: dict[tuple[int, float, str], list[int]] = {}
-        self.engagement: dict[tuple[int, float, int, float], list[int]] = {}
-        # the same per ingest key: (key, bucket, ...)
-        self.key_plays: dict[tuple[str, float, int], list[float]] = {}
-        self.key_sources: dict[tuple[str, float, str], list[int]] = {}
-        self.impressions: dict[tuple[int, float], int] = {}
-        self.key_impressions: dict[tuple[str, float], int] = {}
-        self.completion: dict[tuple[int, float, int, str], list[float]] = {}
-        self.key_completion: dict[tuple[str, float, int, str], list[float]] = {}
-        # (owner, bucket, browser, platform, device) -> QOE_COLUMNS, startup and seek hists
-        self.qoe: dict[tuple[Any, ...], QoeSums] = {}
-        self.key_qoe: dict[tuple[Any, ...], QoeSums] = {}
-        # (owner, hour, metric, histogram bucket) -> views
-        self.qoe_hist: dict[tuple[Any, float, int, int], int] = {}
-        self.key_qoe_hist: dict[tuple[Any, float, int, int], int] = {}
-
-    def impression(self, key: str, video_id: int, at: dt.datetime) -> None:
-        moment = at.timestamp()
-        bucket = moment - moment % GRAIN_SECONDS
-        self.impressions[(video_id, bucket)] = self.impressions.get((video_id, bucket), 0) + 1
-        self.key_impressions[(key, bucket)] = self.key_impressions.get((key, bucket), 0) + 1
-
-    def add(self, s: State, sign: int, engagement: bool = True) -> None:
-        # hot in bulk loads: keys hold the bucket as epoch seconds (a datetime at write time)
-        moment = s.started_at.timestamp()
-        bucket = moment - moment % GRAIN_SECONDS
-        if s.qoe is not None:
-            self._add_qoe(s, s.qoe, moment - moment % QOE_GRAIN_SECONDS, sign)
-        if not s.played:  # a view that never started: QoE only, not a play
-            return
-        cls = bisect.bisect_right(WATCH_BOUNDS, s.watch_seconds)
-        columns = (
-            2 + _BROWSER_AT.get(s.browser, _BROWSER_AT["other"]),
-            2 + _PLATFORM_AT.get(s.platform, _PLATFORM_AT["other"]),
-            2 + _DEVICE_AT.get(s.device, _DEVICE_AT["other"]),
-        )
-        for table, key in (
-            (self.plays, (s.video_id, bucket, cls)),
-            (self.key_plays, (s.key, bucket, cls)),
-        ):
-            plays = table.get(key)  # type: ignore[attr-defined]
-            if plays is None:
-                plays = table[key] = [0.0] * (3 + len(BREAKDOWN_COLUMNS))  # type: ignore[index]
-            plays[0] += sign
-            plays[1] += sign * s.watch_seconds
-            for column in columns:
-                plays[column] += sign
-            if sign > 0:  # one more write of a session in this bucket (see CHANGES)
-                plays[-1] += 1
-        if s.page is not None:
-            hour = moment - moment % KEY_SOURCES_GRAIN_SECONDS
-            for table, key in (
-                (self.sources, (s.video_id, bucket, s.page)),  # type: ignore
-                (self.key_sources, (s.key, hour, s.page)),
-            ):
-                reached = table.get(key)  # type: ignore[attr-defined]
-                if reached is None:
-                    reached = table[key] = [0] * (1 + len(WATCH_BOUNDS))  # type: ignore[index]
-                for k in range(cls + 1):
-                    reached[k] += sign
-        duration = s.duration if s.duration is not None and s.duration > 0 else None
-        device = s.device if s.device in _DEVICE_AT else "other"
-        done = completion_of(s.furthest, duration, s.ended, s.distinct_seconds)
-        for table, key in (
-            (self.completion, (s.video_id, bucket, cls, device)),
-            (self.key_completion, (s.key, bucket, cls, device)),
-        ):
-            entry = table.get(key)  # type: ignore[attr-defined]
-            if entry is None:
-                entry = table[key] = [0.0] * (len(COMPLETION_COLUMNS) + 1)  # type: ignore
-            for i, value in enumerate(done):
-                entry[i] += sign * value
-        if engagement:
-            self._add_engagement(s, bucket, duration, sign)
-
-    def _add_engagement(self, s: State, bucket: float, duration: float | None, sign: int) -> None:
-        islands = s.islands
-        for ranges in ENGAGEMENT_RANGES:
-            eng_key = (s.video_id, bucket, ranges, duration or UNKNOWN_DURATION)
-            entry = self.engagement.get(eng_key)
-            if entry is None:
-                entry = self.engagement[eng_key] = [0] * (1 + ranges)
-            entry[0] += sign
-            if duration is None or not islands:
-                continue
-            step = duration / ranges
-            if len(islands) == 2:  # one island: a contiguous run of ranges
-                first = max(0, math.floor(islands[0] / step))
-                last = min(ranges - 1, math.ceil(islands[1] / step) - 1)
-                for index in range(first + 1, last + 2):
-                    entry[index] += sign
-            else:
-                for index in covered_ranges(list(islands), duration, ranges):
-                    entry[1 + index] += sign
-
-    def _add_qoe(self, s: State, q: Qoe, bucket: float, sign: int) -> None:
-        classes = (
-            s.browser if s.browser in _BROWSER_AT else "other",
-            s.platform if s.platform in _PLATFORM_AT else "other",
-            s.device if s.device in _DEVICE_AT else "other",
-        )
-        latency = q.seek_latency_ms
-        # histogram buckets, once: each goes into four rows (video and key, with and
-        # without the device classes)
-        startup = None if q.startup_ms is None else sketch.index(q.startup_ms)
-        seek = None if latency is None else sketch.index(latency)
-        values = (
-            1,
-            1 if q.startup_ms is not None else 0,
-            s.watch_seconds,
-            q.rebuffer_count,
-            q.rebuffer_seconds,
-            1 if q.failure is not None else 0,
-            1 if q.failed_before_start else 0,
-            1 if q.exited_before_start else 0,
-            1 if latency is not None else 0,
-        )
-        for table, owner in ((self.qoe, s.video_id), (self.key_qoe, s.key)):
-            entry = table.get((owner, bucket, *classes))
-            if entry is None:
-                entry = table[(owner, bucket, *classes)] = QoeSums()
-            entry.add(values, startup, seek, sign)
-        for metric, i in ((STARTUP, startup), (SEEK, seek)):
-            if i is None:
-                continue
-            for hist, owner in ((self.qoe_hist, s.video_id), (self.key_qoe_hist, s.key)):
-                hist[(owner, bucket, metric, i)] = hist.get((owner, bucket, metric, i), 0) + sign
-
-    def change(self, old: State | None, new: State) -> None:
-        if old == new:
-            return
-        if old is None:
-            self.add(new, +1)
-            return
-        # the usual change: a session of the same video, bucket and duration watched more;
-        # its engagement then changes only in the ranges it newly covers (no full -1/+1)
-        same = (
-            old.played
-            and new.played
-            and old.video_id == new.video_id
-            and old.started_at == new.started_at
-            and old.duration == new.duration
-        )
-        self.add(old, -1, engagement=not same)
-        self.add(new, +1, engagement=not same)
-        if same and old.islands != new.islands:
-            self._engagement_change(old, new)
-
-    def _engagement_change(self, old: State, new: State) -> None:
-        duration = new.duration if new.duration is not None and new.duration > 0 else None
-        if duration is None:
-            return  # no timeline: only the session count, which did not change
-        moment = new.started_at.timestamp()
-        bucket = moment - moment % GRAIN_SECONDS
-        for ranges in ENGAGEMENT_RANGES:
-            before = covered_ranges(list(old.islands), duration, ranges)
-            after = covered_ranges(list(new.islands), duration, ranges)
-            if before == after:
-                continue
-            entry = self.engagement.get((new.video_id, bucket, ranges, duration))
-            if entry is None:
-                entry = self.engagement[(new.video_id, bucket, ranges, duration)] = [0] * (
-                    1 + ranges
-                )
-            for index in after - before:
-                entry[1 + index] += 1
-            for index in before - after:
-                entry[1 + index] -= 1
-
-    async def write(self, conn: asyncpg.Connection) -> None:
-        """Add the non-zero deltas to the rollup tables (one statement)."""
-        statement = Statement()
-        self.add_to(statement)
-        await statement.execute(conn)
-
-    def add_to(self, statement: Statement, shard: int | None = None) -> None:
-        """Add the non-zero deltas' upserts to a statement (see Statement), into rows of
-        `shard` (None: the connection's, see SHARDS)."""
-        for table, owner, deltas in (
-            ("rollup_plays", VIDEO, self.plays),
-            ("rollup_key_plays", KEY, self.key_plays),
-        ):
-            _upsert(
-                statement,
-                shard,
-                table,
-                [owner, BUCKET, ("class", "smallint")],
-                [
-                    ("sessions", "int"),
-                    ("watch_seconds", "float8"),
-                    *[(c, "int") for c in BREAKDOWN_COLUMNS],
-                    ("changes", "int8"),
-                ],
-                [
-                    (k[0], _at(k[1]), k[2], int(v[0]), v[1], *[int(x) for x in v[2:]])
-                    for k, v in deltas.items()
-                    if any(v)
-                ],
-            )
-        for table, owner, reached in (
-            ("rollup_sources", VIDEO, self.sources),
-            ("rollup_key_sources", KEY, self.key_sources),
-        ):
-            _upsert(
-                statement,
-                shard,
-                table,
-                [owner, BUCKET, ("page", "text")],
-                [(c, "int") for c in REACHED_COLUMNS],
-                [(k[0], _at(k[1]), k[2], *v) for k, v in reached.items() if any(v)],
-            )
-        for table, owner, loads in (
-            ("rollup_impressions", VIDEO, self.impressions),
-            ("rollup_key_impressions", KEY, self.key_impressions),
-        ):
-            _upsert(
-                statement,
-                shard,
-                table,
-                [owner, BUCKET],
-                [("impressions", "int")],
-                [(k[0], _at(k[1]), v) for k, v in loads.items() if v],
-            )
-        for table, owner, done in (
-            ("rollup_completion", VIDEO, self.completion),
-            ("rollup_key_completion", KEY, self.key_completion),
-        ):
-            _upsert(
-                statement,
-                shard,
-                table,
-                [owner, BUCKET, ("class", "smallint"), ("device", "text")],
-                [*[(c, "int") for c in COMPLETION_COLUMNS], ("percent_sum", "float8")],
-                [
-                    (*k[:1], _at(k[1]), *k[2:], *[int(round(x)) for x in v[:-1]], v[-1])
-                    for k, v in done.items()
-                    if any(v)
-                ],
-            )
-        for table, owner, qoe in (
-            ("rollup_qoe", VIDEO, self.qoe),
-            ("rollup_key_qoe", KEY, self.key_qoe),
-        ):
-            _upsert(
-                statement,
-                shard,
-                table,
-                [owner, BUCKET, ("browser", "text"), ("platform", "text"), ("device", "text")],
-                [(c, "float8" if c.endswith("seconds") else "int") for c in QOE_COLUMNS],
-                [
-                    (
-                        k[0],
-                        _at(k[1]),
-                        *k[2:],
-                        *[
-                            x if c.endswith("seconds") else int(round(x))
-                            for c, x in zip(QOE_COLUMNS, v.values, strict=True)
-                        ],
-                        hist_literal(v.startup),
-                        hist_literal(v.seek),
-                    )
-                    for k, v in qoe.items()
-                    if v
-                ],
-                merged=[(h, HIST_MERGE) for h in ("startup_hist", "seek_hist")],
-            )
-        for table, owner, hist in (
-            ("rollup_qoe_hist", VIDEO, self.qoe_hist),
-            ("rollup_key_qoe_hist", KEY, self.key_qoe_hist),
-        ):
-            _upsert(
-                statement,
-                shard,
-                table,
-                [owner, BUCKET, ("metric", "smallint"), ("idx", "smallint")],
-                [("views", "int")],
-                [(k[0], _at(k[1]), k[2], k[3], v) for k, v in hist.items() if v],
-            )
-        _upsert(
-            statement,
-            shard,
-            "rollup_engagement",
-            [VIDEO, BUCKET, ("ranges", "smallint"), ("duration", "float8")],
-            [("sessions", "int")],
-            [
-                (k[0], _at(k[1]), k[2], k[3], v[0], "{" + ",".join(map(str, v[1:])) + "}")
-                for k, v in self.engagement.items()
-                if any(v)
-            ],
-            merged=[("counts", COUNTS_MERGE)],
-        )
 
 
 # how an upsert combines a stored array with the one added ({old}, {new}): histograms
@@ -643,44 +204,6 @@ def _upsert(
     )
 
 
-def completion_of(
-    furthest: float, duration: float | None, ended: bool, distinct: float
-) -> list[float]:
-    """One view's contribution per COMPLETION_COLUMNS, then its fraction watched. The
-    arithmetic is the raw completion query's, in float8."""
-    if duration is None:
-        return [1.0] + [0.0] * len(COMPLETION_COLUMNS)
-    ratio = furthest / duration
-    reached = [1.0 if ratio >= m / 100 else 0.0 for m in MILESTONES]
-    finished = 1.0 if ended or furthest >= duration - 1 else 0.0
-    return [1.0, 1.0, *reached, finished, min(1.0, distinct / duration)]
-
-
-class QoeSums:
-    """One QoE rollup row's change: QOE_COLUMNS, and the two histograms."""
-
-    __slots__ = ("values", "startup", "seek")
-
-    def __init__(self) -> None:
-        self.values = [0.0] * len(QOE_COLUMNS)
-        self.startup: dict[int, int] = {}
-        self.seek: dict[int, int] = {}
-
-    def add(
-        self, values: tuple[float, ...], startup: int | None, seek: int | None, sign: int
-    ) -> None:
-        """Add a view's values and its histogram buckets (sketch.index), each once."""
-        for i, value in enumerate(values):
-            self.values[i] += sign * value
-        if startup is not None:
-            self.startup[startup] = self.startup.get(startup, 0) + sign
-        if seek is not None:
-            self.seek[seek] = self.seek.get(seek, 0) + sign
-
-    def __bool__(self) -> bool:
-        return any(self.values) or any(self.startup.values()) or any(self.seek.values())
-
-
 def hist_literal(counts: dict[int, int]) -> str | None:
     """A histogram as a PostgreSQL int[] literal whose subscripts are its buckets,
     e.g. '[41:43]={2,0,-1}'; None when it changes nothing."""
@@ -740,4 +263,129 @@ def state_of(row: Any) -> State:
         row["ended"],
         row["played"],
         qoe_of(row),
+    )
+
+
+async def write_deltas(conn: asyncpg.Connection, deltas: Deltas) -> None:
+    """Add the non-zero deltas to the rollup tables (one statement)."""
+    statement = Statement()
+    add_deltas(statement, deltas)
+    await statement.execute(conn)
+
+
+def add_deltas(statement: Statement, d: Deltas, shard: int | None = None) -> None:
+    """Add the non-zero deltas' upserts to a statement (see Statement), into rows of
+    `shard` (None: the connection's, see SHARDS)."""
+    for table, owner, deltas in (
+        ("rollup_plays", VIDEO, d.plays),
+        ("rollup_key_plays", KEY, d.key_plays),
+    ):
+        _upsert(
+            statement,
+            shard,
+            table,
+            [owner, BUCKET, ("class", "smallint")],
+            [
+                ("sessions", "int"),
+                ("watch_seconds", "float8"),
+                *[(c, "int") for c in BREAKDOWN_COLUMNS],
+                ("changes", "int8"),
+            ],
+            [
+                (k[0], at_epoch(k[1]), k[2], int(v[0]), v[1], *[int(x) for x in v[2:]])
+                for k, v in deltas.items()
+                if any(v)
+            ],
+        )
+    for table, owner, reached in (
+        ("rollup_sources", VIDEO, d.sources),
+        ("rollup_key_sources", KEY, d.key_sources),
+    ):
+        _upsert(
+            statement,
+            shard,
+            table,
+            [owner, BUCKET, ("page", "text")],
+            [(c, "int") for c in REACHED_COLUMNS],
+            [(k[0], at_epoch(k[1]), k[2], *v) for k, v in reached.items() if any(v)],
+        )
+    for table, owner, loads in (
+        ("rollup_impressions", VIDEO, d.impressions),
+        ("rollup_key_impressions", KEY, d.key_impressions),
+    ):
+        _upsert(
+            statement,
+            shard,
+            table,
+            [owner, BUCKET],
+            [("impressions", "int")],
+            [(k[0], at_epoch(k[1]), v) for k, v in loads.items() if v],
+        )
+    for table, owner, done in (
+        ("rollup_completion", VIDEO, d.completion),
+        ("rollup_key_completion", KEY, d.key_completion),
+    ):
+        _upsert(
+            statement,
+            shard,
+            table,
+            [owner, BUCKET, ("class", "smallint"), ("device", "text")],
+            [*[(c, "int") for c in COMPLETION_COLUMNS], ("percent_sum", "float8")],
+            [
+                (*k[:1], at_epoch(k[1]), *k[2:], *[int(round(x)) for x in v[:-1]], v[-1])
+                for k, v in done.items()
+                if any(v)
+            ],
+        )
+    for table, owner, qoe in (
+        ("rollup_qoe", VIDEO, d.qoe),
+        ("rollup_key_qoe", KEY, d.key_qoe),
+    ):
+        _upsert(
+            statement,
+            shard,
+            table,
+            [owner, BUCKET, ("browser", "text"), ("platform", "text"), ("device", "text")],
+            [(c, "float8" if c.endswith("seconds") else "int") for c in QOE_COLUMNS],
+            [
+                (
+                    k[0],
+                    at_epoch(k[1]),
+                    *k[2:],
+                    *[
+                        x if c.endswith("seconds") else int(round(x))
+                        for c, x in zip(QOE_COLUMNS, v.values, strict=True)
+                    ],
+                    hist_literal(v.startup),
+                    hist_literal(v.seek),
+                )
+                for k, v in qoe.items()
+                if v
+            ],
+            merged=[(h, HIST_MERGE) for h in ("startup_hist", "seek_hist")],
+        )
+    for table, owner, hist in (
+        ("rollup_qoe_hist", VIDEO, d.qoe_hist),
+        ("rollup_key_qoe_hist", KEY, d.key_qoe_hist),
+    ):
+        _upsert(
+            statement,
+            shard,
+            table,
+            [owner, BUCKET, ("metric", "smallint"), ("idx", "smallint")],
+            [("views", "int")],
+            [(k[0], at_epoch(k[1]), k[2], k[3], v) for k, v in hist.items() if v],
+        )
+    _upsert(
+        statement,
+        shard,
+        "rollup_engagement",
+        [VIDEO, BUCKET, ("ranges", "smallint"), ("duration", "float8")],
+        [("sessions", "int")],
+        [
+            (k[0], at_epoch(k[1]), k[2], k[3], v[0], "{" + ",".join(map(str, v[1:])) + "}")
+            for k, v in d.engagement.items()
+            if any(v)
+        ],
+        merged=[("counts", COUNTS_MERGE)],
     )

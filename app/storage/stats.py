@@ -17,16 +17,9 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from app import sketch
-from app.model import (
-    BROWSERS,
-    DEVICES,
-    PLATFORMS,
-    BucketQuery,
-    EngagementQuery,
-    Selection,
-    Window,
-)
+from app.model import rollup, sketch
+from app.model.query import BucketQuery, EngagementQuery, Selection, Window
+from app.model.vocabulary import BROWSERS, DEVICES, PLATFORMS
 from app.storage import rollups
 
 ORIGIN = "timestamp '2000-01-03 00:00:00'"  # a Monday: week buckets start on Mondays
@@ -87,7 +80,7 @@ def _bucket(q: BucketQuery, p: Params, timescale: bool, column: str = "s.started
 # -- which requests the rollups answer exactly ------------------------------------------
 @functools.lru_cache(maxsize=4096)
 def _whole_offsets(
-    zone: str, first_day: int, last_day: int, grain: int = rollups.GRAIN_SECONDS
+    zone: str, first_day: int, last_day: int, grain: int = rollup.GRAIN_SECONDS
 ) -> bool:
     """True when every UTC offset of `zone` between the two days (days since the epoch)
     is a whole multiple of `grain` seconds, sampled every 3 hours."""
@@ -100,9 +93,9 @@ def _whole_offsets(
     return True
 
 
-def _inner(window: Window, width: int = rollups.GRAIN_SECONDS) -> Window | None:
+def _inner(window: Window, width: int = rollup.GRAIN_SECONDS) -> Window | None:
     """The whole buckets (15 minutes, or `width` seconds) inside the window, if any."""
-    start, end = rollups.grain_up(window.start, width), rollups.grain(window.end, width)
+    start, end = rollup.grain_up(window.start, width), rollup.grain(window.end, width)
     return Window(start, end) if start < end else None
 
 
@@ -116,10 +109,10 @@ def _edges(window: Window, inner: Window) -> list[Window]:
 
 def bucket_rollup_plan(q: BucketQuery) -> tuple[int, Window] | None:
     """(watch class, inner window) when the rollups answer `q` exactly, else None."""
-    cls = rollups.threshold_class(q.minimum_watch_seconds)
+    cls = rollup.threshold_class(q.minimum_watch_seconds)
     if cls is None:
         return None
-    inner = _rollup_window(q, rollups.GRAIN_SECONDS)
+    inner = _rollup_window(q, rollup.GRAIN_SECONDS)
     return None if inner is None else (cls, inner)
 
 
@@ -186,7 +179,7 @@ async def _by_plan(
     q: BucketQuery,
     use_rollups: bool,
     raw: Callable[[list[Window]], Awaitable[None]],
-    rollup: Callable[[int, Window], Awaitable[None]],
+    from_rollups: Callable[[int, Window], Awaitable[None]],
 ) -> None:
     """Answer from the rollups where they are exact (whole buckets, then each partial edge
     of the window from raw rows, one plain time range each: index-friendly), else raw."""
@@ -195,7 +188,7 @@ async def _by_plan(
         await raw([q.window])
         return
     cls, inner = plan
-    await rollup(cls, inner)
+    await from_rollups(cls, inner)
     for edge in _edges(q.window, inner):
         await raw([edge])
 
@@ -208,11 +201,11 @@ class PlaysBucket:
     bucket: dt.datetime
     views: int = 0
     watch_seconds: float = 0.0
-    counts: list[int] = field(default_factory=lambda: [0] * len(rollups.BREAKDOWN_COLUMNS))
+    counts: list[int] = field(default_factory=lambda: [0] * len(rollup.BREAKDOWN_COLUMNS))
     impressions: int = 0
 
 
-_COLUMN_AT = {c: i for i, c in enumerate(rollups.BREAKDOWN_COLUMNS)}
+_COLUMN_AT = {c: i for i, c in enumerate(rollup.BREAKDOWN_COLUMNS)}
 
 
 def _window_condition(windows: list[Window], p: Params, column: str) -> str:
@@ -271,7 +264,7 @@ async def _plays_rollup(
     p = Params()
     bucket = _bucket(q, p, timescale, "r.bucket")
     table, where = _rollup_where(q, p, "plays", inner, cls)
-    sums = ", ".join(f"sum(r.{c})" for c in rollups.BREAKDOWN_COLUMNS)
+    sums = ", ".join(f"sum(r.{c})" for c in rollup.BREAKDOWN_COLUMNS)
     rows = await conn.fetch(
         f"""
         SELECT {bucket} AS bucket, sum(r.sessions) AS views, sum(r.watch_seconds) AS watch,
@@ -287,7 +280,7 @@ async def _plays_rollup(
         entry = into.get(r["bucket"]) or into.setdefault(r["bucket"], PlaysBucket(r["bucket"]))
         entry.views += r["views"]
         entry.watch_seconds += r["watch"]
-        for i in range(len(rollups.BREAKDOWN_COLUMNS)):
+        for i in range(len(rollup.BREAKDOWN_COLUMNS)):
             entry.counts[i] += r[3 + i]
 
 
@@ -302,11 +295,11 @@ async def plays(
         await _plays_raw(conn, q, timescale, windows, out)
         await _impressions_raw(conn, q, timescale, windows, out)
 
-    async def rollup(cls: int, inner: Window) -> None:
+    async def from_rollups(cls: int, inner: Window) -> None:
         await _plays_rollup(conn, q, timescale, cls, inner, out)
         await _impressions_rollup(conn, q, timescale, inner, out)
 
-    await _by_plan(q, use_rollups, raw, rollup)
+    await _by_plan(q, use_rollups, raw, from_rollups)
     return [out[b] for b in sorted(out) if out[b].views > 0 or out[b].impressions > 0]
 
 
@@ -357,7 +350,7 @@ class CompletionCounts:
     """Per bucket and device: COMPLETION_COLUMNS, then the sum of fractions watched."""
 
     values: list[float] = field(
-        default_factory=lambda: [0.0] * (len(rollups.COMPLETION_COLUMNS) + 1)
+        default_factory=lambda: [0.0] * (len(rollup.COMPLETION_COLUMNS) + 1)
     )
 
 
@@ -383,7 +376,7 @@ async def completion(
         reached = ", ".join(
             f"count(*) FILTER (WHERE {known} AND s.furthest / s.duration >= "
             f"{p.add(m / 100, 'float8')})"
-            for m in rollups.MILESTONES
+            for m in rollup.MILESTONES
         )
         devices = p.add(list(DEVICES), "text[]")
         rows = await conn.fetch(
@@ -403,11 +396,11 @@ async def completion(
         for r in rows:
             add(r["bucket"], r["device"], [float(r[i]) for i in range(2, len(r))])
 
-    async def rollup(cls: int, inner: Window) -> None:
+    async def from_rollups(cls: int, inner: Window) -> None:
         p = Params()
         bucket = _bucket(q, p, timescale, "r.bucket")
         table, where = _rollup_where(q, p, "completion", inner, cls)
-        sums = ", ".join(f"sum(r.{c})" for c in [*rollups.COMPLETION_COLUMNS, "percent_sum"])
+        sums = ", ".join(f"sum(r.{c})" for c in [*rollup.COMPLETION_COLUMNS, "percent_sum"])
         for r in await conn.fetch(
             f"SELECT {bucket} AS bucket, r.device, {sums} FROM {table} r "
             f"WHERE {' AND '.join(where)} GROUP BY 1, 2",
@@ -415,7 +408,7 @@ async def completion(
         ):
             add(r["bucket"], r["device"], [float(r[i]) for i in range(2, len(r))])
 
-    await _by_plan(q, use_rollups, raw, rollup)
+    await _by_plan(q, use_rollups, raw, from_rollups)
     return {
         b: {d: c for d, c in devices.items() if c.values[0] > 0}
         for b, devices in sorted(out.items())
@@ -426,9 +419,9 @@ async def completion(
 # -- quality of experience --------------------------------------------------------------
 @dataclass(slots=True)
 class QoeCounts:
-    """QoE sums per rollups.QOE_COLUMNS, and the startup / seek-latency histograms."""
+    """QoE sums per rollup.QOE_COLUMNS, and the startup / seek-latency histograms."""
 
-    values: list[float] = field(default_factory=lambda: [0.0] * len(rollups.QOE_COLUMNS))
+    values: list[float] = field(default_factory=lambda: [0.0] * len(rollup.QOE_COLUMNS))
     startup: dict[int, int] = field(default_factory=dict)
     seek: dict[int, int] = field(default_factory=dict)
 
@@ -451,7 +444,7 @@ def _class_of(breakdown: str | None, value: str) -> str:
 
 def qoe_plan(q: BucketQuery) -> Window | None:
     """The whole hours of the window when the hourly QoE rollups answer `q` exactly."""
-    return _rollup_window(q, rollups.QOE_GRAIN_SECONDS)
+    return _rollup_window(q, rollup.QOE_GRAIN_SECONDS)
 
 
 async def qoe(
@@ -467,7 +460,7 @@ async def qoe(
     Whole hours of the window come from the hourly rollups when the zone's offsets are
     whole hours; the partial hours at its edges, and everything else, from the sessions."""
     out: dict[dt.datetime, dict[str, QoeCounts]] = {}
-    n = len(rollups.QOE_COLUMNS)
+    n = len(rollup.QOE_COLUMNS)
 
     # the grouping column: a constant name (the caller checked `breakdown`), never text
     # from the client
@@ -510,14 +503,14 @@ async def qoe(
                 )
             )
 
-    async def rollup(inner: Window) -> None:
+    async def from_rollups(inner: Window) -> None:
         p = Params()
         bucket = _bucket(q, p, timescale, "r.bucket")
         table, where = _rollup_scope(q.selection, p, "qoe")
         where.append(f"r.bucket >= {p.add(inner.start, 'timestamptz')}")
         where.append(f"r.bucket < {p.add(inner.end, 'timestamptz')}")
         condition = " AND ".join(where)
-        sums = ", ".join(f"sum(r.{c})" for c in rollups.QOE_COLUMNS)
+        sums = ", ".join(f"sum(r.{c})" for c in rollup.QOE_COLUMNS)
         for r in await conn.fetch(
             f"SELECT {bucket} AS bucket, {group('r')}::text AS grp, {sums} "
             f"FROM {table} r WHERE {condition} GROUP BY 1, 2",
@@ -536,7 +529,7 @@ async def qoe(
                 *p.values,
             ):
                 counts = entry(r["bucket"], "")
-                into = counts.startup if r["kind"] == rollups.STARTUP else counts.seek
+                into = counts.startup if r["kind"] == rollup.STARTUP else counts.seek
                 sketch.add(into, dict(zip(r["i"], r["c"], strict=True)))
             return
         # per class: the arrays of the class rows, summed per bucket, class and index,
@@ -545,7 +538,7 @@ async def qoe(
             f"SELECT {bucket} AS bucket, r.{breakdown}::text AS grp, {kind} AS kind, i, "
             f"r.{array}[i] AS c FROM {table} r, generate_subscripts(r.{array}, 1) i "
             f"WHERE {condition}"
-            for kind, array in ((rollups.STARTUP, "startup_hist"), (rollups.SEEK, "seek_hist"))
+            for kind, array in ((rollup.STARTUP, "startup_hist"), (rollup.SEEK, "seek_hist"))
         )
         for r in await conn.fetch(
             f"SELECT bucket, grp, kind, array_agg(i ORDER BY i) AS i, "
@@ -555,14 +548,14 @@ async def qoe(
             *p.values,
         ):
             counts = entry(r["bucket"], r["grp"])
-            into = counts.startup if r["kind"] == rollups.STARTUP else counts.seek
+            into = counts.startup if r["kind"] == rollup.STARTUP else counts.seek
             sketch.add(into, dict(zip(r["i"], r["c"], strict=True)))
 
     inner = qoe_plan(q) if use_rollups else None
     if inner is None:
         await raw([q.window])
     else:
-        await rollup(inner)
+        await from_rollups(inner)
         for edge in _edges(q.window, inner):
             await raw([edge])
     result: dict[dt.datetime, dict[str, QoeCounts]] = {}
@@ -587,9 +580,9 @@ async def sources(
     if plan is not None:
         cls, inner = plan
         windows = _edges(q.window, inner)  # raw: the partial quarter hours at the ends
-        reached = rollups.REACHED_COLUMNS[cls]  # a constant column name, not user text
+        reached = rollup.REACHED_COLUMNS[cls]  # a constant column name, not user text
         quarters = [inner]  # per video, 15 minutes (for a whole key: its videos)
-        hourly = _rollup_window(q, rollups.KEY_SOURCES_GRAIN_SECONDS)
+        hourly = _rollup_window(q, rollup.KEY_SOURCES_GRAIN_SECONDS)
         if _whole_key(q.selection) and hourly is not None:  # the key's hourly rows, and
             quarters = _edges(inner, hourly)  # the quarter hours around them
             parts.append(
@@ -671,7 +664,7 @@ async def _single_length(
     if (
         len(durations) == 1
         and (length := next(iter(durations))) > 0
-        and q.ranges in rollups.ENGAGEMENT_RANGES
+        and q.ranges in rollup.ENGAGEMENT_RANGES
     ):
         return length, await _engagement_rollup(conn, q, inner, length)
     return None
@@ -683,7 +676,7 @@ def _rollup_durations(sel: Selection, p: Params, inner: Window) -> list[str]:
         f"r.bucket >= {p.add(inner.start, 'timestamptz')}",
         f"r.bucket < {p.add(inner.end, 'timestamptz')}",
         # the rows for the fewest ranges hold every session too
-        f"r.ranges = {rollups.ENGAGEMENT_RANGES[0]}",
+        f"r.ranges = {rollup.ENGAGEMENT_RANGES[0]}",
     ]
 
 
@@ -713,7 +706,7 @@ async def _durations(
             r[0]
             for r in await conn.fetch(
                 f"SELECT DISTINCT CASE WHEN s.duration > 0 THEN s.duration "
-                f"ELSE {rollups.UNKNOWN_DURATION} END FROM sessions s WHERE {' AND '.join(cond)}",
+                f"ELSE {rollup.UNKNOWN_DURATION} END FROM sessions s WHERE {' AND '.join(cond)}",
                 *p.values,
             )
         }
@@ -800,7 +793,7 @@ async def _engagement_of_key(
         stale = sorted(b for b in versions if b not in cached)
         fresh: dict[dt.datetime, list[int]] = {}
         if stale:  # what the raw path says for these buckets
-            grain = dt.timedelta(seconds=rollups.GRAIN_SECONDS)
+            grain = dt.timedelta(seconds=rollup.GRAIN_SECONDS)
             deltas: dict[dt.datetime, dict[int, int]] = {}
             for r in await _raw_edges(
                 conn, q, Window(stale[0], stale[-1] + grain), length, by_bucket=True
@@ -967,7 +960,7 @@ async def videos(
             entry[0] += r["n"]
             entry[1] += r["w"]
 
-    async def rollup(cls: int, inner: Window) -> None:
+    async def from_rollups(cls: int, inner: Window) -> None:
         p = Params()
         where = video_filter(q.selection, p, "r.video_id")  # per video, even for a key
         where += [
@@ -984,7 +977,7 @@ async def videos(
             entry[0] += r["n"]
             entry[1] += r["w"]
 
-    await _by_plan(q, use_rollups, raw, rollup)
+    await _by_plan(q, use_rollups, raw, from_rollups)
     ranked = sorted(
         ((v, t) for v, t in totals.items() if t[0] > 0),
         key=lambda item: (-item[1][0], -item[1][1], item[0]),

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from app.model import EVENT_NAMES, PAYLOAD_NUMBERS
+from app.model.vocabulary import EVENT_NAMES, PAYLOAD_NUMBERS
 from app.storage.rebuild import WORK_MEM, statements
 from app.storage.tables import SESSION_ID_BLOCK
 

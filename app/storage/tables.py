@@ -30,13 +30,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
-from app.storage.rollups import (
-    BREAKDOWN_COLUMNS,
-    COMPLETION_COLUMNS,
-    QOE_COLUMNS,
-    REACHED_COLUMNS,
-    SHARD_DEFAULT,
-)
+from app.model.rollup import BREAKDOWN_COLUMNS, COMPLETION_COLUMNS, QOE_COLUMNS, REACHED_COLUMNS
+from app.storage.rollups import SHARD_DEFAULT
 
 
 def _shard() -> Column:  # type: ignore[type-arg]

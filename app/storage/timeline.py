@@ -21,7 +21,7 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
-from app.model import EVENT_NAMES, PAYLOAD_NUMBERS, PAYLOAD_TEXTS
+from app.model.vocabulary import EVENT_NAMES, PAYLOAD_NUMBERS, PAYLOAD_TEXTS
 
 # A row keeps its session's first events up to this many bytes (under PostgreSQL's 2 KB
 # TOAST threshold, so an append rewrites at most this); later writes of a long session

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from app.storage.rollups import BREAKDOWN_COLUMNS, REACHED_COLUMNS
+from app.model.rollup import BREAKDOWN_COLUMNS, REACHED_COLUMNS
 
 revision = "0003"
 down_revision = "0002"

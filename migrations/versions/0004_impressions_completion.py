@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
+from app.model.rollup import COMPLETION_COLUMNS
 from app.storage import timescale
-from app.storage.rollups import COMPLETION_COLUMNS
 
 revision = "0004"
 down_revision = "0003"

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from app.storage.rollups import QOE_COLUMNS
+from app.model.rollup import QOE_COLUMNS
 
 revision = "0005"
 down_revision = "0004"

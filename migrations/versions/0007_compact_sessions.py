@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
+from app.model.rollup import merge_islands
 from app.storage import timeline
-from app.storage.rollups import merge_islands
 
 revision = "0007"
 down_revision = "0006"

@@ -1,67 +1,11 @@
-"""The shared vocabulary: device classes, and the query model (what is selected, over
-which window, bucketed how). Ingest, query and storage all import this; it imports
-nothing of theirs, so storage depends on neither side.
-"""
+"""The query model: what is selected, over which window, bucketed how. The query API
+builds these from requests; storage answers them."""
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
 from typing import Any
-
-BROWSERS = ("brave", "chrome", "edge", "firefox", "ie", "opera", "other", "safari")
-DEVICES = ("desktop", "mobile", "other", "tablet")
-PLATFORMS = ("android", "ios", "linux", "mac", "other", "windows")
-
-# Every event name a client may send. The stored timeline (app/storage/timeline.py) encodes
-# a name as its position here: append new names at the end, never reorder or remove.
-EVENT_NAMES = (
-    "play",
-    "pause",
-    "seeked",
-    "seeking",
-    "ratechange",
-    "volumechange",
-    "durationchange",
-    "loadedmetadata",
-    "loadeddata",
-    "canplay",
-    "canplaythrough",
-    "playing",
-    "waiting",
-    "ended",
-    "timeupdate",
-    "rebuffering_start",
-    "rebuffering_end",
-    "playback_failure",
-    "fullscreen_enter",
-    "fullscreen_exit",
-    "source_set",
-    "track_set",
-    "play_request",
-    "first_frame",
-    "rendition",
-    "exit",
-)
-# The payload fields the protocol defines (anything else is dropped before storage): numbers,
-# and short texts with their length limit. Positions here are stored codes, append-only too.
-PAYLOAD_NUMBERS = (
-    "duration",
-    "from",
-    "to",
-    "timestamp",
-    "rate",
-    "playbackRate",
-    "volume",
-    "ms",
-    "code",
-    "width",
-    "height",
-    "br",
-    "pr",
-    "at",
-)
-PAYLOAD_TEXTS = (("language", 35),)
 
 
 @dataclass(frozen=True, slots=True)
