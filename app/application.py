@@ -7,8 +7,8 @@ import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
-import asyncpg
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from starlette.applications import Starlette
@@ -27,7 +27,7 @@ from app.query.routes import routes as query_routes
 from app.resources import CLIENT, DASHBOARD, EXAMPLES
 from app.serving import tune_gc
 from app.settings import Settings
-from app.storage import db, rollups, session_store, timescale
+from app.storage import db, failures, rollups, session_store, timescale
 from app.webhook import Sender
 
 log = logging.getLogger("vidmetrics")
@@ -124,12 +124,13 @@ def _sync(work: Callable[[], None]) -> Callable[[], Awaitable[None]]:
     return run
 
 
-async def _every(seconds: float, work: object, name: str) -> None:
+async def _every(seconds: float, work: Callable[[], Awaitable[Any]], name: str) -> None:
     while True:
         await asyncio.sleep(seconds)
         try:
-            await work()  # type: ignore[operator]
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            with failures.translated():
+                await work()
+        except failures.StorageError as exc:
             log.debug("%s failed: %s", name, exc)
 
 
@@ -208,9 +209,9 @@ async def health(request: Request) -> Response:
     fails, so a load balancer takes this process out while it cannot acknowledge events."""
     database = "ok"
     try:
-        async with request.app.state.pool.acquire(timeout=2) as conn:
-            await conn.fetchval("SELECT 1")
-    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        with failures.translated():
+            await db.ping(request.app.state.pool, timeout=2)
+    except failures.StorageError:
         database = "unavailable"
     writer = "ok" if request.app.state.hub.writer.healthy else "failing"
     ok = database == "ok" and writer == "ok"

@@ -477,15 +477,16 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, EmbeddedError):
             print(f"vidmetrics: {exc}", file=sys.stderr)
             return 1
-        import asyncpg
+        from app.storage import failures
 
-        if isinstance(exc, asyncpg.UndefinedTableError):
+        failure = failures.translate(exc)
+        if isinstance(failure, failures.MissingSchema):
             print(
                 "vidmetrics: the database has no vidmetrics schema; run `vidmetrics migrate`",
                 file=sys.stderr,
             )
             return 1
-        if isinstance(exc, (OSError, asyncpg.PostgresError)):
+        if failure is not None:
             print(f"vidmetrics: database error: {exc}", file=sys.stderr)
             return 1
         raise

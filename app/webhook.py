@@ -21,11 +21,11 @@ import asyncio
 import hashlib
 import logging
 
-import asyncpg
 import httpx
 import orjson
 from prometheus_client import Counter, Gauge
 
+from app.storage import db, failures
 from app.storage import export as export_store
 
 log = logging.getLogger("vidmetrics.webhook")
@@ -38,7 +38,7 @@ PENDING = Gauge("vidmetrics_webhook_pending", "Ended sessions waiting for the we
 class Sender:
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: db.Pool,
         url: str,
         *,
         batch: int = 100,
@@ -67,14 +67,15 @@ class Sender:
         rounds = 0
         while True:
             try:
-                sent = await self.send_once()
-                rounds += 1
-                if rounds % 60 == 1:
-                    async with self._pool.acquire() as conn:
-                        await export_store.drop_orphans(conn)
-                        PENDING.set(await export_store.pending(conn))
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("webhook round failed: %s", type(exc).__name__)
+                with failures.translated():
+                    sent = await self.send_once()
+                    rounds += 1
+                    if rounds % 60 == 1:
+                        async with self._pool.acquire() as conn:
+                            await export_store.drop_orphans(conn)
+                            PENDING.set(await export_store.pending(conn))
+            except failures.StorageError as exc:
+                log.warning("webhook round failed: %s", failures.cause_name(exc))
                 sent = 0
             if sent < self._batch:
                 await asyncio.sleep(self._idle)

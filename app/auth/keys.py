@@ -12,9 +12,7 @@ import base64
 import logging
 import secrets
 
-import asyncpg
-
-from app.storage import key_store
+from app.storage import db, failures, key_store
 
 log = logging.getLogger("vidmetrics.keys")
 
@@ -25,7 +23,7 @@ def generate_key() -> str:
 
 
 class KeyCache:
-    def __init__(self, pool: asyncpg.Pool, refresh_seconds: float) -> None:
+    def __init__(self, pool: db.Pool, refresh_seconds: float) -> None:
         self._pool = pool
         self._refresh_seconds = refresh_seconds
         self._active: frozenset[str] = frozenset()
@@ -36,7 +34,8 @@ class KeyCache:
         return key in self._active
 
     async def refresh(self) -> None:
-        active = frozenset(await key_store.active_keys(self._pool))
+        with failures.translated():
+            active = frozenset(await key_store.active_keys(self._pool))
         if active != self._active:
             self._active = active
             self.generation += 1
@@ -44,7 +43,7 @@ class KeyCache:
     async def start(self) -> None:
         try:
             await self.refresh()
-        except (OSError, asyncpg.PostgresError) as exc:
+        except failures.StorageError as exc:
             log.warning("could not load ingest keys yet: %s", exc)
         self._task = asyncio.create_task(self._loop(), name="key-cache")
 
@@ -53,7 +52,7 @@ class KeyCache:
             await asyncio.sleep(self._refresh_seconds)
             try:
                 await self.refresh()
-            except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            except failures.StorageError as exc:
                 # keep the last known set: a database outage must not refuse every join
                 log.debug("key refresh failed: %s", exc)
 

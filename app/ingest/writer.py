@@ -23,11 +23,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-import asyncpg
 from prometheus_client import Counter, Gauge, Histogram
 
 from app.model.rows import Op, Outcome, StaleState, VideoIds, Written
-from app.storage import rollups, session_store
+from app.storage import db, failures, rollups, session_store
 
 log = logging.getLogger("vidmetrics.writer")
 
@@ -49,21 +48,11 @@ REFUSED_MEMBERS = Counter(
 TRANSACTION_TIMEOUT = 10.0
 FAILING_SECONDS = 10.0
 # Refusals caused by what was written, not by the database being unreachable: the batch
-# is retried member by member. (Encoding errors surface as TypeError/ValueError.)
-DATA_ERRORS = (
-    asyncpg.DataError,
-    asyncpg.IntegrityConstraintViolationError,
-    TypeError,
-    ValueError,
-    OverflowError,
-)
-UNAVAILABLE_ERRORS = (
-    TimeoutError,
-    OSError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-)  # a connection cut mid-statement
+# is retried member by member. Every database call below runs in
+# failures.translated(encoding=True), so these are storage's errors (a TimeoutError is
+# also asyncio.wait_for's deadline for a transaction).
+DATA_ERRORS = (failures.ValueRefused,)
+UNAVAILABLE_ERRORS = (failures.Unavailable, TimeoutError)
 # called once per submission: None when committed, else a reason a client may read
 Done = Callable[[str | None], None]
 Batch = list[tuple[list[Op], Done]]
@@ -92,7 +81,7 @@ class WriteFailed(Exception):
 class Writer:
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: db.Pool,
         *,
         flush_interval: float,
         max_rows: int,
@@ -202,8 +191,9 @@ class Writer:
 
     async def _fetch_ids(self) -> None:
         try:
-            block = await session_store.reserve_session_ids(self._pool)
-        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            with failures.translated():
+                block = await session_store.reserve_session_ids(self._pool)
+        except failures.StorageError as exc:
             raise WriteFailed("database unavailable") from exc
         if self._id_pos >= len(self._ids):
             self._ids, self._id_pos = block, 0
@@ -314,7 +304,8 @@ class Writer:
             if flight.committing:  # COMMIT itself failed: it may have happened
                 FLUSH_FAILURES.inc()
                 self._failed_at = time.monotonic()
-                log.warning("commit of %d rows failed: %s", len(ops), type(error).__name__)
+                reason = failures.cause_name(error) if error else "?"
+                log.warning("commit of %d rows failed: %s", len(ops), reason)
                 self._resolve(batch, {i: "database unavailable" for i in range(len(batch))})
                 return
             if error is not None:
@@ -387,7 +378,7 @@ class Writer:
             log.warning(
                 "batch of %d rows refused (%s); writing its %d members one by one",
                 len(all_ops),
-                type(exc).__name__,
+                failures.cause_name(exc),
                 len(batch),
             )
             self._written.forget(session_store.session_ids(all_ops))
@@ -428,22 +419,24 @@ class Writer:
         # the commit's fate may be unknown (a timeout, a lost connection): read these
         # sessions back before writing them again
         self._written.forget(session_store.session_ids(ops))
-        log.warning("write of %d rows failed: %s", len(ops), type(exc).__name__)
+        log.warning("write of %d rows failed: %s", len(ops), failures.cause_name(exc))
         self._resolve(batch, {i: "database unavailable" for i in range(len(batch))})
         # back off a little so a dead database is not hammered
         await asyncio.sleep(min(0.5, self._flush_interval * 20))
 
     async def _write(self, ops: list[Op]) -> Outcome:
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                return await session_store.write_batch(
-                    conn, ops, self._videos, self._outbox, self._written
-                )
+            with failures.translated(encoding=True):
+                async with self._pool.acquire() as conn, conn.transaction():
+                    return await session_store.write_batch(
+                        conn, ops, self._videos, self._outbox, self._written
+                    )
         except StaleState as exc:  # rolled back; write it again from what is stored
             log.warning("%s; writing the batch again from the stored rows", exc)
             self._written.forget(session_store.session_ids(ops))
-            async with self._pool.acquire() as conn, conn.transaction():
-                return await session_store.write_batch(conn, ops, self._videos, self._outbox)
+            with failures.translated(encoding=True):
+                async with self._pool.acquire() as conn, conn.transaction():
+                    return await session_store.write_batch(conn, ops, self._videos, self._outbox)
 
     async def _write_each(self, batch: Batch) -> tuple[Outcome, dict[int, str]]:
         """One transaction, one savepoint per member: commit the members the database
@@ -451,16 +444,20 @@ class Writer:
         member reads its sessions back: an earlier member may have written them.)"""
         outcome = Outcome({}, {})
         failed: dict[int, str] = {}
-        async with self._pool.acquire() as conn, conn.transaction():
-            for index, (ops, _) in enumerate(batch):
-                try:
-                    async with conn.transaction():
-                        got = await session_store.write_batch(conn, ops, self._videos, self._outbox)
-                except DATA_ERRORS as exc:
-                    REFUSED_MEMBERS.inc()
-                    log.info("event refused by the database: %s", type(exc).__name__)
-                    failed[index] = "refused by the database: a value cannot be stored"
-                    continue
-                outcome.videos.update(got.videos)
-                outcome.sessions.update(got.sessions)
+        with failures.translated(encoding=True):
+            async with self._pool.acquire() as conn, conn.transaction():
+                for index, (ops, _) in enumerate(batch):
+                    try:
+                        with failures.translated(encoding=True):
+                            async with conn.transaction():
+                                got = await session_store.write_batch(
+                                    conn, ops, self._videos, self._outbox
+                                )
+                    except DATA_ERRORS as exc:
+                        REFUSED_MEMBERS.inc()
+                        log.info("event refused by the database: %s", failures.cause_name(exc))
+                        failed[index] = "refused by the database: a value cannot be stored"
+                        continue
+                    outcome.videos.update(got.videos)
+                    outcome.sessions.update(got.sessions)
         return outcome, failed

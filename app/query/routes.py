@@ -11,7 +11,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import asyncpg
 import orjson
 from prometheus_client import Histogram
 from starlette.requests import Request
@@ -34,8 +33,8 @@ from app.model.query import BucketQuery, Span
 from app.model.storable import UnsafeValue, check_json
 from app.query import exporting, params, shapes
 from app.query.openapi import KEY_PATTERN, document
+from app.storage import db, failures, key_store, stats
 from app.storage import export as export_store
-from app.storage import key_store, stats
 
 MAX_KEY_LENGTH = 200
 _KEY = re.compile(KEY_PATTERN)
@@ -132,7 +131,7 @@ QUERY_SECONDS = Histogram(
 
 
 @contextlib.asynccontextmanager
-async def query_connection(request: Request) -> AsyncIterator[asyncpg.Connection]:
+async def query_connection(request: Request) -> AsyncIterator[db.Connection]:
     """A connection of the query pool (never the writer's): a question that finds all of
     them busy for METRICS_QUERY_QUEUE_SECONDS is answered 503, one whose statement runs
     past METRICS_QUERY_TIMEOUT_SECONDS is cancelled by PostgreSQL and answered 504."""
@@ -145,8 +144,9 @@ async def query_connection(request: Request) -> AsyncIterator[asyncpg.Connection
             f"(METRICS_QUERY_POOL_SIZE); retry in a moment"
         ) from None
     try:
-        yield conn
-    except (asyncpg.QueryCanceledError, TimeoutError):  # the server's cancel, or ours
+        with failures.translated(timeouts=failures.OverBudget):
+            yield conn
+    except failures.OverBudget:  # the server's cancel, or our deadline
         raise QueryTimeout(
             f"the question took longer than its budget of "
             f"{settings.query_timeout_seconds:g} s "
@@ -157,7 +157,7 @@ async def query_connection(request: Request) -> AsyncIterator[asyncpg.Connection
         await request.app.state.query_pool.release(conn)
 
 
-async def _run(request: Request, work: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Any:
+async def _run(request: Request, work: Callable[[db.Connection], Awaitable[Any]]) -> Any:
     """Run storage work on a query connection; map database refusals to clear answers."""
     started = time.perf_counter()
     endpoint = request.url.path.removeprefix("/api/v1/").split("/")[0]
@@ -167,10 +167,12 @@ async def _run(request: Request, work: Callable[[asyncpg.Connection], Awaitable[
         if endpoint in QUERY_ENDPOINTS:  # a fixed set of label values
             QUERY_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
         return result
-    except asyncpg.InvalidParameterValueError as exc:  # e.g. a zone PostgreSQL does not know
-        raise BadRequest(f"invalid parameter: {exc.args[0] if exc.args else exc}") from exc
-    except asyncpg.DataError as exc:
+    except failures.QueryRefused as exc:  # e.g. a zone PostgreSQL does not know
+        raise BadRequest(str(exc)) from exc
+    except failures.ValueRefused as exc:
         raise BadRequest("a value is out of range for this query") from exc
+    except failures.Unavailable as exc:
+        raise ServiceBusy("the database is unavailable; retry in a moment") from exc
 
 
 def _bucket_query(request: Request, body: dict[str, Any]) -> params.BucketQuery:

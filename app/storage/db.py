@@ -17,6 +17,10 @@ from app.resources import MIGRATIONS
 
 log = logging.getLogger("vidmetrics")
 
+# what the layers above hold without knowing the driver
+Pool = asyncpg.Pool
+Connection = asyncpg.Connection
+
 
 def sqlalchemy_url(url: str) -> str:
     """postgresql://... -> postgresql+asyncpg://... (asyncpg's dialect, same query string)."""
@@ -122,3 +126,9 @@ async def connect(url: str) -> asyncpg.Connection:
     conn = await asyncpg.connect(url, server_settings={"application_name": "vidmetrics"})
     await _init_connection(conn)
     return conn
+
+
+async def ping(pool: asyncpg.Pool, timeout: float) -> None:
+    """Raise unless the database answers within `timeout` seconds."""
+    async with pool.acquire(timeout=timeout) as conn:
+        await conn.fetchval("SELECT 1")
