@@ -243,9 +243,9 @@ def create_app(settings: Settings, database_url: str, example_key: str | None = 
             max_size=settings.query_pool_size,
             statement_seconds=settings.query_timeout_seconds,
         )
-        async with pool.acquire() as conn:
-            app.state.timescale = await timescale.is_enabled(conn)
-            if app.state.timescale:
+        app.state.backend = await db.backend_of(pool)
+        if app.state.backend.has_policies:
+            async with pool.acquire() as conn:
                 await timescale.apply_policies(conn, settings)
         keys = KeyCache(pool, settings.key_refresh_seconds)
         await keys.start()
@@ -282,7 +282,7 @@ def create_app(settings: Settings, database_url: str, example_key: str | None = 
                 _every(min(0.5, settings.key_refresh_seconds), _sync(hub.sweep), "socket sweep")
             ),
         ]
-        if not app.state.timescale:
+        if not app.state.backend.has_policies:
             # plain PostgreSQL stand-in for TimescaleDB's retention policies
             tasks.append(
                 asyncio.create_task(

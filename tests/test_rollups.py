@@ -195,12 +195,6 @@ async def _write(
             await session_store.copy_rows(conn, ids, whole_rows, whole_intervals, [])
 
 
-async def stats_backend(conn: asyncpg.Connection) -> bool:
-    from app.storage import timescale
-
-    return await timescale.is_enabled(conn)
-
-
 def _selection(key: str, which: str) -> Selection:
     if which == "key":
         return Selection(key=key)
@@ -249,7 +243,6 @@ def test_rollups_equal_the_raw_answers(
 ) -> None:
     async def run() -> None:
         conn = await db.connect(any_database)
-        timescale = await stats_backend(conn)
         try:
             key = "roll-" + secrets.token_hex(6)
             await key_store.insert_key(conn, key)
@@ -269,14 +262,14 @@ def test_rollups_equal_the_raw_answers(
                 ):
                     q = dataclasses.replace(q, interval=Span(seconds=3600))
                 _same_plays(
-                    await stats.plays(conn, q, timescale),
-                    await stats.plays(conn, q, timescale, use_rollups=False),
+                    await stats.plays(conn, q),
+                    await stats.plays(conn, q, use_rollups=False),
                 )
-                assert await stats.sources(conn, q, timescale) == await stats.sources(
-                    conn, q, timescale, use_rollups=False
+                assert await stats.sources(conn, q) == await stats.sources(
+                    conn, q, use_rollups=False
                 )
-                fast_c = await stats.completion(conn, q, timescale)
-                slow_c = await stats.completion(conn, q, timescale, use_rollups=False)
+                fast_c = await stats.completion(conn, q)
+                slow_c = await stats.completion(conn, q, use_rollups=False)
                 assert list(fast_c) == list(slow_c)
                 for bucket, devices in fast_c.items():
                     assert set(devices) == set(slow_c[bucket])
@@ -286,8 +279,8 @@ def test_rollups_equal_the_raw_answers(
                         )
                 for breakdown in (None, "browser", "device"):
                     _same_qoe(
-                        await stats.qoe(conn, q, timescale, breakdown=breakdown),
-                        await stats.qoe(conn, q, timescale, use_rollups=False, breakdown=breakdown),
+                        await stats.qoe(conn, q, breakdown=breakdown),
+                        await stats.qoe(conn, q, use_rollups=False, breakdown=breakdown),
                     )
                 e = EngagementQuery(sel, window, ask["ranges"])
                 fast, slow = (
@@ -564,15 +557,11 @@ async def test_writers_in_different_shards_add_up(database_url: str) -> None:
             window = Window(BASE, BASE + dt.timedelta(days=1))
             q = BucketQuery(Selection(key=key), window, Span(seconds=3600), "Europe/Berlin", 1)
             _same_plays(
-                await stats.plays(conn, q, False),
-                await stats.plays(conn, q, False, use_rollups=False),
+                await stats.plays(conn, q),
+                await stats.plays(conn, q, use_rollups=False),
             )
-            assert await stats.sources(conn, q, False) == await stats.sources(
-                conn, q, False, use_rollups=False
-            )
-            _same_qoe(
-                await stats.qoe(conn, q, False), await stats.qoe(conn, q, False, use_rollups=False)
-            )
+            assert await stats.sources(conn, q) == await stats.sources(conn, q, use_rollups=False)
+            _same_qoe(await stats.qoe(conn, q), await stats.qoe(conn, q, use_rollups=False))
             e = EngagementQuery(Selection(key=key, video={"video_id": "a"}), window, 10)
             assert await stats.engagement(conn, e) == await stats.engagement(
                 conn, e, use_rollups=False

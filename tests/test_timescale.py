@@ -17,6 +17,7 @@ import pytest
 from app.model.rows import SessionRow, VideoRef
 from app.settings import Settings
 from app.storage import db, timescale
+from app.storage.backend import Backend
 from app.storage.session_store import copy_rows, ensure_videos
 from tests.conftest import SHARED_TIMESCALE, start_server, timescale_cluster
 
@@ -32,6 +33,7 @@ async def ts(timescale_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 async def test_hypertables_and_continuous_aggregate(ts: asyncpg.Connection) -> None:
     assert await timescale.is_enabled(ts)
+    assert ts.backend is Backend.TIMESCALEDB  # what the SQL is assembled for
     names = {
         r[0]
         for r in await ts.fetch("SELECT hypertable_name FROM timescaledb_information.hypertables")
@@ -108,6 +110,7 @@ def test_installed_but_not_preloaded_falls_back_to_plain(
             conn = await db.connect(url)
             try:
                 assert not await timescale.is_enabled(conn)
+                assert conn.backend is Backend.POSTGRESQL
                 assert await conn.fetchval("SELECT count(*) FROM sessions") == 0
             finally:
                 await conn.close()

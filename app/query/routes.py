@@ -185,22 +185,19 @@ def _bucket_query(request: Request, body: dict[str, Any]) -> params.BucketQuery:
 
 async def plays(request: Request) -> Response:
     q = _bucket_query(request, await read_body(request))
-    ts = request.app.state.timescale
-    rows = await _run(request, lambda conn: stats.plays(conn, q, ts))
+    rows = await _run(request, lambda conn: stats.plays(conn, q))
     return await json_off_loop(len(rows), lambda: shapes.plays(rows))
 
 
 async def sources(request: Request) -> Response:
     q = _bucket_query(request, await read_body(request))
-    ts = request.app.state.timescale
-    rows = await _run(request, lambda conn: stats.sources(conn, q, ts))
+    rows = await _run(request, lambda conn: stats.sources(conn, q))
     return await json_off_loop(len(rows), lambda: shapes.sources(rows))
 
 
 async def completion(request: Request) -> Response:
     q = _bucket_query(request, await read_body(request))
-    ts = request.app.state.timescale
-    buckets = await _run(request, lambda conn: stats.completion(conn, q, ts))
+    buckets = await _run(request, lambda conn: stats.completion(conn, q))
     return await json_off_loop(len(buckets), lambda: shapes.completion(buckets))
 
 
@@ -210,8 +207,7 @@ async def qoe(request: Request) -> Response:
     breakdown = params.parse_breakdown(body.get("breakdown"))
     # every view with QoE data, whatever it watched (an exit before start watched nothing)
     q = dataclasses.replace(_bucket_query(request, body), minimum_watch_seconds=0.0)
-    ts = request.app.state.timescale
-    buckets = await _run(request, lambda conn: stats.qoe(conn, q, ts, breakdown=breakdown))
+    buckets = await _run(request, lambda conn: stats.qoe(conn, q, breakdown=breakdown))
     return await json_off_loop(len(buckets), lambda: shapes.qoe(buckets, breakdown))
 
 
@@ -226,8 +222,7 @@ async def engagement(request: Request) -> Response:
     if q.normalize == "sessions" and total is not None:
         # every selected session, played a second or not: the plays answer at threshold 0
         every = BucketQuery(q.selection, q.window, Span(months=120), "UTC", 0.0)
-        ts = request.app.state.timescale
-        buckets = await _run(request, lambda conn: stats.plays(conn, every, ts))
+        buckets = await _run(request, lambda conn: stats.plays(conn, every))
         sessions = sum(b.views for b in buckets)
     return json(shapes.engagement(total, q.ranges, counts, sessions))
 

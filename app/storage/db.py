@@ -14,12 +14,13 @@ from alembic import command
 from alembic.config import Config
 
 from app.resources import MIGRATIONS
+from app.storage import backend
 
 log = logging.getLogger("vidmetrics")
 
 # what the layers above hold without knowing the driver
 Pool = asyncpg.Pool
-Connection = asyncpg.Connection
+Connection = backend.Connection
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -110,21 +111,41 @@ async def create_pool(
         settings["statement_timeout"] = str(max(1, round(statement_seconds * 1000)))
         settings["max_parallel_workers_per_gather"] = "0"
         command_timeout = statement_seconds + 5  # the server cancels first
+    found: list[backend.Backend] = []  # detected once, on the pool's first connection
+
+    async def init(conn: backend.Connection) -> None:
+        await _init_connection(conn)
+        if not found:
+            found.append(await backend.detect(conn))
+        conn.backend = found[0]
+
     pool = await asyncpg.create_pool(
         url,
         min_size=min_size,
         max_size=max_size,
-        init=_init_connection,
+        init=init,
         command_timeout=command_timeout,
         server_settings=settings,
+        connection_class=backend.Connection,
     )
     assert pool is not None
     return pool
 
 
-async def connect(url: str) -> asyncpg.Connection:
-    conn = await asyncpg.connect(url, server_settings={"application_name": "vidmetrics"})
+async def backend_of(pool: asyncpg.Pool) -> backend.Backend:
+    """The backend the pool's connections talk to."""
+    async with pool.acquire() as conn:
+        return conn.backend  # type: ignore[no-any-return]
+
+
+async def connect(url: str) -> backend.Connection:
+    conn = await asyncpg.connect(
+        url,
+        server_settings={"application_name": "vidmetrics"},
+        connection_class=backend.Connection,
+    )
     await _init_connection(conn)
+    conn.backend = await backend.detect(conn)
     return conn
 
 

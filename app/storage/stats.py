@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import asyncpg
-
 from app.model import rollup, sketch
 from app.model.query import BucketQuery, EngagementQuery, Selection, Window
 from app.model.vocabulary import BROWSERS, DEVICES, PLATFORMS
 from app.storage import rollups
+from app.storage.backend import Backend, Connection, Record
 
 ORIGIN = "timestamp '2000-01-03 00:00:00'"  # a Monday: week buckets start on Mondays
 MONTH_ORIGIN_YEAR = 2000
@@ -59,7 +58,7 @@ def session_filters(sel: Selection, window: Window, p: Params, alias: str = "s")
     return conditions
 
 
-def _bucket(q: BucketQuery, p: Params, timescale: bool, column: str = "s.started_at") -> str:
+def _bucket(q: BucketQuery, p: Params, on: Backend, column: str = "s.started_at") -> str:
     local = f"({column} AT TIME ZONE {p.add(q.timezone, 'text')})"
     if q.interval.months:
         months = p.add(q.interval.months, "int")
@@ -72,9 +71,7 @@ def _bucket(q: BucketQuery, p: Params, timescale: bool, column: str = "s.started
             f"(floor({index}::numeric / {months}) * {months})::int))"
         )
     width = p.add(dt.timedelta(seconds=q.interval.seconds), "interval")
-    if timescale:
-        return f"time_bucket({width}, {local}, {ORIGIN})"
-    return f"date_bin({width}, {local}, {ORIGIN})"
+    return f"{on.bucket_function()}({width}, {local}, {ORIGIN})"
 
 
 # -- which requests the rollups answer exactly ------------------------------------------
@@ -221,14 +218,13 @@ def _window_condition(windows: list[Window], p: Params, column: str) -> str:
 
 
 async def _plays_raw(
-    conn: asyncpg.Connection,
+    conn: Connection,
     q: BucketQuery,
-    timescale: bool,
     windows: list[Window],
     into: dict[dt.datetime, PlaysBucket],
 ) -> None:
     p = Params()
-    bucket = _bucket(q, p, timescale)
+    bucket = _bucket(q, p, conn.backend)
     where = _sessions_where(q, p, windows)
     rows = await conn.fetch(
         f"""
@@ -254,15 +250,14 @@ async def _plays_raw(
 
 
 async def _plays_rollup(
-    conn: asyncpg.Connection,
+    conn: Connection,
     q: BucketQuery,
-    timescale: bool,
     cls: int,
     inner: Window,
     into: dict[dt.datetime, PlaysBucket],
 ) -> None:
     p = Params()
-    bucket = _bucket(q, p, timescale, "r.bucket")
+    bucket = _bucket(q, p, conn.backend, "r.bucket")
     table, where = _rollup_where(q, p, "plays", inner, cls)
     sums = ", ".join(f"sum(r.{c})" for c in rollup.BREAKDOWN_COLUMNS)
     rows = await conn.fetch(
@@ -284,34 +279,31 @@ async def _plays_rollup(
             entry.counts[i] += r[3 + i]
 
 
-async def plays(
-    conn: asyncpg.Connection, q: BucketQuery, timescale: bool, use_rollups: bool = True
-) -> list[PlaysBucket]:
+async def plays(conn: Connection, q: BucketQuery, use_rollups: bool = True) -> list[PlaysBucket]:
     """Views per bucket: whole 15-minute buckets from the rollup, the partial edges of the
     window (and anything the rollup cannot answer exactly) from the sessions table."""
     out: dict[dt.datetime, PlaysBucket] = {}
 
     async def raw(windows: list[Window]) -> None:
-        await _plays_raw(conn, q, timescale, windows, out)
-        await _impressions_raw(conn, q, timescale, windows, out)
+        await _plays_raw(conn, q, windows, out)
+        await _impressions_raw(conn, q, windows, out)
 
     async def from_rollups(cls: int, inner: Window) -> None:
-        await _plays_rollup(conn, q, timescale, cls, inner, out)
-        await _impressions_rollup(conn, q, timescale, inner, out)
+        await _plays_rollup(conn, q, cls, inner, out)
+        await _impressions_rollup(conn, q, inner, out)
 
     await _by_plan(q, use_rollups, raw, from_rollups)
     return [out[b] for b in sorted(out) if out[b].views > 0 or out[b].impressions > 0]
 
 
 async def _impressions_raw(
-    conn: asyncpg.Connection,
+    conn: Connection,
     q: BucketQuery,
-    timescale: bool,
     windows: list[Window],
     into: dict[dt.datetime, PlaysBucket],
 ) -> None:
     p = Params()
-    bucket = _bucket(q, p, timescale, "i.at")
+    bucket = _bucket(q, p, conn.backend, "i.at")
     where = video_filter(q.selection, p, "i.video_id")
     where.append(_window_condition(windows, p, "i.at"))
     if q.selection.session is not None:
@@ -326,14 +318,13 @@ async def _impressions_raw(
 
 
 async def _impressions_rollup(
-    conn: asyncpg.Connection,
+    conn: Connection,
     q: BucketQuery,
-    timescale: bool,
     inner: Window,
     into: dict[dt.datetime, PlaysBucket],
 ) -> None:
     p = Params()
-    bucket = _bucket(q, p, timescale, "r.bucket")
+    bucket = _bucket(q, p, conn.backend, "r.bucket")
     table, where = _rollup_where(q, p, "impressions", inner)
     for r in await conn.fetch(
         f"SELECT {bucket} AS bucket, sum(r.impressions) AS n "
@@ -355,9 +346,8 @@ class CompletionCounts:
 
 
 async def completion(
-    conn: asyncpg.Connection,
+    conn: Connection,
     q: BucketQuery,
-    timescale: bool,
     use_rollups: bool = True,
 ) -> dict[dt.datetime, dict[str, CompletionCounts]]:
     """{bucket: {device: counts}} for the views of the selection."""
@@ -370,7 +360,7 @@ async def completion(
 
     async def raw(windows: list[Window]) -> None:
         p = Params()
-        bucket = _bucket(q, p, timescale)
+        bucket = _bucket(q, p, conn.backend)
         where = _sessions_where(q, p, windows)
         known = "s.duration > 0"
         reached = ", ".join(
@@ -398,7 +388,7 @@ async def completion(
 
     async def from_rollups(cls: int, inner: Window) -> None:
         p = Params()
-        bucket = _bucket(q, p, timescale, "r.bucket")
+        bucket = _bucket(q, p, conn.backend, "r.bucket")
         table, where = _rollup_where(q, p, "completion", inner, cls)
         sums = ", ".join(f"sum(r.{c})" for c in [*rollup.COMPLETION_COLUMNS, "percent_sum"])
         for r in await conn.fetch(
@@ -448,9 +438,8 @@ def qoe_plan(q: BucketQuery) -> Window | None:
 
 
 async def qoe(
-    conn: asyncpg.Connection,
+    conn: Connection,
     q: BucketQuery,
-    timescale: bool,
     use_rollups: bool = True,
     breakdown: str | None = None,
 ) -> dict[dt.datetime, dict[str, QoeCounts]]:
@@ -472,7 +461,7 @@ async def qoe(
 
     async def raw(windows: list[Window]) -> None:
         p = Params()
-        bucket = _bucket(q, p, timescale)
+        bucket = _bucket(q, p, conn.backend)
         where = video_filter(q.selection, p, "s.video_id")
         where.append(_window_condition(windows, p, "s.started_at"))
         if q.selection.session is not None:
@@ -505,7 +494,7 @@ async def qoe(
 
     async def from_rollups(inner: Window) -> None:
         p = Params()
-        bucket = _bucket(q, p, timescale, "r.bucket")
+        bucket = _bucket(q, p, conn.backend, "r.bucket")
         table, where = _rollup_scope(q.selection, p, "qoe")
         where.append(f"r.bucket >= {p.add(inner.start, 'timestamptz')}")
         where.append(f"r.bucket < {p.add(inner.end, 'timestamptz')}")
@@ -568,7 +557,7 @@ async def qoe(
 
 # -- sources ----------------------------------------------------------------------------
 async def sources(
-    conn: asyncpg.Connection, q: BucketQuery, timescale: bool, use_rollups: bool = True
+    conn: Connection, q: BucketQuery, use_rollups: bool = True
 ) -> list[tuple[dt.datetime, str, int]]:
     """(bucket, page, views), by bucket, then most views, then page (code point order).
     One statement: the rollup's whole buckets and the raw edges are added up, grouped and
@@ -586,7 +575,7 @@ async def sources(
         if _whole_key(q.selection) and hourly is not None:  # the key's hourly rows, and
             quarters = _edges(inner, hourly)  # the quarter hours around them
             parts.append(
-                f"SELECT {_bucket(q, p, timescale, 'r.bucket')} AS bucket, r.page, "
+                f"SELECT {_bucket(q, p, conn.backend, 'r.bucket')} AS bucket, r.page, "
                 f"r.{reached} AS views FROM rollup_key_sources r "
                 f"WHERE r.key = {p.add(q.selection.key, 'text')} "
                 f"AND r.bucket >= {p.add(hourly.start, 'timestamptz')} "
@@ -599,12 +588,12 @@ async def sources(
                 f"r.bucket < {p.add(window.end, 'timestamptz')}",
             ]
             parts.append(
-                f"SELECT {_bucket(q, p, timescale, 'r.bucket')} AS bucket, r.page, "
+                f"SELECT {_bucket(q, p, conn.backend, 'r.bucket')} AS bucket, r.page, "
                 f"r.{reached} AS views FROM rollup_sources r "
                 f"WHERE {' AND '.join(where)}"
             )
     for window in windows:  # one plain time range each: index-friendly
-        bucket = _bucket(q, p, timescale)
+        bucket = _bucket(q, p, conn.backend)
         where = _sessions_where(q, p, [window])
         where.append("s.page IS NOT NULL")
         parts.append(
@@ -621,7 +610,7 @@ async def sources(
 
 
 async def engagement(
-    conn: asyncpg.Connection, q: EngagementQuery, use_rollups: bool = True
+    conn: Connection, q: EngagementQuery, use_rollups: bool = True
 ) -> tuple[float | None, dict[int, int]]:
     """(timeline length, {range index: viewers}); length None when nothing was watched.
 
@@ -656,7 +645,7 @@ Found = tuple[float | None, dict[int, int]] | None  # None: ask the raw path
 
 
 async def _single_length(
-    conn: asyncpg.Connection, q: EngagementQuery, inner: Window, durations: set[float]
+    conn: Connection, q: EngagementQuery, inner: Window, durations: set[float]
 ) -> Found:
     """From the per-video engagement rollup, when the sessions share one known duration."""
     if not durations:
@@ -681,7 +670,7 @@ def _rollup_durations(sel: Selection, p: Params, inner: Window) -> list[str]:
 
 
 async def _durations(
-    conn: asyncpg.Connection, sel: Selection, inner: Window | None, edges: list[Window]
+    conn: Connection, sel: Selection, inner: Window | None, edges: list[Window]
 ) -> set[float]:
     """The durations the selected played sessions reported (UNKNOWN_DURATION: none), from
     the engagement rollup over `inner` and from the sessions in `edges`."""
@@ -714,7 +703,7 @@ async def _durations(
 
 
 async def _engagement_rollup(
-    conn: asyncpg.Connection, q: EngagementQuery, inner: Window, length: float
+    conn: Connection, q: EngagementQuery, inner: Window, length: float
 ) -> dict[int, int]:
     p = Params()
     where = video_filter(q.selection, p, "r.video_id")
@@ -737,7 +726,7 @@ async def _engagement_rollup(
 
 
 async def _engagement_of_key(
-    conn: asyncpg.Connection, q: EngagementQuery, inner: Window, edges: list[Window]
+    conn: Connection, q: EngagementQuery, inner: Window, edges: list[Window]
 ) -> Found:
     """All videos of a key over the whole buckets of `inner`. Per bucket, the cache holds
     the bucket's durations and its counts for (ranges, length), valid while the bucket's
@@ -839,7 +828,7 @@ def _running(deltas: dict[int, int], ranges: int) -> list[int]:
 
 
 async def _engagement_raw(
-    conn: asyncpg.Connection, q: EngagementQuery, window: Window, length: float | None
+    conn: Connection, q: EngagementQuery, window: Window, length: float | None
 ) -> tuple[float | None, dict[int, int]]:
     """The raw path: from the watched ranges (islands) of the sessions started in `window`;
     the timeline length is `length` if given, else computed from those sessions."""
@@ -854,12 +843,12 @@ async def _engagement_raw(
 
 
 async def _raw_edges(
-    conn: asyncpg.Connection,
+    conn: Connection,
     q: EngagementQuery,
     window: Window,
     length: float | None,
     by_bucket: bool = False,
-) -> list[asyncpg.Record]:
+) -> list[Record]:
     """Rows (edge, delta[, bucket]) and one (-1, 0, total): the +1/-1 at the edges of the
     range spans the selected sessions' islands cover, per 15-minute bucket if asked.
 
@@ -916,7 +905,7 @@ async def _raw_edges(
     )
 
 
-async def watching(conn: asyncpg.Connection, sel: Selection, ttl_seconds: float) -> int:
+async def watching(conn: Connection, sel: Selection, ttl_seconds: float) -> int:
     p = Params()
     where = video_filter(sel, p, "pl.video_id")
     where.append(f"pl.last_seen > now() - {p.add(dt.timedelta(seconds=ttl_seconds), 'interval')}")
@@ -943,7 +932,7 @@ class VideoTotals:
 
 
 async def videos(
-    conn: asyncpg.Connection, q: BucketQuery, limit: int, use_rollups: bool = True
+    conn: Connection, q: BucketQuery, limit: int, use_rollups: bool = True
 ) -> list[VideoTotals]:
     """The most viewed videos of the selection in the window (views, watch seconds)."""
     totals: dict[int, list[float]] = {}

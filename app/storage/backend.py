@@ -1,0 +1,47 @@
+"""Which database engine the schema lives on, as one value the storage layer consults.
+
+Plain PostgreSQL and TimescaleDB hold the same tables and give the same answers; what
+differs is a few pieces of SQL (a bucketing function) and the maintenance the engine does
+itself (TimescaleDB's retention and compression policies). The backend is found once per
+pool, when its first connection opens, and every connection of the pool carries it
+(`Connection.backend`): the code that assembles SQL reads it there, so no flag travels
+through the signatures above it.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import asyncpg
+
+from app.storage import timescale
+
+
+class Backend(enum.StrEnum):
+    POSTGRESQL = "postgresql"
+    TIMESCALEDB = "timescaledb"
+
+    def bucket_function(self) -> str:
+        """The function that cuts local time into fixed-width buckets (same origin and
+        the same buckets on both)."""
+        return "time_bucket" if self is Backend.TIMESCALEDB else "date_bin"
+
+    @property
+    def has_policies(self) -> bool:
+        """The engine drops and compresses old data itself (else the server does)."""
+        return self is Backend.TIMESCALEDB
+
+
+Record = asyncpg.Record  # a result row
+
+
+class Connection(asyncpg.Connection):  # type: ignore[misc]
+    """A connection that knows which backend it talks to."""
+
+    backend: Backend = Backend.POSTGRESQL  # set when it opens (app/storage/db.py)
+
+
+async def detect(conn: asyncpg.Connection) -> Backend:
+    if await timescale.is_enabled(conn):
+        return Backend.TIMESCALEDB
+    return Backend.POSTGRESQL
