@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 
 from app.model import rollup
 from app.model.query import BucketQuery, EngagementQuery, Selection, Span, Window
+from app.model.results import PlaysBucket, QoeCounts
 from app.model.rows import Impression, IntervalRow, SessionRow, VideoIds, VideoRef, Written
+from app.model.vocabulary import Breakdown
 from app.storage import db, key_store, rebuild, session_store, stats
 
 UTC = dt.UTC
@@ -203,7 +205,7 @@ def _selection(key: str, which: str) -> Selection:
     return Selection(video={"video_id": which.split("-")[1]}, key=key)
 
 
-def _same_plays(a: list[stats.PlaysBucket], b: list[stats.PlaysBucket]) -> None:
+def _same_plays(a: list[PlaysBucket], b: list[PlaysBucket]) -> None:
     assert [(x.bucket, x.views, x.counts, x.impressions) for x in a] == [
         (x.bucket, x.views, x.counts, x.impressions) for x in b
     ]
@@ -212,8 +214,8 @@ def _same_plays(a: list[stats.PlaysBucket], b: list[stats.PlaysBucket]) -> None:
 
 
 def _same_qoe(
-    a: dict[dt.datetime, dict[str, stats.QoeCounts]],
-    b: dict[dt.datetime, dict[str, stats.QoeCounts]],
+    a: dict[dt.datetime, dict[str, QoeCounts]],
+    b: dict[dt.datetime, dict[str, QoeCounts]],
 ) -> None:
     assert list(a) == list(b)
     for bucket, groups in a.items():
@@ -277,7 +279,7 @@ def test_rollups_equal_the_raw_answers(
                         assert counts.values == pytest.approx(
                             slow_c[bucket][device].values, abs=1e-9
                         )
-                for breakdown in (None, "browser", "device"):
+                for breakdown in (None, Breakdown.BROWSER, Breakdown.DEVICE):
                     _same_qoe(
                         await stats.qoe(conn, q, breakdown=breakdown),
                         await stats.qoe(conn, q, use_rollups=False, breakdown=breakdown),

@@ -3,6 +3,8 @@ event names and payload fields the protocol defines (their positions are stored 
 
 from __future__ import annotations
 
+import enum
+
 BROWSERS = ("brave", "chrome", "edge", "firefox", "ie", "opera", "other", "safari")
 
 
@@ -65,3 +67,20 @@ PAYLOAD_NUMBERS = (
 
 
 PAYLOAD_TEXTS = (("language", 35),)
+
+
+class Breakdown(enum.StrEnum):
+    """What a QoE answer may be grouped by: a device class, closed (its value is also the
+    sessions column that holds it)."""
+
+    BROWSER = "browser"
+    PLATFORM = "platform"
+    DEVICE = "device"
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return {"browser": BROWSERS, "platform": PLATFORMS, "device": DEVICES}[self.value]
+
+    def class_of(self, value: str) -> str:
+        """The class a view counts in: its own when known, else "other"."""
+        return value if value in self.classes else "other"

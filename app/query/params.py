@@ -16,6 +16,7 @@ import orjson
 
 from app.errors import BadRequest
 from app.model.query import BucketQuery, EngagementQuery, ExportQuery, Selection, Span, Window
+from app.model.vocabulary import Breakdown
 
 MAX_SPAN_SECONDS = 10 * 366 * 86400
 MAX_MONTHS = 120
@@ -203,12 +204,12 @@ def bucket_query(body: dict[str, Any], now: dt.datetime, max_buckets: int) -> Bu
     )
 
 
-def parse_breakdown(value: Any) -> str | None:
+def parse_breakdown(value: Any) -> Breakdown | None:
     if value is None:
         return None
-    if value not in ("browser", "platform", "device"):
+    if value not in tuple(Breakdown):
         raise BadRequest("breakdown must be one of browser, platform, device")
-    return str(value)
+    return Breakdown(value)
 
 
 def engagement_query(body: dict[str, Any], now: dt.datetime) -> EngagementQuery:

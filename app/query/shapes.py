@@ -6,9 +6,9 @@ import datetime as dt
 from typing import Any
 
 from app.model import sketch
-from app.model.rollup import BREAKDOWN_COLUMNS, COMPLETION_COLUMNS, MILESTONES, QOE_COLUMNS
-from app.model.vocabulary import BROWSERS, DEVICES, PLATFORMS
-from app.storage.stats import CompletionCounts, PlaysBucket, QoeCounts
+from app.model.results import CompletionCounts, PlaysBucket, QoeCounts
+from app.model.rollup import COMPLETION_COLUMNS, MILESTONES, QOE_COLUMNS
+from app.model.vocabulary import DEVICES, Breakdown
 
 
 def label(bucket: dt.datetime) -> str:
@@ -23,15 +23,14 @@ def _seconds(value: float) -> float:
 def plays(buckets: list[PlaysBucket]) -> dict[str, Any]:
     views = []
     for b in buckets:
-        counts = dict(zip(BREAKDOWN_COLUMNS, b.counts, strict=True))
         views.append(
             {
                 "interval": label(b.bucket),
                 "views": b.views,
                 "total_view_time": _seconds(b.watch_seconds),
-                "browser": {x: counts[f"browser_{x}"] for x in BROWSERS},
-                "device_type": {x: counts[f"device_{x}"] for x in DEVICES},
-                "platform": {x: counts[f"platform_{x}"] for x in PLATFORMS},
+                "browser": b.by(Breakdown.BROWSER),
+                "device_type": b.by(Breakdown.DEVICE),
+                "platform": b.by(Breakdown.PLATFORM),
                 "impressions": b.impressions,
                 "play_rate": round(b.views / b.impressions, 4) if b.impressions else None,
             }
@@ -135,7 +134,9 @@ def qoe_figures(c: QoeCounts) -> dict[str, Any]:
     }
 
 
-def qoe(buckets: dict[dt.datetime, dict[str, QoeCounts]], breakdown: str | None) -> dict[str, Any]:
+def qoe(
+    buckets: dict[dt.datetime, dict[str, QoeCounts]], breakdown: Breakdown | None
+) -> dict[str, Any]:
     """buckets: per bucket, the counts per group ("" without a breakdown)."""
     out = []
     for bucket, groups in buckets.items():

@@ -13,8 +13,9 @@ import asyncpg
 from app.model.query import Selection, Window
 from app.model.rollup import Qoe
 from app.storage import timeline
+from app.storage.backend import Connection
 from app.storage.rollups import qoe_of
-from app.storage.stats import Params, session_filters
+from app.storage.where import Params, where
 
 BATCH = 2000
 
@@ -113,26 +114,21 @@ def _summary(row: asyncpg.Record) -> Summary:
     )
 
 
-async def count_sessions(conn: asyncpg.Connection, sel: Selection, window: Window) -> int:
+async def count_sessions(conn: Connection, sel: Selection, window: Window) -> int:
     p = Params()
-    where = session_filters(sel, window, p)
-    return int(
-        await conn.fetchval(
-            f"SELECT count(*) FROM sessions s WHERE {' AND '.join(where)}", *p.values
-        )
-    )
+    condition = where(p.sessions(sel, window))
+    return int(await conn.fetchval(f"SELECT count(*) FROM sessions s WHERE {condition}", *p.values))
 
 
 async def summaries(
-    conn: asyncpg.Connection, sel: Selection, window: Window, batch: int = BATCH
+    conn: Connection, sel: Selection, window: Window, batch: int = BATCH
 ) -> AsyncIterator[list[Summary]]:
     """Batches of session summaries, oldest first, read through a cursor (the caller's
     connection must stay checked out while iterating)."""
     p = Params()
-    where = session_filters(sel, window, p)
     sql = (
         f"SELECT {_COLUMNS} FROM sessions s JOIN videos v ON v.id = s.video_id "
-        f"WHERE {' AND '.join(where)} ORDER BY s.started_at, s.id"
+        f"WHERE {where(p.sessions(sel, window))} ORDER BY s.started_at, s.id"
     )
     async with conn.transaction(readonly=True, isolation="repeatable_read"):
         # a stream may take as long as its reader: not bound by a question's budget (at
@@ -147,7 +143,7 @@ async def summaries(
 
 
 # -- the webhook outbox --------------------------------------------------------------
-async def due_summaries(conn: asyncpg.Connection, limit: int) -> list[Summary]:
+async def due_summaries(conn: Connection, limit: int) -> list[Summary]:
     """Claim up to `limit` due outbox entries (locked until the caller's transaction ends;
     other processes skip them) and return their sessions' summaries."""
     rows = await conn.fetch(
@@ -168,11 +164,11 @@ async def due_summaries(conn: asyncpg.Connection, limit: int) -> list[Summary]:
     return [_summary(r) for r in rows]
 
 
-async def delivered(conn: asyncpg.Connection, sessions: list[int]) -> None:
+async def delivered(conn: Connection, sessions: list[int]) -> None:
     await conn.execute("DELETE FROM export_outbox WHERE session_id = ANY($1::bigint[])", sessions)
 
 
-async def retry_later(conn: asyncpg.Connection, sessions: list[int], error: str) -> None:
+async def retry_later(conn: Connection, sessions: list[int], error: str) -> None:
     """Exponential back-off per entry: 1 s, 2 s, 4 s ... at most 10 minutes."""
     await conn.execute(
         """
@@ -186,7 +182,7 @@ async def retry_later(conn: asyncpg.Connection, sessions: list[int], error: str)
     )
 
 
-async def drop_orphans(conn: asyncpg.Connection) -> None:
+async def drop_orphans(conn: Connection) -> None:
     """Forget outbox entries whose session is gone (retention)."""
     await conn.execute(
         "DELETE FROM export_outbox o WHERE NOT EXISTS (SELECT 1 FROM sessions s "
@@ -194,13 +190,13 @@ async def drop_orphans(conn: asyncpg.Connection) -> None:
     )
 
 
-async def pending(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+async def pending(conn: Connection | asyncpg.Pool) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM export_outbox"))
 
 
 # -- session drill-down -----------------------------------------------------------------
 async def page_of_sessions(
-    conn: asyncpg.Connection,
+    conn: Connection,
     sel: Selection,
     window: Window,
     limit: int,
@@ -208,15 +204,15 @@ async def page_of_sessions(
 ) -> list[Summary]:
     """Newest first; `before` is the (started_at, id) of the last session already shown."""
     p = Params()
-    where = session_filters(sel, window, p)
+    conditions = p.sessions(sel, window)
     if before is not None:
-        where.append(
+        conditions.append(
             f"(s.started_at, s.id) < ({p.add(before[0], 'timestamptz')}, "
             f"{p.add(before[1], 'bigint')})"
         )
     rows = await conn.fetch(
         f"SELECT {_COLUMNS} FROM sessions s JOIN videos v ON v.id = s.video_id "
-        f"WHERE {' AND '.join(where)} ORDER BY s.started_at DESC, s.id DESC "
+        f"WHERE {where(conditions)} ORDER BY s.started_at DESC, s.id DESC "
         f"LIMIT {p.add(limit, 'int')}",
         *p.values,
     )
@@ -231,7 +227,7 @@ class EventEntry:
 
 
 async def one_session(
-    conn: asyncpg.Connection,
+    conn: Connection,
     session_id: int,
 ) -> tuple[Summary, list[EventEntry]] | None:
     """A session's summary and every stored raw event in order (None: no such session)."""
