@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.model.vocabulary import EVENT_NAMES, PAYLOAD_NUMBERS, PAYLOAD_TEXTS
@@ -24,6 +24,7 @@ events = st.lists(
 )
 
 
+@settings(deadline=None)  # pure, but may share the machine with a loaded database
 @given(events, events)
 def test_what_is_appended_reads_back_in_order(first: list, second: list) -> None:  # type: ignore[type-arg]
     def at(ms: int) -> dt.datetime:

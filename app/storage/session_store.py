@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -135,6 +135,255 @@ class Prepared:
     outcome: Outcome
 
 
+@dataclass(slots=True)
+class _Parts:
+    """A batch's ops by kind, in submission order (a later snapshot of a session, or a
+    later presence, replaces an earlier one)."""
+
+    sessions: dict[int, SessionRow] = field(default_factory=dict)
+    intervals: list[IntervalRow] = field(default_factory=list)
+    events: list[EventRow] = field(default_factory=list)
+    presence: dict[int, Presence] = field(default_factory=dict)
+    ended: list[Ended] = field(default_factory=list)
+    impressions: list[Impression] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, ops: list[Op]) -> _Parts:
+        parts = cls()
+        for op in ops:
+            if isinstance(op, SessionRow):
+                parts.sessions[op.id] = op
+            elif isinstance(op, IntervalRow):
+                parts.intervals.append(op)
+            elif isinstance(op, EventRow):
+                parts.events.append(op)
+            elif isinstance(op, Presence):
+                parts.presence[op.session_id] = op
+            elif isinstance(op, Impression):
+                parts.impressions.append(op)
+            else:
+                parts.ended.append(op)
+        return parts
+
+
+Stored = dict[int, tuple[rollup.State, int] | None]  # session -> (state, timeline bytes)
+Packed = tuple[dt.datetime, bytes | None, int] | None  # a session's new timeline bytes
+
+
+class _Batch:
+    """What building one batch's writes shares: the connection (used only once the
+    caller's `ready` is done), the video ids, the statement, the deltas, the outcome."""
+
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        videos: VideoIds,
+        ready: Awaitable[Any] | None,
+    ) -> None:
+        self._conn = conn
+        self._ready = ready
+        self._videos = videos
+        self.found: dict[tuple[str, str], int] = {}
+        self.statement = rollups.Statement()
+        self.deltas = rollup.Deltas()
+        self.outcome = Outcome(self.found, {})
+
+    async def database(self) -> asyncpg.Connection:
+        """The connection, once the caller lets this batch use it."""
+        if self._ready is not None:
+            await self._ready
+            self._ready = None
+        return self._conn
+
+    async def resolve(self, ops: list[Op]) -> None:
+        """Find (or create) the ids of videos not known yet."""
+        wanted: dict[tuple[str, str], VideoRef] = {}
+        for op in ops:
+            if self._videos.get(op.video) is None:
+                wanted[(op.video.key, op.video.identity)] = op.video
+        if wanted:
+            self.found.update(await _resolve_videos(await self.database(), wanted))
+
+    def vid(self, ref: VideoRef) -> int:
+        known = self._videos.get(ref)
+        return known if known is not None else self.found[(ref.key, ref.identity)]
+
+    async def stored(
+        self, rows: list[SessionRow], written: Written | None
+    ) -> tuple[Stored, set[int]]:
+        """The stored state of these sessions (what they contribute to the rollups now)
+        and the bytes of timeline their rows hold: known from `written`, or read (those
+        read are the second value)."""
+        old: Stored = {}
+        unknown: list[SessionRow] = []
+        for r in rows:
+            known = written.get(r.id) if written is not None else None
+            if known is None:
+                unknown.append(r)
+            else:
+                old[r.id] = known
+        if unknown:
+            # FOR NO KEY UPDATE: a row another transaction is writing is read once that
+            # one has ended, as it then is
+            for rec in await (await self.database()).fetch(
+                f"""
+                    SELECT {rollups.STATE_COLUMNS}, coalesce(octet_length(s.events), 0) AS kept
+                      FROM sessions s
+                      JOIN unnest($1::bigint[], $2::timestamptz[]) AS u(id, t)
+                        ON s.id = u.id AND s.started_at = u.t
+                      JOIN videos v ON v.id = s.video_id
+                       FOR NO KEY UPDATE OF s
+                    """,
+                [r.id for r in unknown],
+                [r.started_at for r in unknown],
+            ):
+                old[rec["id"]] = (rollups.state_of(rec), rec["kept"])
+        return old, {r.id for r in unknown}
+
+
+def _advance(
+    rows: list[SessionRow],
+    old: Stored,
+    parts: _Parts,
+    timelines: dict[int, tuple[dt.datetime, bytes, int]],
+    vid: Callable[[VideoRef], int],
+    into: _Batch,
+) -> tuple[list[str], list[Packed]]:
+    """The pure step: each session's new state from its stored one and this batch's
+    snapshot and watched ranges, the rollup deltas between them, and where its new events
+    go (into its row, or — past timeline.ROW_BYTES — left in `timelines` for an overflow
+    row). Returns the merged islands (as float8[] literals) and the row's new events."""
+    spans: dict[int, list[tuple[float, float]]] = {}
+    for i in parts.intervals:
+        spans.setdefault(i.session_id, []).append((i.media_from, i.media_to))
+    islands: list[str] = []
+    packed: list[Packed] = [timelines.pop(r.id, None) for r in rows]
+    for n, r in enumerate(rows):
+        before = old.get(r.id)
+        merged = rollup.merge_islands(
+            list(before[0].islands) if before else None, spans.get(r.id, ())
+        )
+        islands.append("{" + ",".join(map(repr, merged)) + "}")
+        state = r.state(vid(r.video), tuple(merged))
+        into.deltas.change(before[0] if before else None, state)
+        kept = before[1] if before else 0
+        got = packed[n]
+        if got is not None and got[1] is not None:
+            if kept + len(got[1]) > timeline.ROW_BYTES:
+                # a long timeline goes on in overflow rows: appending to the row would
+                # rewrite all of it (past ~2 KB its TOAST copy) on every write
+                timelines[r.id] = (got[0], got[1], got[2])  # written as an overflow row
+                packed[n] = (got[0], None, got[2])
+            else:
+                kept += len(got[1])
+        into.outcome.sessions[r.id] = (state, kept)
+    return islands, packed
+
+
+def _upsert_sessions(
+    b: _Batch, rows: list[SessionRow], islands: list[str], packed: list[Packed], fetched: set[int]
+) -> str:
+    """The sessions' upsert; returns the SELECT that finds sessions believed stored (not
+    read back) yet inserted afresh: their deltas were wrong (see StaleState)."""
+    statement, vid = b.statement, b.vid
+    qoe = [r.qoe_columns() for r in rows]
+    columns = (
+        ([r.id for r in rows], "bigint"),
+        ([r.started_at for r in rows], "timestamptz"),
+        ([vid(r.video) for r in rows], "bigint"),
+        ([r.ended_at for r in rows], "timestamptz"),
+        ([r.browser for r in rows], "text"),
+        ([r.platform for r in rows], "text"),
+        ([r.device for r in rows], "text"),
+        ([r.page for r in rows], "text"),
+        ([r.session_data for r in rows], "jsonb"),
+        ([r.duration for r in rows], "float8"),
+        ([r.watch_seconds for r in rows], "float8"),
+        ([r.furthest for r in rows], "float8"),
+        (islands, "text"),
+        ([r.ended for r in rows], "bool"),
+        ([r.played for r in rows], "bool"),
+        *[([q[i] for q in qoe], t) for i, t in enumerate(QOE_SESSION_TYPES)],
+        ([p[1] if p else None for p in packed], "bytea"),
+        ([p[2] if p else 0 for p in packed], "int"),
+    )
+    arrays = ", ".join(statement.param(values, f"{t}[]") for values, t in columns)
+    upsert = statement.add(
+        f"""
+        INSERT INTO sessions AS s (id, started_at, video_id, ended_at, browser, platform,
+                              device, page, session_data, duration, watch_seconds, furthest,
+                              islands, ended, played,
+                              {", ".join(QOE_SESSION_COLUMNS)}, events, event_count)
+        SELECT a, b, c, d, e, f, g, h, i, j, k, l, m::float8[], n, p,
+               q1, q2, q3, q4, q5, q6, q7, q8, q9, ev, evn
+          FROM unnest({arrays})
+               AS u(a, b, c, d, e, f, g, h, i, j, k, l, m, n, p,
+                    q1, q2, q3, q4, q5, q6, q7, q8, q9, ev, evn)
+        ON CONFLICT (id, started_at) DO UPDATE SET
+            ended_at = EXCLUDED.ended_at, duration = EXCLUDED.duration,
+            watch_seconds = EXCLUDED.watch_seconds, furthest = EXCLUDED.furthest,
+            islands = EXCLUDED.islands, ended = EXCLUDED.ended, played = EXCLUDED.played,
+            {", ".join(f"{c} = EXCLUDED.{c}" for c in QOE_SESSION_COLUMNS)},
+            events = CASE WHEN EXCLUDED.events IS NULL THEN s.events
+                          ELSE coalesce(s.events, ''::bytea) || EXCLUDED.events END,
+            event_count = s.event_count + EXCLUDED.event_count
+        RETURNING s.id, s.xmax = 0 AS inserted"""
+    )
+    return (
+        f"SELECT id FROM {upsert} WHERE inserted AND id = ANY("
+        f"{statement.param([r.id for r in rows if r.id not in fetched], 'bigint[]')})"
+    )
+
+
+def _overflow(
+    statement: rollups.Statement,
+    timelines: dict[int, tuple[dt.datetime, bytes, int]],
+    sessions: dict[int, SessionRow],
+) -> None:
+    """Overflowing timelines of the batch's sessions: one row each (counted by the
+    sessions' upsert); taken out of `timelines`."""
+    overflow = [sid for sid in timelines if sid in sessions]
+    if overflow:
+        statement.add(
+            f"""
+            INSERT INTO session_events (session_id, session_started_at, events)
+            SELECT * FROM unnest({statement.param(overflow, "bigint[]")},
+                {statement.param([timelines[sid][0] for sid in overflow], "timestamptz[]")},
+                {statement.param([timelines.pop(sid)[1] for sid in overflow], "bytea[]")})
+            """
+        )
+
+
+def _presence(b: _Batch, moves: list[Presence]) -> None:
+    """One upsert for both ways: a session that stops keeps its row, dated -infinity (not
+    watching; the row is deleted later by touch_playing), so play/pause flips update one
+    row in place instead of inserting and deleting index entries every time."""
+    statement = b.statement
+    statement.add(
+        f"""
+        INSERT INTO playing AS pl (session_id, video_id, session_started_at, last_seen)
+        SELECT s, v, t, CASE WHEN p THEN now() ELSE '-infinity' END FROM unnest(
+            {statement.param([m.session_id for m in moves], "bigint[]")},
+            {statement.param([b.vid(m.video) for m in moves], "bigint[]")},
+            {statement.param([m.session_started_at for m in moves], "timestamptz[]")},
+            {statement.param([m.playing for m in moves], "bool[]")}) AS u(s, v, t, p)
+        ON CONFLICT (session_id) DO UPDATE SET last_seen = EXCLUDED.last_seen
+        """
+    )
+
+
+def _outbox(statement: rollups.Statement, ended: list[Ended]) -> None:
+    statement.add(
+        f"""
+        INSERT INTO export_outbox (session_id, session_started_at)
+        SELECT * FROM unnest(
+            {statement.param([e.session_id for e in ended], "bigint[]")},
+            {statement.param([e.session_started_at for e in ended], "timestamptz[]")})
+        ON CONFLICT (session_id) DO NOTHING
+        """
+    )
+
+
 async def prepare_batch(
     conn: asyncpg.Connection,
     ops: list[Op],
@@ -154,196 +403,29 @@ async def prepare_batch(
     `ready`, if given, and only if there is any — everything else is one statement for
     execute_batch. The outcome holds the video ids resolved on the way
     and the sessions' new states, for the caller to cache after commit."""
-    sessions: dict[int, SessionRow] = {}
-    intervals: list[IntervalRow] = []
-    events: list[EventRow] = []
-    presence: dict[int, Presence] = {}
-    ended: list[Ended] = []
-    impressions: list[Impression] = []
-    for op in ops:
-        if isinstance(op, SessionRow):
-            sessions[op.id] = op
-        elif isinstance(op, IntervalRow):
-            intervals.append(op)
-        elif isinstance(op, EventRow):
-            events.append(op)
-        elif isinstance(op, Presence):
-            presence[op.session_id] = op
-        elif isinstance(op, Impression):
-            impressions.append(op)
-        else:
-            ended.append(op)
-
-    wanted: dict[tuple[str, str], VideoRef] = {}
-    for op in ops:
-        if videos.get(op.video) is None:
-            wanted[(op.video.key, op.video.identity)] = op.video
-
-    async def database() -> asyncpg.Connection:
-        """The connection, once the caller lets this batch use it."""
-        nonlocal ready
-        if ready is not None:
-            await ready
-            ready = None
-        return conn
-
-    found = await _resolve_videos(await database(), wanted) if wanted else {}
-
-    def vid(ref: VideoRef) -> int:
-        known = videos.get(ref)
-        return known if known is not None else found[(ref.key, ref.identity)]
-
-    deltas = rollup.Deltas()
-    timelines = _timelines(events)
-    outcome = Outcome(found, {})
-    statement = rollups.Statement()
+    parts = _Parts.of(ops)
+    b = _Batch(conn, videos, ready)
+    await b.resolve(ops)
+    timelines = _timelines(parts.events)
     final: str | None = None
-    if sessions:
-        rows = list(sessions.values())
-        # the stored state of these sessions (what they contribute to the rollups now) and
-        # the bytes of timeline their rows hold: known, or read
-        old: dict[int, tuple[rollup.State, int] | None] = {}
-        unknown: list[SessionRow] = []
-        for r in rows:
-            known = written.get(r.id) if written is not None else None
-            if known is None:
-                unknown.append(r)
-            else:
-                old[r.id] = known
-        fetched = {r.id for r in unknown}
-        if unknown:
-            # FOR NO KEY UPDATE: a row another transaction is writing is read once that
-            # one has ended, as it then is
-            for rec in await (await database()).fetch(
-                f"""
-                    SELECT {rollups.STATE_COLUMNS}, coalesce(octet_length(s.events), 0) AS kept
-                      FROM sessions s
-                      JOIN unnest($1::bigint[], $2::timestamptz[]) AS u(id, t)
-                        ON s.id = u.id AND s.started_at = u.t
-                      JOIN videos v ON v.id = s.video_id
-                       FOR NO KEY UPDATE OF s
-                    """,
-                [r.id for r in unknown],
-                [r.started_at for r in unknown],
-            ):
-                old[rec["id"]] = (rollups.state_of(rec), rec["kept"])
-        spans: dict[int, list[tuple[float, float]]] = {}
-        for i in intervals:
-            spans.setdefault(i.session_id, []).append((i.media_from, i.media_to))
-        islands: list[str] = []
-        packed = [timelines.pop(r.id, None) for r in rows]
-        for n, r in enumerate(rows):
-            before = old.get(r.id)
-            merged = rollup.merge_islands(
-                list(before[0].islands) if before else None, spans.get(r.id, ())
-            )
-            islands.append("{" + ",".join(map(repr, merged)) + "}")
-            state = r.state(vid(r.video), tuple(merged))
-            deltas.change(before[0] if before else None, state)
-            kept = before[1] if before else 0
-            got = packed[n]
-            if got is not None:
-                if kept + len(got[1]) > timeline.ROW_BYTES:
-                    # a long timeline goes on in overflow rows: appending to the row would
-                    # rewrite all of it (past ~2 KB its TOAST copy) on every write
-                    timelines[r.id] = got  # written below, as an overflow row
-                    packed[n] = (got[0], None, got[2])
-                else:
-                    kept += len(got[1])
-            outcome.sessions[r.id] = (state, kept)
-        qoe = [r.qoe_columns() for r in rows]
-        columns = (
-            ([r.id for r in rows], "bigint"),
-            ([r.started_at for r in rows], "timestamptz"),
-            ([vid(r.video) for r in rows], "bigint"),
-            ([r.ended_at for r in rows], "timestamptz"),
-            ([r.browser for r in rows], "text"),
-            ([r.platform for r in rows], "text"),
-            ([r.device for r in rows], "text"),
-            ([r.page for r in rows], "text"),
-            ([r.session_data for r in rows], "jsonb"),
-            ([r.duration for r in rows], "float8"),
-            ([r.watch_seconds for r in rows], "float8"),
-            ([r.furthest for r in rows], "float8"),
-            (islands, "text"),
-            ([r.ended for r in rows], "bool"),
-            ([r.played for r in rows], "bool"),
-            *[([q[i] for q in qoe], t) for i, t in enumerate(QOE_SESSION_TYPES)],
-            ([p[1] if p else None for p in packed], "bytea"),
-            ([p[2] if p else 0 for p in packed], "int"),
-        )
-        arrays = ", ".join(statement.param(values, f"{t}[]") for values, t in columns)
-        upsert = statement.add(
-            f"""
-            INSERT INTO sessions AS s (id, started_at, video_id, ended_at, browser, platform,
-                                  device, page, session_data, duration, watch_seconds, furthest,
-                                  islands, ended, played,
-                                  {", ".join(QOE_SESSION_COLUMNS)}, events, event_count)
-            SELECT a, b, c, d, e, f, g, h, i, j, k, l, m::float8[], n, p,
-                   q1, q2, q3, q4, q5, q6, q7, q8, q9, ev, evn
-              FROM unnest({arrays})
-                   AS u(a, b, c, d, e, f, g, h, i, j, k, l, m, n, p,
-                        q1, q2, q3, q4, q5, q6, q7, q8, q9, ev, evn)
-            ON CONFLICT (id, started_at) DO UPDATE SET
-                ended_at = EXCLUDED.ended_at, duration = EXCLUDED.duration,
-                watch_seconds = EXCLUDED.watch_seconds, furthest = EXCLUDED.furthest,
-                islands = EXCLUDED.islands, ended = EXCLUDED.ended, played = EXCLUDED.played,
-                {", ".join(f"{c} = EXCLUDED.{c}" for c in QOE_SESSION_COLUMNS)},
-                events = CASE WHEN EXCLUDED.events IS NULL THEN s.events
-                              ELSE coalesce(s.events, ''::bytea) || EXCLUDED.events END,
-                event_count = s.event_count + EXCLUDED.event_count
-            RETURNING s.id, s.xmax = 0 AS inserted"""
-        )
-        # believed stored (not read back) yet inserted afresh: the deltas were wrong
-        final = (
-            f"SELECT id FROM {upsert} WHERE inserted AND id = ANY("
-            f"{statement.param([r.id for r in rows if r.id not in fetched], 'bigint[]')})"
-        )
-        # overflowing timelines of these sessions: one row each (counted by the upsert)
-        overflow = [sid for sid in timelines if sid in sessions]
-        if overflow:
-            statement.add(
-                f"""
-                INSERT INTO session_events (session_id, session_started_at, events)
-                SELECT * FROM unnest({statement.param(overflow, "bigint[]")},
-                    {statement.param([timelines[sid][0] for sid in overflow], "timestamptz[]")},
-                    {statement.param([timelines.pop(sid)[1] for sid in overflow], "bytea[]")})
-                """
-            )
+    if parts.sessions:
+        rows = list(parts.sessions.values())
+        old, fetched = await b.stored(rows, written)
+        islands, packed = _advance(rows, old, parts, timelines, b.vid, b)
+        final = _upsert_sessions(b, rows, islands, packed, fetched)
+        _overflow(b.statement, timelines, parts.sessions)
     if timelines:  # events of sessions without a snapshot in this batch
-        await append_events(await database(), timelines)
-    if impressions:
-        await _copy_impressions(await database(), impressions, vid, deltas)
-    rollups.add_deltas(statement, deltas, shard)
-    if presence:
-        # one upsert for both ways: a session that stops keeps its row, dated -infinity (not
-        # watching; the row is deleted later by touch_playing), so play/pause flips update
-        # one row in place instead of inserting and deleting index entries every time
-        moves = list(presence.values())
-        statement.add(
-            f"""
-            INSERT INTO playing AS pl (session_id, video_id, session_started_at, last_seen)
-            SELECT s, v, t, CASE WHEN p THEN now() ELSE '-infinity' END FROM unnest(
-                {statement.param([m.session_id for m in moves], "bigint[]")},
-                {statement.param([vid(m.video) for m in moves], "bigint[]")},
-                {statement.param([m.session_started_at for m in moves], "timestamptz[]")},
-                {statement.param([m.playing for m in moves], "bool[]")}) AS u(s, v, t, p)
-            ON CONFLICT (session_id) DO UPDATE SET last_seen = EXCLUDED.last_seen
-            """
-        )
-    if outbox and ended:
-        statement.add(
-            f"""
-            INSERT INTO export_outbox (session_id, session_started_at)
-            SELECT * FROM unnest(
-                {statement.param([e.session_id for e in ended], "bigint[]")},
-                {statement.param([e.session_started_at for e in ended], "timestamptz[]")})
-            ON CONFLICT (session_id) DO NOTHING
-            """
-        )
-    for e in ended:
-        outcome.sessions[e.session_id] = None
-    return Prepared(statement, final, outcome)
+        await append_events(await b.database(), timelines)
+    if parts.impressions:
+        await _copy_impressions(await b.database(), parts.impressions, b.vid, b.deltas)
+    rollups.add_deltas(b.statement, b.deltas, shard)
+    if parts.presence:
+        _presence(b, list(parts.presence.values()))
+    if outbox and parts.ended:
+        _outbox(b.statement, parts.ended)
+    for e in parts.ended:
+        b.outcome.sessions[e.session_id] = None
+    return Prepared(b.statement, final, b.outcome)
 
 
 async def execute_batch(conn: asyncpg.Connection, prepared: Prepared) -> None:
