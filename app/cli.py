@@ -21,6 +21,9 @@ import orjson
 from app.settings import Settings, SettingsError, from_env
 
 log = logging.getLogger("vidmetrics")
+# how `serve --workers N` hands its worker processes what they need (never logged)
+WORKER_SETTINGS = "VIDMETRICS_WORKER_SETTINGS"
+WORKER_EXAMPLE_KEY = "VIDMETRICS_EXAMPLE_KEY"
 
 
 class _JsonFormatter(logging.Formatter):
@@ -168,13 +171,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         log.info(line)
         workers = args.workers or settings.workers
         if workers > 1:
-            # each worker builds its own app (pool, writer, key cache) from the environment
-            os.environ["DATABASE_URL"] = url
-            if settings.password and not settings.password_hash:
-                os.environ["METRICS_PASSWORD"] = settings.password
-            os.environ["VIDMETRICS_EXAMPLE_KEY"] = key or ""
-            os.environ["METRICS_MAX_SOCKETS"] = str(settings.max_sockets)  # as fitted above
-            os.environ["METRICS_MAX_HTTP_CONNECTIONS"] = str(settings.max_http_connections)
+            # each worker builds its own app (pool, writer, key cache) from the parent's
+            # settings, as fitted above, handed over whole
+            os.environ[WORKER_SETTINGS] = dataclasses.replace(settings, database_url=url).to_json()
+            os.environ[WORKER_EXAMPLE_KEY] = key or ""
             app: object = "app.cli:worker_app"
             log.info("starting %d worker processes on one port", workers)
         else:
@@ -217,17 +217,18 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def worker_app() -> object:
     """The app of one worker process of `serve --workers N`: the parent has migrated the
-    database and put everything a worker needs into the environment."""
+    database and handed over its Settings (with the database's URL)."""
     from app.application import create_app
     from app.serving import http_protocol
 
-    settings = from_env()
+    settings = Settings.from_json(os.environ[WORKER_SETTINGS])
+    assert settings.database_url is not None
     setup_logging(settings)
     http_protocol(settings)
     return create_app(
         settings,
-        os.environ["DATABASE_URL"],
-        example_key=os.environ.get("VIDMETRICS_EXAMPLE_KEY") or None,
+        settings.database_url,
+        example_key=os.environ.get(WORKER_EXAMPLE_KEY) or None,
     )
 
 
