@@ -268,6 +268,7 @@ def create_app(settings: Settings, database_url: str, example_key: str | None = 
         loop = asyncio.get_running_loop()
         TASKS.set_function(lambda: len(asyncio.all_tasks(loop)))
         app.state.pool, app.state.query_pool, app.state.hub = pool, query_pool, hub
+        app.state.keys = keys  # the ingest-key cache: a service of its own (routes refresh it)
         refresh = settings.watching_ttl_seconds / 3
         tasks = [
             asyncio.create_task(

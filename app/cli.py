@@ -363,7 +363,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
             del body["query"]
         if args.identifier:
             body["identifier"] = args.identifier
-        q = params.export_query(body, dt.datetime.now(dt.UTC))
+        q = params.export_query(body, dt.datetime.now(dt.UTC), settings.retention_days)
         exporting.encoder(q.format)
     except orjson.JSONDecodeError:
         print("error: --video must be a JSON object", file=sys.stderr)

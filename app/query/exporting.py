@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from app.storage.export import Summary, qoe_dict
+from app.model.results import Summary, qoe_dict
 
 MEDIA_TYPES = {
     "ndjson": "application/x-ndjson",

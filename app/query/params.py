@@ -183,7 +183,11 @@ def bucket_count(window: Window, interval: Span) -> int:
     return months // interval.months + 2
 
 
-def bucket_query(body: dict[str, Any], now: dt.datetime, max_buckets: int) -> BucketQuery:
+def bucket_query(
+    body: dict[str, Any], now: dt.datetime, max_buckets: int, retention_days: int = 0
+) -> BucketQuery:
+    """The question of a bucketed endpoint; its window without what retention has
+    dropped (the bucket limit applies to the window asked for)."""
     raw_interval = body.get("interval")
     interval = parse_span("interval", DEFAULT_INTERVAL if raw_interval is None else raw_interval)
     window = parse_timeframe(body.get("timeframe"), now)
@@ -195,7 +199,7 @@ def bucket_query(body: dict[str, Any], now: dt.datetime, max_buckets: int) -> Bu
         )
     return BucketQuery(
         selection=parse_selection(body),
-        window=window,
+        window=within_retention(window, retention_days, now),
         interval=interval,
         timezone=parse_timezone(body.get("timezone")),
         minimum_watch_seconds=_number(
@@ -212,13 +216,15 @@ def parse_breakdown(value: Any) -> Breakdown | None:
     return Breakdown(value)
 
 
-def engagement_query(body: dict[str, Any], now: dt.datetime) -> EngagementQuery:
+def engagement_query(
+    body: dict[str, Any], now: dt.datetime, retention_days: int = 0
+) -> EngagementQuery:
     normalize = body.get("normalize")
     if normalize is not None and normalize != "sessions":
         raise BadRequest('normalize must be "sessions" (or absent)')
     return EngagementQuery(
         selection=parse_selection(body),
-        window=parse_timeframe(body.get("timeframe"), now),
+        window=within_retention(parse_timeframe(body.get("timeframe"), now), retention_days, now),
         ranges=parse_ranges(body.get("ranges")),
         normalize=normalize,
     )
@@ -264,11 +270,12 @@ def make_cursor(started_at: dt.datetime, session: int) -> str:
 EXPORT_FORMATS = ("ndjson", "csv", "parquet")
 
 
-def export_query(body: dict[str, Any], now: dt.datetime) -> ExportQuery:
+def export_query(body: dict[str, Any], now: dt.datetime, retention_days: int = 0) -> ExportQuery:
     fmt = body.get("format", "ndjson")
     if fmt not in EXPORT_FORMATS:
         raise BadRequest(f"format must be one of {', '.join(EXPORT_FORMATS)}")
-    return ExportQuery(parse_selection(body), parse_timeframe(body.get("timeframe"), now), fmt)
+    window = within_retention(parse_timeframe(body.get("timeframe"), now), retention_days, now)
+    return ExportQuery(parse_selection(body), window, fmt)
 
 
 def from_query_string(params: dict[str, str]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from app.errors import (
     TooManyRequests,
     UnsupportedMediaType,
 )
-from app.model.query import BucketQuery, Span
+from app.model.query import BucketQuery
 from app.model.storable import UnsafeValue, check_json
 from app.query import exporting, params, shapes
 from app.query.openapi import KEY_PATTERN, document
@@ -175,12 +175,13 @@ async def _run(request: Request, work: Callable[[db.Connection], Awaitable[Any]]
         raise ServiceBusy("the database is unavailable; retry in a moment") from exc
 
 
-def _bucket_query(request: Request, body: dict[str, Any]) -> params.BucketQuery:
-    settings, now = request.app.state.settings, _now()
-    q = params.bucket_query(body, now, settings.max_buckets)
-    return dataclasses.replace(
-        q, window=params.within_retention(q.window, settings.retention_days, now)
-    )
+def _bucket_query(request: Request, body: dict[str, Any]) -> BucketQuery:
+    settings = request.app.state.settings
+    return params.bucket_query(body, _now(), settings.max_buckets, settings.retention_days)
+
+
+def _retention(request: Request) -> int:
+    return int(request.app.state.settings.retention_days)
 
 
 async def plays(request: Request) -> Response:
@@ -212,18 +213,8 @@ async def qoe(request: Request) -> Response:
 
 
 async def engagement(request: Request) -> Response:
-    settings, now = request.app.state.settings, _now()
-    q = params.engagement_query(await read_body(request), now)
-    q = dataclasses.replace(
-        q, window=params.within_retention(q.window, settings.retention_days, now)
-    )
-    total, counts = await _run(request, lambda conn: stats.engagement(conn, q))
-    sessions = None
-    if q.normalize == "sessions" and total is not None:
-        # every selected session, played a second or not: the plays answer at threshold 0
-        every = BucketQuery(q.selection, q.window, Span(months=120), "UTC", 0.0)
-        buckets = await _run(request, lambda conn: stats.plays(conn, every))
-        sessions = sum(b.views for b in buckets)
+    q = params.engagement_query(await read_body(request), _now(), _retention(request))
+    (total, counts), sessions = await _run(request, lambda conn: stats.engagement_of(conn, q))
     return json(shapes.engagement(total, q.ranges, counts, sessions))
 
 
@@ -236,41 +227,20 @@ async def videos(request: Request) -> Response:
     q = _bucket_query(request, body)
     limit = params.parse_limit(body.get("limit"), 20, 100)
     rows = await _run(request, lambda conn: stats.videos(conn, q, limit))
-    return json(
-        {
-            "videos": [
-                {
-                    "video": r.metadata,
-                    "identifier": r.identifier,
-                    "views": r.views,
-                    "total_view_time": round(r.watch_seconds, 3),
-                }
-                for r in rows
-            ]
-        }
-    )
+    return json(shapes.videos(rows))
 
 
 async def sessions(request: Request) -> Response:
     """Sessions newest first, one page at a time (`next` is the cursor of the next page)."""
-    settings, now = request.app.state.settings, _now()
     body = await read_body(request)
-    q = params.export_query({**body, "format": "ndjson"}, now)
-    window = params.within_retention(q.window, settings.retention_days, now)
+    q = params.export_query({**body, "format": "ndjson"}, _now(), _retention(request))
     limit = params.parse_limit(body.get("limit"), 50, 200)
     before = params.parse_cursor(body.get("cursor"))
     rows = await _run(
         request,
-        lambda conn: export_store.page_of_sessions(conn, q.selection, window, limit + 1, before),
+        lambda conn: export_store.page_of_sessions(conn, q.selection, q.window, limit + 1, before),
     )
-    page = rows[:limit]
-    more = len(rows) > limit
-    return json(
-        {
-            "sessions": [s.to_dict() for s in page],
-            "next": params.make_cursor(page[-1].started_at, page[-1].session) if more else None,
-        }
-    )
+    return json(shapes.sessions_page(rows, limit))
 
 
 async def one_session(request: Request) -> Response:
@@ -279,30 +249,12 @@ async def one_session(request: Request) -> Response:
     found = await _run(request, lambda conn: export_store.one_session(conn, number))
     if found is None:
         raise NotFound(f"no session {raw}")
-    summary, events = found
-    start = summary.started_at
-    return json(
-        {
-            "session": summary.to_dict(),
-            "events": [
-                {
-                    "at_ms": round((e.at - start).total_seconds() * 1000, 1),
-                    "name": e.name,
-                    "payload": e.payload or {},
-                }
-                for e in events
-            ],
-        }
-    )
+    return json(shapes.one_session(*found))
 
 
 async def export(request: Request) -> Response:
     """Per-session summaries, streamed: one pooled connection and one batch in memory."""
-    settings, now = request.app.state.settings, _now()
-    q = params.export_query(await read_body(request), now)
-    q = dataclasses.replace(
-        q, window=params.within_retention(q.window, settings.retention_days, now)
-    )
+    q = params.export_query(await read_body(request), _now(), _retention(request))
     try:
         exporting.encoder(q.format)  # an optional package may be missing: say so now
     except exporting.FormatUnavailable as exc:
@@ -333,11 +285,7 @@ async def watching(request: Request) -> Response:
     sel = params.parse_selection(await read_body(request))
     ttl = request.app.state.settings.watching_ttl_seconds
     count = await _run(request, lambda conn: stats.watching(conn, sel, ttl))
-    return json({"watching": count})
-
-
-def _key_json(row: key_store.KeyRow) -> dict[str, Any]:
-    return {"key": row.key, "disabled_at": row.disabled_at.isoformat() if row.disabled_at else None}
+    return json(shapes.watching(count))
 
 
 async def create_key(request: Request) -> Response:
@@ -350,21 +298,21 @@ async def create_key(request: Request) -> Response:
         row = await _run(request, lambda conn: key_store.insert_key(conn, key))
     except key_store.KeyExists:
         raise Conflict("key already exists") from None
-    await request.app.state.hub.keys.refresh()
-    return json(_key_json(row), 201)
+    await request.app.state.keys.refresh()
+    return json(shapes.key(row), 201)
 
 
 async def list_keys(request: Request) -> Response:
     rows = await _run(request, key_store.list_keys)
-    return json({"keys": [_key_json(r) for r in rows]})
+    return json(shapes.keys(rows))
 
 
 async def revoke_key(request: Request) -> Response:
     key = request.path_params["key"]  # already percent-decoded, exactly once
     if not await _run(request, lambda conn: key_store.revoke_key(conn, key)):
         raise NotFound(f"no key {key[:60]!r}")
-    await request.app.state.hub.keys.refresh()
-    return json({"message": "Key revoked"})
+    await request.app.state.keys.refresh()
+    return json(shapes.message("Key revoked"))
 
 
 async def openapi(request: Request) -> Response:

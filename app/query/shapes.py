@@ -6,9 +6,18 @@ import datetime as dt
 from typing import Any
 
 from app.model import sketch
-from app.model.results import CompletionCounts, PlaysBucket, QoeCounts
+from app.model.results import (
+    CompletionCounts,
+    EventEntry,
+    KeyRow,
+    PlaysBucket,
+    QoeCounts,
+    Summary,
+    VideoTotals,
+)
 from app.model.rollup import COMPLETION_COLUMNS, MILESTONES, QOE_COLUMNS
 from app.model.vocabulary import DEVICES, Breakdown
+from app.query.params import make_cursor
 
 
 def label(bucket: dt.datetime) -> str:
@@ -148,3 +157,59 @@ def qoe(
             entry["breakdown"] = {name: qoe_figures(groups[name]) for name in sorted(groups)}
         out.append(entry)
     return {"qoe": out}
+
+
+def videos(rows: list[VideoTotals]) -> dict[str, Any]:
+    return {
+        "videos": [
+            {
+                "video": r.metadata,
+                "identifier": r.identifier,
+                "views": r.views,
+                "total_view_time": round(r.watch_seconds, 3),
+            }
+            for r in rows
+        ]
+    }
+
+
+def sessions_page(rows: list[Summary], limit: int) -> dict[str, Any]:
+    """One page of the session list from up to limit + 1 rows (one more: there is a next
+    page, and `next` is its cursor)."""
+    page = rows[:limit]
+    more = len(rows) > limit
+    return {
+        "sessions": [s.to_dict() for s in page],
+        "next": make_cursor(page[-1].started_at, page[-1].session) if more else None,
+    }
+
+
+def one_session(summary: Summary, events: list[EventEntry]) -> dict[str, Any]:
+    start = summary.started_at
+    return {
+        "session": summary.to_dict(),
+        "events": [
+            {
+                "at_ms": round((e.at - start).total_seconds() * 1000, 1),
+                "name": e.name,
+                "payload": e.payload or {},
+            }
+            for e in events
+        ],
+    }
+
+
+def watching(count: int) -> dict[str, Any]:
+    return {"watching": count}
+
+
+def key(row: KeyRow) -> dict[str, Any]:
+    return {"key": row.key, "disabled_at": row.disabled_at.isoformat() if row.disabled_at else None}
+
+
+def keys(rows: list[KeyRow]) -> dict[str, Any]:
+    return {"keys": [key(r) for r in rows]}
+
+
+def message(text: str) -> dict[str, Any]:
+    return {"message": text}

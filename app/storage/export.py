@@ -5,81 +5,17 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 
 from app.model.query import Selection, Window
-from app.model.rollup import Qoe
+from app.model.results import EventEntry, Summary
 from app.storage import timeline
 from app.storage.backend import Connection
 from app.storage.rollups import qoe_of
 from app.storage.where import Params, where
 
 BATCH = 2000
-
-
-@dataclass(frozen=True, slots=True)
-class Summary:
-    """What an export says about one session: nothing that identifies a person."""
-
-    session: int
-    started_at: dt.datetime
-    ended_at: dt.datetime | None
-    identifier: str | None
-    metadata: Any
-    browser: str
-    platform: str
-    device: str
-    page: str | None
-    duration: float | None
-    watch_seconds: float
-    furthest: float
-    watched: list[tuple[float, float]]  # merged media ranges, in order
-    played: bool = True  # False: playback requested (or failed) but never started
-    qoe: Qoe | None = None  # None: the client reported no QoE
-
-    @property
-    def idempotency_key(self) -> str:
-        return f"session-{self.session}-{int(self.started_at.timestamp() * 1e6)}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON shape of a summary (NDJSON export, webhook)."""
-        return {
-            "session": self.session,
-            "started_at": self.started_at.isoformat(),
-            "ended_at": self.ended_at.isoformat() if self.ended_at else None,
-            "identifier": self.identifier,
-            "metadata": self.metadata,
-            "browser": self.browser,
-            "platform": self.platform,
-            "device": self.device,
-            "page": self.page,
-            "duration": self.duration,
-            "watch_seconds": round(self.watch_seconds, 3),
-            "furthest": round(self.furthest, 3),
-            "watched": [[a, b] for a, b in self.watched],
-            "played": self.played,
-            "qoe": qoe_dict(self.qoe),
-        }
-
-
-def qoe_dict(q: Qoe | None) -> dict[str, Any] | None:
-    """A view's QoE summary as JSON (None without QoE data)."""
-    if q is None:
-        return None
-    latency = q.seek_latency_ms
-    return {
-        "startup_ms": None if q.startup_ms is None else round(q.startup_ms, 1),
-        "rebuffer_count": q.rebuffer_count,
-        "rebuffer_seconds": round(q.rebuffer_seconds, 3),
-        "seek_count": q.seek_count,
-        "seek_latency_ms": None if latency is None else round(latency, 1),
-        "failure": q.failure,
-        "failed_before_start": q.failed_before_start,
-        "exited_before_start": q.exited_before_start,
-    }
 
 
 _COLUMNS = """
@@ -217,13 +153,6 @@ async def page_of_sessions(
         *p.values,
     )
     return [_summary(r) for r in rows]
-
-
-@dataclass(frozen=True, slots=True)
-class EventEntry:
-    at: dt.datetime
-    name: str
-    payload: Any
 
 
 async def one_session(

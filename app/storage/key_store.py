@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
-from dataclasses import dataclass
-
 import asyncpg
+
+from app.model.results import KeyRow
 
 
 class KeyExists(Exception):
     """A key with that value already exists."""
-
-
-@dataclass(frozen=True)
-class KeyRow:
-    key: str
-    created_at: dt.datetime
-    disabled_at: dt.datetime | None
 
 
 async def insert_key(conn: asyncpg.Connection | asyncpg.Pool, key: str) -> KeyRow:

@@ -6,7 +6,7 @@ arrives as a `$n` parameter. What they return is in app/model/results.py."""
 
 from app.storage.stats.common import bucket_rollup_plan, qoe_plan
 from app.storage.stats.completion import completion
-from app.storage.stats.engagement import engagement
+from app.storage.stats.engagement import engagement, engagement_of
 from app.storage.stats.plays import plays, videos, watching
 from app.storage.stats.qoe import qoe
 from app.storage.stats.sources import sources
@@ -15,6 +15,7 @@ __all__ = [
     "bucket_rollup_plan",
     "completion",
     "engagement",
+    "engagement_of",
     "plays",
     "qoe",
     "qoe_plan",

@@ -13,11 +13,12 @@ from __future__ import annotations
 import datetime as dt
 
 from app.model import rollup
-from app.model.query import EngagementQuery, Selection, Window
+from app.model.query import BucketQuery, EngagementQuery, Selection, Span, Window
 from app.model.results import Engagement
 from app.storage import rollups
 from app.storage.backend import Connection, Record
 from app.storage.stats.common import edges, inner, whole_key
+from app.storage.stats.plays import plays
 from app.storage.where import Params, where
 
 Found = Engagement | None  # None: ask the raw path
@@ -334,3 +335,14 @@ async def _raw_edges(
         """,
         *p.values,
     )
+
+
+async def engagement_of(conn: Connection, q: EngagementQuery) -> tuple[Engagement, int | None]:
+    """The engagement answer and, with normalize=sessions, the number of selected
+    sessions it is a share of: every one, played a second or not (the plays answer at
+    threshold 0)."""
+    total, counts = await engagement(conn, q)
+    if q.normalize != "sessions" or total is None:
+        return (total, counts), None
+    every = BucketQuery(q.selection, q.window, Span(months=120), "UTC", 0.0)
+    return (total, counts), sum(b.views for b in await plays(conn, every))
