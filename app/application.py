@@ -25,7 +25,7 @@ from app.ingest.writer import Writer
 from app.query.routes import EXPORTS_AT_ONCE
 from app.query.routes import routes as query_routes
 from app.resources import CLIENT, DASHBOARD, EXAMPLES
-from app.serving import tune_gc
+from app.server_limits import tune_gc
 from app.settings import Settings
 from app.storage import db, failures, rollups, session_store, timescale
 from app.webhook import Sender

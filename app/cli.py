@@ -10,7 +10,6 @@ import datetime as dt
 import getpass
 import logging
 import os
-import secrets
 import signal
 import sys
 import time
@@ -18,6 +17,7 @@ from collections.abc import Iterator
 
 import orjson
 
+from app.logs import setup_logging
 from app.settings import Settings, SettingsError, from_env
 
 log = logging.getLogger("vidmetrics")
@@ -26,112 +26,13 @@ WORKER_SETTINGS = "VIDMETRICS_WORKER_SETTINGS"
 WORKER_EXAMPLE_KEY = "VIDMETRICS_EXAMPLE_KEY"
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry).decode()
-
-
-class _PrivacyFilter(logging.Filter):
-    """Drop uvicorn's per-connection lines: they carry the client address and the full
-    socket URL (whose query string holds the page URL)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = str(record.msg)
-        return '"WebSocket %s"' not in msg and msg not in ("connection open", "connection closed")
-
-
-def setup_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if settings.log_format == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    handler.addFilter(_PrivacyFilter())
-    root.handlers[:] = [handler]
-    root.setLevel(settings.log_level.upper())
-    if settings.log_level != "debug":
-        logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
 @contextlib.contextmanager
 def database(settings: Settings, *, own: bool = False) -> Iterator[str]:
-    """The database URL: DATABASE_URL, or the embedded server (started here if needed).
+    """storage.embedded.database, imported when a command needs a database."""
+    from app.storage import embedded
 
-    own=True (serve): take the data directory's lock or fail. Otherwise (one-off
-    commands) use the server a running `serve` owns, or start one for the command.
-    """
-    if settings.database_url is not None:
-        yield settings.database_url
-        return
-    from app.storage.embedded import DataDirBusy, EmbeddedPostgres
-
-    pg = EmbeddedPostgres(settings.data_dir)
-    try:
-        pg.acquire()
-    except DataDirBusy:
-        if own:
-            raise
-        yield pg.url  # a running `serve` owns it; use its server as is
-        return
-    try:
-        url = pg.start()
-        if not own:  # a one-off command on a fresh data dir gets the schema it needs
-            from app.storage import db
-
-            db.migrate(url)
+    with embedded.database(settings, own=own) as url:
         yield url
-    finally:
-        pg.stop()
-        pg.release()
-
-
-def _credentials(settings: Settings) -> tuple[Settings, str | None]:
-    """With the embedded DB and no password set, generate one on first start (kept in the
-    data dir, mode 0600). Returns the settings to use and the password to announce once."""
-    if not settings.auth_enabled or settings.password or settings.password_hash:
-        return settings, None
-    if not settings.embedded:
-        raise SettingsError(
-            "METRICS_PASSWORD or METRICS_PASSWORD_HASH is required "
-            "(or set METRICS_AUTH_ENABLED=false)"
-        )
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    path = settings.data_dir / "admin-password"
-    announce = None
-    if not path.exists():
-        announce = secrets.token_urlsafe(18)
-        path.touch(mode=0o600)
-        path.write_text(announce)
-    return dataclasses.replace(settings, password=path.read_text().strip()), announce
-
-
-async def _example_key(url: str, settings: Settings) -> tuple[str | None, bool]:
-    """The embedded setup's example key (created on first start), and whether it is new."""
-    if not settings.embedded:
-        return None, False
-    from app.auth.keys import generate_key
-    from app.storage import db, key_store
-
-    path = settings.data_dir / "example-key"
-    if path.exists():
-        return path.read_text().strip(), False
-    key = generate_key()
-    conn = await db.connect(url)
-    try:
-        await key_store.insert_key(conn, key)
-    finally:
-        await conn.close()
-    path.write_text(key)
-    return key, True
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -139,36 +40,19 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
     from app.application import create_app
-    from app.ingest.socket import SocketProtocol
-    from app.serving import fit_to_fd_limit, http_protocol
+    from app.auth.credentials import admin_password
+    from app.auth.keys import example_key
+    from app.server_limits import fit_to_fd_limit
     from app.storage import db
 
-    settings, new_password = _credentials(settings)
+    settings, new_password = admin_password(settings)
     settings = fit_to_fd_limit(settings)
     with database(settings, own=True) as url:
         if not args.no_migrate:
             db.migrate(url, progress=True)
-        key, new_key = asyncio.run(_example_key(url, settings))
-        where = (
-            f"embedded PostgreSQL in {settings.data_dir.resolve()}"
-            if settings.embedded
-            else db.redact(url)
-        )
-        shown = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
-        line = f"vidmetrics on http://{shown}:{settings.port}/ (database: {where})"
-        if new_password:
-            line += (
-                f"; admin login {settings.user} / {new_password} "
-                f"(kept in {settings.data_dir / 'admin-password'})"
-            )
-        elif settings.embedded and settings.auth_enabled and not settings.password_hash:
-            line += f"; admin password in {settings.data_dir / 'admin-password'}"
-        if key:
-            line += f"; example ingest key {key}" + (" (new)" if new_key else "")
-        log.info(line)
+        key, new_key = asyncio.run(example_key(url, settings))
+        log.info(_announcement(settings, url, new_password, key, new_key))
         workers = args.workers or settings.workers
         if workers > 1:
             # each worker builds its own app (pool, writer, key cache) from the parent's
@@ -179,35 +63,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             log.info("starting %d worker processes on one port", workers)
         else:
             app = create_app(settings, url, example_key=key)
-        # uvicorn re-raises the signal that stopped it once it has shut down; make SIGTERM
-        # an exception (as SIGINT already is) so the `finally` that stops PostgreSQL runs.
-        signal.signal(signal.SIGTERM, _terminate)
-        status = 0
-        try:
-            uvicorn.run(
-                app,
-                factory=workers > 1,
-                workers=workers if workers > 1 else None,
-                host=settings.host,
-                port=settings.port,
-                log_level=settings.log_level,
-                access_log=False,  # access logs would record client addresses
-                server_header=False,
-                proxy_headers=False,
-                ws_max_size=settings.max_frame_bytes,
-                ws_per_message_deflate=False,
-                timeout_graceful_shutdown=10,
-                log_config=None,
-                ws=SocketProtocol,
-                ws_ping_interval=None,  # pings: Hub.sweep
-                backlog=4096,
-                http=http_protocol(settings),
-                timeout_keep_alive=5,
-            )
-        except KeyboardInterrupt:
-            pass
-        except SystemExit as exc:  # uvicorn exits 3 when the app fails to start
-            status = exc.code if isinstance(exc.code, int) else 1
+        status = _run_server(app, settings, workers)
         if status:
             log.error("vidmetrics failed to start (exit status %d)", status)
         else:
@@ -215,11 +71,74 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return status
 
 
+def _announcement(
+    settings: Settings, url: str, new_password: str | None, key: str | None, new_key: bool
+) -> str:
+    """The one line `serve` starts with: where, which database, how to log in."""
+    from app.storage import db
+
+    where = (
+        f"embedded PostgreSQL in {settings.data_dir.resolve()}"
+        if settings.embedded
+        else db.redact(url)
+    )
+    shown = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
+    line = f"vidmetrics on http://{shown}:{settings.port}/ (database: {where})"
+    if new_password:
+        line += (
+            f"; admin login {settings.user} / {new_password} "
+            f"(kept in {settings.data_dir / 'admin-password'})"
+        )
+    elif settings.embedded and settings.auth_enabled and not settings.password_hash:
+        line += f"; admin password in {settings.data_dir / 'admin-password'}"
+    if key:
+        line += f"; example ingest key {key}" + (" (new)" if new_key else "")
+    return line
+
+
+def _run_server(app: object, settings: Settings, workers: int) -> int:
+    """uvicorn until it stops; its exit status."""
+    import uvicorn
+
+    from app.ingest.socket import SocketProtocol
+    from app.server_limits import http_protocol
+
+    # uvicorn re-raises the signal that stopped it once it has shut down; make SIGTERM
+    # an exception (as SIGINT already is) so the `finally` that stops PostgreSQL runs.
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        uvicorn.run(
+            app,  # type: ignore[arg-type]
+            factory=workers > 1,
+            workers=workers if workers > 1 else None,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            access_log=False,  # access logs would record client addresses
+            server_header=False,
+            proxy_headers=False,
+            ws_max_size=settings.max_frame_bytes,
+            ws_per_message_deflate=False,
+            timeout_graceful_shutdown=10,
+            log_config=None,
+            ws=SocketProtocol,
+            ws_ping_interval=None,  # pings: Hub.sweep
+            backlog=4096,
+            http=http_protocol(settings),
+            timeout_keep_alive=5,
+        )
+    except KeyboardInterrupt:
+        pass
+    except SystemExit as exc:  # uvicorn exits 3 when the app fails to start
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
+
+
 def worker_app() -> object:
     """The app of one worker process of `serve --workers N`: the parent has migrated the
     database and handed over its Settings (with the database's URL)."""
     from app.application import create_app
-    from app.serving import http_protocol
+    from app.server_limits import http_protocol
 
     settings = Settings.from_json(os.environ[WORKER_SETTINGS])
     assert settings.database_url is not None
@@ -300,42 +219,24 @@ def cmd_hash_password(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from app import seed
-    from app.storage import db, key_store, session_store, synthetic
-
-    async def run(url: str) -> int:
-        # two connections fill chunks side by side (PostgreSQL does the work)
-        conns = [await db.connect(url) for _ in range(min(2, os.cpu_count() or 1))]
-        conn = conns[0]
-        try:
-            if args.key not in {k.key for k in await key_store.list_keys(conn)}:
-                await key_store.insert_key(conn, args.key)
-            refs = seed.videos(args.key, args.videos)
-            ids = await session_store.ensure_videos(conn, refs)
-            end = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-            with tqdm(
-                total=args.sessions, unit="session", disable=args.quiet, file=sys.stderr
-            ) as bar:
-                events = await synthetic.seed(
-                    conns,
-                    seed.MODEL,
-                    sessions=args.sessions,
-                    days=args.days,
-                    end=end,
-                    seed_value=args.seed,
-                    video_ids=[ids[(r.key, r.identity)] for r in refs],
-                    durations=seed.durations(args.seed, args.videos),
-                    progress=bar.update,
-                )
-            await conn.execute("ANALYZE")  # fresh statistics for the planner
-            return events
-        finally:
-            for c in conns:
-                await c.close()
+    from app.storage import demo
 
     started = time.perf_counter()
-    with database(settings) as url:
-        n_events = asyncio.run(run(url))
+    with (
+        database(settings) as url,
+        tqdm(total=args.sessions, unit="session", disable=args.quiet, file=sys.stderr) as bar,
+    ):
+        n_events = asyncio.run(
+            demo.seed_key(
+                url,
+                args.key,
+                videos_count=args.videos,
+                sessions=args.sessions,
+                days=args.days,
+                seed_value=args.seed,
+                progress=bar.update,
+            )
+        )
     took = time.perf_counter() - started
     print(
         f"seeded {args.sessions} sessions, {n_events} events for {args.videos} videos "
@@ -350,8 +251,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 
     from app.errors import BadRequest
     from app.query import exporting, params
-    from app.storage import db
-    from app.storage import export as export_store
+    from app.storage import db, summaries
 
     body: dict[str, object] = {"timeframe": args.timeframe, "format": args.format, "query": {}}
     try:
@@ -375,11 +275,11 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     async def run(url: str) -> int:
         conn = await db.connect(url)
         try:
-            total = await export_store.count_sessions(conn, q.selection, q.window)
+            total = await summaries.count_sessions(conn, q.selection, q.window)
             bar = tqdm(total=total, unit="session", disable=args.quiet, file=sys.stderr)
 
             async def counted():  # type: ignore[no-untyped-def]
-                async for batch in export_store.summaries(conn, q.selection, q.window):
+                async for batch in summaries.stream(conn, q.selection, q.window):
                     bar.update(len(batch))
                     yield batch
 

@@ -25,8 +25,7 @@ import httpx
 import orjson
 from prometheus_client import Counter, Gauge
 
-from app.storage import db, failures
-from app.storage import export as export_store
+from app.storage import db, failures, summaries
 
 log = logging.getLogger("vidmetrics.webhook")
 
@@ -72,8 +71,8 @@ class Sender:
                     rounds += 1
                     if rounds % 60 == 1:
                         async with self._pool.acquire() as conn:
-                            await export_store.drop_orphans(conn)
-                            PENDING.set(await export_store.pending(conn))
+                            await summaries.drop_orphans(conn)
+                            PENDING.set(await summaries.pending(conn))
             except failures.StorageError as exc:
                 log.warning("webhook round failed: %s", failures.cause_name(exc))
                 sent = 0
@@ -83,7 +82,7 @@ class Sender:
     async def send_once(self) -> int:
         """Claim one batch of due sessions and post it; the number posted successfully."""
         async with self._pool.acquire() as conn, conn.transaction():
-            due = await export_store.due_summaries(conn, self._batch)
+            due = await summaries.due_summaries(conn, self._batch)
             if not due:
                 return 0
             ids = [s.session for s in due]
@@ -103,10 +102,10 @@ class Sender:
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}"
             if error is None:
-                await export_store.delivered(conn, ids)
+                await summaries.delivered(conn, ids)
                 DELIVERED.inc(len(ids))
                 return len(ids)
             FAILED.inc()
             log.warning("webhook post of %d sessions failed (%s); will retry", len(ids), error)
-            await export_store.retry_later(conn, ids, error)
+            await summaries.retry_later(conn, ids, error)
             return 0

@@ -24,7 +24,7 @@ import asyncpg
 import httpx
 import pytest
 
-from app.storage import db, export
+from app.storage import db, summaries
 from app.storage.embedded import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ async def timeline_of(
     session_id: int,
 ) -> list[tuple[dt.datetime, str, dict[str, Any]]]:
     """A session's stored raw events (at, name, payload), in the order they arrived."""
-    found = await export.one_session(conn, session_id)
+    found = await summaries.one_session(conn, session_id)
     return [] if found is None else [(e.at, e.name, e.payload) for e in found[1]]
 
 

@@ -10,7 +10,6 @@ import sys
 import asyncpg
 from argon2 import PasswordHasher
 
-from app import seed
 from tests.conftest import ROOT
 
 
@@ -63,20 +62,20 @@ async def _seeded(
     seed_value: int,
 ) -> list[tuple[object, ...]]:
     """Seed 300 sessions under `key` (a fixed end) and read them back, ids aside."""
-    from app.storage import key_store, session_store, synthetic
+    from app.storage import demo, key_store, session_store
 
     await key_store.insert_key(conn, key)
-    refs = seed.videos(key, 5)
+    refs = demo.videos(key, 5)
     ids = await session_store.ensure_videos(conn, refs)
-    await synthetic.seed(
+    await demo.seed(
         [conn],
-        seed.MODEL,
+        demo.MODEL,
         sessions=300,
         days=7,
         end=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
         seed_value=seed_value,
         video_ids=[ids[(r.key, r.identity)] for r in refs],
-        durations=seed.durations(seed_value, 5),
+        durations=demo.durations(seed_value, 5),
         chunk=128,
     )
     rows = await conn.fetch(

@@ -12,7 +12,7 @@ import asyncpg
 import httpx
 import pytest
 
-from app.model import sketch
+from app.model import quantiles
 from tests.conftest import AUTH, Server
 from tests.phx import IPHONE_UA, Phx, join_payload
 from tests.test_ingest_socket import new_key, sessions_for, topic
@@ -37,7 +37,7 @@ async def _viewer(
 
 def _rep(ms: float) -> float:
     """What the histogram reports for a sample of `ms`."""
-    return round(sketch.representative(sketch.index(ms)), 1)
+    return round(quantiles.representative(quantiles.index(ms)), 1)
 
 
 async def _scenario(server: Server, key: str) -> None:
@@ -124,7 +124,7 @@ async def test_every_qoe_formula_on_a_hand_computed_scenario(server: Server) -> 
     assert bucket["views"] == 6
     # startup 800, 1500, 3000 ms: nearest rank p50 = the 2nd, p95 = the 3rd
     assert bucket["startup_time_ms"] == {"p50": _rep(1500), "p95": _rep(3000), "views": 3}
-    assert bucket["startup_time_ms"]["p50"] == pytest.approx(1500, rel=sketch.RELATIVE_ERROR)
+    assert bucket["startup_time_ms"]["p50"] == pytest.approx(1500, rel=quantiles.RELATIVE_ERROR)
     # watched 9 + 6 + 3 + 4 = 22 s; stalled 2 + 1 = 3 s in 2 events
     assert bucket["watch_seconds"] == 22.0 and bucket["rebuffer_seconds"] == 3.0
     assert bucket["rebuffer_count"] == 2

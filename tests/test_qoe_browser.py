@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from app.model import sketch
+from app.model import quantiles
 from tests.conftest import AUTH, Server, event_names, free_port
 from tests.test_e2e_browser import CHROMIUM, E2E, SOCKET_OBSERVER, _run
 from tests.test_ingest_socket import new_key
@@ -286,7 +286,7 @@ async def test_startup_and_rebuffering_match_what_the_page_measured(
     ).json()["qoe"]
     assert answer[0]["views"] == 1 and answer[0]["rebuffer_count"] == 1
     assert answer[0]["startup_time_ms"]["p50"] == pytest.approx(
-        row["startup_ms"], rel=sketch.RELATIVE_ERROR + 1e-6
+        row["startup_ms"], rel=quantiles.RELATIVE_ERROR + 1e-6
     )  # one view: its own bucket
 
 

@@ -576,24 +576,23 @@ async def test_writers_in_different_shards_add_up(database_url: str) -> None:
 async def test_seeded_rollups_equal_a_rebuild(database_url: str) -> None:
     """`vidmetrics seed` counts each chunk into the rollups as it inserts it (two
     connections side by side, meeting at chunk edges): the same rows a rebuild makes."""
-    from app import seed
-    from app.storage import synthetic
+    from app.storage import demo
 
     conns = [await db.connect(database_url) for _ in range(2)]
     try:
         key = "seeded-" + secrets.token_hex(4)
         await key_store.insert_key(conns[0], key)
-        refs = seed.videos(key, 6)
+        refs = demo.videos(key, 6)
         ids = await session_store.ensure_videos(conns[0], refs)
-        events = await synthetic.seed(
+        events = await demo.seed(
             conns,
-            seed.MODEL,
+            demo.MODEL,
             sessions=3000,
             days=2,
             end=BASE,
             seed_value=3,
             video_ids=[ids[(r.key, r.identity)] for r in refs],
-            durations=seed.durations(3, 6),
+            durations=demo.durations(3, 6),
             chunk=400,
         )
         assert events == await conns[0].fetchval(

@@ -93,12 +93,12 @@ def test_0007_moves_events_and_intervals_into_the_session_rows(tmp_path: Path) -
     intact) and every watched range after the upgrade; a downgrade puts them back."""
     import datetime as dt
 
-    from app.storage import export
+    from app.storage import summaries
 
     async def timeline(url: str, session: int) -> list[tuple[float, str, object]]:
         conn = await db.connect(url)
         try:
-            found = await export.one_session(conn, session)
+            found = await summaries.one_session(conn, session)
             assert found is not None
             summary, events = found
             return [

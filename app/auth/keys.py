@@ -12,6 +12,7 @@ import base64
 import logging
 import secrets
 
+from app.settings import Settings
 from app.storage import db, failures, key_store
 
 log = logging.getLogger("vidmetrics.keys")
@@ -60,3 +61,20 @@ class KeyCache:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+
+async def example_key(url: str, settings: Settings) -> tuple[str | None, bool]:
+    """The embedded setup's example key (created on first start), and whether it is new."""
+    if not settings.embedded:
+        return None, False
+    path = settings.data_dir / "example-key"
+    if path.exists():
+        return path.read_text().strip(), False
+    key = generate_key()
+    conn = await db.connect(url)
+    try:
+        await key_store.insert_key(conn, key)
+    finally:
+        await conn.close()
+    path.write_text(key)
+    return key, True

@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.model import sketch
+from app.model import quantiles
 from app.model.rollup import BREAKDOWN_COLUMNS, COMPLETION_COLUMNS, QOE_COLUMNS, Qoe
 from app.model.vocabulary import Breakdown
 
@@ -52,8 +52,8 @@ class QoeCounts:
     def merge(self, other: QoeCounts) -> None:
         for i, value in enumerate(other.values):
             self.values[i] += value
-        sketch.add(self.startup, other.startup)
-        sketch.add(self.seek, other.seek)
+        quantiles.add(self.startup, other.startup)
+        quantiles.add(self.seek, other.seek)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from app.model import sketch
+from app.model import quantiles
 from app.model.vocabulary import BROWSERS, DEVICES, PLATFORMS
 
 GRAIN_SECONDS = 900
@@ -66,7 +66,7 @@ COMPLETION_COLUMNS = ["views", "known", *[f"reached_{m}" for m in MILESTONES], "
 # QoE per (owner, bucket, browser, platform, device), views with QoE data only: views,
 # views with a startup time, their watch seconds, rebuffer events and seconds, failed views,
 # views failed before the first frame, exits before start, views with seeks; plus the
-# startup-time histogram and the histogram of each view's mean seek latency (app/sketch.py)
+# startup-time histogram and the histogram of each view's mean seek latency (app/model/quantiles.py)
 QOE_COLUMNS = [
     "views",
     "startups",
@@ -303,8 +303,8 @@ class Deltas:
         latency = q.seek_latency_ms
         # histogram buckets, once: each goes into four rows (video and key, with and
         # without the device classes)
-        startup = None if q.startup_ms is None else sketch.index(q.startup_ms)
-        seek = None if latency is None else sketch.index(latency)
+        startup = None if q.startup_ms is None else quantiles.index(q.startup_ms)
+        seek = None if latency is None else quantiles.index(latency)
         values = (
             1,
             1 if q.startup_ms is not None else 0,
@@ -395,7 +395,7 @@ class QoeSums:
     def add(
         self, values: tuple[float, ...], startup: int | None, seek: int | None, sign: int
     ) -> None:
-        """Add a view's values and its histogram buckets (sketch.index), each once."""
+        """Add a view's values and its histogram buckets (quantiles.index), each once."""
         for i, value in enumerate(values):
             self.values[i] += sign * value
         if startup is not None:

@@ -33,8 +33,7 @@ from app.model.query import BucketQuery
 from app.model.storable import UnsafeValue, check_json
 from app.query import exporting, params, shapes
 from app.query.openapi import KEY_PATTERN, document
-from app.storage import db, failures, key_store, stats
-from app.storage import export as export_store
+from app.storage import db, failures, key_store, stats, summaries
 
 MAX_KEY_LENGTH = 200
 _KEY = re.compile(KEY_PATTERN)
@@ -238,7 +237,7 @@ async def sessions(request: Request) -> Response:
     before = params.parse_cursor(body.get("cursor"))
     rows = await _run(
         request,
-        lambda conn: export_store.page_of_sessions(conn, q.selection, q.window, limit + 1, before),
+        lambda conn: summaries.page_of_sessions(conn, q.selection, q.window, limit + 1, before),
     )
     return json(shapes.sessions_page(rows, limit))
 
@@ -246,7 +245,7 @@ async def sessions(request: Request) -> Response:
 async def one_session(request: Request) -> Response:
     raw = request.path_params["session"]
     number = params.parse_session_number(raw)
-    found = await _run(request, lambda conn: export_store.one_session(conn, number))
+    found = await _run(request, lambda conn: summaries.one_session(conn, number))
     if found is None:
         raise NotFound(f"no session {raw}")
     return json(shapes.one_session(*found))
@@ -267,7 +266,7 @@ async def export(request: Request) -> Response:
     async def body() -> AsyncIterator[bytes]:
         try:
             async with query_connection(request) as conn:
-                batches = export_store.summaries(conn, q.selection, q.window)
+                batches = summaries.stream(conn, q.selection, q.window)
                 async for chunk in exporting.encode(q.format, batches):
                     yield chunk
         finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from app.model import sketch
+from app.model import quantiles
 from app.model.results import (
     CompletionCounts,
     EventEntry,
@@ -127,8 +127,8 @@ def qoe_figures(c: QoeCounts) -> dict[str, Any]:
     return {
         "views": views,
         "startup_time_ms": {
-            "p50": sketch.quantile(c.startup, 0.5),
-            "p95": sketch.quantile(c.startup, 0.95),
+            "p50": quantiles.quantile(c.startup, 0.5),
+            "p95": quantiles.quantile(c.startup, 0.95),
             "views": int(v["startups"]),
         },
         "rebuffer_percentage": _share(stalled, watch + stalled),
@@ -139,7 +139,7 @@ def qoe_figures(c: QoeCounts) -> dict[str, Any]:
         "playback_failure_percentage": _share(v["failures"], views),
         "startup_failure_percentage": _share(v["startup_failures"], views),
         "exits_before_start_percentage": _share(v["exits"], views),
-        "seek_latency_ms": {"p50": sketch.quantile(c.seek, 0.5), "views": int(v["seek_views"])},
+        "seek_latency_ms": {"p50": quantiles.quantile(c.seek, 0.5), "views": int(v["seek_views"])},
     }
 
 

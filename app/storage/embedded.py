@@ -8,6 +8,7 @@ directory fails with a clear message instead of sharing or corrupting it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import importlib.util
@@ -18,8 +19,11 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from app.settings import Settings
 
 log = logging.getLogger("vidmetrics.embedded")
 
@@ -265,3 +269,33 @@ class EmbeddedPostgres:
             check=False,
             **self._run_as,
         )
+
+
+@contextlib.contextmanager
+def database(settings: Settings, *, own: bool = False) -> Iterator[str]:
+    """The database URL: DATABASE_URL, or the embedded server (started here if needed).
+
+    own=True (serve): take the data directory's lock or fail. Otherwise (one-off
+    commands) use the server a running `serve` owns, or start one for the command.
+    """
+    if settings.database_url is not None:
+        yield settings.database_url
+        return
+    pg = EmbeddedPostgres(settings.data_dir)
+    try:
+        pg.acquire()
+    except DataDirBusy:
+        if own:
+            raise
+        yield pg.url  # a running `serve` owns it; use its server as is
+        return
+    try:
+        url = pg.start()
+        if not own:  # a one-off command on a fresh data dir gets the schema it needs
+            from app.storage import db
+
+            db.migrate(url)
+        yield url
+    finally:
+        pg.stop()
+        pg.release()

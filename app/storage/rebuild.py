@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from app.model import sketch
+from app.model import quantiles
 from app.model.rollup import (
     BREAKDOWN_COLUMNS,
     COMPLETION_COLUMNS,
@@ -56,11 +56,11 @@ KNOWN = "s.duration > 0"
 
 
 def _histogram_index(ms: str) -> str:
-    """sketch.index in SQL: the same C log(), the same float8 division (and NULL for
+    """quantiles.index in SQL: the same C log(), the same float8 division (and NULL for
     NULL: greatest() would skip it)."""
     return (
         f"(CASE WHEN {ms} IS NOT NULL THEN ceil(ln(least(greatest({ms}, 1::float8), "
-        f"{sketch.MAX_MS!r}::float8)) / ln({sketch.GAMMA!r}::float8))::int END)"
+        f"{quantiles.MAX_MS!r}::float8)) / ln({quantiles.GAMMA!r}::float8))::int END)"
     )
 
 

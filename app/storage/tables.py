@@ -281,7 +281,7 @@ def _qoe_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-arg]
             )
             for c in QOE_COLUMNS
         ],
-        # histograms (app/sketch.py): subscript = histogram bucket, value = views
+        # histograms (app/model/quantiles.py): subscript = histogram bucket, value = views
         Column("startup_hist", ARRAY(Integer), nullable=True),
         Column("seek_hist", ARRAY(Integer), nullable=True),
         _shard(),

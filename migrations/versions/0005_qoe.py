@@ -1,7 +1,7 @@
 """Quality of experience: sessions gain `played` (false for a view that was requested or
 failed but never started playing) and per-session QoE figures (NULL for sessions from
 clients that send none); rollups of them per video and per key x hour x browser x
-platform x device, with startup and seek-latency histograms (app/sketch.py) kept as int
+platform x device, with startup and seek-latency histograms (app/model/quantiles.py) kept as int
 arrays indexed by histogram bucket (merged by `vidmetrics_hist_add`; for breakdowns), and
 the same histograms without the device classes as one row per histogram bucket (for
 totals: a plain GROUP BY, no arrays to unnest).

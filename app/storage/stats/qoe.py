@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from app.model import rollup, sketch
+from app.model import quantiles, rollup
 from app.model.query import BucketQuery, Window
 from app.model.results import QoeCounts
 from app.model.vocabulary import Breakdown
@@ -35,7 +35,7 @@ class _Into:
 
     def histogram(self, at: dt.datetime, group: str, kind: int, i: list[int], c: list[int]) -> None:
         counts = self(at, group)
-        sketch.add(
+        quantiles.add(
             counts.startup if kind == rollup.STARTUP else counts.seek, dict(zip(i, c, strict=True))
         )
 
@@ -105,8 +105,8 @@ async def _raw(conn: Connection, q: BucketQuery, windows: list[Window], into: _I
         into(r["bucket"], r["grp"]).merge(
             QoeCounts(
                 [float(r[2 + i] or 0) for i in range(N)],
-                sketch.histogram(r["startups"] or ()),
-                sketch.histogram(r["seeks"] or ()),
+                quantiles.histogram(r["startups"] or ()),
+                quantiles.histogram(r["seeks"] or ()),
             )
         )
 

@@ -1,4 +1,5 @@
-"""Plausible dummy sessions generated inside PostgreSQL (for demos and benchmarks): each
+"""Demo data (what `vidmetrics seed` writes, for demos and benchmarks): the shape of the
+traffic (MODEL, at the end) and plausible dummy sessions generated inside PostgreSQL: each
 chunk of sessions is drawn by one SELECT into a temporary table, turned into session and
 page-load rows, inserted, and counted into the rollups by the set-based statements of
 app/storage/rebuild.py (adding) — all in one transaction per chunk. Nothing passes
@@ -7,7 +8,7 @@ through Python per session, so 10 million sessions take minutes.
 Deterministic: every random draw is a hash of (session number, seed, draw number)
 (`hashint8extended`), so the same seed, sizes and end give the same rows, in any plan.
 
-The model (parameters in app/seed.py): a video by a Pareto(1.2) rank (a few videos get
+The model (MODEL below): a video by a Pareto(1.2) rank (a few videos get
 most views), a device mix, a start time uniform over the days, a page of the video's site;
 a main run of playback from the start (or, 30 %, after a seek into the first 90 %) cut
 into 1-4 play/pause pieces with short pauses, and (30 %) a second run after a seek; the
@@ -22,12 +23,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
 
-from app.model.vocabulary import EVENT_NAMES, PAYLOAD_NUMBERS
+from app.model.rows import VideoRef
+from app.model.vocabulary import BROWSERS, DEVICES, EVENT_NAMES, PAYLOAD_NUMBERS, PLATFORMS
+from app.storage import db, key_store, session_store
 from app.storage.rebuild import WORK_MEM, statements
 from app.storage.tables import SESSION_ID_BLOCK
 
@@ -301,3 +306,96 @@ async def seed(
         *(worker(c, bounds[i * share : (i + 1) * share]) for i, c in enumerate(connections))
     )
     return total_events
+
+
+# -- the shape of the demo traffic ------------------------------------------------------
+# (weight, browser, platform, device): a plausible mix of real-world traffic
+MIX = [
+    (30, "chrome", "windows", "desktop"),
+    (12, "chrome", "mac", "desktop"),
+    (18, "safari", "ios", "mobile"),
+    (4, "safari", "ios", "tablet"),
+    (8, "safari", "mac", "desktop"),
+    (12, "chrome", "android", "mobile"),
+    (2, "chrome", "android", "tablet"),
+    (5, "firefox", "windows", "desktop"),
+    (2, "firefox", "linux", "desktop"),
+    (1, "chrome", "linux", "desktop"),
+    (4, "edge", "windows", "desktop"),
+    (1, "opera", "windows", "desktop"),
+    (1, "brave", "mac", "desktop"),
+    (0.3, "ie", "windows", "desktop"),
+    (0.7, "other", "other", "other"),
+]
+assert all(b in BROWSERS and p in PLATFORMS and d in DEVICES for _, b, p, d in MIX)
+PAGES = ["/", "/blog/launch", "/docs/getting-started", "/pricing", "/customers/story"]
+
+MODEL = Model(
+    mix=MIX,
+    pages=PAGES,
+    pieces=(1, 1, 1, 2, 2, 3, 4),  # play/pause pieces of the main run
+    seek_rate=0.3,  # the main run starts after a seek
+    second_run_rate=0.3,  # a second run after a seek
+    run_seconds=45.0,
+    pause_seconds=5.0,
+    unplayed_loads=0.6,  # page loads that never play, per session that does (play rate ~62 %)
+    # the share of views whose page uses the first-party client (the rest use
+    # @maveio/metrics and report no QoE), and how often things go wrong for them
+    qoe_share=0.4,
+    stall_rate=0.2,
+    exit_rate=0.03,  # extra views, per QoE view, requested and abandoned before start
+    startup_failure_rate=0.008,  # extra views that failed before the first frame
+    playback_failure_rate=0.005,  # views that failed mid-way
+)
+
+
+def videos(key: str, count: int) -> list[VideoRef]:
+    return [
+        VideoRef.of(key, None, {"video_id": f"seed-{i}", "title": f"Seed video {i}"})
+        for i in range(count)
+    ]
+
+
+def durations(seed: int, count: int) -> list[float]:
+    """Each seeded video's duration in seconds (20 s to 15 min)."""
+    rng = random.Random(seed)
+    return [rng.uniform(20, 900) for _ in range(count)]
+
+
+async def seed_key(
+    url: str,
+    key: str,
+    *,
+    videos_count: int,
+    sessions: int,
+    days: int,
+    seed_value: int,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Seed `sessions` sessions of `videos_count` demo videos under `key` (made if
+    missing), ending at today's UTC midnight; returns the number of events."""
+    # two connections fill chunks side by side (PostgreSQL does the work)
+    conns = [await db.connect(url) for _ in range(min(2, os.cpu_count() or 1))]
+    conn = conns[0]
+    try:
+        if key not in {k.key for k in await key_store.list_keys(conn)}:
+            await key_store.insert_key(conn, key)
+        refs = videos(key, videos_count)
+        ids = await session_store.ensure_videos(conn, refs)
+        end = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        events = await seed(
+            conns,
+            MODEL,
+            sessions=sessions,
+            days=days,
+            end=end,
+            seed_value=seed_value,
+            video_ids=[ids[(r.key, r.identity)] for r in refs],
+            durations=durations(seed_value, videos_count),
+            progress=progress,
+        )
+        await conn.execute("ANALYZE")  # fresh statistics for the planner
+        return events
+    finally:
+        for c in conns:
+            await c.close()

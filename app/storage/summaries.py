@@ -56,7 +56,7 @@ async def count_sessions(conn: Connection, sel: Selection, window: Window) -> in
     return int(await conn.fetchval(f"SELECT count(*) FROM sessions s WHERE {condition}", *p.values))
 
 
-async def summaries(
+async def stream(
     conn: Connection, sel: Selection, window: Window, batch: int = BATCH
 ) -> AsyncIterator[list[Summary]]:
     """Batches of session summaries, oldest first, read through a cursor (the caller's
