@@ -27,6 +27,7 @@ import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -149,6 +150,147 @@ def _runs() -> str:
                                    AS e2) r2"""
 
 
+# session number n has ids 2n (its play) and 2n + 1 (an unplayed view, if any)
+_IDENT = f"($1::int8[])[({{m}}) / {SESSION_ID_BLOCK} + 1] + ({{m}}) % {SESSION_ID_BLOCK}"
+_PIECE = "(s.l1 / s.pieces)"
+_SHIFT = "(CASE WHEN s.qoe THEN s.startup_ms / 1000 ELSE 0 END)"
+_STEP = f"({_PIECE} + s.pause)"
+_SECOND_AT = f"{_SHIFT} + s.pieces * {_STEP}"
+_LAST_AT = (
+    f"(CASE WHEN s.on2 THEN {_SECOND_AT} + s.l2 ELSE {_SHIFT} + s.pieces * {_STEP} - s.pause END)"
+)
+
+
+def _timeline() -> str:
+    """A played session's packed events: play_request and first_frame (QoE views), the
+    play/pause pieces of the main run, the second run, ended, exit (QoE views)."""
+    parts = [
+        f"CASE WHEN s.qoe THEN {_event('0', 'play_request')} || "
+        f"{_event('s.startup_ms / 1000', 'first_frame', 'ms', 's.startup_ms')} "
+        f"ELSE ''::bytea END"
+    ]
+    for i in range(1, 5):
+        play_at = f"{_SHIFT} + {i - 1} * {_STEP}"
+        play = _event(play_at, "play", "from", f"s.p0 + {i - 1} * {_PIECE}")
+        pause = _event(f"{play_at} + {_PIECE}", "pause", "to", f"s.p0 + {i} * {_PIECE}")
+        parts.append(f"CASE WHEN s.pieces >= {i} THEN {play} || {pause} ELSE ''::bytea END")
+    parts += [
+        f"CASE WHEN s.on2 THEN {_event(_SECOND_AT, 'play', 'from', 's.p2')} || "
+        f"{_event(f'{_SECOND_AT} + s.l2', 'pause', 'to', 's.e2')} ELSE ''::bytea END",
+        f"CASE WHEN s.ended THEN {_event(_LAST_AT, 'ended')} ELSE ''::bytea END",
+        f"CASE WHEN s.qoe THEN {_event(f'{_LAST_AT} + 1', 'exit')} ELSE ''::bytea END",
+    ]
+    return " || ".join(parts)
+
+
+def _insert_played() -> str:
+    """The chunk's played sessions into seed_sessions ($1: the blocks of session ids)."""
+    counted = "2 * s.pieces + 2 * s.on2::int + s.ended::int + 3 * s.qoe::int"
+    overlap = "s.on2 AND s.p2 <= s.e1 AND (s.p0) <= s.e2"
+    islands = f"""CASE WHEN NOT s.on2 THEN ARRAY[s.p0, s.e1]
+                       WHEN {overlap} THEN ARRAY[least(s.p0, s.p2), greatest(s.e1, s.e2)]
+                       WHEN s.p2 > s.p0 THEN ARRAY[s.p0, s.e1, s.p2, s.e2]
+                       ELSE ARRAY[s.p2, s.e2, s.p0, s.e1] END"""
+    seeks = "(s.seeked::int + s.on2::int)"
+    return f"""
+        INSERT INTO seed_sessions (id, started_at, video_id, ended_at, browser, platform,
+                              device, page, duration, watch_seconds, furthest, islands, ended,
+                              played, qoe, startup_ms, rebuffer_count,
+                              rebuffer_seconds, seek_count, seek_ms, failure,
+                              failed_before_start, exited_before_start, events, event_count)
+        SELECT {_IDENT.format(m="2 * s.n")}, s.started_at, s.video_id,
+               s.started_at + make_interval(secs => {_LAST_AT} + s.qoe::int),
+               s.browser, s.platform, s.device, s.page, s.duration, s.l1 + s.on2::int * s.l2,
+               greatest(s.e1, CASE WHEN s.on2 THEN s.e2 ELSE 0 END), {islands}, s.ended,
+               true, CASE WHEN s.qoe THEN true END, s.startup_ms,
+               CASE WHEN s.qoe THEN s.stalled::int * s.stalls END,
+               CASE WHEN s.qoe THEN round((s.stalled::int * s.stalls * s.stall_seconds)
+                                          ::numeric, 3)::float8 END,
+               CASE WHEN s.qoe THEN {seeks} END,
+               CASE WHEN s.qoe THEN round(({seeks} * s.seek_ms)::numeric, 1)::float8 END,
+               CASE WHEN s.qoe AND s.failed THEN 2 END,
+               CASE WHEN s.qoe THEN false END, CASE WHEN s.qoe THEN false END,
+               {_timeline()}, {counted}
+          FROM ({_runs()}) s"""
+
+
+def _insert_unplayed(model: Model) -> str:
+    """Views requested and abandoned, or failed, before they started ($1: id blocks)."""
+    exit_rate, failure_rate = model.exit_rate, model.startup_failure_rate
+    failed = f"s.unstarted >= {exit_rate}"
+    return f"""
+        INSERT INTO seed_sessions (id, started_at, video_id, ended_at, browser, platform,
+                              device, page, duration, played, qoe, rebuffer_count, rebuffer_seconds,
+                              seek_count, seek_ms, failure, failed_before_start,
+                              exited_before_start, islands, events, event_count)
+        SELECT {_IDENT.format(m="2 * s.n + 1")}, s.started_at + interval '1 second', s.video_id,
+               s.started_at + interval '9 seconds', s.browser, s.platform, s.device, s.page,
+               s.duration, false, true, 0, 0, 0, 0, CASE WHEN {failed} THEN 4 END, {failed},
+               NOT ({failed}), '{{}}',
+               {_event("0", "play_request")} || CASE WHEN {failed}
+                   THEN {_event("5", "playback_failure", "code", "4")}
+                   ELSE {_event("8", "exit")} END, 2
+          FROM seed_chunk s
+         WHERE s.qoe AND s.unstarted < {exit_rate + failure_rate}"""
+
+
+# each session's own page load just before it; loads that never played in the two hours
+# before ($1: the seed)
+_INSERT_LOADS = f"""
+    INSERT INTO seed_loads (video_id, at, browser, platform, device, page)
+    SELECT s.video_id, CASE WHEN j = 0 THEN s.started_at
+               - make_interval(secs => 0.5 + 7.5 * s.load_lead)
+               ELSE s.started_at - make_interval(secs => 7200 * {_u(26, "s.n * 64 + j")})
+               END,
+           s.browser, s.platform, s.device, s.page
+      FROM seed_chunk s, generate_series(0, least(s.extra_loads, 60)) AS j"""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What every chunk of one seed run shares."""
+
+    model: Model
+    seed_value: int
+    end: dt.datetime
+    days: int
+    blocks: list[int]  # the session-id blocks reserved for the run
+    args: list[Any]  # the draws' parameters after (seed, lo, hi, end, seconds)
+
+
+async def _chunk(conn: asyncpg.Connection, plan: _Plan, lo: int, hi: int) -> int:
+    """Sessions lo..hi-1 with their loads and rollups, in one transaction; their events."""
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
+        await conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")  # steady plans
+        await conn.execute(
+            f"CREATE TEMP TABLE seed_chunk ON COMMIT DROP AS {_draws(plan.model)}",
+            plan.seed_value,
+            lo,
+            hi,
+            plan.end,
+            plan.days * 86400.0,
+            *plan.args,
+        )
+        await conn.execute(
+            "CREATE TEMP TABLE seed_sessions (LIKE sessions INCLUDING DEFAULTS) ON COMMIT DROP"
+        )
+        await conn.execute(
+            "CREATE TEMP TABLE seed_loads (LIKE impressions INCLUDING DEFAULTS) ON COMMIT DROP"
+        )
+        done = await conn.fetch(f"{_insert_played()} RETURNING event_count", plan.blocks)
+        unplayed = await conn.fetchval(
+            f"WITH x AS ({_insert_unplayed(plan.model)} RETURNING 1) SELECT count(*) FROM x",
+            plan.blocks,
+        )
+        await conn.execute(_INSERT_LOADS, plan.seed_value)
+        await conn.execute("INSERT INTO sessions SELECT * FROM seed_sessions")
+        await conn.execute("INSERT INTO impressions SELECT * FROM seed_loads")
+        for _, sql in statements("seed_sessions", "seed_loads", add=True):
+            await conn.execute(sql)  # this chunk's sessions, counted into the rollups
+    return int(sum(r[0] for r in done) + 2 * unplayed)
+
+
 async def seed(
     connections: Sequence[asyncpg.Connection],
     model: Model,
@@ -171,85 +313,7 @@ async def seed(
         await conn.fetchval("SELECT nextval('session_ids')")
         for _ in range(-(-2 * sessions // SESSION_ID_BLOCK))
     ]
-    # session number n has ids 2n (its play) and 2n + 1 (an unplayed view, if any)
-    ident = f"($1::int8[])[({{m}}) / {SESSION_ID_BLOCK} + 1] + ({{m}}) % {SESSION_ID_BLOCK}"
-    main_id, extra_id = ident.format(m="2 * s.n"), ident.format(m="2 * s.n + 1")
-    piece_len = "(s.l1 / s.pieces)"
-    shift = "(CASE WHEN s.qoe THEN s.startup_ms / 1000 ELSE 0 END)"
-    step = f"({piece_len} + s.pause)"
-    timeline = [
-        f"CASE WHEN s.qoe THEN {_event('0', 'play_request')} || "
-        f"{_event('s.startup_ms / 1000', 'first_frame', 'ms', 's.startup_ms')} "
-        f"ELSE ''::bytea END"
-    ]
-    for i in range(1, 5):
-        play_at = f"{shift} + {i - 1} * {step}"
-        play = _event(play_at, "play", "from", f"s.p0 + {i - 1} * {piece_len}")
-        pause = _event(f"{play_at} + {piece_len}", "pause", "to", f"s.p0 + {i} * {piece_len}")
-        timeline.append(f"CASE WHEN s.pieces >= {i} THEN {play} || {pause} ELSE ''::bytea END")
-    second_at = f"{shift} + s.pieces * {step}"
-    last_at = (
-        f"(CASE WHEN s.on2 THEN {second_at} + s.l2 ELSE {shift} + s.pieces * {step} - s.pause END)"
-    )
-    timeline += [
-        f"CASE WHEN s.on2 THEN {_event(second_at, 'play', 'from', 's.p2')} || "
-        f"{_event(f'{second_at} + s.l2', 'pause', 'to', 's.e2')} ELSE ''::bytea END",
-        f"CASE WHEN s.ended THEN {_event(last_at, 'ended')} ELSE ''::bytea END",
-        f"CASE WHEN s.qoe THEN {_event(f'{last_at} + 1', 'exit')} ELSE ''::bytea END",
-    ]
-    counted = "2 * s.pieces + 2 * s.on2::int + s.ended::int + 3 * s.qoe::int"
-    overlap = "s.on2 AND s.p2 <= s.e1 AND (s.p0) <= s.e2"
-    islands = f"""CASE WHEN NOT s.on2 THEN ARRAY[s.p0, s.e1]
-                       WHEN {overlap} THEN ARRAY[least(s.p0, s.p2), greatest(s.e1, s.e2)]
-                       WHEN s.p2 > s.p0 THEN ARRAY[s.p0, s.e1, s.p2, s.e2]
-                       ELSE ARRAY[s.p2, s.e2, s.p0, s.e1] END"""
-    seeks = "(s.seeked::int + s.on2::int)"
-    insert_played = f"""
-        INSERT INTO seed_sessions (id, started_at, video_id, ended_at, browser, platform,
-                              device, page, duration, watch_seconds, furthest, islands, ended,
-                              played, qoe, startup_ms, rebuffer_count,
-                              rebuffer_seconds, seek_count, seek_ms, failure,
-                              failed_before_start, exited_before_start, events, event_count)
-        SELECT {main_id}, s.started_at, s.video_id,
-               s.started_at + make_interval(secs => {last_at} + s.qoe::int),
-               s.browser, s.platform, s.device, s.page, s.duration, s.l1 + s.on2::int * s.l2,
-               greatest(s.e1, CASE WHEN s.on2 THEN s.e2 ELSE 0 END), {islands}, s.ended,
-               true, CASE WHEN s.qoe THEN true END, s.startup_ms,
-               CASE WHEN s.qoe THEN s.stalled::int * s.stalls END,
-               CASE WHEN s.qoe THEN round((s.stalled::int * s.stalls * s.stall_seconds)
-                                          ::numeric, 3)::float8 END,
-               CASE WHEN s.qoe THEN {seeks} END,
-               CASE WHEN s.qoe THEN round(({seeks} * s.seek_ms)::numeric, 1)::float8 END,
-               CASE WHEN s.qoe AND s.failed THEN 2 END,
-               CASE WHEN s.qoe THEN false END, CASE WHEN s.qoe THEN false END,
-               {" || ".join(timeline)}, {counted}
-          FROM ({_runs()}) s"""
-    exit_rate, failure_rate = model.exit_rate, model.startup_failure_rate
-    failed = f"s.unstarted >= {exit_rate}"
-    insert_unplayed = f"""
-        INSERT INTO seed_sessions (id, started_at, video_id, ended_at, browser, platform,
-                              device, page, duration, played, qoe, rebuffer_count, rebuffer_seconds,
-                              seek_count, seek_ms, failure, failed_before_start,
-                              exited_before_start, islands, events, event_count)
-        SELECT {extra_id}, s.started_at + interval '1 second', s.video_id,
-               s.started_at + interval '9 seconds', s.browser, s.platform, s.device, s.page,
-               s.duration, false, true, 0, 0, 0, 0, CASE WHEN {failed} THEN 4 END, {failed},
-               NOT ({failed}), '{{}}',
-               {_event("0", "play_request")} || CASE WHEN {failed}
-                   THEN {_event("5", "playback_failure", "code", "4")}
-                   ELSE {_event("8", "exit")} END, 2
-          FROM seed_chunk s
-         WHERE s.qoe AND s.unstarted < {exit_rate + failure_rate}"""
-    # its own page load just before; loads that never played in the two hours before
-    insert_loads = f"""
-        INSERT INTO seed_loads (video_id, at, browser, platform, device, page)
-        SELECT s.video_id, CASE WHEN j = 0 THEN s.started_at
-                   - make_interval(secs => 0.5 + 7.5 * s.load_lead)
-                   ELSE s.started_at - make_interval(secs => 7200 * {_u(26, "s.n * 64 + j")})
-                   END,
-               s.browser, s.platform, s.device, s.page
-          FROM seed_chunk s, generate_series(0, least(s.extra_loads, 60)) AS j"""
-    args_for = [
+    args = [
         list(video_ids),
         list(durations),
         [b for _, b, _, _ in model.mix],
@@ -259,45 +323,14 @@ async def seed(
         len(video_ids),
         sessions,
     ]
-    adding = statements("seed_sessions", "seed_loads", add=True)
-    total_events = 0
-
-    async def one(conn: asyncpg.Connection, lo: int, hi: int) -> None:
-        nonlocal total_events
-        async with conn.transaction():
-            await conn.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
-            await conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")  # steady plans
-            await conn.execute(
-                f"CREATE TEMP TABLE seed_chunk ON COMMIT DROP AS {_draws(model)}",
-                seed_value,
-                lo,
-                hi,
-                end,
-                days * 86400.0,
-                *args_for,
-            )
-            await conn.execute(
-                "CREATE TEMP TABLE seed_sessions (LIKE sessions INCLUDING DEFAULTS) ON COMMIT DROP"
-            )
-            await conn.execute(
-                "CREATE TEMP TABLE seed_loads (LIKE impressions INCLUDING DEFAULTS) ON COMMIT DROP"
-            )
-            done = await conn.fetch(f"{insert_played} RETURNING event_count", blocks)
-            unplayed = await conn.fetchval(
-                f"WITH x AS ({insert_unplayed} RETURNING 1) SELECT count(*) FROM x", blocks
-            )
-            await conn.execute(insert_loads, seed_value)
-            await conn.execute("INSERT INTO sessions SELECT * FROM seed_sessions")
-            await conn.execute("INSERT INTO impressions SELECT * FROM seed_loads")
-            for _, sql in adding:  # this chunk's sessions, counted into the rollups
-                await conn.execute(sql)
-        total_events += sum(r[0] for r in done) + 2 * unplayed  # (no await in between)
-        if progress is not None:
-            progress(hi - lo)
+    plan = _Plan(model, seed_value, end, days, blocks, args)
+    counts: list[int] = []
 
     async def worker(conn: asyncpg.Connection, chunks: list[tuple[int, int]]) -> None:
         for lo, hi in chunks:
-            await one(conn, lo, hi)
+            counts.append(await _chunk(conn, plan, lo, hi))
+            if progress is not None:
+                progress(hi - lo)
 
     # each connection a stretch of time of its own: they meet at one bucket only
     bounds = [(lo, min(sessions, lo + chunk)) for lo in range(0, sessions, chunk)]
@@ -305,7 +338,7 @@ async def seed(
     await asyncio.gather(
         *(worker(c, bounds[i * share : (i + 1) * share]) for i, c in enumerate(connections))
     )
-    return total_events
+    return sum(counts)
 
 
 # -- the shape of the demo traffic ------------------------------------------------------
