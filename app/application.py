@@ -227,106 +227,121 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-def create_app(settings: Settings, database_url: str, example_key: str | None = None) -> Starlette:
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Hub]]:
+class Services:
+    """What one server process runs beside its routes: the two pools (the writer's, and
+    the questions' own few connections), the key cache, the writer, the export webhook and
+    the periodic tasks. Started by the app's lifespan, stopped in order."""
+
+    def __init__(self, settings: Settings, database_url: str) -> None:
+        self.settings = settings
+        self.url = database_url
+        self.tasks: list[asyncio.Task[None]] = []
+        self.sender: Sender | None = None
+
+    async def start(self, app: Starlette) -> Hub:
+        settings = self.settings
         # each process writes its own rollup rows (a pair of shards), so --workers do not
         # queue on the same rows' locks
         shards = rollups.shard_pair()
-        pool = await db.create_pool(
-            database_url, min_size=2, max_size=settings.db_pool_size, shard=shards[0]
+        self.pool = pool = await db.create_pool(
+            self.url, min_size=2, max_size=settings.db_pool_size, shard=shards[0]
         )
         # questions have their own few connections: the writer's are never theirs
-        query_pool = await db.create_pool(
-            database_url,
+        self.query_pool = await db.create_pool(
+            self.url,
             min_size=1,
             max_size=settings.query_pool_size,
             statement_seconds=settings.query_timeout_seconds,
         )
-        app.state.backend = await db.backend_of(pool)
-        if app.state.backend.has_policies:
+        backend = await db.backend_of(pool)
+        if backend.has_policies:
             async with pool.acquire() as conn:
                 await timescale.apply_policies(conn, settings)
-        keys = KeyCache(pool, settings.key_refresh_seconds)
-        await keys.start()
-        writer = Writer(
+        self.keys = KeyCache(pool, settings.key_refresh_seconds)
+        await self.keys.start()
+        self.writer = Writer(
             pool,
             flush_interval=settings.flush_interval_ms / 1000,
             max_rows=settings.flush_max_rows,
             outbox=bool(settings.export_webhook),
             shards=shards,
         )
-        writer.start()
+        self.writer.start()
         tune_gc()
-        sender = None
         if settings.export_webhook:
-            sender = Sender(pool, settings.export_webhook, batch=settings.export_webhook_batch)
-            sender.start()
-        hub = Hub(settings, writer, keys)
+            self.sender = Sender(pool, settings.export_webhook, batch=settings.export_webhook_batch)
+            self.sender.start()
+        self.hub = hub = Hub(settings, self.writer, self.keys)
         SESSIONS.set_function(lambda: sum(len(c.channels) for c in hub.sockets))
         POOL_IN_USE.set_function(lambda: pool.get_size() - pool.get_idle_size())
         loop = asyncio.get_running_loop()
         TASKS.set_function(lambda: len(asyncio.all_tasks(loop)))
-        app.state.pool, app.state.query_pool, app.state.hub = pool, query_pool, hub
-        app.state.keys = keys  # the ingest-key cache: a service of its own (routes refresh it)
-        refresh = settings.watching_ttl_seconds / 3
-        tasks = [
-            asyncio.create_task(
-                _every(
-                    refresh,
-                    lambda: session_store.touch_playing(pool, list(hub.presence.playing)),
-                    "presence refresh",
-                )
+        app.state.pool, app.state.query_pool, app.state.hub = pool, self.query_pool, hub
+        app.state.keys = self.keys  # the ingest-key cache: a service of its own
+        app.state.backend = backend
+        self.tasks = self._periodic(backend.has_policies)
+        return hub
+
+    def _periodic(self, engine_retention: bool) -> list[asyncio.Task[None]]:
+        settings, pool, hub = self.settings, self.pool, self.hub
+
+        def every(seconds: float, work: Callable[[], Awaitable[Any]], name: str) -> Any:
+            return asyncio.create_task(_every(seconds, work, name))
+
+        return [
+            every(
+                settings.watching_ttl_seconds / 3,
+                lambda: session_store.touch_playing(pool, list(hub.presence.playing)),
+                "presence refresh",
             ),
             # revoked keys close their open channels; silent sockets are reaped
-            asyncio.create_task(
-                _every(min(0.5, settings.key_refresh_seconds), _sync(hub.sweep), "socket sweep")
+            every(min(0.5, settings.key_refresh_seconds), _sync(hub.sweep), "socket sweep"),
+            # raw events live in the session rows: no engine policy can drop them alone;
+            # on plain PostgreSQL the server also stands in for the retention policies
+            every(
+                3600,
+                lambda: session_store.drop_raw_events(pool, settings.raw_events_retention_days),
+                "raw event retention",
+            )
+            if engine_retention
+            else every(
+                3600,
+                lambda: session_store.apply_retention(
+                    pool, settings.retention_days, settings.raw_events_retention_days
+                ),
+                "retention",
             ),
         ]
-        if not app.state.backend.has_policies:
-            # plain PostgreSQL stand-in for TimescaleDB's retention policies
-            tasks.append(
-                asyncio.create_task(
-                    _every(
-                        3600,
-                        lambda: session_store.apply_retention(
-                            pool, settings.retention_days, settings.raw_events_retention_days
-                        ),
-                        "retention",
-                    )
-                )
-            )
-        else:  # raw events live in the session rows: no policy can drop them alone
-            tasks.append(
-                asyncio.create_task(
-                    _every(
-                        3600,
-                        lambda: session_store.drop_raw_events(
-                            pool, settings.raw_events_retention_days
-                        ),
-                        "raw event retention",
-                    )
-                )
-            )
+
+    async def stop(self) -> None:
+        """1. refuse new sockets; 2. close the open ones (their sessions end now);
+        3. flush every queued write; 4. close the pools."""
+        hub = self.hub
+        hub.accepting = False
+        for conn in list(hub.sockets):
+            conn.close(1001)
+        for task in list(hub.waiting):
+            task.cancel()
+        await self.writer.stop()
+        if self.sender is not None:
+            await self.sender.stop()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.keys.stop()
+        await self.query_pool.close()
+        await self.pool.close()
+
+
+def create_app(settings: Settings, database_url: str, example_key: str | None = None) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Hub]]:
+        services = Services(settings, database_url)
+        hub = await services.start(app)
         try:
             yield {"hub": hub}  # uvicorn hands it to the websockets (SocketProtocol)
         finally:
-            # 1. refuse new sockets; 2. close the open ones (their sessions end now);
-            # 3. flush every queued write; 4. close the pool.
-            hub.accepting = False
-            for conn_ in list(hub.sockets):
-                conn_.close(1001)
-            for task in list(hub.waiting):
-                task.cancel()
-            await writer.stop()
-            if sender is not None:
-                await sender.stop()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await keys.stop()
-            await query_pool.close()
-            await pool.close()
+            await services.stop()
 
     app = Starlette(
         routes=[

@@ -330,33 +330,14 @@ class ViewingSession:
         if duration is not None and duration > 0:
             self.duration = duration
         if name == "ratechange":
-            rate = (
-                _optional_number(payload, "rate")
-                or _optional_number(payload, "playbackRate")
-                or _optional_number(payload, "pr")
-            )
-            if rate is not None and 0 < rate <= 16:
-                self.rate = rate
+            self._rate_change(payload)
         extra = _stored_fields(payload)
         self.closed = False
 
         ops: list[Op] = []
         if self.row is None and name in STARTERS:
             assert new_id is not None
-            self.row = SessionRow(
-                id=new_id,
-                started_at=now,
-                video=self.join.video,
-                browser=self.device.browser,
-                platform=self.device.platform,
-                device=self.device.device,
-                page=self.join.page,
-                session_data=self.join.session_data,
-                played=False,
-            )
-            if self.preplay:
-                ops.extend(self._event(at, n, p) for at, n, p in self.preplay)
-            self.preplay = None
+            ops.extend(self._start(new_id, now))
         if name == "play":
             assert self.row is not None
             position = _position(payload, "from") if "from" in payload else 0.0
@@ -382,6 +363,33 @@ class ViewingSession:
             return ops
         ops.append(self._snapshot(now))
         return ops
+
+    def _rate_change(self, payload: dict[str, Any]) -> None:
+        rate = (
+            _optional_number(payload, "rate")
+            or _optional_number(payload, "playbackRate")
+            or _optional_number(payload, "pr")
+        )
+        if rate is not None and 0 < rate <= 16:
+            self.rate = rate
+
+    def _start(self, new_id: int, now: dt.datetime) -> list[Op]:
+        """The session's row, from its first starting event; the events that came before
+        it (kept meanwhile) are stored now."""
+        self.row = SessionRow(
+            id=new_id,
+            started_at=now,
+            video=self.join.video,
+            browser=self.device.browser,
+            platform=self.device.platform,
+            device=self.device.device,
+            page=self.join.page,
+            session_data=self.join.session_data,
+            played=False,
+        )
+        earlier = [self._event(at, n, p) for at, n, p in self.preplay or ()]
+        self.preplay = None
+        return earlier
 
     def close(self, now: dt.datetime) -> list[Op]:
         """The page went away (leave or disconnect): close an open interval at this moment."""

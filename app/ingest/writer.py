@@ -296,32 +296,44 @@ class Writer:
                 self._resolve(batch, {})
                 flight.first.set_result(True)  # after the replies: the next one's follow
                 return
-            self._written.forget(session_store.session_ids(ops))
-            for future in (flight.executed, flight.released):
-                if not future.done():
-                    future.set_result(None)
-            flight.first.set_result(False)
-            if flight.committing:  # COMMIT itself failed: it may have happened
-                FLUSH_FAILURES.inc()
-                self._failed_at = time.monotonic()
-                reason = failures.cause_name(error) if error else "?"
-                log.warning("commit of %d rows failed: %s", len(ops), reason)
-                self._resolve(batch, {i: "database unavailable" for i in range(len(batch))})
-                return
-            if error is not None:
-                log.debug("pipelined write failed (%r); writing again alone", error)
-            later = flight.next  # batches after this one end their first tries
-            while later is not None:
-                await later.released
-                later = later.next
-            if before is not None:
-                await before.done
-            await self._flush(batch, ops)
+            await self._after_first_try(batch, ops, before, flight, error)
         finally:
             for future in (flight.may_follow, flight.executed, flight.first, flight.released):
                 if not future.done():
                     future.set_result(False if future is flight.first else None)
             flight.done.set_result(None)
+
+    async def _after_first_try(
+        self,
+        batch: Batch,
+        ops: list[Op],
+        before: _Flight | None,
+        flight: _Flight,
+        error: Exception | None,
+    ) -> None:
+        """A first try that did not commit: end the first tries after it, then write the
+        batch again alone — unless COMMIT itself failed (it may have happened)."""
+        self._written.forget(session_store.session_ids(ops))
+        for future in (flight.executed, flight.released):
+            if not future.done():
+                future.set_result(None)
+        flight.first.set_result(False)
+        if flight.committing:
+            FLUSH_FAILURES.inc()
+            self._failed_at = time.monotonic()
+            reason = failures.cause_name(error) if error else "?"
+            log.warning("commit of %d rows failed: %s", len(ops), reason)
+            self._resolve(batch, {i: "database unavailable" for i in range(len(batch))})
+            return
+        if error is not None:
+            log.debug("pipelined write failed (%r); writing again alone", error)
+        later = flight.next  # batches after this one end their first tries
+        while later is not None:
+            await later.released
+            later = later.next
+        if before is not None:
+            await before.done
+        await self._flush(batch, ops)
 
     async def _speculate(self, ops: list[Op], before: _Flight | None, flight: _Flight) -> bool:
         """The first try of _pipelined: True when committed, False when the batch before

@@ -68,6 +68,26 @@ class VideoTotals:
 Engagement = tuple[float | None, dict[int, int]]  # (timeline length, {range: viewers})
 
 
+# the fields of a session summary, in the order every export format writes them
+SUMMARY_COLUMNS = (
+    "session",
+    "started_at",
+    "ended_at",
+    "identifier",
+    "metadata",
+    "browser",
+    "platform",
+    "device",
+    "page",
+    "duration",
+    "watch_seconds",
+    "furthest",
+    "watched",
+    "played",
+    "qoe",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Summary:
     """What an export says about one session: nothing that identifies a person."""

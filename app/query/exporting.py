@@ -11,30 +11,14 @@ from typing import Any
 
 import orjson
 
-from app.model.results import Summary, qoe_dict
+from app.model.results import SUMMARY_COLUMNS, Summary, qoe_dict
 
 MEDIA_TYPES = {
     "ndjson": "application/x-ndjson",
     "csv": "text/csv; charset=utf-8",
     "parquet": "application/vnd.apache.parquet",
 }
-COLUMNS = (
-    "session",
-    "started_at",
-    "ended_at",
-    "identifier",
-    "metadata",
-    "browser",
-    "platform",
-    "device",
-    "page",
-    "duration",
-    "watch_seconds",
-    "furthest",
-    "watched",
-    "played",
-    "qoe",
-)
+COLUMNS = SUMMARY_COLUMNS
 
 
 # A text cell that begins with one of these is a formula to a spreadsheet (OWASP, "CSV

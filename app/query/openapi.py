@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from app.model.results import SUMMARY_COLUMNS
 from app.model.vocabulary import BROWSERS, DEVICES, PLATFORMS
 
 
@@ -219,23 +220,7 @@ SCHEMAS: dict[str, Any] = {
     },
     "SessionSummary": {
         "type": "object",
-        "required": [
-            "session",
-            "started_at",
-            "ended_at",
-            "identifier",
-            "metadata",
-            "browser",
-            "platform",
-            "device",
-            "page",
-            "duration",
-            "watch_seconds",
-            "furthest",
-            "watched",
-            "played",
-            "qoe",
-        ],
+        "required": list(SUMMARY_COLUMNS),
         "properties": {
             "session": {"type": "integer"},
             "started_at": {"type": "string"},
@@ -574,6 +559,87 @@ def _export() -> dict[str, Any]:
     return {"post": operation, "get": get}
 
 
+def _session_paths() -> dict[str, Any]:
+    """One session and its raw events."""
+    return {
+        "/api/v1/sessions/{session}": {
+            "get": {
+                "summary": "One session and its raw events",
+                "parameters": [
+                    {
+                        "name": "session",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                    }
+                ],
+                "responses": {
+                    "200": _answer("the session", "Session"),
+                    "404": _answer("no such session", "Error"),
+                    **ERRORS,
+                },
+            }
+        },
+    }
+
+
+def _key_paths() -> dict[str, Any]:
+    """Ingest key management (admin)."""
+    return {
+        "/api/v1/keys": {
+            "post": {
+                "summary": "Create an ingest key",
+                "description": "The body must be sent as application/json (`{}` "
+                "for a random key); the query string is not read.",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "key": {
+                                        "type": "string",
+                                        "pattern": KEY_PATTERN,
+                                        "description": CUSTOM_KEY,
+                                    }
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "201": _answer("created", "Key"),
+                    "409": _answer("exists already", "Error"),
+                    **ERRORS,
+                },
+            },
+            "get": {
+                "summary": "List ingest keys",
+                "responses": {"200": _answer("all keys", "Keys"), **ERRORS},
+            },
+        },
+        "/api/v1/keys/{key}": {
+            "delete": {
+                "summary": "Revoke an ingest key",
+                "parameters": [
+                    {
+                        "name": "key",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": _answer("revoked", "Message"),
+                    "404": _answer("no such key", "Error"),
+                    **ERRORS,
+                },
+            },
+        },
+    }
+
+
 @functools.cache
 def document() -> dict[str, Any]:
     return {
@@ -611,75 +677,8 @@ def document() -> dict[str, Any]:
             "/api/v1/sessions": _query(
                 "Sessions, newest first, paginated", "SessionsRequest", "Sessions"
             ),
-            "/api/v1/sessions/{session}": {
-                "get": {
-                    "summary": "One session and its raw events",
-                    "parameters": [
-                        {
-                            "name": "session",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
-                        }
-                    ],
-                    "responses": {
-                        "200": _answer("the session", "Session"),
-                        "404": _answer("no such session", "Error"),
-                        **ERRORS,
-                    },
-                }
-            },
-            "/api/v1/keys": {
-                "post": {
-                    "summary": "Create an ingest key",
-                    "description": "The body must be sent as application/json (`{}` "
-                    "for a random key); the query string is not read.",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "key": {
-                                            "type": "string",
-                                            "pattern": KEY_PATTERN,
-                                            "description": CUSTOM_KEY,
-                                        }
-                                    },
-                                }
-                            }
-                        },
-                    },
-                    "responses": {
-                        "201": _answer("created", "Key"),
-                        "409": _answer("exists already", "Error"),
-                        **ERRORS,
-                    },
-                },
-                "get": {
-                    "summary": "List ingest keys",
-                    "responses": {"200": _answer("all keys", "Keys"), **ERRORS},
-                },
-            },
-            "/api/v1/keys/{key}": {
-                "delete": {
-                    "summary": "Revoke an ingest key",
-                    "parameters": [
-                        {
-                            "name": "key",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        }
-                    ],
-                    "responses": {
-                        "200": _answer("revoked", "Message"),
-                        "404": _answer("no such key", "Error"),
-                        **ERRORS,
-                    },
-                },
-            },
+            **_session_paths(),
+            **_key_paths(),
             "/api/v1/openapi.json": {
                 "get": {
                     "summary": "This document",

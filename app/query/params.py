@@ -51,14 +51,20 @@ def parse_span(field: str, value: Any) -> Span:
     return Span(seconds=seconds)
 
 
-def _unix(field: str, value: Any) -> dt.datetime:
+def _finite(field: str, value: Any, what: str) -> float:
+    """A finite number, given as one or as its text; else 400 "<field> must be <what>"."""
     if isinstance(value, str):
         try:
             value = float(value)
         except ValueError:
-            raise BadRequest(f"{field} must be a unix timestamp in seconds") from None
+            raise BadRequest(f"{field} must be {what}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise BadRequest(f"{field} must be a unix timestamp in seconds")
+        raise BadRequest(f"{field} must be {what}")
+    return float(value)
+
+
+def _unix(field: str, value: Any) -> dt.datetime:
+    value = _finite(field, value, "a unix timestamp in seconds")
     if value < 0 or value > 4102444800:  # 2100-01-01
         raise BadRequest(f"{field} is out of range")
     return dt.datetime.fromtimestamp(value, dt.UTC)
@@ -124,16 +130,10 @@ def parse_timezone(value: Any) -> str:
 def _number(field: str, value: Any, default: float, low: float, high: float) -> float:
     if value is None:
         return default
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise BadRequest(f"{field} must be a number") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise BadRequest(f"{field} must be a number")
+    value = _finite(field, value, "a number")
     if not low <= value <= high:
         raise BadRequest(f"{field} must be between {low:g} and {high:g}")
-    return float(value)
+    return value
 
 
 def parse_ranges(value: Any) -> int:

@@ -33,6 +33,7 @@ app/model/rollup.py; this module is the SQL that stores and reads it.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -45,6 +46,7 @@ from app.model.rollup import (
     REACHED_COLUMNS,
     Deltas,
     Qoe,
+    QoeSums,
     State,
     at_epoch,
 )
@@ -273,109 +275,101 @@ async def write_deltas(conn: asyncpg.Connection, deltas: Deltas) -> None:
     await statement.execute(conn)
 
 
+Rows = list[tuple[Any, ...]]
+
+
+def _plays(deltas: dict[Any, list[float]]) -> Rows:
+    return [
+        (k[0], at_epoch(k[1]), k[2], int(v[0]), v[1], *[int(x) for x in v[2:]])
+        for k, v in deltas.items()
+        if any(v)
+    ]
+
+
+def _sources(deltas: dict[Any, list[int]]) -> Rows:
+    return [(k[0], at_epoch(k[1]), k[2], *v) for k, v in deltas.items() if any(v)]
+
+
+def _impressions(deltas: dict[Any, int]) -> Rows:
+    return [(k[0], at_epoch(k[1]), v) for k, v in deltas.items() if v]
+
+
+def _completion(deltas: dict[Any, list[float]]) -> Rows:
+    return [
+        (*k[:1], at_epoch(k[1]), *k[2:], *[int(round(x)) for x in v[:-1]], v[-1])
+        for k, v in deltas.items()
+        if any(v)
+    ]
+
+
+def _qoe(deltas: dict[Any, QoeSums]) -> Rows:
+    return [
+        (
+            k[0],
+            at_epoch(k[1]),
+            *k[2:],
+            *[
+                x if c.endswith("seconds") else int(round(x))
+                for c, x in zip(QOE_COLUMNS, v.values, strict=True)
+            ],
+            hist_literal(v.startup),
+            hist_literal(v.seek),
+        )
+        for k, v in deltas.items()
+        if v
+    ]
+
+
+def _qoe_hist(deltas: dict[Any, int]) -> Rows:
+    return [(k[0], at_epoch(k[1]), k[2], k[3], v) for k, v in deltas.items() if v]
+
+
+# the rollups kept per video and per key, in the order a batch writes them: (kind — the
+# Deltas attributes `kind` and `key_kind`, the tables rollup_kind and rollup_key_kind —, key
+# columns after the owner and the bucket, the summed columns, rows from the deltas, the
+# arrays merged)
+_FAMILIES: list[tuple[str, list[Column], list[Column], Callable[[Any], Rows], list[Any]]] = [
+    (
+        "plays",
+        [("class", "smallint")],
+        [
+            ("sessions", "int"),
+            ("watch_seconds", "float8"),
+            *[(c, "int") for c in BREAKDOWN_COLUMNS],
+            ("changes", "int8"),
+        ],
+        _plays,
+        [],
+    ),
+    ("sources", [("page", "text")], [(c, "int") for c in REACHED_COLUMNS], _sources, []),
+    ("impressions", [], [("impressions", "int")], _impressions, []),
+    (
+        "completion",
+        [("class", "smallint"), ("device", "text")],
+        [*[(c, "int") for c in COMPLETION_COLUMNS], ("percent_sum", "float8")],
+        _completion,
+        [],
+    ),
+    (
+        "qoe",
+        [("browser", "text"), ("platform", "text"), ("device", "text")],
+        [(c, "float8" if c.endswith("seconds") else "int") for c in QOE_COLUMNS],
+        _qoe,
+        [(h, HIST_MERGE) for h in ("startup_hist", "seek_hist")],
+    ),
+    ("qoe_hist", [("metric", "smallint"), ("idx", "smallint")], [("views", "int")], _qoe_hist, []),
+]
+
+
 def add_deltas(statement: Statement, d: Deltas, shard: int | None = None) -> None:
     """Add the non-zero deltas' upserts to a statement (see Statement), into rows of
     `shard` (None: the connection's, see SHARDS)."""
-    for table, owner, deltas in (
-        ("rollup_plays", VIDEO, d.plays),
-        ("rollup_key_plays", KEY, d.key_plays),
-    ):
-        _upsert(
-            statement,
-            shard,
-            table,
-            [owner, BUCKET, ("class", "smallint")],
-            [
-                ("sessions", "int"),
-                ("watch_seconds", "float8"),
-                *[(c, "int") for c in BREAKDOWN_COLUMNS],
-                ("changes", "int8"),
-            ],
-            [
-                (k[0], at_epoch(k[1]), k[2], int(v[0]), v[1], *[int(x) for x in v[2:]])
-                for k, v in deltas.items()
-                if any(v)
-            ],
-        )
-    for table, owner, reached in (
-        ("rollup_sources", VIDEO, d.sources),
-        ("rollup_key_sources", KEY, d.key_sources),
-    ):
-        _upsert(
-            statement,
-            shard,
-            table,
-            [owner, BUCKET, ("page", "text")],
-            [(c, "int") for c in REACHED_COLUMNS],
-            [(k[0], at_epoch(k[1]), k[2], *v) for k, v in reached.items() if any(v)],
-        )
-    for table, owner, loads in (
-        ("rollup_impressions", VIDEO, d.impressions),
-        ("rollup_key_impressions", KEY, d.key_impressions),
-    ):
-        _upsert(
-            statement,
-            shard,
-            table,
-            [owner, BUCKET],
-            [("impressions", "int")],
-            [(k[0], at_epoch(k[1]), v) for k, v in loads.items() if v],
-        )
-    for table, owner, done in (
-        ("rollup_completion", VIDEO, d.completion),
-        ("rollup_key_completion", KEY, d.key_completion),
-    ):
-        _upsert(
-            statement,
-            shard,
-            table,
-            [owner, BUCKET, ("class", "smallint"), ("device", "text")],
-            [*[(c, "int") for c in COMPLETION_COLUMNS], ("percent_sum", "float8")],
-            [
-                (*k[:1], at_epoch(k[1]), *k[2:], *[int(round(x)) for x in v[:-1]], v[-1])
-                for k, v in done.items()
-                if any(v)
-            ],
-        )
-    for table, owner, qoe in (
-        ("rollup_qoe", VIDEO, d.qoe),
-        ("rollup_key_qoe", KEY, d.key_qoe),
-    ):
-        _upsert(
-            statement,
-            shard,
-            table,
-            [owner, BUCKET, ("browser", "text"), ("platform", "text"), ("device", "text")],
-            [(c, "float8" if c.endswith("seconds") else "int") for c in QOE_COLUMNS],
-            [
-                (
-                    k[0],
-                    at_epoch(k[1]),
-                    *k[2:],
-                    *[
-                        x if c.endswith("seconds") else int(round(x))
-                        for c, x in zip(QOE_COLUMNS, v.values, strict=True)
-                    ],
-                    hist_literal(v.startup),
-                    hist_literal(v.seek),
-                )
-                for k, v in qoe.items()
-                if v
-            ],
-            merged=[(h, HIST_MERGE) for h in ("startup_hist", "seek_hist")],
-        )
-    for table, owner, hist in (
-        ("rollup_qoe_hist", VIDEO, d.qoe_hist),
-        ("rollup_key_qoe_hist", KEY, d.key_qoe_hist),
-    ):
-        _upsert(
-            statement,
-            shard,
-            table,
-            [owner, BUCKET, ("metric", "smallint"), ("idx", "smallint")],
-            [("views", "int")],
-            [(k[0], at_epoch(k[1]), k[2], k[3], v) for k, v in hist.items() if v],
-        )
+    for kind, keys, sums, rows, merged in _FAMILIES:
+        for table, owner, deltas in (
+            (f"rollup_{kind}", VIDEO, getattr(d, kind)),
+            (f"rollup_key_{kind}", KEY, getattr(d, f"key_{kind}")),
+        ):
+            _upsert(statement, shard, table, [owner, BUCKET, *keys], sums, rows(deltas), merged)
     _upsert(
         statement,
         shard,

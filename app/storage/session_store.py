@@ -112,6 +112,14 @@ def _timelines(events: list[EventRow]) -> dict[int, tuple[dt.datetime, bytes, in
     }
 
 
+def _spans(intervals: list[IntervalRow]) -> dict[int, list[tuple[float, float]]]:
+    """The watched media ranges of each session, in the order they came."""
+    spans: dict[int, list[tuple[float, float]]] = {}
+    for i in intervals:
+        spans.setdefault(i.session_id, []).append((i.media_from, i.media_to))
+    return spans
+
+
 async def write_batch(
     conn: asyncpg.Connection,
     ops: list[Op],
@@ -253,9 +261,7 @@ def _advance(
     snapshot and watched ranges, the rollup deltas between them, and where its new events
     go (into its row, or — past timeline.ROW_BYTES — left in `timelines` for an overflow
     row). Returns the merged islands (as float8[] literals) and the row's new events."""
-    spans: dict[int, list[tuple[float, float]]] = {}
-    for i in parts.intervals:
-        spans.setdefault(i.session_id, []).append((i.media_from, i.media_to))
+    spans = _spans(parts.intervals)
     islands: list[str] = []
     packed: list[Packed] = [timelines.pop(r.id, None) for r in rows]
     for n, r in enumerate(rows):
@@ -510,64 +516,25 @@ async def copy_rows(
     def vid(ref: VideoRef) -> int:
         return ids[(ref.key, ref.identity)]
 
-    spans: dict[int, list[tuple[float, float]]] = {}
-    for i in intervals:
-        spans.setdefault(i.session_id, []).append((i.media_from, i.media_to))
+    spans = _spans(intervals)
     deltas = rollup.Deltas() if pending is None else pending
     timelines = _timelines(events)
     records = []
     for s in sessions:
         merged = rollup.merge_islands(None, spans.get(s.id, ()))
         video_id = vid(s.video)
-        state = s.state(video_id, tuple(merged))
-        deltas.add(state, +1)
+        deltas.add(s.state(video_id, tuple(merged)), +1)
         packed = timelines.pop(s.id, None)
         records.append(
             (
-                s.id,
-                s.started_at,
-                video_id,
-                s.ended_at,
-                s.browser,
-                s.platform,
-                s.device,
-                s.page,
-                s.session_data,
-                s.duration,
-                s.watch_seconds,
-                s.furthest,
-                merged,
-                s.ended,
-                s.played,
-                *s.qoe_columns(),
+                *(s.id, s.started_at, video_id, s.ended_at, s.browser, s.platform, s.device),
+                *(s.page, s.session_data, s.duration, s.watch_seconds, s.furthest, merged),
+                *(s.ended, s.played, *s.qoe_columns()),
                 packed[1] if packed else None,
                 packed[2] if packed else 0,
             )
         )
-    await conn.copy_records_to_table(
-        "sessions",
-        columns=[
-            "id",
-            "started_at",
-            "video_id",
-            "ended_at",
-            "browser",
-            "platform",
-            "device",
-            "page",
-            "session_data",
-            "duration",
-            "watch_seconds",
-            "furthest",
-            "islands",
-            "ended",
-            "played",
-            *QOE_SESSION_COLUMNS,
-            "events",
-            "event_count",
-        ],
-        records=records,
-    )
+    await conn.copy_records_to_table("sessions", columns=COPY_COLUMNS, records=records)
     if timelines:
         await append_events(conn, timelines)
     if impressions:
@@ -576,6 +543,14 @@ async def copy_rows(
         await rollups.write_deltas(conn, deltas)
 
 
+# the sessions columns a bulk load writes, in the order of its records
+COPY_COLUMNS = [
+    *"id started_at video_id ended_at browser platform device page session_data".split(),
+    *"duration watch_seconds furthest islands ended played".split(),
+    *QOE_SESSION_COLUMNS,
+    "events",
+    "event_count",
+]
 RAW_DROP_BATCH = 10_000  # sessions per UPDATE when raw events expire (short row locks)
 
 

@@ -74,6 +74,20 @@ videos = Table(
     Index("videos_identifier_idx", "identifier"),
 )
 
+
+def _view_columns() -> list[Column]:  # type: ignore[type-arg]
+    """What a session and a page load know of their view: the device classes, the page
+    (scheme://host/path of the embedding page; never a query string or fragment) and the
+    site's own session data. New Column objects each time (a column has one table)."""
+    return [
+        Column("browser", Text, nullable=False),
+        Column("platform", Text, nullable=False),
+        Column("device", Text, nullable=False),
+        Column("page", Text, nullable=True),
+        Column("session_data", JSONB, nullable=True),
+    ]
+
+
 sessions = Table(
     "sessions",
     metadata,
@@ -81,12 +95,7 @@ sessions = Table(
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("video_id", BigInteger, nullable=False),
     Column("ended_at", DateTime(timezone=True), nullable=True),
-    Column("browser", Text, nullable=False),
-    Column("platform", Text, nullable=False),
-    Column("device", Text, nullable=False),
-    # scheme://host/path of the embedding page; never a query string or fragment
-    Column("page", Text, nullable=True),
-    Column("session_data", JSONB, nullable=True),
+    *_view_columns(),
     Column("duration", Float, nullable=True),
     Column("watch_seconds", Float, nullable=False, server_default=text("0")),
     Column("furthest", Float, nullable=False, server_default=text("0")),
@@ -212,11 +221,7 @@ impressions = Table(
     metadata,
     Column("video_id", BigInteger, nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
-    Column("browser", Text, nullable=False),
-    Column("platform", Text, nullable=False),
-    Column("device", Text, nullable=False),
-    Column("page", Text, nullable=True),
-    Column("session_data", JSONB, nullable=True),
+    *_view_columns(),
     Index("impressions_video_at_idx", "video_id", "at"),
     Index("impressions_at_brin", "at", postgresql_using="brin"),
 )
