@@ -354,7 +354,7 @@ def create_app(settings: Settings, database_url: str, example_key: str | None = 
             Route("/metrics", metrics),
             *query_routes,
         ],
-        exception_handlers=HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=HANDLERS,
         lifespan=lifespan,
     )
     app.state.settings = settings

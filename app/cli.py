@@ -13,7 +13,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import orjson
 
@@ -250,15 +251,17 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from app.errors import BadRequest
+    from app.model.results import Summary
     from app.query import exporting, params
     from app.storage import db, summaries
 
-    body: dict[str, object] = {"timeframe": args.timeframe, "format": args.format, "query": {}}
+    query: dict[str, Any] = {}
+    body: dict[str, Any] = {"timeframe": args.timeframe, "format": args.format, "query": query}
     try:
         if args.key:
-            body["query"]["key"] = args.key  # type: ignore[index]
+            query["key"] = args.key
         if args.video:
-            body["query"]["video"] = orjson.loads(args.video)  # type: ignore[index]
+            query["video"] = orjson.loads(args.video)
         if not body["query"]:
             del body["query"]
         if args.identifier:
@@ -278,7 +281,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
             total = await summaries.count_sessions(conn, q.selection, q.window)
             bar = tqdm(total=total, unit="session", disable=args.quiet, file=sys.stderr)
 
-            async def counted():  # type: ignore[no-untyped-def]
+            async def counted() -> AsyncIterator[list[Summary]]:
                 async for batch in summaries.stream(conn, q.selection, q.window):
                     bar.update(len(batch))
                     yield batch

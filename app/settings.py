@@ -198,9 +198,10 @@ class Settings:
 
 def variables() -> list[tuple[str, str, Any]]:
     """(variable, field, default) for every setting, in the table's order (for docs)."""
-    out = []
+    out: list[tuple[str, str, Any]] = []
     for f in dataclasses.fields(Settings):
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        factory = f.default_factory
+        default = f.default if factory is dataclasses.MISSING else factory()
         out.extend((name, f.name, default) for name in f.metadata["names"])
     return out
 

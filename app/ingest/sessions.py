@@ -387,7 +387,7 @@ class ViewingSession:
             session_data=self.join.session_data,
             played=False,
         )
-        earlier = [self._event(at, n, p) for at, n, p in self.preplay or ()]
+        earlier: list[Op] = [self._event(at, n, p) for at, n, p in self.preplay or ()]
         self.preplay = None
         return earlier
 

@@ -411,7 +411,9 @@ class Connection:
             self.backlog = None
             if not self.closed:
                 self.transport.resume_reading()
-            self.hub.waiting.discard(asyncio.current_task())  # type: ignore[arg-type]
+            task = asyncio.current_task()
+            if task is not None:
+                self.hub.waiting.discard(task)
 
     def _committed(self, frame: protocol.Frame, arrived: float, failure: str | None) -> None:
         """The event's batch committed (or failed): queue its reply, in commit order."""

@@ -298,9 +298,11 @@ class Writer:
                 return
             await self._after_first_try(batch, ops, before, flight, error)
         finally:
-            for future in (flight.may_follow, flight.executed, flight.first, flight.released):
+            if not flight.first.done():
+                flight.first.set_result(False)
+            for future in (flight.may_follow, flight.executed, flight.released):
                 if not future.done():
-                    future.set_result(False if future is flight.first else None)
+                    future.set_result(None)
             flight.done.set_result(None)
 
     async def _after_first_try(

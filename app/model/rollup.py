@@ -99,7 +99,7 @@ def threshold_class(threshold: float) -> int | None:
     if threshold == 0:
         return 0
     if threshold in WATCH_BOUNDS:
-        return WATCH_BOUNDS.index(threshold) + 1  # type: ignore[arg-type]
+        return WATCH_BOUNDS.index(int(threshold)) + 1
     return None
 
 
@@ -124,7 +124,8 @@ def merge_islands(
 ) -> list[float]:
     """Merged watched media ranges, flattened [a1, b1, a2, b2, ...], sorted. Only spans with
     to > from count (as in the engagement query)."""
-    pairs = [(islands[i], islands[i + 1]) for i in range(0, len(islands or []), 2)]
+    known = islands or []
+    pairs = [(known[i], known[i + 1]) for i in range(0, len(known), 2)]
     pairs += [(a, b) for a, b in spans if b > a]
     pairs.sort()
     merged: list[list[float]] = []
@@ -193,21 +194,24 @@ class State:
         return sum(self.islands[i + 1] - self.islands[i] for i in range(0, len(self.islands), 2))
 
 
+Key = tuple[Any, ...]  # (owner — a video id or an ingest key —, bucket, ...)
+
+
 class Deltas:
     """Changes to the rollups, summed per key, for one batch."""
 
     def __init__(self) -> None:
-        # keys: (video id, bucket start in epoch seconds, ...)
-        self.plays: dict[tuple[int, float, int], list[float]] = {}
-        self.sources: dict[tuple[int, float, str], list[int]] = {}
+        # keys: (video id, bucket start in epoch seconds, ...); the key_ tables the same per
+        # ingest key: (key, bucket, ...) — so a key is typed by its shape only (Key)
+        self.plays: dict[Key, list[float]] = {}  # (owner, bucket, watch class)
+        self.sources: dict[Key, list[int]] = {}  # (owner, bucket, page)
         self.engagement: dict[tuple[int, float, int, float], list[int]] = {}
-        # the same per ingest key: (key, bucket, ...)
-        self.key_plays: dict[tuple[str, float, int], list[float]] = {}
-        self.key_sources: dict[tuple[str, float, str], list[int]] = {}
-        self.impressions: dict[tuple[int, float], int] = {}
-        self.key_impressions: dict[tuple[str, float], int] = {}
-        self.completion: dict[tuple[int, float, int, str], list[float]] = {}
-        self.key_completion: dict[tuple[str, float, int, str], list[float]] = {}
+        self.key_plays: dict[Key, list[float]] = {}
+        self.key_sources: dict[Key, list[int]] = {}
+        self.impressions: dict[Key, int] = {}  # (owner, bucket)
+        self.key_impressions: dict[Key, int] = {}
+        self.completion: dict[Key, list[float]] = {}  # (owner, bucket, class, device)
+        self.key_completion: dict[Key, list[float]] = {}
         # (owner, bucket, browser, platform, device) -> QOE_COLUMNS, startup and seek hists
         self.qoe: dict[tuple[Any, ...], QoeSums] = {}
         self.key_qoe: dict[tuple[Any, ...], QoeSums] = {}
@@ -239,9 +243,9 @@ class Deltas:
             (self.plays, (s.video_id, bucket, cls)),
             (self.key_plays, (s.key, bucket, cls)),
         ):
-            plays = table.get(key)  # type: ignore[attr-defined]
+            plays = table.get(key)
             if plays is None:
-                plays = table[key] = [0.0] * (3 + len(BREAKDOWN_COLUMNS))  # type: ignore[index]
+                plays = table[key] = [0.0] * (3 + len(BREAKDOWN_COLUMNS))
             plays[0] += sign
             plays[1] += sign * s.watch_seconds
             for column in columns:
@@ -250,25 +254,25 @@ class Deltas:
                 plays[-1] += 1
         if s.page is not None:
             hour = moment - moment % KEY_SOURCES_GRAIN_SECONDS
-            for table, key in (
-                (self.sources, (s.video_id, bucket, s.page)),  # type: ignore
+            for pages, at in (
+                (self.sources, (s.video_id, bucket, s.page)),
                 (self.key_sources, (s.key, hour, s.page)),
             ):
-                reached = table.get(key)  # type: ignore[attr-defined]
+                reached = pages.get(at)
                 if reached is None:
-                    reached = table[key] = [0] * (1 + len(WATCH_BOUNDS))  # type: ignore[index]
+                    reached = pages[at] = [0] * (1 + len(WATCH_BOUNDS))
                 for k in range(cls + 1):
                     reached[k] += sign
         duration = s.duration if s.duration is not None and s.duration > 0 else None
         device = s.device if s.device in _DEVICE_AT else "other"
         done = completion_of(s.furthest, duration, s.ended, s.distinct_seconds)
-        for table, key in (
+        for completion, where in (
             (self.completion, (s.video_id, bucket, cls, device)),
             (self.key_completion, (s.key, bucket, cls, device)),
         ):
-            entry = table.get(key)  # type: ignore[attr-defined]
+            entry = completion.get(where)
             if entry is None:
-                entry = table[key] = [0.0] * (len(COMPLETION_COLUMNS) + 1)  # type: ignore
+                entry = completion[where] = [0.0] * (len(COMPLETION_COLUMNS) + 1)
             for i, value in enumerate(done):
                 entry[i] += sign * value
         if engagement:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import IO, Any, cast
 
 import orjson
 
@@ -112,41 +112,43 @@ class _Parquet:
         self._pa, self._pq = pa, pq
         span = pa.struct([("from", pa.float64()), ("to", pa.float64())])
         stamp = pa.timestamp("us", tz="UTC")
-        self._schema = pa.schema(
-            [
-                ("session", pa.int64()),
-                ("started_at", stamp),
-                ("ended_at", stamp),
-                ("identifier", pa.string()),
-                ("metadata", pa.string()),
-                ("browser", pa.string()),
-                ("platform", pa.string()),
-                ("device", pa.string()),
-                ("page", pa.string()),
-                ("duration", pa.float64()),
-                ("watch_seconds", pa.float64()),
-                ("furthest", pa.float64()),
-                ("watched", pa.list_(span)),
-                ("played", pa.bool_()),
-                (
-                    "qoe",
-                    pa.struct(
-                        [
-                            ("startup_ms", pa.float64()),
-                            ("rebuffer_count", pa.int32()),
-                            ("rebuffer_seconds", pa.float64()),
-                            ("seek_count", pa.int32()),
-                            ("seek_latency_ms", pa.float64()),
-                            ("failure", pa.int16()),
-                            ("failed_before_start", pa.bool_()),
-                            ("exited_before_start", pa.bool_()),
-                        ]
-                    ),
+        fields: list[tuple[str, Any]] = [
+            ("session", pa.int64()),
+            ("started_at", stamp),
+            ("ended_at", stamp),
+            ("identifier", pa.string()),
+            ("metadata", pa.string()),
+            ("browser", pa.string()),
+            ("platform", pa.string()),
+            ("device", pa.string()),
+            ("page", pa.string()),
+            ("duration", pa.float64()),
+            ("watch_seconds", pa.float64()),
+            ("furthest", pa.float64()),
+            ("watched", pa.list_(span)),
+            ("played", pa.bool_()),
+            (
+                "qoe",
+                pa.struct(
+                    [
+                        ("startup_ms", pa.float64()),
+                        ("rebuffer_count", pa.int32()),
+                        ("rebuffer_seconds", pa.float64()),
+                        ("seek_count", pa.int32()),
+                        ("seek_latency_ms", pa.float64()),
+                        ("failure", pa.int16()),
+                        ("failed_before_start", pa.bool_()),
+                        ("exited_before_start", pa.bool_()),
+                    ]
                 ),
-            ]
-        )
+            ),
+        ]
+        self._schema = pa.schema(fields)
         self._sink = _Sink()
-        self._writer = pq.ParquetWriter(self._sink, self._schema, compression="zstd")
+        # a file-like sink (write, flush, close) that hands over what was written
+        self._writer = pq.ParquetWriter(
+            cast("IO[Any]", self._sink), self._schema, compression="zstd"
+        )
 
     def head(self) -> bytes:
         return self._sink.take()

@@ -130,10 +130,10 @@ def parse_timezone(value: Any) -> str:
 def _number(field: str, value: Any, default: float, low: float, high: float) -> float:
     if value is None:
         return default
-    value = _finite(field, value, "a number")
-    if not low <= value <= high:
+    number = _finite(field, value, "a number")
+    if not low <= number <= high:
         raise BadRequest(f"{field} must be between {low:g} and {high:g}")
-    return value
+    return number
 
 
 def parse_ranges(value: Any) -> int:

@@ -100,7 +100,7 @@ async def read_body(request: Request) -> dict[str, Any]:
         check_json("request", body)
     except UnsafeValue as exc:
         raise BadRequest(str(exc)) from None
-    return body
+    return dict(body)
 
 
 async def read_command(request: Request) -> dict[str, Any]:

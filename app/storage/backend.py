@@ -11,6 +11,7 @@ through the signatures above it.
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
 
@@ -35,13 +36,37 @@ class Backend(enum.StrEnum):
 Record = asyncpg.Record  # a result row
 
 
-class Connection(asyncpg.Connection):  # type: ignore[misc]
-    """A connection that knows which backend it talks to."""
+if TYPE_CHECKING:
+    _Base = asyncpg.Connection[asyncpg.Record]
+else:
+    _Base = asyncpg.Connection
+
+
+class Opened(_Base):
+    """A connection that knows which backend it talks to (the pools' connection class)."""
 
     backend: Backend = Backend.POSTGRESQL  # set when it opens (app/storage/db.py)
 
 
-async def detect(conn: asyncpg.Connection) -> Backend:
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    # what storage functions take: a connection, or one checked out of a pool
+    Connection: TypeAlias = asyncpg.Connection[Record] | PoolConnectionProxy[Record]
+    Pool: TypeAlias = asyncpg.Pool[Record]
+else:
+    Connection = asyncpg.Connection
+    Pool = asyncpg.Pool
+
+
+def dialect(conn: Connection) -> Backend:
+    """The backend a connection talks to (a pool's connection forwards to its own)."""
+    found = getattr(conn, "backend", Backend.POSTGRESQL)
+    assert isinstance(found, Backend)
+    return found
+
+
+async def detect(conn: Connection) -> Backend:
     if await timescale.is_enabled(conn):
         return Backend.TIMESCALEDB
     return Backend.POSTGRESQL

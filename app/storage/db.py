@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sys
+from typing import cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -19,8 +20,9 @@ from app.storage import backend
 log = logging.getLogger("vidmetrics")
 
 # what the layers above hold without knowing the driver
-Pool = asyncpg.Pool
+Pool = backend.Pool
 Connection = backend.Connection
+Record = backend.Record
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -75,7 +77,7 @@ def downgrade(url: str, revision: str = "base") -> None:
     command.downgrade(alembic_config(url), revision)
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def _init_connection(conn: Connection) -> None:
     # binary jsonb (a version byte, then the text) so that COPY can carry it too
     await conn.set_type_codec(
         "jsonb",
@@ -96,7 +98,7 @@ async def create_pool(
     max_size: int = 10,
     shard: int | None = None,
     statement_seconds: float | None = None,
-) -> asyncpg.Pool:
+) -> Pool:
     """shard: the rollup shard this process writes (see rollups.SHARDS).
 
     statement_seconds: a pool for questions, not writes: PostgreSQL cancels any statement
@@ -113,11 +115,11 @@ async def create_pool(
         command_timeout = statement_seconds + 5  # the server cancels first
     found: list[backend.Backend] = []  # detected once, on the pool's first connection
 
-    async def init(conn: backend.Connection) -> None:
+    async def init(conn: asyncpg.Connection[Record]) -> None:
         await _init_connection(conn)
         if not found:
             found.append(await backend.detect(conn))
-        conn.backend = found[0]
+        cast(backend.Opened, conn).backend = found[0]
 
     pool = await asyncpg.create_pool(
         url,
@@ -126,30 +128,30 @@ async def create_pool(
         init=init,
         command_timeout=command_timeout,
         server_settings=settings,
-        connection_class=backend.Connection,
+        connection_class=backend.Opened,
     )
     assert pool is not None
     return pool
 
 
-async def backend_of(pool: asyncpg.Pool) -> backend.Backend:
+async def backend_of(pool: Pool) -> backend.Backend:
     """The backend the pool's connections talk to."""
     async with pool.acquire() as conn:
-        return conn.backend  # type: ignore[no-any-return]
+        return backend.dialect(conn)
 
 
-async def connect(url: str) -> backend.Connection:
+async def connect(url: str) -> backend.Opened:
     conn = await asyncpg.connect(
         url,
         server_settings={"application_name": "vidmetrics"},
-        connection_class=backend.Connection,
+        connection_class=backend.Opened,
     )
     await _init_connection(conn)
     conn.backend = await backend.detect(conn)
     return conn
 
 
-async def ping(pool: asyncpg.Pool, timeout: float) -> None:
+async def ping(pool: Pool, timeout: float) -> None:
     """Raise unless the database answers within `timeout` seconds."""
     async with pool.acquire(timeout=timeout) as conn:
         await conn.fetchval("SELECT 1")

@@ -29,11 +29,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
-
 from app.model.rows import VideoRef
 from app.model.vocabulary import BROWSERS, DEVICES, EVENT_NAMES, PAYLOAD_NUMBERS, PLATFORMS
 from app.storage import db, key_store, session_store
+from app.storage.backend import Connection
 from app.storage.rebuild import WORK_MEM, statements
 from app.storage.tables import SESSION_ID_BLOCK
 
@@ -258,7 +257,7 @@ class _Plan:
     args: list[Any]  # the draws' parameters after (seed, lo, hi, end, seconds)
 
 
-async def _chunk(conn: asyncpg.Connection, plan: _Plan, lo: int, hi: int) -> int:
+async def _chunk(conn: Connection, plan: _Plan, lo: int, hi: int) -> int:
     """Sessions lo..hi-1 with their loads and rollups, in one transaction; their events."""
     async with conn.transaction():
         await conn.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
@@ -292,7 +291,7 @@ async def _chunk(conn: asyncpg.Connection, plan: _Plan, lo: int, hi: int) -> int
 
 
 async def seed(
-    connections: Sequence[asyncpg.Connection],
+    connections: Sequence[Connection],
     model: Model,
     *,
     sessions: int,
@@ -302,7 +301,7 @@ async def seed(
     video_ids: Sequence[int],
     durations: Sequence[float],
     chunk: int = 100_000,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> int:
     """Insert `sessions` played sessions (plus the unplayed views and page loads that go
     with them) ending before `end`, and count them into the rollups; returns the number
@@ -326,7 +325,7 @@ async def seed(
     plan = _Plan(model, seed_value, end, days, blocks, args)
     counts: list[int] = []
 
-    async def worker(conn: asyncpg.Connection, chunks: list[tuple[int, int]]) -> None:
+    async def worker(conn: Connection, chunks: list[tuple[int, int]]) -> None:
         for lo, hi in chunks:
             counts.append(await _chunk(conn, plan, lo, hi))
             if progress is not None:
@@ -403,7 +402,7 @@ async def seed_key(
     sessions: int,
     days: int,
     seed_value: int,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> int:
     """Seed `sessions` sessions of `videos_count` demo videos under `key` (made if
     missing), ending at today's UTC midnight; returns the number of events."""

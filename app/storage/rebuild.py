@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import asyncpg
-
 from app.model import quantiles
 from app.model.rollup import (
     BREAKDOWN_COLUMNS,
@@ -35,6 +33,7 @@ from app.model.rollup import (
     WATCH_BOUNDS,
 )
 from app.model.vocabulary import BROWSERS, DEVICES, PLATFORMS
+from app.storage.backend import Connection
 from app.storage.rollups import DISTINCT_SECONDS, KEYS, MERGED, ROLLUP_TABLES, SUMS, grain_sql
 
 WORK_MEM = "256MB"  # for the rebuild's transaction only
@@ -275,7 +274,7 @@ def _adding(table: str, insert: str) -> str:
     )
 
 
-async def rebuild(conn: asyncpg.Connection, progress: Any = None) -> None:
+async def rebuild(conn: Connection, progress: Any = None) -> None:
     """Empty every rollup table and fill it from the sessions and impressions, in the
     caller's transaction; sessions and impressions are locked against writes meanwhile
     (the writers wait, then add their deltas to the rebuilt rows)."""
@@ -293,7 +292,7 @@ async def rebuild(conn: asyncpg.Connection, progress: Any = None) -> None:
             progress.update(1)
 
 
-async def backfill(conn: asyncpg.Connection, progress: Any = None) -> bool:
+async def backfill(conn: Connection, progress: Any = None) -> bool:
     """Rebuild the rollups once, after the migration that created them (rollup_state
     'backfill' pending). Returns True if it ran."""
     pending = await conn.fetchval(

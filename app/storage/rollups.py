@@ -36,8 +36,6 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-import asyncpg
-
 from app.model.rollup import (
     BREAKDOWN_COLUMNS,
     COMPLETION_COLUMNS,
@@ -50,6 +48,7 @@ from app.model.rollup import (
     State,
     at_epoch,
 )
+from app.storage.backend import Connection
 
 ROLLUP_TABLES = (
     "rollup_plays",
@@ -157,7 +156,7 @@ class Statement:
         ctes = ", ".join(f"w{i} AS ({part})" for i, part in enumerate(self.parts))
         return f"WITH {ctes} {final}" if ctes else final
 
-    async def execute(self, conn: asyncpg.Connection) -> None:
+    async def execute(self, conn: Connection) -> None:
         if self.parts:
             await conn.execute(self.sql("SELECT 1"), *self.args)
 
@@ -268,7 +267,7 @@ def state_of(row: Any) -> State:
     )
 
 
-async def write_deltas(conn: asyncpg.Connection, deltas: Deltas) -> None:
+async def write_deltas(conn: Connection, deltas: Deltas) -> None:
     """Add the non-zero deltas to the rollup tables (one statement)."""
     statement = Statement()
     add_deltas(statement, deltas)

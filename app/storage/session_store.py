@@ -8,8 +8,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
-
 from app.model import rollup
 from app.model.rows import (
     Ended,
@@ -26,6 +24,7 @@ from app.model.rows import (
     Written,
 )
 from app.storage import rollups, timeline
+from app.storage.backend import Connection, Pool
 from app.storage.tables import SESSION_ID_BLOCK
 
 QOE_SESSION_COLUMNS = [
@@ -45,20 +44,20 @@ QOE_SESSION_TYPES = ["bool", "float8", "int", "float8", "int", "float8", "int2",
 def session_ids(ops: Iterable[Op]) -> set[int]:
     """The sessions a batch touches."""
     return {
-        op.id if isinstance(op, SessionRow) else op.session_id  # type: ignore[union-attr]
+        op.id if isinstance(op, SessionRow) else op.session_id
         for op in ops
         if not isinstance(op, Impression)
     }
 
 
-async def reserve_session_ids(conn: asyncpg.Connection | asyncpg.Pool) -> range:
+async def reserve_session_ids(conn: Connection | Pool) -> range:
     """A block of SESSION_ID_BLOCK fresh session ids."""
     first = await conn.fetchval("SELECT nextval('session_ids')")
     return range(first, first + SESSION_ID_BLOCK)
 
 
 async def _resolve_videos(
-    conn: asyncpg.Connection,
+    conn: Connection,
     refs: dict[tuple[str, str], VideoRef],
 ) -> dict[tuple[str, str], int]:
     if not refs:
@@ -80,7 +79,7 @@ async def _resolve_videos(
 
 
 async def _copy_impressions(
-    conn: asyncpg.Connection,
+    conn: Connection,
     rows: list[Impression],
     vid: Callable[[VideoRef], int],
     deltas: rollup.Deltas,
@@ -121,7 +120,7 @@ def _spans(intervals: list[IntervalRow]) -> dict[int, list[tuple[float, float]]]
 
 
 async def write_batch(
-    conn: asyncpg.Connection,
+    conn: Connection,
     ops: list[Op],
     videos: VideoIds,
     outbox: bool = False,
@@ -184,7 +183,7 @@ class _Batch:
 
     def __init__(
         self,
-        conn: asyncpg.Connection,
+        conn: Connection,
         videos: VideoIds,
         ready: Awaitable[Any] | None,
     ) -> None:
@@ -196,7 +195,7 @@ class _Batch:
         self.deltas = rollup.Deltas()
         self.outcome = Outcome(self.found, {})
 
-    async def database(self) -> asyncpg.Connection:
+    async def database(self) -> Connection:
         """The connection, once the caller lets this batch use it."""
         if self._ready is not None:
             await self._ready
@@ -391,7 +390,7 @@ def _outbox(statement: rollups.Statement, ended: list[Ended]) -> None:
 
 
 async def prepare_batch(
-    conn: asyncpg.Connection,
+    conn: Connection,
     ops: list[Op],
     videos: VideoIds,
     outbox: bool = False,
@@ -434,7 +433,7 @@ async def prepare_batch(
     return Prepared(b.statement, final, b.outcome)
 
 
-async def execute_batch(conn: asyncpg.Connection, prepared: Prepared) -> None:
+async def execute_batch(conn: Connection, prepared: Prepared) -> None:
     """Send a prepared batch's writes, in one round trip. Raises StaleState when a session
     the caller believed stored had no row."""
     statement = prepared.statement
@@ -447,7 +446,7 @@ async def execute_batch(conn: asyncpg.Connection, prepared: Prepared) -> None:
 
 
 async def append_events(
-    conn: asyncpg.Connection, timelines: dict[int, tuple[dt.datetime, bytes, int]]
+    conn: Connection, timelines: dict[int, tuple[dt.datetime, bytes, int]]
 ) -> None:
     """Add packed events to the timelines of existing sessions, as overflow rows (one per
     session and write; see timeline.ROW_BYTES), and count them in event_count."""
@@ -468,7 +467,7 @@ async def append_events(
     )
 
 
-async def touch_playing(conn: asyncpg.Connection | asyncpg.Pool, session_ids: list[int]) -> None:
+async def touch_playing(conn: Connection | Pool, session_ids: list[int]) -> None:
     """Refresh presence for the sessions this process is playing; drop long-dead rows.
 
     Rows a write in flight holds are skipped (SKIP LOCKED): that write dates them itself,
@@ -494,14 +493,12 @@ async def touch_playing(conn: asyncpg.Connection | asyncpg.Pool, session_ids: li
     )
 
 
-async def ensure_videos(
-    conn: asyncpg.Connection, refs: list[VideoRef]
-) -> dict[tuple[str, str], int]:
+async def ensure_videos(conn: Connection, refs: list[VideoRef]) -> dict[tuple[str, str], int]:
     return await _resolve_videos(conn, {(r.key, r.identity): r for r in refs})
 
 
 async def copy_rows(
-    conn: asyncpg.Connection,
+    conn: Connection,
     ids: dict[tuple[str, str], int],
     sessions: list[SessionRow],
     intervals: list[IntervalRow],
@@ -554,7 +551,7 @@ COPY_COLUMNS = [
 RAW_DROP_BATCH = 10_000  # sessions per UPDATE when raw events expire (short row locks)
 
 
-async def drop_raw_events(pool: asyncpg.Pool, days: int, now: dt.datetime | None = None) -> int:
+async def drop_raw_events(pool: Pool, days: int, now: dt.datetime | None = None) -> int:
     """Forget the raw events of sessions that started more than `days` before `now`
     (default: the database's clock; days 0: keep); their summaries, and so every answer,
     stay. Returns how many timelines were dropped."""
@@ -589,7 +586,7 @@ async def drop_raw_events(pool: asyncpg.Pool, days: int, now: dt.datetime | None
     return dropped
 
 
-async def apply_retention(pool: asyncpg.Pool, days: int, raw_event_days: int) -> None:
+async def apply_retention(pool: Pool, days: int, raw_event_days: int) -> None:
     """Delete data older than the retention settings (0 keeps forever); on TimescaleDB
     its retention policies do the deleting, and only drop_raw_events runs."""
     await drop_raw_events(pool, raw_event_days)

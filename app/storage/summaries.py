@@ -6,12 +6,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator
 
-import asyncpg
-
 from app.model.query import Selection, Window
 from app.model.results import EventEntry, Summary
 from app.storage import timeline
-from app.storage.backend import Connection
+from app.storage.backend import Connection, Pool, Record
 from app.storage.rollups import qoe_of
 from app.storage.where import Params, where
 
@@ -26,7 +24,7 @@ _COLUMNS = """
 """
 
 
-def _summary(row: asyncpg.Record) -> Summary:
+def _summary(row: Record) -> Summary:
     islands = row["islands"] or []  # merged and sorted already: rounded to milliseconds here
     watched = [
         (round(islands[i], 3), round(islands[i + 1], 3)) for i in range(0, len(islands) - 1, 2)
@@ -126,7 +124,7 @@ async def drop_orphans(conn: Connection) -> None:
     )
 
 
-async def pending(conn: Connection | asyncpg.Pool) -> int:
+async def pending(conn: Connection | Pool) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM export_outbox"))
 
 

@@ -8,6 +8,8 @@ unique key so that TimescaleDB can turn them into hypertables. A session's watch
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -34,7 +36,7 @@ from app.model.rollup import BREAKDOWN_COLUMNS, COMPLETION_COLUMNS, QOE_COLUMNS,
 from app.storage.rollups import SHARD_DEFAULT
 
 
-def _shard() -> Column:  # type: ignore[type-arg]
+def _shard() -> Column[Any]:
     """The writing process's rollup shard (see rollups.SHARDS)."""
     return Column("shard", SmallInteger, nullable=False, server_default=text(SHARD_DEFAULT))
 
@@ -75,7 +77,7 @@ videos = Table(
 )
 
 
-def _view_columns() -> list[Column]:  # type: ignore[type-arg]
+def _view_columns() -> list[Column[Any]]:
     """What a session and a page load know of their view: the device classes, the page
     (scheme://host/path of the embedding page; never a query string or fragment) and the
     site's own session data. New Column objects each time (a column has one table)."""
@@ -156,7 +158,7 @@ export_outbox = Table(
 
 
 # Rollups kept exact at ingest (see app/storage/rollups.py), per video and per ingest key.
-def _plays_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-arg]
+def _plays_rollup(name: str, owner: Column[Any]) -> Table:
     return Table(
         name,
         metadata,
@@ -174,7 +176,7 @@ def _plays_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-arg]
     )
 
 
-def _sources_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-arg]
+def _sources_rollup(name: str, owner: Column[Any]) -> Table:
     return Table(
         name,
         metadata,
@@ -227,7 +229,7 @@ impressions = Table(
 )
 
 
-def _impressions_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-arg]
+def _impressions_rollup(name: str, owner: Column[Any]) -> Table:
     return Table(
         name,
         metadata,
@@ -239,7 +241,7 @@ def _impressions_rollup(name: str, owner: Column) -> Table:  # type: ignore[type
     )
 
 
-def _completion_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-arg]
+def _completion_rollup(name: str, owner: Column[Any]) -> Table:
     return Table(
         name,
         metadata,
@@ -268,7 +270,7 @@ rollup_key_completion = _completion_rollup(
 )
 
 
-def _qoe_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-arg]
+def _qoe_rollup(name: str, owner: Column[Any]) -> Table:
     return Table(
         name,
         metadata,
@@ -300,7 +302,7 @@ rollup_qoe = _qoe_rollup("rollup_qoe", Column("video_id", BigInteger, nullable=F
 rollup_key_qoe = _qoe_rollup("rollup_key_qoe", Column("key", Text, nullable=False))
 
 
-def _qoe_hist_rollup(name: str, owner: Column) -> Table:  # type: ignore[type-arg]
+def _qoe_hist_rollup(name: str, owner: Column[Any]) -> Table:
     """Histogram rows without device classes: metric 0 startup, 1 seek latency."""
     return Table(
         name,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import asyncpg
 import sqlalchemy as sa
 
 from app.resources import TIMESCALE
+
+if TYPE_CHECKING:  # (backend.py detects TimescaleDB with this module)
+    from app.storage.backend import Connection
 
 log = logging.getLogger("vidmetrics")
 
@@ -66,7 +68,7 @@ def is_enabled_sync(bind: sa.Connection) -> bool:
     return row is not None
 
 
-async def is_enabled(conn: asyncpg.Connection) -> bool:
+async def is_enabled(conn: Connection) -> bool:
     """True when the schema is on TimescaleDB: the extension exists *and* the sessions
     table is a hypertable. A database migrated on plain PostgreSQL that gains the
     extension later stays plain (said once in the log): its answers are the same."""
@@ -87,7 +89,7 @@ def _days(days: int) -> str:
     return "NULL::interval" if days <= 0 else f"make_interval(days => {int(days)})"
 
 
-async def apply_policies(conn: asyncpg.Connection, settings: Any) -> None:
+async def apply_policies(conn: Connection, settings: Any) -> None:
     """(Re)apply compression, retention and refresh policies from settings."""
     values = {
         ":compress_after": _days(settings.compress_after_days),

@@ -8,7 +8,7 @@ from app.model import rollup
 from app.model.query import BucketQuery, Window
 from app.model.results import CompletionCounts
 from app.model.vocabulary import DEVICES
-from app.storage.backend import Connection
+from app.storage.backend import Connection, dialect
 from app.storage.rollups import DISTINCT_SECONDS
 from app.storage.stats.common import bucket, by_plan, plays_plan, rollup_where, sessions_where
 from app.storage.where import Params, where
@@ -28,7 +28,7 @@ async def completion(conn: Connection, q: BucketQuery, use_rollups: bool = True)
 
     async def raw(windows: list[Window]) -> None:
         p = Params()
-        at = bucket(q, p, conn.backend)
+        at = bucket(q, p, dialect(conn))
         conditions = sessions_where(q, p, windows)
         known = "s.duration > 0"
         reached = ", ".join(
@@ -56,7 +56,7 @@ async def completion(conn: Connection, q: BucketQuery, use_rollups: bool = True)
 
     async def from_rollups(inside: Window) -> None:
         p = Params()
-        at = bucket(q, p, conn.backend, "r.bucket")
+        at = bucket(q, p, dialect(conn), "r.bucket")
         table, conditions = rollup_where(q, p, "completion", inside, cls)
         sums = ", ".join(f"sum(r.{c})" for c in [*rollup.COMPLETION_COLUMNS, "percent_sum"])
         for r in await conn.fetch(

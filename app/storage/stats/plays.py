@@ -7,7 +7,7 @@ import datetime as dt
 from app.model import rollup
 from app.model.query import BucketQuery, Selection, Window
 from app.model.results import PlaysBucket, VideoTotals
-from app.storage.backend import Connection
+from app.storage.backend import Connection, dialect
 from app.storage.stats.common import (
     bucket,
     by_plan,
@@ -46,7 +46,7 @@ async def _plays_raw(
     conn: Connection, q: BucketQuery, windows: list[Window], into: Buckets
 ) -> None:
     p = Params()
-    at = bucket(q, p, conn.backend)
+    at = bucket(q, p, dialect(conn))
     rows = await conn.fetch(
         f"""
         SELECT {at} AS bucket, s.browser, s.platform, s.device,
@@ -68,7 +68,7 @@ async def _plays_rollup(
     conn: Connection, q: BucketQuery, cls: int, inside: Window, into: Buckets
 ) -> None:
     p = Params()
-    at = bucket(q, p, conn.backend, "r.bucket")
+    at = bucket(q, p, dialect(conn), "r.bucket")
     table, conditions = rollup_where(q, p, "plays", inside, cls)
     sums = ", ".join(f"sum(r.{c})" for c in rollup.BREAKDOWN_COLUMNS)
     rows = await conn.fetch(
@@ -94,7 +94,7 @@ async def _impressions_raw(
     conn: Connection, q: BucketQuery, windows: list[Window], into: Buckets
 ) -> None:
     p = Params()
-    at = bucket(q, p, conn.backend, "i.at")
+    at = bucket(q, p, dialect(conn), "i.at")
     conditions = [
         *p.videos(q.selection, "i.video_id"),
         p.within("i.at", windows),
@@ -112,7 +112,7 @@ async def _impressions_rollup(
     conn: Connection, q: BucketQuery, inside: Window, into: Buckets
 ) -> None:
     p = Params()
-    at = bucket(q, p, conn.backend, "r.bucket")
+    at = bucket(q, p, dialect(conn), "r.bucket")
     table, conditions = rollup_where(q, p, "impressions", inside)
     for r in await conn.fetch(
         f"SELECT {at} AS bucket, sum(r.impressions) AS n "

@@ -9,7 +9,7 @@ from app.model import quantiles, rollup
 from app.model.query import BucketQuery, Window
 from app.model.results import QoeCounts
 from app.model.vocabulary import Breakdown
-from app.storage.backend import Connection
+from app.storage.backend import Connection, dialect
 from app.storage.stats.common import bucket, by_plan, qoe_plan, rollup_scope
 from app.storage.where import Params, where
 
@@ -58,7 +58,7 @@ async def qoe(
 
     async def from_rollups(whole: Window) -> None:
         p = Params()
-        at = bucket(q, p, conn.backend, "r.bucket")
+        at = bucket(q, p, dialect(conn), "r.bucket")
         table, conditions = rollup_scope(q.selection, p, "qoe")
         conditions += p.between("r.bucket", whole)
         await _sums(conn, at, table, where(conditions), p, into)
@@ -78,7 +78,7 @@ async def qoe(
 
 async def _raw(conn: Connection, q: BucketQuery, windows: list[Window], into: _Into) -> None:
     p = Params()
-    at = bucket(q, p, conn.backend)
+    at = bucket(q, p, dialect(conn))
     conditions = [
         *p.videos(q.selection, "s.video_id"),
         p.within("s.started_at", windows),

@@ -6,7 +6,7 @@ import datetime as dt
 
 from app.model import rollup
 from app.model.query import BucketQuery, Window
-from app.storage.backend import Connection
+from app.storage.backend import Connection, dialect
 from app.storage.stats.common import (
     bucket,
     bucket_rollup_plan,
@@ -33,7 +33,7 @@ async def sources(
         windows = edges(q.window, whole)  # raw: the partial quarter hours at the ends
         parts = _rollup_parts(conn, q, p, rollup.REACHED_COLUMNS[cls], whole)
     for window in windows:  # one plain time range each: index-friendly
-        at = bucket(q, p, conn.backend)
+        at = bucket(q, p, dialect(conn))
         conditions = [*sessions_where(q, p, [window]), "s.page IS NOT NULL"]
         parts.append(
             f"SELECT {at} AS bucket, s.page, 1 AS views FROM sessions s WHERE {where(conditions)}"
@@ -60,13 +60,13 @@ def _rollup_parts(
         quarters = edges(whole, hourly)
         conditions = [f"r.key = {p.add(q.selection.key, 'text')}", *p.between("r.bucket", hourly)]
         parts.append(
-            f"SELECT {bucket(q, p, conn.backend, 'r.bucket')} AS bucket, r.page, "
+            f"SELECT {bucket(q, p, dialect(conn), 'r.bucket')} AS bucket, r.page, "
             f"r.{reached} AS views FROM rollup_key_sources r WHERE {where(conditions)}"
         )
     for window in quarters:
         conditions = [*p.videos(q.selection, "r.video_id"), *p.between("r.bucket", window)]
         parts.append(
-            f"SELECT {bucket(q, p, conn.backend, 'r.bucket')} AS bucket, r.page, "
+            f"SELECT {bucket(q, p, dialect(conn), 'r.bucket')} AS bucket, r.page, "
             f"r.{reached} AS views FROM rollup_sources r WHERE {where(conditions)}"
         )
     return parts
