@@ -315,6 +315,16 @@ async def test_database_outage_gives_errors_then_recovers(tmp_path: Path) -> Non
         assert health.status_code == 503
         assert health.json()["database"] == "unavailable"
         assert health.json()["writer"] == "failing"
+        # a question meanwhile: a clear 503 naming the database, never a 500
+        asked = httpx.post(
+            f"{srv.http}/api/v1/plays",
+            json={"query": {"key": key}, "timeframe": "1 day"},
+            auth=AUTH,
+            timeout=30,
+        )
+        assert asked.status_code == 503, asked.text
+        assert asked.json() == {"error": "the database is unavailable; retry in a moment"}
+        assert asked.headers["retry-after"] == "1"
         pg.start()
 
         async def recovered() -> bool:

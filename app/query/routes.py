@@ -124,6 +124,7 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+UNAVAILABLE = "the database is unavailable; retry in a moment"
 QUERY_SECONDS = Histogram(
     "vidmetrics_query_seconds", "Database time of a query API answer", ["endpoint"]
 )
@@ -142,6 +143,10 @@ async def query_connection(request: Request) -> AsyncIterator[db.Connection]:
             f"busy: {settings.query_pool_size} questions are being answered "
             f"(METRICS_QUERY_POOL_SIZE); retry in a moment"
         ) from None
+    except Exception as exc:  # a new connection could not be opened
+        if isinstance(failures.translate(exc), failures.Unavailable):
+            raise ServiceBusy(UNAVAILABLE) from exc
+        raise
     try:
         with failures.translated(timeouts=failures.OverBudget):
             yield conn
@@ -171,7 +176,7 @@ async def _run(request: Request, work: Callable[[db.Connection], Awaitable[Any]]
     except failures.ValueRefused as exc:
         raise BadRequest("a value is out of range for this query") from exc
     except failures.Unavailable as exc:
-        raise ServiceBusy("the database is unavailable; retry in a moment") from exc
+        raise ServiceBusy(UNAVAILABLE) from exc
 
 
 def _bucket_query(request: Request, body: dict[str, Any]) -> BucketQuery:
