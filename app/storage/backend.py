@@ -11,11 +11,12 @@ through the signatures above it.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING
 
 import asyncpg
 
 from app.storage import timescale
+from app.storage.driver import Connection
 
 
 class Backend(enum.StrEnum):
@@ -33,9 +34,6 @@ class Backend(enum.StrEnum):
         return self is Backend.TIMESCALEDB
 
 
-Record = asyncpg.Record  # a result row
-
-
 if TYPE_CHECKING:
     _Base = asyncpg.Connection[asyncpg.Record]
 else:
@@ -46,17 +44,6 @@ class Opened(_Base):
     """A connection that knows which backend it talks to (the pools' connection class)."""
 
     backend: Backend = Backend.POSTGRESQL  # set when it opens (app/storage/db.py)
-
-
-if TYPE_CHECKING:
-    from asyncpg.pool import PoolConnectionProxy
-
-    # what storage functions take: a connection, or one checked out of a pool
-    Connection: TypeAlias = asyncpg.Connection[Record] | PoolConnectionProxy[Record]
-    Pool: TypeAlias = asyncpg.Pool[Record]
-else:
-    Connection = asyncpg.Connection
-    Pool = asyncpg.Pool
 
 
 def dialect(conn: Connection) -> Backend:

@@ -15,14 +15,14 @@ from alembic import command
 from alembic.config import Config
 
 from app.resources import MIGRATIONS
-from app.storage import backend
+from app.storage import backend, driver
 
 log = logging.getLogger("vidmetrics")
 
 # what the layers above hold without knowing the driver
-Pool = backend.Pool
-Connection = backend.Connection
-Record = backend.Record
+Pool = driver.Pool
+Connection = driver.Connection
+Record = driver.Record
 
 
 def sqlalchemy_url(url: str) -> str:

@@ -32,7 +32,7 @@ from typing import Any
 from app.model.rows import VideoRef
 from app.model.vocabulary import BROWSERS, DEVICES, EVENT_NAMES, PAYLOAD_NUMBERS, PLATFORMS
 from app.storage import db, key_store, session_store
-from app.storage.backend import Connection
+from app.storage.driver import Connection
 from app.storage.rebuild import WORK_MEM, statements
 from app.storage.tables import SESSION_ID_BLOCK
 

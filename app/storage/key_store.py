@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from app.model.results import KeyRow
-from app.storage.backend import Connection, Pool
+from app.storage.driver import Connection, Pool
 
 
 class KeyExists(Exception):

@@ -33,7 +33,7 @@ from app.model.rollup import (
     WATCH_BOUNDS,
 )
 from app.model.vocabulary import BROWSERS, DEVICES, PLATFORMS
-from app.storage.backend import Connection
+from app.storage.driver import Connection
 from app.storage.rollups import DISTINCT_SECONDS, KEYS, MERGED, ROLLUP_TABLES, SUMS, grain_sql
 
 WORK_MEM = "256MB"  # for the rebuild's transaction only

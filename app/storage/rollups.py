@@ -48,7 +48,7 @@ from app.model.rollup import (
     State,
     at_epoch,
 )
-from app.storage.backend import Connection
+from app.storage.driver import Connection
 
 ROLLUP_TABLES = (
     "rollup_plays",

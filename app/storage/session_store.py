@@ -24,7 +24,7 @@ from app.model.rows import (
     Written,
 )
 from app.storage import rollups, timeline
-from app.storage.backend import Connection, Pool
+from app.storage.driver import Connection, Pool
 from app.storage.tables import SESSION_ID_BLOCK
 
 QOE_SESSION_COLUMNS = [

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from app.model.query import Selection, Window
 from app.model.results import EventEntry, Summary
 from app.storage import timeline
-from app.storage.backend import Connection, Pool, Record
+from app.storage.driver import Connection, Pool, Record
 from app.storage.rollups import qoe_of
 from app.storage.where import Params, where
 

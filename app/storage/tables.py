@@ -8,6 +8,7 @@ unique key so that TimescaleDB can turn them into hypertables. A session's watch
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import (
@@ -77,6 +78,14 @@ videos = Table(
 )
 
 
+def _session_ref() -> list[Column[Any]]:
+    """A reference to one session: its id and start (together its primary key)."""
+    return [
+        Column("session_id", BigInteger, nullable=False),
+        Column("session_started_at", DateTime(timezone=True), nullable=False),
+    ]
+
+
 def _view_columns() -> list[Column[Any]]:
     """What a session and a page load know of their view: the device classes, the page
     (scheme://host/path of the embedding page; never a query string or fragment) and the
@@ -144,8 +153,7 @@ playing = Table(
 export_outbox = Table(
     "export_outbox",
     metadata,
-    Column("session_id", BigInteger, nullable=False),
-    Column("session_started_at", DateTime(timezone=True), nullable=False),
+    *_session_ref(),
     Column("enqueued_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column(
@@ -157,42 +165,71 @@ export_outbox = Table(
 )
 
 
-# Rollups kept exact at ingest (see app/storage/rollups.py), per video and per ingest key.
-def _plays_rollup(name: str, owner: Column[Any]) -> Table:
+# Rollups kept exact at ingest (see app/storage/rollups.py), per video and per ingest key:
+# the owner, the bucket, the family's own key columns, its sums, the writer's shard (and,
+# for plays, the change count after it), keyed by all of them but the sums.
+def _rollup(
+    name: str,
+    owner: Column[Any],
+    keys: list[Column[Any]],
+    sums: list[Column[Any]],
+    after: list[Column[Any]] | None = None,
+) -> Table:
     return Table(
         name,
         metadata,
         owner,
         Column("bucket", DateTime(timezone=True), nullable=False),
-        Column("class", SmallInteger, nullable=False),
+        *keys,
+        *sums,
+        _shard(),
+        *(after or []),
+        PrimaryKeyConstraint(
+            owner.name, "bucket", *(k.name for k in keys), "shard", name=f"{name}_pkey"
+        ),
+    )
+
+
+def _counts(names: list[str], kind: Callable[[str], Any] = lambda _: Integer) -> list[Column[Any]]:
+    return [Column(c, kind(c), nullable=False, server_default=text("0")) for c in names]
+
+
+def _per_owner(kind: str, *parts: Callable[[], list[Column[Any]]]) -> tuple[Table, Table]:
+    """rollup_<kind> per video and rollup_key_<kind> per ingest key (fresh columns each)."""
+    return (
+        _rollup(
+            f"rollup_{kind}",
+            Column("video_id", BigInteger, nullable=False),
+            *[make() for make in parts],
+        ),
+        _rollup(
+            f"rollup_key_{kind}", Column("key", Text, nullable=False), *[make() for make in parts]
+        ),
+    )
+
+
+def _text(*names: str) -> list[Column[Any]]:
+    return [Column(n, Text, nullable=False) for n in names]
+
+
+def _small(*names: str) -> list[Column[Any]]:
+    return [Column(n, SmallInteger, nullable=False) for n in names]
+
+
+rollup_plays, rollup_key_plays = _per_owner(
+    "plays",
+    lambda: _small("class"),
+    lambda: [
         Column("sessions", Integer, nullable=False),
         Column("watch_seconds", Float, nullable=False),
-        *[Column(c, Integer, nullable=False, server_default=text("0")) for c in BREAKDOWN_COLUMNS],
-        _shard(),
-        # writes of this bucket's sessions, ever (see rollups.py): the engagement cache's
-        # version
-        Column("changes", BigInteger, nullable=False, server_default=text("0")),
-        PrimaryKeyConstraint(owner.name, "bucket", "class", "shard", name=f"{name}_pkey"),
-    )
-
-
-def _sources_rollup(name: str, owner: Column[Any]) -> Table:
-    return Table(
-        name,
-        metadata,
-        owner,
-        Column("bucket", DateTime(timezone=True), nullable=False),
-        Column("page", Text, nullable=False),
-        *[Column(c, Integer, nullable=False, server_default=text("0")) for c in REACHED_COLUMNS],
-        _shard(),
-        PrimaryKeyConstraint(owner.name, "bucket", "page", "shard", name=f"{name}_pkey"),
-    )
-
-
-rollup_plays = _plays_rollup("rollup_plays", Column("video_id", BigInteger, nullable=False))
-rollup_key_plays = _plays_rollup("rollup_key_plays", Column("key", Text, nullable=False))
-rollup_sources = _sources_rollup("rollup_sources", Column("video_id", BigInteger, nullable=False))
-rollup_key_sources = _sources_rollup("rollup_key_sources", Column("key", Text, nullable=False))
+        *_counts(BREAKDOWN_COLUMNS),
+    ],
+    # writes of this bucket's sessions, ever (see rollups.py): the engagement cache's version
+    lambda: [Column("changes", BigInteger, nullable=False, server_default=text("0"))],
+)
+rollup_sources, rollup_key_sources = _per_owner(
+    "sources", lambda: _text("page"), lambda: _counts(REACHED_COLUMNS)
+)
 
 rollup_engagement = Table(
     "rollup_engagement",
@@ -229,98 +266,33 @@ impressions = Table(
 )
 
 
-def _impressions_rollup(name: str, owner: Column[Any]) -> Table:
-    return Table(
-        name,
-        metadata,
-        owner,
-        Column("bucket", DateTime(timezone=True), nullable=False),
-        Column("impressions", Integer, nullable=False),
-        _shard(),
-        PrimaryKeyConstraint(owner.name, "bucket", "shard", name=f"{name}_pkey"),
-    )
-
-
-def _completion_rollup(name: str, owner: Column[Any]) -> Table:
-    return Table(
-        name,
-        metadata,
-        owner,
-        Column("bucket", DateTime(timezone=True), nullable=False),
-        Column("class", SmallInteger, nullable=False),
-        Column("device", Text, nullable=False),
-        *[Column(c, Integer, nullable=False, server_default=text("0")) for c in COMPLETION_COLUMNS],
+rollup_impressions, rollup_key_impressions = _per_owner(
+    "impressions", list, lambda: [Column("impressions", Integer, nullable=False)]
+)
+rollup_completion, rollup_key_completion = _per_owner(
+    "completion",
+    lambda: [*_small("class"), *_text("device")],
+    lambda: [
+        *_counts(COMPLETION_COLUMNS),
         Column("percent_sum", Float, nullable=False, server_default=text("0")),
-        _shard(),
-        PrimaryKeyConstraint(owner.name, "bucket", "class", "device", "shard", name=f"{name}_pkey"),
-    )
-
-
-rollup_impressions = _impressions_rollup(
-    "rollup_impressions", Column("video_id", BigInteger, nullable=False)
+    ],
 )
-rollup_key_impressions = _impressions_rollup(
-    "rollup_key_impressions", Column("key", Text, nullable=False)
-)
-rollup_completion = _completion_rollup(
-    "rollup_completion", Column("video_id", BigInteger, nullable=False)
-)
-rollup_key_completion = _completion_rollup(
-    "rollup_key_completion", Column("key", Text, nullable=False)
-)
-
-
-def _qoe_rollup(name: str, owner: Column[Any]) -> Table:
-    return Table(
-        name,
-        metadata,
-        owner,
-        Column("bucket", DateTime(timezone=True), nullable=False),
-        Column("browser", Text, nullable=False),
-        Column("platform", Text, nullable=False),
-        Column("device", Text, nullable=False),
-        *[
-            Column(
-                c,
-                Float if c.endswith("seconds") else Integer,
-                nullable=False,
-                server_default=text("0"),
-            )
-            for c in QOE_COLUMNS
-        ],
+rollup_qoe, rollup_key_qoe = _per_owner(
+    "qoe",
+    lambda: _text("browser", "platform", "device"),
+    lambda: [
+        *_counts(QOE_COLUMNS, lambda c: Float if c.endswith("seconds") else Integer),
         # histograms (app/model/quantiles.py): subscript = histogram bucket, value = views
         Column("startup_hist", ARRAY(Integer), nullable=True),
         Column("seek_hist", ARRAY(Integer), nullable=True),
-        _shard(),
-        PrimaryKeyConstraint(
-            owner.name, "bucket", "browser", "platform", "device", "shard", name=f"{name}_pkey"
-        ),
-    )
-
-
-rollup_qoe = _qoe_rollup("rollup_qoe", Column("video_id", BigInteger, nullable=False))
-rollup_key_qoe = _qoe_rollup("rollup_key_qoe", Column("key", Text, nullable=False))
-
-
-def _qoe_hist_rollup(name: str, owner: Column[Any]) -> Table:
-    """Histogram rows without device classes: metric 0 startup, 1 seek latency."""
-    return Table(
-        name,
-        metadata,
-        owner,
-        Column("bucket", DateTime(timezone=True), nullable=False),
-        Column("metric", SmallInteger, nullable=False),
-        Column("idx", SmallInteger, nullable=False),
-        Column("views", Integer, nullable=False),
-        _shard(),
-        PrimaryKeyConstraint(owner.name, "bucket", "metric", "idx", "shard", name=f"{name}_pkey"),
-    )
-
-
-rollup_qoe_hist = _qoe_hist_rollup(
-    "rollup_qoe_hist", Column("video_id", BigInteger, nullable=False)
+    ],
 )
-rollup_key_qoe_hist = _qoe_hist_rollup("rollup_key_qoe_hist", Column("key", Text, nullable=False))
+# histogram rows without device classes: metric 0 startup, 1 seek latency
+rollup_qoe_hist, rollup_key_qoe_hist = _per_owner(
+    "qoe_hist",
+    lambda: _small("metric", "idx"),
+    lambda: [Column("views", Integer, nullable=False)],
+)
 
 # Engagement of all videos of a key per 15-minute bucket, for one (ranges, length): what
 # the raw path computed, kept while the bucket's change count (sum of rollup_key_plays.
@@ -345,8 +317,7 @@ engagement_cache = Table(
 session_events = Table(
     "session_events",
     metadata,
-    Column("session_id", BigInteger, nullable=False),
-    Column("session_started_at", DateTime(timezone=True), nullable=False),
+    *_session_ref(),
     Column("seq", BigInteger, Identity(always=False), nullable=False),
     Column("events", LargeBinary, nullable=False),
     Index("session_events_session_idx", "session_id", "seq"),

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 
 from app.resources import TIMESCALE
-
-if TYPE_CHECKING:  # (backend.py detects TimescaleDB with this module)
-    from app.storage.backend import Connection
+from app.storage.driver import Connection
 
 log = logging.getLogger("vidmetrics")
 

@@ -8,7 +8,8 @@ from app.model import rollup
 from app.model.query import BucketQuery, Window
 from app.model.results import CompletionCounts
 from app.model.vocabulary import DEVICES
-from app.storage.backend import Connection, dialect
+from app.storage.backend import dialect
+from app.storage.driver import Connection
 from app.storage.rollups import DISTINCT_SECONDS
 from app.storage.stats.common import bucket, by_plan, plays_plan, rollup_where, sessions_where
 from app.storage.where import Params, where

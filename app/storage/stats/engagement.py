@@ -16,7 +16,7 @@ from app.model import rollup
 from app.model.query import BucketQuery, EngagementQuery, Selection, Span, Window
 from app.model.results import Engagement
 from app.storage import rollups
-from app.storage.backend import Connection, Record
+from app.storage.driver import Connection, Record
 from app.storage.stats.common import edges, inner, whole_key
 from app.storage.stats.plays import plays
 from app.storage.where import Params, where

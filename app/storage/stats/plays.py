@@ -7,7 +7,8 @@ import datetime as dt
 from app.model import rollup
 from app.model.query import BucketQuery, Selection, Window
 from app.model.results import PlaysBucket, VideoTotals
-from app.storage.backend import Connection, dialect
+from app.storage.backend import dialect
+from app.storage.driver import Connection
 from app.storage.stats.common import (
     bucket,
     by_plan,

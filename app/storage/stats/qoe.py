@@ -9,7 +9,8 @@ from app.model import quantiles, rollup
 from app.model.query import BucketQuery, Window
 from app.model.results import QoeCounts
 from app.model.vocabulary import Breakdown
-from app.storage.backend import Connection, dialect
+from app.storage.backend import dialect
+from app.storage.driver import Connection
 from app.storage.stats.common import bucket, by_plan, qoe_plan, rollup_scope
 from app.storage.where import Params, where
 

@@ -6,7 +6,8 @@ import datetime as dt
 
 from app.model import rollup
 from app.model.query import BucketQuery, Window
-from app.storage.backend import Connection, dialect
+from app.storage.backend import dialect
+from app.storage.driver import Connection
 from app.storage.stats.common import (
     bucket,
     bucket_rollup_plan,
