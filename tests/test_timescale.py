@@ -5,8 +5,10 @@ Without one these tests skip, saying why."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
+import secrets
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,9 +16,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from app.ingest.writer import WriteFailed, Writer
 from app.model.rows import SessionRow, VideoRef
 from app.settings import Settings
-from app.storage import db, timescale
+from app.storage import db, key_store, timescale
 from app.storage.backend import Backend
 from app.storage.session_store import copy_rows, ensure_videos
 from tests.conftest import SHARED_TIMESCALE, start_server, timescale_cluster
@@ -152,3 +155,64 @@ async def test_plain_schema_that_gains_the_extension_stays_plain(
             assert "staying on plain tables" in srv.output()
         finally:
             assert srv.stop() == 0
+
+
+async def test_a_late_write_into_a_compressed_chunk_harms_no_other_client(
+    timescale_url: str, ts: asyncpg.Connection
+) -> None:
+    """A page left open past METRICS_COMPRESS_AFTER_DAYS writes to a session whose row is
+    in a compressed chunk, which TimescaleDB refuses to lock for the read-back: that
+    client's event is refused, and the others in the same batch are still committed."""
+    key = "late-" + secrets.token_hex(4)
+    await key_store.insert_key(ts, key)
+    pool = await db.create_pool(timescale_url, min_size=2, max_size=2)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    ref = VideoRef.of(key, None, {"video_id": "old"})
+    try:
+        first = Writer(pool, flush_interval=0.001, max_rows=100)
+        first.start()
+        old = SessionRow(
+            await first.new_session_id(),
+            now - dt.timedelta(days=30),
+            ref,
+            "chrome",
+            "mac",
+            "desktop",
+            None,
+            None,
+            duration=60.0,
+        )
+        await first.write([old])
+        await first.stop()
+        compressed = await ts.fetchval(
+            "SELECT count(compress_chunk(c, if_not_compressed => true)) "
+            "FROM show_chunks('sessions', older_than => interval '7 days') c"
+        )
+        assert compressed >= 1
+        # a writer that has not cached the old session reads it back (as after a restart)
+        writer = Writer(pool, flush_interval=0.2, max_rows=1000)  # both in one batch
+        writer.start()
+        later = dataclasses.replace(old, watch_seconds=5.0, furthest=5.0)
+        fresh = SessionRow(
+            await writer.new_session_id(),
+            now,
+            ref,
+            "chrome",
+            "mac",
+            "desktop",
+            None,
+            None,
+            duration=60.0,
+        )
+        results = await asyncio.wait_for(
+            asyncio.gather(writer.write([later]), writer.write([fresh]), return_exceptions=True),
+            30,
+        )
+        await writer.stop()
+        assert isinstance(results[0], WriteFailed)
+        assert "refused by the database" in str(results[0])
+        assert results[1] is None  # the other client's event is committed
+        assert await ts.fetchval("SELECT count(*) FROM sessions WHERE id = $1", fresh.id) == 1
+        assert writer.healthy  # a refused value is not an outage
+    finally:
+        await pool.close()

@@ -5,7 +5,8 @@ knows the driver. Wrap database work in `translated()` and catch these:
     Unavailable    the database cannot be reached, the connection broke, or it did not
                    answer in time: retry later; nothing of the work is known to be done
     ValueRefused   the database refused what was written (a value out of range, a
-                   constraint); the same work will be refused again
+                   constraint, a row the engine cannot lock); the same work will be
+                   refused again
     QueryRefused   the database refused a question's parameter (a time zone it does not
                    know, a value out of range); the message may be shown to the asker
     OverBudget     the statement ran past its time budget and was cancelled
@@ -65,7 +66,14 @@ def translate(
         return MissingSchema(str(exc))
     if isinstance(exc, asyncpg.InvalidParameterValueError):
         return QueryRefused(f"invalid parameter: {exc.args[0] if exc.args else exc}")
-    if isinstance(exc, asyncpg.DataError | asyncpg.IntegrityConstraintViolationError):
+    # FeatureNotSupported: what this row needs the engine cannot do (TimescaleDB does not
+    # lock rows of compressed chunks): a refusal of this write, not an outage
+    if isinstance(
+        exc,
+        asyncpg.DataError
+        | asyncpg.IntegrityConstraintViolationError
+        | asyncpg.FeatureNotSupportedError,
+    ):
         return ValueRefused(str(exc))
     if encoding and isinstance(exc, _ENCODING):
         return ValueRefused(str(exc))

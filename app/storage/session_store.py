@@ -24,6 +24,7 @@ from app.model.rows import (
     Written,
 )
 from app.storage import rollups, timeline
+from app.storage.backend import Backend, dialect
 from app.storage.driver import Connection, Pool
 from app.storage.tables import SESSION_ID_BLOCK
 
@@ -230,15 +231,17 @@ class _Batch:
             else:
                 old[r.id] = known
         if unknown:
+            conn = await self.database()
             # FOR NO KEY UPDATE: a row another transaction is writing is read once that
             # one has ended, as it then is
-            for rec in await (await self.database()).fetch(
+            for rec in await conn.fetch(
                 f"""
                     SELECT {rollups.STATE_COLUMNS}, coalesce(octet_length(s.events), 0) AS kept
                       FROM sessions s
                       JOIN unnest($1::bigint[], $2::timestamptz[]) AS u(id, t)
                         ON s.id = u.id AND s.started_at = u.t
                       JOIN videos v ON v.id = s.video_id
+                     WHERE {_started_within(conn, unknown)}
                        FOR NO KEY UPDATE OF s
                     """,
                 [r.id for r in unknown],
@@ -246,6 +249,18 @@ class _Batch:
             ):
                 old[rec["id"]] = (rollups.state_of(rec), rec["kept"])
         return old, {r.id for r in unknown}
+
+
+def _started_within(conn: Connection, rows: list[SessionRow]) -> str:
+    """A condition on the sessions' start that TimescaleDB can exclude chunks by while it
+    plans: it refuses to plan a row lock over a compressed chunk (sessions older than
+    METRICS_COMPRESS_AFTER_DAYS), so the read-back names the time range as constants (the
+    server's own timestamps, never client text). Plain PostgreSQL needs none."""
+    if dialect(conn) is not Backend.TIMESCALEDB:
+        return "TRUE"
+    low = min(r.started_at for r in rows).astimezone(dt.UTC).isoformat()
+    high = max(r.started_at for r in rows).astimezone(dt.UTC).isoformat()
+    return f"s.started_at BETWEEN '{low}'::timestamptz AND '{high}'::timestamptz"
 
 
 def _advance(
