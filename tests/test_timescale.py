@@ -208,6 +208,11 @@ async def test_a_late_write_into_a_compressed_chunk_harms_no_other_client(
             asyncio.gather(writer.write([later]), writer.write([fresh]), return_exceptions=True),
             30,
         )
+        # a new session alone, after the refusal: written on the first try
+        alone = SessionRow(
+            await writer.new_session_id(), now, ref, "chrome", "mac", "desktop", None, None
+        )
+        await asyncio.wait_for(writer.write([alone]), 30)
         await writer.stop()
         assert isinstance(results[0], WriteFailed)
         assert "refused by the database" in str(results[0])
