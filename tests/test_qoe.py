@@ -317,3 +317,81 @@ def test_a_snapshot_copies_every_field() -> None:
     copy = row.copy()
     assert copy is not row
     assert {f.name: getattr(copy, f.name) for f in dataclasses.fields(SessionRow)} == values
+
+
+async def test_sessions_with_issues(server: Server, conn: asyncpg.Connection) -> None:
+    """The session list's `issue` filter and each session's `issues`, on the scenario
+    above: 1 stalled (800 ms start), 2 clean, 3 failed mid-way (3 s start), 4 failed before
+    its first frame, 5 left before start, 6 no QoE, 7 stalled (no startup reported)."""
+    key = new_key(server)
+    await _scenario(server, key)
+
+    def ask(**extra: Any) -> list[dict[str, Any]]:
+        answer = httpx.post(
+            f"{server.http}/api/v1/sessions",
+            auth=AUTH,
+            json={"query": {"key": key}, "timeframe": "1 day", **extra},
+        )
+        assert answer.status_code == 200, answer.text
+        return list(answer.json()["sessions"])
+
+    def startups(listed: list[dict[str, Any]]) -> list[Any]:
+        return sorted((s["qoe"] or {}).get("startup_ms") or 0 for s in listed)
+
+    every = ask()
+    by_issues = sorted(sorted(s["issues"]) for s in every)
+    assert by_issues == [
+        [],
+        [],
+        ["exit_before_start"],
+        ["failed"],
+        ["failed", "startup_failure"],
+        ["stalled"],
+        ["stalled"],
+    ]
+    assert startups(ask(issue="stalled")) == [0, 800]
+    assert startups(ask(issue="failed")) == [0, 3000]
+    assert [s["qoe"]["failure"] for s in ask(issue="startup_failure")] == [4]
+    assert [s["played"] for s in ask(issue="exit_before_start")] == [False]
+    assert ask(issue="slow_start") == []  # nobody took over 4 s
+    slow = ask(issue="slow_start", slow_start_seconds=2)
+    assert [s["qoe"]["startup_ms"] for s in slow] == [3000]
+    assert slow[0]["issues"] == ["failed", "slow_start"]
+    # pages of one issue follow the same cursor
+    first = httpx.post(
+        f"{server.http}/api/v1/sessions",
+        auth=AUTH,
+        json={"query": {"key": key}, "timeframe": "1 day", "issue": "stalled", "limit": 1},
+    ).json()
+    assert len(first["sessions"]) == 1 and first["next"]
+    rest = ask(issue="stalled", limit=1, cursor=first["next"])
+    assert len(rest) == 1 and rest[0]["session"] != first["sessions"][0]["session"]
+    detail = httpx.get(f"{server.http}/api/v1/sessions/{slow[0]['session']}", auth=AUTH).json()
+    assert detail["session"]["issues"] == ["failed"]  # at the default 4 s threshold
+    for bad, named in (
+        ({"issue": "sad"}, "issue must be one of failed"),
+        ({"issue": "slow_start", "slow_start_seconds": 0}, "slow_start_seconds"),
+    ):
+        refused = httpx.post(
+            f"{server.http}/api/v1/sessions",
+            auth=AUTH,
+            json={"query": {"key": key}, "timeframe": "1 day", **bad},
+        )
+        assert refused.status_code == 400 and named in refused.json()["error"]
+    # served by the partial indexes, not a scan of the sessions
+    await conn.execute("SET enable_seqscan = off")
+    try:
+        for name, condition in (
+            ("stalled", "rebuffer_count >= 1"),
+            ("slow_start", "startup_ms > 5000.0::float8"),
+        ):
+            plan = "\n".join(
+                r[0]
+                for r in await conn.fetch(
+                    f"EXPLAIN SELECT id FROM sessions s WHERE s.{condition} "
+                    "ORDER BY started_at DESC LIMIT 5"
+                )
+            )
+            assert f"sessions_issue_{name}_idx" in plan, plan
+    finally:
+        await conn.execute("RESET enable_seqscan")

@@ -4,6 +4,7 @@ builds these from requests; storage answers them."""
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,3 +66,26 @@ class EngagementQuery:
     window: Window
     ranges: int
     normalize: str | None = None  # "sessions": also each range's share of the sessions
+
+
+class Issue(enum.StrEnum):
+    """What went wrong in a view (the session list's `issue` filter; docs/api.md)."""
+
+    FAILED = "failed"  # a fatal playback error, before or after the first frame
+    STARTUP_FAILURE = "startup_failure"  # the error came before the first frame
+    EXIT_BEFORE_START = "exit_before_start"  # asked to play, left before the first frame
+    STALLED = "stalled"  # at least one rebuffering
+    SLOW_START = "slow_start"  # the first frame took longer than a threshold (default 4 s)
+
+
+DEFAULT_SLOW_START_SECONDS = 4.0
+
+
+@dataclass(frozen=True, slots=True)
+class SessionsQuery:
+    selection: Selection
+    window: Window
+    limit: int
+    before: tuple[dt.datetime, int] | None = None  # (started_at, id) of the last one shown
+    issue: Issue | None = None
+    slow_start_seconds: float = DEFAULT_SLOW_START_SECONDS

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.model import quantiles
+from app.model.query import DEFAULT_SLOW_START_SECONDS, Issue
 from app.model.rollup import BREAKDOWN_COLUMNS, COMPLETION_COLUMNS, QOE_COLUMNS, Qoe
 from app.model.vocabulary import Breakdown
 
@@ -107,6 +108,21 @@ class Summary:
     watched: list[tuple[float, float]]  # merged media ranges, in order
     played: bool = True  # False: playback requested (or failed) but never started
     qoe: Qoe | None = None  # None: the client reported no QoE
+
+    def issues(self, slow_start_seconds: float = DEFAULT_SLOW_START_SECONDS) -> list[str]:
+        """The view's issues (Issue values, in the enum's order): what its QoE summary
+        says went wrong; none without QoE data."""
+        q = self.qoe
+        if q is None:
+            return []
+        found = {
+            Issue.FAILED: q.failure is not None,
+            Issue.STARTUP_FAILURE: q.failed_before_start,
+            Issue.EXIT_BEFORE_START: q.exited_before_start,
+            Issue.STALLED: q.rebuffer_count >= 1,
+            Issue.SLOW_START: q.startup_ms is not None and q.startup_ms > slow_start_seconds * 1000,
+        }
+        return [issue.value for issue, yes in found.items() if yes]
 
     @property
     def idempotency_key(self) -> str:

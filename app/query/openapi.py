@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from app.model.query import Issue
 from app.model.results import SUMMARY_COLUMNS
 from app.model.vocabulary import BROWSERS, DEVICES, PLATFORMS
 
@@ -195,6 +196,17 @@ SCHEMAS: dict[str, Any] = {
             "timeframe": TIMEFRAME,
             "limit": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
             "cursor": {"type": "string", "description": "`next` of the previous page"},
+            "issue": {
+                "enum": [i.value for i in Issue],
+                "description": "only the sessions that had this issue (docs/api.md)",
+            },
+            "slow_start_seconds": {
+                "type": "number",
+                "minimum": 0.1,
+                "maximum": 600,
+                "default": 4,
+                "description": "what counts as a slow start (issue slow_start)",
+            },
         },
     },
     "Videos": {
@@ -223,6 +235,11 @@ SCHEMAS: dict[str, Any] = {
         "required": list(SUMMARY_COLUMNS),
         "properties": {
             "session": {"type": "integer"},
+            "issues": {
+                "type": "array",
+                "items": {"enum": [i.value for i in Issue]},
+                "description": "what went wrong in this view (session list and detail only)",
+            },
             "started_at": {"type": "string"},
             "ended_at": {"type": ["string", "null"]},
             "identifier": {"type": ["string", "null"]},

@@ -15,7 +15,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 
 from app.errors import BadRequest
-from app.model.query import BucketQuery, EngagementQuery, ExportQuery, Selection, Span, Window
+from app.model.query import (
+    DEFAULT_SLOW_START_SECONDS,
+    BucketQuery,
+    EngagementQuery,
+    ExportQuery,
+    Issue,
+    Selection,
+    SessionsQuery,
+    Span,
+    Window,
+)
 from app.model.vocabulary import Breakdown
 
 MAX_SPAN_SECONDS = 10 * 366 * 86400
@@ -251,6 +261,31 @@ def parse_cursor(value: Any) -> tuple[dt.datetime, int] | None:
     if int(session) > 2**63 - 1:
         raise BadRequest("cursor must be the `next` value of a previous page")
     return moment, int(session)
+
+
+def sessions_query(
+    body: dict[str, Any], now: dt.datetime, retention_days: int = 0
+) -> SessionsQuery:
+    """A page of the session list: selection, timeframe, limit (1-200, default 50), cursor,
+    and optionally one `issue` (with `slow_start_seconds` for slow_start, default 4)."""
+    issue = body.get("issue")
+    if issue is not None and issue not in tuple(Issue):
+        raise BadRequest(f"issue must be one of {', '.join(Issue)}")
+    q = export_query({**body, "format": "ndjson"}, now, retention_days)
+    return SessionsQuery(
+        q.selection,
+        q.window,
+        parse_limit(body.get("limit"), 50, 200),
+        parse_cursor(body.get("cursor")),
+        None if issue is None else Issue(issue),
+        _number(
+            "slow_start_seconds",
+            body.get("slow_start_seconds"),
+            DEFAULT_SLOW_START_SECONDS,
+            0.1,
+            600,
+        ),
+    )
 
 
 _SESSION_NUMBER = re.compile(r"[0-9]{1,19}")  # ASCII digits only: str.isdigit() takes "²"

@@ -236,15 +236,10 @@ async def videos(request: Request) -> Response:
 
 async def sessions(request: Request) -> Response:
     """Sessions newest first, one page at a time (`next` is the cursor of the next page)."""
-    body = await read_body(request)
-    q = params.export_query({**body, "format": "ndjson"}, _now(), _retention(request))
-    limit = params.parse_limit(body.get("limit"), 50, 200)
-    before = params.parse_cursor(body.get("cursor"))
-    rows = await _run(
-        request,
-        lambda conn: summaries.page_of_sessions(conn, q.selection, q.window, limit + 1, before),
-    )
-    return json(shapes.sessions_page(rows, limit))
+    q = params.sessions_query(await read_body(request), _now(), _retention(request))
+    more = dataclasses.replace(q, limit=q.limit + 1)  # one more: is there a next page?
+    rows = await _run(request, lambda conn: summaries.page_of_sessions(conn, more))
+    return json(shapes.sessions_page(rows, q.limit, q.slow_start_seconds))
 
 
 async def one_session(request: Request) -> Response:

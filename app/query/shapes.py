@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Any
 
 from app.model import quantiles
+from app.model.query import DEFAULT_SLOW_START_SECONDS
 from app.model.results import (
     CompletionCounts,
     EventEntry,
@@ -173,13 +174,20 @@ def videos(rows: list[VideoTotals]) -> dict[str, Any]:
     }
 
 
-def sessions_page(rows: list[Summary], limit: int) -> dict[str, Any]:
+def listed(s: Summary, slow_start_seconds: float = DEFAULT_SLOW_START_SECONDS) -> dict[str, Any]:
+    """A session as the session list and its detail show it: its summary and its issues."""
+    return {**s.to_dict(), "issues": s.issues(slow_start_seconds)}
+
+
+def sessions_page(
+    rows: list[Summary], limit: int, slow_start_seconds: float = DEFAULT_SLOW_START_SECONDS
+) -> dict[str, Any]:
     """One page of the session list from up to limit + 1 rows (one more: there is a next
     page, and `next` is its cursor)."""
     page = rows[:limit]
     more = len(rows) > limit
     return {
-        "sessions": [s.to_dict() for s in page],
+        "sessions": [listed(s, slow_start_seconds) for s in page],
         "next": make_cursor(page[-1].started_at, page[-1].session) if more else None,
     }
 
@@ -187,7 +195,7 @@ def sessions_page(rows: list[Summary], limit: int) -> dict[str, Any]:
 def one_session(summary: Summary, events: list[EventEntry]) -> dict[str, Any]:
     start = summary.started_at
     return {
-        "session": summary.to_dict(),
+        "session": listed(summary),
         "events": [
             {
                 "at_ms": round((e.at - start).total_seconds() * 1000, 1),

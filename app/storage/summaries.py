@@ -3,10 +3,9 @@ memory at any size), and the outbox of ended sessions for the export webhook."""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import AsyncIterator
 
-from app.model.query import Selection, Window
+from app.model.query import Issue, Selection, SessionsQuery, Window
 from app.model.results import EventEntry, Summary
 from app.storage import timeline
 from app.storage.driver import Connection, Pool, Record
@@ -129,25 +128,40 @@ async def pending(conn: Connection | Pool) -> int:
 
 
 # -- session drill-down -----------------------------------------------------------------
-async def page_of_sessions(
-    conn: Connection,
-    sel: Selection,
-    window: Window,
-    limit: int,
-    before: tuple[dt.datetime, int] | None,
-) -> list[Summary]:
-    """Newest first; `before` is the (started_at, id) of the last session already shown."""
+# each issue as a condition on the sessions row: the predicates of the partial indexes
+# sessions_issue_* (migration 0012), written the same way so the planner matches them
+ISSUE_CONDITIONS = {
+    Issue.FAILED: "s.failure IS NOT NULL",
+    Issue.STARTUP_FAILURE: "s.failed_before_start",
+    Issue.EXIT_BEFORE_START: "s.exited_before_start",
+    Issue.STALLED: "s.rebuffer_count >= 1",
+}
+
+
+def _issue(q: SessionsQuery) -> list[str]:
+    if q.issue is None:
+        return []
+    if q.issue is Issue.SLOW_START:
+        # a literal (a parsed, bounded float, never client text): a threshold at or above
+        # the default then provably falls in the partial index sessions_issue_slow_start
+        return [f"s.startup_ms > {float(q.slow_start_seconds) * 1000!r}::float8"]
+    return [ISSUE_CONDITIONS[q.issue]]
+
+
+async def page_of_sessions(conn: Connection, q: SessionsQuery) -> list[Summary]:
+    """Newest first, at most q.limit; `before` is the (started_at, id) of the last
+    session already shown; with q.issue, only the sessions that had it."""
     p = Params()
-    conditions = p.sessions(sel, window)
-    if before is not None:
+    conditions = [*p.sessions(q.selection, q.window), *_issue(q)]
+    if q.before is not None:
         conditions.append(
-            f"(s.started_at, s.id) < ({p.add(before[0], 'timestamptz')}, "
-            f"{p.add(before[1], 'bigint')})"
+            f"(s.started_at, s.id) < ({p.add(q.before[0], 'timestamptz')}, "
+            f"{p.add(q.before[1], 'bigint')})"
         )
     rows = await conn.fetch(
         f"SELECT {_COLUMNS} FROM sessions s JOIN videos v ON v.id = s.video_id "
         f"WHERE {where(conditions)} ORDER BY s.started_at DESC, s.id DESC "
-        f"LIMIT {p.add(limit, 'int')}",
+        f"LIMIT {p.add(q.limit, 'int')}",
         *p.values,
     )
     return [_summary(r) for r in rows]

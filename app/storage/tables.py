@@ -131,6 +131,17 @@ sessions = Table(
     Column("event_count", Integer, nullable=False, server_default=text("0")),
     PrimaryKeyConstraint("id", "started_at", name="sessions_pkey"),
     Index("sessions_video_started_idx", "video_id", "started_at"),
+    # the session list's `issue` filter (migration 0012): one partial index per issue
+    *[
+        Index(f"sessions_issue_{name}_idx", "video_id", "started_at", postgresql_where=text(p))
+        for name, p in (
+            ("failed", "failure IS NOT NULL"),
+            ("startup_failure", "failed_before_start"),
+            ("exit_before_start", "exited_before_start"),
+            ("stalled", "rebuffer_count >= 1"),
+            ("slow_start", "startup_ms > 4000.0::float8"),
+        )
+    ],
     # retention scans by time only; rows arrive in time order (migration 0008)
     Index("sessions_started_brin", "started_at", postgresql_using="brin"),
 )
