@@ -272,3 +272,39 @@ def test_dashboard_needs_credentials_and_loads_nothing_from_elsewhere(server: Se
         .read_text()
         .startswith("The MIT License")
     )
+
+
+def test_qoe_tiles_open_the_sessions_with_that_issue(server: Server, seeded: Data) -> None:
+    key = quote(seeded.key, safe="")
+    base = f"/dashboard?key={key}&tz=Europe%2FBerlin&tf=7%20days&interval=1%20day"
+    steps = [
+        {
+            "name": "issue-from-tile",
+            "path": base,
+            "width": 1280,
+            "height": 900,
+            "actions": [{"click": "#tile-rebuffer"}],
+        },
+        {
+            "name": "issue-all-chip",
+            "path": f"{base}&view=sessions&issue=stalled",
+            "width": 390,
+            "height": 844,
+            "actions": [{"click": "#issue-filter a.chip:first-child"}],
+        },
+    ]
+    report = {r["name"]: r for r in drive(server, steps)}
+    for name, result in report.items():
+        assert result["errors"] == [], (name, result["errors"])
+    selection = {"query": {"key": seeded.key}, "timeframe": "7 days", "limit": 50}
+    stalled = api(server, "sessions", {**selection, "issue": "stalled"})["sessions"]
+    assert 0 < len(stalled) < 21
+    opened = report["issue-from-tile"]
+    assert "view=sessions" in opened["url"] and "issue=stalled" in opened["url"]
+    rows = opened["tables"]["sessions"]
+    assert len(rows) == len(stalled)
+    assert all(row[-1] == "Stalled" for row in rows)  # the Issues column
+    assert "Sessions · Stalled" in opened["main"]
+    cleared = report["issue-all-chip"]
+    assert "issue=" not in cleared["url"]
+    assert len(cleared["tables"]["sessions"]) == 21

@@ -19,7 +19,7 @@ function readState() {
     view: q.get("view") || "overview", key: q.get("key") || "", video: q.get("video") || "",
     tf: q.get("tf") || "30 days", from: q.get("from") || "", to: q.get("to") || "",
     interval: q.get("interval") || "1 day", tz: q.get("tz") || browserZone,
-    session: q.get("session") || "",
+    session: q.get("session") || "", issue: q.get("issue") || "",
   };
 }
 
@@ -185,11 +185,13 @@ function qoePanel(total, perBucket) {
   }
   const figures = h("div", { class: "tiles" },
     tile("tile-startup", "Startup p50", fmt.ms(t.startup_time_ms.p50)),
-    tile("tile-startup-95", "Startup p95", fmt.ms(t.startup_time_ms.p95)),
-    tile("tile-rebuffer", "Rebuffering", pct(t.rebuffer_percentage)),
-    tile("tile-failures", "Playback failures", pct(t.playback_failure_percentage)),
-    tile("tile-startup-failures", "Startup failures", pct(t.startup_failure_percentage)),
-    tile("tile-exits", "Exits before start", pct(t.exits_before_start_percentage)));
+    tile("tile-startup-95", "Startup p95", fmt.ms(t.startup_time_ms.p95), "", issueLink("slow_start")),
+    tile("tile-rebuffer", "Rebuffering", pct(t.rebuffer_percentage), "", issueLink("stalled")),
+    tile("tile-failures", "Playback failures", pct(t.playback_failure_percentage), "", issueLink("failed")),
+    tile("tile-startup-failures", "Startup failures", pct(t.startup_failure_percentage), "",
+      issueLink("startup_failure")),
+    tile("tile-exits", "Exits before start", pct(t.exits_before_start_percentage), "",
+      issueLink("exit_before_start")));
   const rows = perBucket.qoe.map((b) => [b.interval, b.views, b.startup_time_ms.p50, b.startup_time_ms.p95,
     b.rebuffer_percentage, b.playback_failure_percentage, b.exits_before_start_percentage]);
   const withStartup = perBucket.qoe.filter((b) => b.startup_time_ms.p50 !== null);
@@ -209,10 +211,25 @@ function playRate(plays) {
   return impressions ? fmt.pct(views / impressions) : "–";
 }
 
-function tile(id, label, value, extra = "") {
-  return h("div", { class: `tile ${extra}`, id }, h("div", { class: "label" }, label),
-    h("div", { class: "value" }, value));
+function tile(id, label, value, extra = "", changes = null) {
+  const parts = [h("div", { class: "label" }, label), h("div", { class: "value" }, value)];
+  if (!changes) return h("div", { class: `tile ${extra}`, id }, ...parts);
+  // a tile that opens the sessions it counts (the session list, filtered)
+  return h("a", { class: `tile link ${extra}`, id, href: hrefOf(changes), title: "Show these sessions",
+    onclick: (e) => { e.preventDefault(); go(changes); } }, ...parts);
 }
+
+function hrefOf(changes) {
+  const q = new URLSearchParams();
+  for (const [name, value] of Object.entries({ ...readState(), ...changes })) if (value) q.set(name, value);
+  return `${location.pathname}?${q}`;
+}
+
+// the session list's issue filter (docs/api.md, /api/v1/sessions)
+const ISSUES = [["failed", "Failed"], ["startup_failure", "Startup failures"],
+  ["exit_before_start", "Left before start"], ["stalled", "Stalled"], ["slow_start", "Slow start (> 4 s)"]];
+const ISSUE_NAMES = Object.fromEntries(ISSUES);
+const issueLink = (issue) => ({ view: "sessions", issue, session: "" });
 
 async function watchingTile(state) {
   const node = tile("tile-watching", "Watching now", "…", "live");
@@ -308,21 +325,28 @@ function localTime(iso, zone) {
 async function sessionsView(state) {
   if (state.session) return sessionDetail(state);
   const base = { ...selection(state), timeframe: timeframe(state), limit: 50 };
+  if (ISSUE_NAMES[state.issue]) base.issue = state.issue;
   const first = await call("sessions", base);
   const columns = [
     { title: "Started", show: (s) => localTime(s.started_at, state.tz) },
     { title: "Video", show: (s) => videoName(s.metadata, s.identifier) },
-    { title: "Device", show: (s) => `${s.browser} · ${s.platform} · ${s.device}` },
-    { title: "Page", show: (s) => s.page || "" },
+    { title: "Device", narrow: false, show: (s) => `${s.browser} · ${s.platform} · ${s.device}` },
+    { title: "Page", narrow: false, show: (s) => s.page || "" },
     { title: "Watched", num: true, show: (s) => fmt.duration(s.watch_seconds) },
     { title: "Quality (startup · stalls)", num: true, show: (s) => quality(s) },
+    { title: "Issues", show: (s) => h("span", {}, ...s.issues.map((i) => h("span", { class: "chip" }, ISSUE_NAMES[i] || i))) },
   ];
   const rows = [...first.sessions];
   const csvRows = () => rows.map((s) => [s.session, s.started_at, videoName(s.metadata, s.identifier),
-    s.browser, s.platform, s.device, s.page, s.watch_seconds]);
+    s.browser, s.platform, s.device, s.page, s.watch_seconds, s.issues.join(" ")]);
   const open = (s) => go({ session: String(s.session) });
   const holder = h("div", {}, rows.length ? table(columns, rows, open)
-    : empty("No sessions in this timeframe yet", { href: "/", text: "open the example page" }));
+    : base.issue ? empty(`No sessions with this issue (${ISSUE_NAMES[base.issue]}) in this timeframe`)
+      : empty("No sessions in this timeframe yet", { href: "/", text: "open the example page" }));
+  const filter = h("nav", { class: "chips", id: "issue-filter", "aria-label": "Only sessions that" },
+    ...[["", "All sessions"], ...ISSUES].map(([issue, label]) => h("a", {
+      class: `chip${(base.issue || "") === issue ? " on" : ""}`, href: hrefOf({ issue }),
+      onclick: (e) => { e.preventDefault(); go({ issue }); } }, label)));
   let next = first.next;
   const more = h("button", { type: "button", hidden: !next, onclick: async () => {
     const page = await call("sessions", { ...base, cursor: next });
@@ -331,9 +355,10 @@ async function sessionsView(state) {
     more.hidden = !next;
     holder.replaceChildren(table(columns, rows, open));
   } }, "Load more");
-  const card = panel("sessions", "Sessions", { csv: { header: ["session", "started_at", "video",
-    "browser", "platform", "device", "page", "watch_seconds"], get rows() { return csvRows(); } } },
-  holder, more);
+  const title = base.issue ? `Sessions · ${ISSUE_NAMES[base.issue]}` : "Sessions";
+  const card = panel("sessions", title, { csv: { header: ["session", "started_at", "video",
+    "browser", "platform", "device", "page", "watch_seconds", "issues"], get rows() { return csvRows(); } } },
+  filter, holder, more);
   return [card];
 }
 
@@ -345,7 +370,8 @@ async function sessionDetail(state) {
     tile("tile-watch", "Watched", fmt.duration(session.watch_seconds)),
     tile("tile-device", "Device", `${session.browser} · ${session.device}`),
     tile("tile-video", "Video", videoName(session.metadata, session.identifier)),
-    tile("tile-quality", "Quality", quality(session)));
+    tile("tile-quality", "Quality", quality(session)),
+    tile("tile-issues", "Issues", session.issues.map((i) => ISSUE_NAMES[i] || i).join(", ") || "none"));
   const timeline = panel("timeline", "Timeline", {
     note: `Every stored event on a time axis (seconds since the session started): ${kinds.join(", ") || "none"}.`,
     csv: { header: ["at_ms", "name", "payload"], rows: events.map((e) => [e.at_ms, e.name, JSON.stringify(e.payload)]) },

@@ -70,11 +70,13 @@ export function empty(text, link) {
 }
 
 export function table(columns, rows, onRow) {
-  const head = h("tr", {}, columns.map((c) => h("th", { class: c.num ? "num" : "" }, c.title)));
+  // a column's class: "num" (right-aligned figures), "hide-narrow" (left out on phones)
+  const cls = (c) => [c.num ? "num" : "", c.narrow === false ? "hide-narrow" : ""].join(" ").trim();
+  const head = h("tr", {}, columns.map((c) => h("th", { class: cls(c) }, c.title)));
   const body = rows.map((row) => h("tr", onRow ? {
     class: "link", tabindex: "0", onclick: () => onRow(row),
     onkeydown: (e) => { if (e.key === "Enter") onRow(row); },
-  } : {}, columns.map((c) => h("td", { class: c.num ? "num" : "" }, c.show(row)))));
+  } : {}, columns.map((c) => h("td", { class: cls(c) }, c.show(row)))));
   return h("table", {}, h("thead", {}, head), h("tbody", {}, body));
 }
 
