@@ -10,6 +10,7 @@ from app.model.results import EventEntry, Summary
 from app.storage import timeline
 from app.storage.driver import Connection, Pool, Record
 from app.storage.rollups import qoe_of
+from app.storage.tables import ISSUE_PREDICATES
 from app.storage.where import Params, where
 
 BATCH = 2000
@@ -128,24 +129,15 @@ async def pending(conn: Connection | Pool) -> int:
 
 
 # -- session drill-down -----------------------------------------------------------------
-# each issue as a condition on the sessions row: the predicates of the partial indexes
-# sessions_issue_* (migration 0012), written the same way so the planner matches them
-ISSUE_CONDITIONS = {
-    Issue.FAILED: "s.failure IS NOT NULL",
-    Issue.STARTUP_FAILURE: "s.failed_before_start",
-    Issue.EXIT_BEFORE_START: "s.exited_before_start",
-    Issue.STALLED: "s.rebuffer_count >= 1",
-}
-
-
 def _issue(q: SessionsQuery) -> list[str]:
     if q.issue is None:
         return []
     if q.issue is Issue.SLOW_START:
         # a literal (a parsed, bounded float, never client text): a threshold at or above
         # the default then provably falls in the partial index sessions_issue_slow_start
-        return [f"s.startup_ms > {float(q.slow_start_seconds) * 1000!r}::float8"]
-    return [ISSUE_CONDITIONS[q.issue]]
+        return [f"startup_ms > {float(q.slow_start_seconds) * 1000!r}::float8"]
+    # the partial index's own predicate (its columns are the sessions' alone in the query)
+    return [ISSUE_PREDICATES[q.issue.value]]
 
 
 async def page_of_sessions(conn: Connection, q: SessionsQuery) -> list[Summary]:

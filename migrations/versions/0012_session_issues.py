@@ -1,7 +1,7 @@
 """Sessions with issues: partial indexes, one per issue of the session list's `issue`
 filter, on (video_id, started_at) like sessions_video_started_idx, so a page of failed or
 stalled sessions is found by an index at any size (the predicates are those of
-app/storage/summaries.py ISSUE_CONDITIONS, and startup above the default 4 s).
+app/storage/tables.py ISSUE_PREDICATES, slow_start at the default 4 s).
 
 Revision ID: 0012
 Revises: 0011
