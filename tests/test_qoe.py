@@ -5,6 +5,7 @@ without QoE (the unmodified @maveio/metrics) stay out of every denominator."""
 from __future__ import annotations
 
 import asyncio
+import math
 import datetime as dt
 from typing import Any
 
@@ -164,6 +165,10 @@ async def test_every_qoe_formula_on_a_hand_computed_scenario(server: Server) -> 
     assert bad.status_code == 400 and "breakdown" in bad.json()["error"]
 
 
+# the first view's smoothness: one 2 s stall in 9 s watched
+_smooth = (100 / math.sqrt(1 + 0.5**2) + 100 * math.exp(-10 * 2 / 11)) / 2
+
+
 async def test_sessions_carry_their_qoe_summary(server: Server, conn: asyncpg.Connection) -> None:
     key = new_key(server)
     await _scenario(server, key)
@@ -184,6 +189,15 @@ async def test_sessions_carry_their_qoe_summary(server: Server, conn: asyncpg.Co
         "failure": None,
         "failed_before_start": False,
         "exited_before_start": False,
+        "upscale_max_percentage": None,  # no rendition reported
+        "upscale_mean_percentage": None,
+        "scores": {
+            "playback_success": 100.0,
+            "startup_time": round(800 / 8.8, 2),
+            "smoothness": round(_smooth, 2),
+            "video_quality": None,
+            "viewer_experience": round((800 / 8.8 + _smooth) / 2, 2),
+        },
     }
     assert by_startup[1500]["qoe"]["seek_latency_ms"] == 400
     unstarted = [s for s in listed if not s["played"]]
@@ -395,3 +409,111 @@ async def test_sessions_with_issues(server: Server, conn: asyncpg.Connection) ->
             assert f"sessions_issue_{name}_idx" in plan, plan
     finally:
         await conn.execute("RESET enable_seqscan")
+
+
+async def test_every_score_on_a_hand_computed_scenario(server: Server) -> None:
+    """The viewer-experience scores of each kind of view, by hand (docs/api.md): per view in
+    the session list, per bucket in /qoe, and the `low_quality` issue."""
+    key = new_key(server)
+    await asyncio.gather(
+        # played: 2 s startup, 10 s watched, no stall, no rendition reported
+        _viewer(
+            server,
+            key,
+            [
+                {"name": "play_request"},
+                {"name": "first_frame", "ms": 2000},
+                {"name": "play", "from": 0},
+                {"name": "pause", "to": 10},
+                {"name": "exit"},
+            ],
+        ),
+        # failed before its first frame
+        _viewer(server, key, [{"name": "play_request"}, {"name": "playback_failure", "code": 4}]),
+        # waited over a second, left before start
+        _viewer(server, key, [{"name": "play_request"}, {"sleep": 1.2}, {"name": "exit"}]),
+        # left at once: no score at all
+        _viewer(server, key, [{"name": "play_request"}, {"name": "exit"}]),
+        # stalled twice (1 s each) in 8 s watched, instant start
+        _viewer(
+            server,
+            key,
+            [
+                {"name": "play_request"},
+                {"name": "first_frame", "ms": 0},
+                {"name": "play", "from": 0},
+                {"name": "rebuffering_start"},
+                {"name": "rebuffering_end", "ms": 1000},
+                {"name": "rebuffering_start"},
+                {"name": "rebuffering_end", "ms": 1000},
+                {"name": "pause", "to": 8},
+                {"name": "exit"},
+            ],
+        ),
+        # a 640×360 rendition shown in a 1280×720 box (2×: 100 % upscale), instant start
+        _viewer(
+            server,
+            key,
+            [
+                {"name": "rendition", "width": 640, "height": 360, "dw": 1280, "dh": 720},
+                {"name": "play_request"},
+                {"name": "first_frame", "ms": 0},
+                {"name": "play", "from": 0},
+                {"sleep": 0.5},
+                {"name": "pause", "to": 0.5},
+                {"name": "exit"},
+            ],
+        ),
+    )
+    await asyncio.sleep(0.3)
+    startup_2s = 100 * 8 / (8 + 2)  # 80
+    stalled_smooth = (100 / math.sqrt(1 + (2 / 2) ** 2) + 100 * math.exp(-10 * 2 / (8 + 2))) / 2
+    upscaled_quality = 100 * math.exp(-0.33 * (0.15 * 1.0 + 0.85 * 1.0))  # 71.89
+    expected = {  # per view: success, startup, smoothness, quality, experience
+        "played": (100, startup_2s, 100, None, 100 * (startup_2s + 100) / 2 / 100),
+        "failed": (0, None, None, None, 0),
+        "exited": (50, None, None, None, 50),
+        "quick exit": (None, None, None, None, None),
+        "stalled": (100, 100, stalled_smooth, None, 100 * (100 + stalled_smooth) / 2 / 100),
+        "upscaled": (100, 100, 100, upscaled_quality, (100 + 100 + upscaled_quality) / 3),
+    }
+    names = ("playback_success", "startup_time", "smoothness", "video_quality")
+    names += ("viewer_experience",)
+
+    def rounded(values: tuple[float | None, ...]) -> dict[str, float | None]:
+        return {
+            n: None if v is None else round(float(v), 2) for n, v in zip(names, values, strict=True)
+        }
+
+    listed = httpx.post(
+        f"{server.http}/api/v1/sessions",
+        auth=AUTH,
+        json={"query": {"key": key}, "timeframe": "1 day"},
+    ).json()["sessions"]
+    got = sorted(str(s["qoe"]["scores"]) for s in listed)
+    assert got == sorted(str(rounded(v)) for v in expected.values())
+    (upscaled,) = [s for s in listed if s["qoe"]["scores"]["video_quality"] is not None]
+    assert upscaled["qoe"]["upscale_max_percentage"] == 100.0
+    assert upscaled["qoe"]["upscale_mean_percentage"] == 100.0
+    assert upscaled["issues"] == ["low_quality"]
+    low = httpx.post(
+        f"{server.http}/api/v1/sessions",
+        auth=AUTH,
+        json={"query": {"key": key}, "timeframe": "1 day", "issue": "low_quality"},
+    ).json()["sessions"]
+    assert [s["session"] for s in low] == [upscaled["session"]]
+
+    answer = httpx.post(
+        f"{server.http}/api/v1/qoe",
+        auth=AUTH,
+        json={"query": {"key": key}, "interval": "1 year", "timeframe": "1 day"},
+    )
+    (bucket,) = answer.json()["qoe"]
+    columns = list(zip(*expected.values(), strict=True))
+    means = tuple(
+        sum(v for v in column if v is not None) / len([v for v in column if v is not None])
+        for column in columns
+    )
+    assert bucket["scores"] == rounded(means)
+    assert bucket["scored_views"] == dict(zip(names, (5, 3, 3, 1, 5), strict=True))
+    assert bucket["views"] == 6

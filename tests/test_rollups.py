@@ -21,6 +21,7 @@ from app.model.query import BucketQuery, EngagementQuery, Selection, Span, Windo
 from app.model.results import PlaysBucket, QoeCounts
 from app.model.rows import Impression, IntervalRow, SessionRow, VideoIds, VideoRef, Written
 from app.model.vocabulary import Breakdown
+from app.query import shapes
 from app.storage import db, key_store, rebuild, session_store, stats
 
 UTC = dt.UTC
@@ -82,7 +83,11 @@ def session_specs(draw: st.DrawFn) -> dict[str, Any]:
                 seek_ms=st.integers(1, 9_000).map(lambda v: v / 10),
                 failure=st.none() | st.sampled_from([0, 2, 4]),
                 exited=st.booleans(),
+                quick=st.booleans(),
                 played=st.booleans(),
+                # (largest upscale, mean as a part of it, seconds shown) in hundredths
+                upscale=st.none()
+                | st.tuples(st.integers(0, 300), st.integers(0, 100), st.integers(0, 90_000)),
             )
         ),
     }
@@ -142,6 +147,8 @@ async def _write(
                 quality["failure"],
                 quality["failure"] is not None and quality["startup"] is None,
                 quality["exited"] and quality["failure"] is None,
+                quality["exited"] and quality["failure"] is None and quality.get("quick", False),
+                *_upscale(quality.get("upscale")),
             )
             # what the first snapshot knew: requested, nothing measured yet
             row.qoe = rollup.Qoe() if spec["incremental"] else final_qoe
@@ -197,6 +204,14 @@ async def _write(
             await session_store.copy_rows(conn, ids, whole_rows, whole_intervals, [])
 
 
+def _upscale(drawn: tuple[int, int, int] | None) -> tuple[float | None, float, float]:
+    """Qoe's (upscale_max, upscale_sum, upscale_seconds) from drawn hundredths."""
+    if drawn is None:
+        return None, 0.0, 0.0
+    largest, part, seconds = drawn[0] / 100, drawn[1] / 100, drawn[2] / 100
+    return largest, largest * part * seconds, seconds
+
+
 def _selection(key: str, which: str) -> Selection:
     if which == "key":
         return Selection(key=key)
@@ -225,6 +240,8 @@ def _same_qoe(
             assert counts.values == pytest.approx(other.values, abs=1e-6)
             for mine, theirs in ((counts.startup, other.startup), (counts.seek, other.seek)):
                 assert {i: c for i, c in mine.items() if c} == theirs
+            # the scores as the API reports them: identical
+            assert shapes.qoe_figures(counts)["scores"] == shapes.qoe_figures(other)["scores"]
 
 
 @pytest.fixture(params=["postgresql", "timescaledb"])
@@ -449,8 +466,10 @@ async def test_backfill_matches_what_ingest_maintains(conn: asyncpg.Connection) 
                 "seeks": 1,
                 "seek_ms": 40.0 + i,
                 "failure": 4 if i == 5 else None,
-                "exited": i == 7,
-                "played": i not in (5, 7),
+                "exited": i in (7, 8),
+                "quick": i == 8,
+                "played": i not in (5, 7, 8),
+                "upscale": None if i % 2 else (25 * i, 80, 1000 * i),
             },
         }
         for i in range(12)

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from app.ingest.agents import Device
+from app.model import scores
 from app.model.rollup import Qoe
 from app.model.rows import (
     Ended,
@@ -55,6 +56,7 @@ CLIENT_MS_SLACK = 2000.0
 MAX_MEDIA_ERROR = 4  # MediaError codes are 1..4; anything else is stored as 0 (unknown)
 MAX_POSITION = 7 * 24 * 3600.0  # a week of media; anything beyond is not a real position
 MAX_PAGE_LENGTH = 2048
+MAX_PIXELS = 100_000.0  # a rendition or display dimension beyond this is not a real one
 MAX_PREPLAY_EVENTS = 32
 # memory accounting (see ViewingSession.cost): measured sizes of the Python objects
 SESSION_OVERHEAD_BYTES = 2048
@@ -275,6 +277,10 @@ class ViewingSession:
     # sends one); what is in progress is here
     stalled_since: dt.datetime | None = None
     seeking_since: dt.datetime | None = None
+    # the rendition's upscale as last reported (None: unknown), and since when it has
+    # been shown while playing (None: not playing), for the video quality score
+    upscale: float | None = None
+    upscale_since: dt.datetime | None = None
     closed: bool = False
     base_cost: int = 0  # the fixed part of `cost`, computed once
 
@@ -331,6 +337,8 @@ class ViewingSession:
             self.duration = duration
         if name == "ratechange":
             self._rate_change(payload)
+        elif name == "rendition":
+            self._rendition(payload, now)
         extra = _stored_fields(payload)
         self.closed = False
 
@@ -345,6 +353,7 @@ class ViewingSession:
             if self.open is not None:  # play while playing: close at the implied position
                 ops.extend(self._close(now, None))
             self.open = _Open(position, now, self.rate)
+            self.upscale_since = now
             ops.append(Presence(self.row.id, self.row.video, self.row.started_at, True))
         elif name in ("pause", "ended") and self.open is not None:
             ops.extend(self._close(now, _position(payload, "to") if "to" in payload else None))
@@ -372,6 +381,31 @@ class ViewingSession:
         )
         if rate is not None and 0 < rate <= 16:
             self.rate = rate
+
+    def _rendition(self, payload: dict[str, Any], now: dt.datetime) -> None:
+        """A rendition (width × height) shown in a dw × dh box: its upscale counts from now
+        (what was shown until now is added first). Sizes missing or not positive, or
+        beyond MAX_PIXELS: unknown, and not counted."""
+        self._count_upscale(now)
+        sizes = [_optional_number(payload, f) for f in ("width", "height", "dw", "dh")]
+        known = [s for s in sizes if s is not None and 0 < s <= MAX_PIXELS]
+        self.upscale = scores.upscale_of(*known) if len(known) == 4 else None
+
+    def _count_upscale(self, now: dt.datetime) -> None:
+        """Add the current upscale, shown since upscale_since while playing, to the view's
+        QoE (its largest, and its integral over those seconds)."""
+        row, since = self.row, self.upscale_since
+        if self.open is not None:
+            self.upscale_since = now
+        if row is None or row.qoe is None or since is None or self.upscale is None:
+            return
+        q, seconds = row.qoe, max(0.0, (now - since).total_seconds())
+        row.qoe = replace(
+            q,
+            upscale_max=self.upscale if q.upscale_max is None else max(q.upscale_max, self.upscale),
+            upscale_sum=q.upscale_sum + self.upscale * seconds,
+            upscale_seconds=q.upscale_seconds + seconds,
+        )
 
     def _start(self, new_id: int, now: dt.datetime) -> list[Op]:
         """The session's row, from its first starting event; the events that came before
@@ -460,9 +494,12 @@ class ViewingSession:
         if row.qoe is not None:
             self._end_stall({}, now)
             q = row.qoe
+            exited = not row.played and q.startup_ms is None and q.failure is None
             row.qoe = replace(
                 q,
-                exited_before_start=(not row.played and q.startup_ms is None and q.failure is None),
+                exited_before_start=exited,
+                quick_exit=exited
+                and (now - row.started_at).total_seconds() < scores.QUICK_EXIT_SECONDS,
             )
         self.closed = True
         ops.append(self._snapshot(now))
@@ -485,7 +522,9 @@ class ViewingSession:
         current = self.open
         if current is None:
             return []
+        self._count_upscale(now)
         self.open = None
+        self.upscale_since = None
         elapsed = max(0.0, (now - current.wall_start).total_seconds())
         end = current.media_from + elapsed * current.rate if position is None else position
         lived = (now - self.row.started_at).total_seconds()

@@ -76,6 +76,7 @@ class Issue(enum.StrEnum):
     EXIT_BEFORE_START = "exit_before_start"  # asked to play, left before the first frame
     STALLED = "stalled"  # at least one rebuffering
     SLOW_START = "slow_start"  # the first frame took longer than a threshold (default 4 s)
+    LOW_QUALITY = "low_quality"  # a rendition shown enlarged above 1.25× (upscaled)
 
 
 DEFAULT_SLOW_START_SECONDS = 4.0

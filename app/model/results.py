@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.model import quantiles
+from app.model import quantiles, scores
 from app.model.query import DEFAULT_SLOW_START_SECONDS, Issue
 from app.model.rollup import BREAKDOWN_COLUMNS, COMPLETION_COLUMNS, QOE_COLUMNS, Qoe
 from app.model.vocabulary import Breakdown
@@ -121,6 +121,8 @@ class Summary:
             Issue.EXIT_BEFORE_START: q.exited_before_start,
             Issue.STALLED: q.rebuffer_count >= 1,
             Issue.SLOW_START: q.startup_ms is not None and q.startup_ms > slow_start_seconds * 1000,
+            Issue.LOW_QUALITY: q.upscale_max is not None
+            and q.upscale_max > scores.LOW_QUALITY_UPSCALE,
         }
         return [issue.value for issue, yes in found.items() if yes]
 
@@ -145,15 +147,17 @@ class Summary:
             "furthest": round(self.furthest, 3),
             "watched": [[a, b] for a, b in self.watched],
             "played": self.played,
-            "qoe": qoe_dict(self.qoe),
+            "qoe": qoe_dict(self.qoe, self.watch_seconds, self.played),
         }
 
 
-def qoe_dict(q: Qoe | None) -> dict[str, Any] | None:
-    """A view's QoE summary as JSON (None without QoE data)."""
+def qoe_dict(q: Qoe | None, watch_seconds: float, played: bool) -> dict[str, Any] | None:
+    """A view's QoE summary and scores as JSON (None without QoE data)."""
     if q is None:
         return None
     latency = q.seek_latency_ms
+    mean = q.upscale_sum / q.upscale_seconds if q.upscale_seconds > 0 else None
+    view = scores.of_view(q, watch_seconds, played)
     return {
         "startup_ms": None if q.startup_ms is None else round(q.startup_ms, 1),
         "rebuffer_count": q.rebuffer_count,
@@ -163,6 +167,26 @@ def qoe_dict(q: Qoe | None) -> dict[str, Any] | None:
         "failure": q.failure,
         "failed_before_start": q.failed_before_start,
         "exited_before_start": q.exited_before_start,
+        "upscale_max_percentage": None if q.upscale_max is None else round(100 * q.upscale_max, 2),
+        "upscale_mean_percentage": None if mean is None else round(100 * mean, 2),
+        "scores": score_dict(view.as_tuple()),
+    }
+
+
+SCORE_NAMES = {
+    "success": "playback_success",
+    "startup": "startup_time",
+    "smooth": "smoothness",
+    "quality": "video_quality",
+    "experience": "viewer_experience",
+}
+
+
+def score_dict(values: tuple[float | None, ...]) -> dict[str, float | None]:
+    """Scores (scores.SCORES order) under their API names, to 2 decimals."""
+    return {
+        SCORE_NAMES[name]: None if v is None else round(v, 2)
+        for name, v in zip(scores.SCORES, values, strict=True)
     }
 
 

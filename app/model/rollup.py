@@ -16,7 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from app.model import quantiles
+from app.model import quantiles, scores
+from app.model.scores import SCORES
 from app.model.vocabulary import BROWSERS, DEVICES, PLATFORMS
 
 GRAIN_SECONDS = 900
@@ -77,7 +78,14 @@ QOE_COLUMNS = [
     "startup_failures",
     "exits",
     "seek_views",
+    # the scores (app/model/scores.py): per score, the views it applies to and their sum
+    *[c for name in SCORES for c in (f"{name}_views", f"{name}_score")],
 ]
+
+
+def qoe_float(column: str) -> bool:
+    """Whether a QOE_COLUMNS column holds a float8 (seconds, score sums), else an int."""
+    return column.endswith(("seconds", "score"))
 
 
 _BROWSER_AT = {b: i for i, b in enumerate(BROWSERS)}
@@ -163,6 +171,12 @@ class Qoe:
     failure: int | None = None  # MediaError code (0: unknown) of a fatal error
     failed_before_start: bool = False
     exited_before_start: bool = False
+    quick_exit: bool = False  # the exit before start came within 1 s of the request
+    # upscaling while playing (app/model/scores.py): the largest upscale shown, and the
+    # upscale integrated over the seconds it was shown (upscale · s), over those seconds
+    upscale_max: float | None = None
+    upscale_sum: float = 0.0
+    upscale_seconds: float = 0.0
 
     @property
     def seek_latency_ms(self) -> float | None:
@@ -319,6 +333,7 @@ class Deltas:
             1 if q.failed_before_start else 0,
             1 if q.exited_before_start else 0,
             1 if latency is not None else 0,
+            *scores.sums(q, s.watch_seconds, s.played),
         )
         for table, owner in ((self.qoe, s.video_id), (self.key_qoe, s.key)):
             entry = table.get((owner, bucket, *classes))

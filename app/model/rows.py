@@ -105,7 +105,7 @@ class SessionRow:
         """The sessions table's QoE columns (all NULL without QoE data)."""
         q = self.qoe
         if q is None:
-            return (None,) * 9
+            return (None,) * 13
         return (
             True,
             q.startup_ms,
@@ -116,6 +116,10 @@ class SessionRow:
             q.failure,
             q.failed_before_start,
             q.exited_before_start,
+            q.quick_exit,
+            q.upscale_max,
+            q.upscale_sum,
+            q.upscale_seconds,
         )
 
 

@@ -63,6 +63,8 @@ PAYLOAD_NUMBERS = (
     "br",
     "pr",
     "at",
+    "dw",  # rendition: the element's displayed width and height, device pixels
+    "dh",
 )
 
 

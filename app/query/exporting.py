@@ -11,7 +11,7 @@ from typing import IO, Any, cast
 
 import orjson
 
-from app.model.results import SUMMARY_COLUMNS, Summary, qoe_dict
+from app.model.results import SCORE_NAMES, SUMMARY_COLUMNS, Summary, qoe_dict
 
 MEDIA_TYPES = {
     "ndjson": "application/x-ndjson",
@@ -139,6 +139,12 @@ class _Parquet:
                         ("failure", pa.int16()),
                         ("failed_before_start", pa.bool_()),
                         ("exited_before_start", pa.bool_()),
+                        ("upscale_max_percentage", pa.float64()),
+                        ("upscale_mean_percentage", pa.float64()),
+                        (
+                            "scores",
+                            pa.struct([(n, pa.float64()) for n in SCORE_NAMES.values()]),
+                        ),
                     ]
                 ),
             ),
@@ -170,7 +176,7 @@ class _Parquet:
             columns["furthest"].append(s.furthest)
             columns["watched"].append([{"from": a, "to": b} for a, b in s.watched])
             columns["played"].append(s.played)
-            columns["qoe"].append(qoe_dict(s.qoe))
+            columns["qoe"].append(qoe_dict(s.qoe, s.watch_seconds, s.played))
         self._writer.write_table(self._pa.table(columns, schema=self._schema))
         return self._sink.take()
 

@@ -8,6 +8,7 @@ from typing import Any
 from app.model import quantiles
 from app.model.query import DEFAULT_SLOW_START_SECONDS
 from app.model.results import (
+    SCORE_NAMES,
     CompletionCounts,
     EventEntry,
     KeyRow,
@@ -15,8 +16,10 @@ from app.model.results import (
     QoeCounts,
     Summary,
     VideoTotals,
+    score_dict,
 )
 from app.model.rollup import COMPLETION_COLUMNS, MILESTONES, QOE_COLUMNS
+from app.model.scores import SCORES
 from app.model.vocabulary import DEVICES, Breakdown
 from app.query.params import make_cursor
 
@@ -141,6 +144,13 @@ def qoe_figures(c: QoeCounts) -> dict[str, Any]:
         "startup_failure_percentage": _share(v["startup_failures"], views),
         "exits_before_start_percentage": _share(v["exits"], views),
         "seek_latency_ms": {"p50": quantiles.quantile(c.seek, 0.5), "views": int(v["seek_views"])},
+        "scores": score_dict(
+            tuple(
+                v[f"{name}_score"] / v[f"{name}_views"] if v[f"{name}_views"] > 0 else None
+                for name in SCORES
+            )
+        ),
+        "scored_views": {SCORE_NAMES[name]: int(v[f"{name}_views"]) for name in SCORES},
     }
 
 

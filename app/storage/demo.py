@@ -160,6 +160,11 @@ _LAST_AT = (
 )
 
 
+# how much a played QoE view was upscaled (a constant per view, shown the whole time):
+# a 720p rendition on a 1080p-wide desktop player for views that also seeked, else none
+_UPSCALE = "(CASE WHEN s.device = 'desktop' AND s.seeked THEN 0.5::float8 ELSE 0::float8 END)"
+
+
 def _timeline() -> str:
     """A played session's packed events: play_request and first_frame (QoE views), the
     play/pause pieces of the main run, the second run, ended, exit (QoE views)."""
@@ -196,7 +201,8 @@ def _insert_played() -> str:
                               device, page, duration, watch_seconds, furthest, islands, ended,
                               played, qoe, startup_ms, rebuffer_count,
                               rebuffer_seconds, seek_count, seek_ms, failure,
-                              failed_before_start, exited_before_start, events, event_count)
+                              failed_before_start, exited_before_start, quick_exit,
+                              upscale_max, upscale_sum, upscale_seconds, events, event_count)
         SELECT {_IDENT.format(m="2 * s.n")}, s.started_at, s.video_id,
                s.started_at + make_interval(secs => {_LAST_AT} + s.qoe::int),
                s.browser, s.platform, s.device, s.page, s.duration, s.l1 + s.on2::int * s.l2,
@@ -209,6 +215,10 @@ def _insert_played() -> str:
                CASE WHEN s.qoe THEN round(({seeks} * s.seek_ms)::numeric, 1)::float8 END,
                CASE WHEN s.qoe AND s.failed THEN 2 END,
                CASE WHEN s.qoe THEN false END, CASE WHEN s.qoe THEN false END,
+               CASE WHEN s.qoe THEN false END,
+               CASE WHEN s.qoe THEN {_UPSCALE} END,
+               CASE WHEN s.qoe THEN {_UPSCALE} * (s.l1 + s.on2::int * s.l2) END,
+               CASE WHEN s.qoe THEN s.l1 + s.on2::int * s.l2 END,
                {_timeline()}, {counted}
           FROM ({_runs()}) s"""
 
@@ -221,11 +231,11 @@ def _insert_unplayed(model: Model) -> str:
         INSERT INTO seed_sessions (id, started_at, video_id, ended_at, browser, platform,
                               device, page, duration, played, qoe, rebuffer_count, rebuffer_seconds,
                               seek_count, seek_ms, failure, failed_before_start,
-                              exited_before_start, islands, events, event_count)
+                              exited_before_start, quick_exit, islands, events, event_count)
         SELECT {_IDENT.format(m="2 * s.n + 1")}, s.started_at + interval '1 second', s.video_id,
                s.started_at + interval '9 seconds', s.browser, s.platform, s.device, s.page,
                s.duration, false, true, 0, 0, 0, 0, CASE WHEN {failed} THEN 4 END, {failed},
-               NOT ({failed}), '{{}}',
+               NOT ({failed}), false, '{{}}',
                {_event("0", "play_request")} || CASE WHEN {failed}
                    THEN {_event("5", "playback_failure", "code", "4")}
                    ELSE {_event("8", "exit")} END, 2

@@ -33,6 +33,7 @@ from app.model.rollup import (
     WATCH_BOUNDS,
 )
 from app.model.vocabulary import BROWSERS, DEVICES, PLATFORMS
+from app.storage import scores
 from app.storage.driver import Connection
 from app.storage.rollups import DISTINCT_SECONDS, KEYS, MERGED, ROLLUP_TABLES, SUMS, grain_sql
 
@@ -121,6 +122,7 @@ def _qoe(prefix: str, owner: str, join: str, src: str) -> str:
         "startup_failures": "count(*) FILTER (WHERE s.failed_before_start)",
         "exits": "count(*) FILTER (WHERE s.exited_before_start)",
         "seek_views": "count(*) FILTER (WHERE s.seek_count > 0)",
+        **scores.sums("s"),
     }
     assert list(sums) == QOE_COLUMNS
     owner_column = "key" if prefix else "video_id"
@@ -132,8 +134,8 @@ def _qoe(prefix: str, owner: str, join: str, src: str) -> str:
                    s.watch_seconds, s.startup_ms, s.rebuffer_count, s.rebuffer_seconds,
                    s.failure, s.failed_before_start, s.exited_before_start, s.seek_count,
                    {_histogram_index("s.startup_ms")} AS startup_idx,
-                   {_histogram_index(latency)} AS seek_idx
-              FROM {src} s {join} WHERE s.qoe
+                   {_histogram_index(latency)} AS seek_idx, {scores.ROW_COLUMNS}
+              FROM {src} s {join} {scores.LATERAL} WHERE s.qoe
         ), sums AS (
             SELECT {groups}, {", ".join(sums.values())} FROM q AS s GROUP BY 1, 2, 3, 4, 5
         ), hist AS (  -- per row and histogram bucket: views

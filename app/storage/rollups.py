@@ -47,6 +47,7 @@ from app.model.rollup import (
     QoeSums,
     State,
     at_epoch,
+    qoe_float,
 )
 from app.storage.driver import Connection
 
@@ -228,7 +229,8 @@ DISTINCT_SECONDS = (
 STATE_COLUMNS = """s.id, s.started_at, s.video_id, v.key, s.browser, s.platform, s.device,
     s.page, s.watch_seconds, s.duration, s.islands, s.furthest, s.ended, s.played, s.qoe,
     s.startup_ms, s.rebuffer_count, s.rebuffer_seconds, s.seek_count, s.seek_ms, s.failure,
-    s.failed_before_start, s.exited_before_start"""
+    s.failed_before_start, s.exited_before_start, s.quick_exit, s.upscale_max, s.upscale_sum,
+    s.upscale_seconds"""
 
 
 def qoe_of(row: Any) -> Qoe | None:
@@ -244,6 +246,10 @@ def qoe_of(row: Any) -> Qoe | None:
         row["failure"],
         bool(row["failed_before_start"]),
         bool(row["exited_before_start"]),
+        bool(row["quick_exit"]),
+        row["upscale_max"],
+        row["upscale_sum"] or 0.0,
+        row["upscale_seconds"] or 0.0,
     )
 
 
@@ -308,7 +314,7 @@ def _qoe(deltas: dict[Any, QoeSums]) -> Rows:
             at_epoch(k[1]),
             *k[2:],
             *[
-                x if c.endswith("seconds") else int(round(x))
+                x if qoe_float(c) else int(round(x))
                 for c, x in zip(QOE_COLUMNS, v.values, strict=True)
             ],
             hist_literal(v.startup),
@@ -352,7 +358,7 @@ _FAMILIES: list[tuple[str, list[Column], list[Column], Callable[[Any], Rows], li
     (
         "qoe",
         [("browser", "text"), ("platform", "text"), ("device", "text")],
-        [(c, "float8" if c.endswith("seconds") else "int") for c in QOE_COLUMNS],
+        [(c, "float8" if qoe_float(c) else "int") for c in QOE_COLUMNS],
         _qoe,
         [(h, HIST_MERGE) for h in ("startup_hist", "seek_hist")],
     ),

@@ -38,8 +38,18 @@ QOE_SESSION_COLUMNS = [
     "failure",
     "failed_before_start",
     "exited_before_start",
+    "quick_exit",
+    "upscale_max",
+    "upscale_sum",
+    "upscale_seconds",
 ]
-QOE_SESSION_TYPES = ["bool", "float8", "int", "float8", "int", "float8", "int2", "bool", "bool"]
+_QOE = ", ".join(
+    f"q{i}" for i in range(1, 1 + len(QOE_SESSION_COLUMNS))
+)  # names of the unnested QoE columns
+QOE_SESSION_TYPES = [
+    *("bool", "float8", "int", "float8", "int", "float8", "int2", "bool", "bool"),
+    *("bool", "float8", "float8", "float8"),
+]
 
 
 def session_ids(ops: Iterable[Op]) -> set[int]:
@@ -334,11 +344,9 @@ def _upsert_sessions(
                               device, page, session_data, duration, watch_seconds, furthest,
                               islands, ended, played,
                               {", ".join(QOE_SESSION_COLUMNS)}, events, event_count)
-        SELECT a, b, c, d, e, f, g, h, i, j, k, l, m::float8[], n, p,
-               q1, q2, q3, q4, q5, q6, q7, q8, q9, ev, evn
+        SELECT a, b, c, d, e, f, g, h, i, j, k, l, m::float8[], n, p, {_QOE}, ev, evn
           FROM unnest({arrays})
-               AS u(a, b, c, d, e, f, g, h, i, j, k, l, m, n, p,
-                    q1, q2, q3, q4, q5, q6, q7, q8, q9, ev, evn)
+               AS u(a, b, c, d, e, f, g, h, i, j, k, l, m, n, p, {_QOE}, ev, evn)
         ON CONFLICT (id, started_at) DO UPDATE SET
             ended_at = EXCLUDED.ended_at, duration = EXCLUDED.duration,
             watch_seconds = EXCLUDED.watch_seconds, furthest = EXCLUDED.furthest,

@@ -20,7 +20,8 @@ _COLUMNS = """
     s.id, s.started_at, s.ended_at, v.identifier, v.metadata, s.browser, s.platform,
     s.device, s.page, s.duration, s.watch_seconds, s.furthest, s.played, s.qoe, s.startup_ms,
     s.rebuffer_count, s.rebuffer_seconds, s.seek_count, s.seek_ms, s.failure,
-    s.failed_before_start, s.exited_before_start, s.islands
+    s.failed_before_start, s.exited_before_start, s.quick_exit, s.upscale_max, s.upscale_sum,
+    s.upscale_seconds, s.islands
 """
 
 

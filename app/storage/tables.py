@@ -33,7 +33,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
-from app.model.rollup import BREAKDOWN_COLUMNS, COMPLETION_COLUMNS, QOE_COLUMNS, REACHED_COLUMNS
+from app.model.rollup import (
+    BREAKDOWN_COLUMNS,
+    COMPLETION_COLUMNS,
+    QOE_COLUMNS,
+    REACHED_COLUMNS,
+    qoe_float,
+)
 from app.storage.rollups import SHARD_DEFAULT
 
 
@@ -108,6 +114,7 @@ ISSUE_PREDICATES = {
     "exit_before_start": "exited_before_start",
     "stalled": "rebuffer_count >= 1",
     "slow_start": "startup_ms > 4000.0::float8",
+    "low_quality": "upscale_max > 0.25::float8",
 }
 
 sessions = Table(
@@ -136,13 +143,18 @@ sessions = Table(
     Column("failure", SmallInteger, nullable=True),  # MediaError code, 0 if unknown
     Column("failed_before_start", Boolean, nullable=True),
     Column("exited_before_start", Boolean, nullable=True),
+    Column("quick_exit", Boolean, nullable=True),  # that exit came within 1 s
+    # upscaling while playing (app/model/scores.py, video quality)
+    Column("upscale_max", Float, nullable=True),
+    Column("upscale_sum", Float, nullable=True),
+    Column("upscale_seconds", Float, nullable=True),
     # the raw events, packed (app/storage/timeline.py); NULL once older than
     # METRICS_RAW_EVENTS_RETENTION_DAYS. event_count: events received, kept after that.
     Column("events", LargeBinary, nullable=True),
     Column("event_count", Integer, nullable=False, server_default=text("0")),
     PrimaryKeyConstraint("id", "started_at", name="sessions_pkey"),
     Index("sessions_video_started_idx", "video_id", "started_at"),
-    # the session list's `issue` filter (migration 0012): one partial index per issue
+    # the session list's `issue` filter (migrations 0012, 0013): one partial index per issue
     *[
         Index(f"sessions_issue_{name}_idx", "video_id", "started_at", postgresql_where=text(p))
         for name, p in ISSUE_PREDICATES.items()
@@ -297,7 +309,7 @@ rollup_qoe, rollup_key_qoe = _per_owner(
     "qoe",
     lambda: _text("browser", "platform", "device"),
     lambda: [
-        *_counts(QOE_COLUMNS, lambda c: Float if c.endswith("seconds") else Integer),
+        *_counts(QOE_COLUMNS, lambda c: Float if qoe_float(c) else Integer),
         # histograms (app/model/quantiles.py): subscript = histogram bucket, value = views
         Column("startup_hist", ARRAY(Integer), nullable=True),
         Column("seek_hist", ARRAY(Integer), nullable=True),

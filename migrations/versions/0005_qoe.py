@@ -17,14 +17,25 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from app.model.rollup import QOE_COLUMNS
-
 revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
 
 TZ = sa.DateTime(timezone=True)
+
+# the QoE rollups' sums as this revision made them (0013 adds the score columns)
+QOE_COLUMNS = [
+    "views",
+    "startups",
+    "watch_seconds",
+    "rebuffer_count",
+    "rebuffer_seconds",
+    "failures",
+    "startup_failures",
+    "exits",
+    "seek_views",
+]
 
 # a + b for two histograms stored as int arrays whose subscripts are histogram buckets
 # (arrays may start at any subscript and grow both ways; NULL elements count as 0)

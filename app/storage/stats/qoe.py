@@ -9,6 +9,7 @@ from app.model import quantiles, rollup
 from app.model.query import BucketQuery, Window
 from app.model.results import QoeCounts
 from app.model.vocabulary import Breakdown
+from app.storage import scores
 from app.storage.backend import dialect
 from app.storage.driver import Connection
 from app.storage.stats.common import bucket, by_plan, qoe_plan, rollup_scope
@@ -93,10 +94,10 @@ async def _raw(conn: Connection, q: BucketQuery, windows: list[Window], into: _I
                sum(s.rebuffer_seconds), count(s.failure),
                count(*) FILTER (WHERE s.failed_before_start),
                count(*) FILTER (WHERE s.exited_before_start),
-               count(*) FILTER (WHERE s.seek_count > 0),
+               count(*) FILTER (WHERE s.seek_count > 0), {", ".join(scores.sums().values())},
                array_agg(s.startup_ms) FILTER (WHERE s.startup_ms IS NOT NULL) AS startups,
                array_agg(s.seek_ms / s.seek_count) FILTER (WHERE s.seek_count > 0) AS seeks
-          FROM sessions s
+          FROM sessions s {scores.LATERAL}
          WHERE {where(conditions)}
          GROUP BY 1, 2
         """,
