@@ -5,8 +5,8 @@ without QoE (the unmodified @maveio/metrics) stay out of every denominator."""
 from __future__ import annotations
 
 import asyncio
-import math
 import datetime as dt
+import math
 from typing import Any
 
 import asyncpg
