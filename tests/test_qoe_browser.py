@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import subprocess
 import threading
 import time
@@ -56,6 +57,15 @@ __OBSERVER__
     if (started && !v.seeking && waitingAt === null) m.stalling = waitingAt = performance.now();
   });
   v.addEventListener("error", () => { m.errors++; });
+  // shown at twice its size: a 100 % upscale while playing (the video quality score)
+  v.addEventListener("loadedmetadata", () => {
+    v.style.width = `${(2 * v.videoWidth) / devicePixelRatio}px`;
+  });
+  v.addEventListener("playing", () => {
+    const ratio = devicePixelRatio;
+    m.upscale = Math.min(v.clientWidth * ratio / v.videoWidth,
+                         v.clientHeight * ratio / v.videoHeight) - 1;
+  });
 </script>
 <script type="module">
   import { Metrics } from "__CLIENT__";
@@ -289,6 +299,43 @@ async def test_startup_and_rebuffering_match_what_the_page_measured(
         row["startup_ms"], rel=quantiles.RELATIVE_ERROR + 1e-6
     )  # one view: its own bucket
 
+    # the scores and issues the page's own measurement implies (startup and stall within
+    # the tolerance above, the upscale exactly)
+    (listed,) = httpx.post(
+        f"{server.http}/api/v1/sessions",
+        auth=AUTH,
+        json={"query": {"key": key}, "timeframe": "1 day"},
+    ).json()["sessions"]
+    scores = listed["qoe"]["scores"]
+    assert measured["upscale"] == pytest.approx(1.0, abs=0.01), measured
+    assert listed["qoe"]["upscale_max_percentage"] == pytest.approx(100 * measured["upscale"])
+    quality = 100 * math.exp(-0.33 * measured["upscale"])
+    assert scores["video_quality"] == pytest.approx(quality, abs=0.2), scores
+    startup = [800 / (8 + (measured["startup"] + d) / 1000) for d in (TOLERANCE_MS, -TOLERANCE_MS)]
+    assert startup[0] <= scores["startup_time"] <= startup[1], (scores, measured)
+    watch, stall = row["watch_seconds"], measured["stalls"][0] / 1000
+    smooth = [
+        (100 / math.sqrt(1.25) + 100 * math.exp(-10 * s / (watch + s))) / 2
+        for s in (stall + TOLERANCE_MS / 1000, stall - TOLERANCE_MS / 1000)
+    ]
+    assert smooth[0] <= scores["smoothness"] <= smooth[1], (scores, measured, watch)
+    assert scores["playback_success"] == 100.0
+    assert scores["viewer_experience"] == pytest.approx(
+        (scores["startup_time"] + scores["smoothness"] + scores["video_quality"]) / 3, abs=0.02
+    )
+    implied = (
+        ["stalled"] * bool(measured["stalls"])
+        + ["slow_start"] * (measured["startup"] > 4000)
+        + ["low_quality"] * (measured["upscale"] > 0.25)
+    )
+    assert listed["issues"] == implied
+    bucket = httpx.post(
+        f"{server.http}/api/v1/qoe",
+        auth=AUTH,
+        json={"query": {"key": key}, "interval": "1 day", "timeframe": "1 day"},
+    ).json()["qoe"][0]
+    assert bucket["scores"] == scores  # one view: the bucket's scores are its own
+
 
 async def test_a_broken_source_is_a_startup_failure(
     media_site: tuple[str, MediaServer], server: Server, conn: asyncpg.Connection
@@ -303,6 +350,8 @@ async def test_a_broken_source_is_a_startup_failure(
     body = {"query": {"key": key}, "interval": "1 day", "timeframe": "1 day"}
     qoe = httpx.post(f"{server.http}/api/v1/qoe", auth=AUTH, json=body).json()["qoe"][0]
     assert qoe["startup_failure_percentage"] == 100.0 and qoe["views"] == 1
+    assert qoe["scores"]["playback_success"] == 0.0
+    assert qoe["scores"]["viewer_experience"] == 0.0
     plays = httpx.post(
         f"{server.http}/api/v1/plays", auth=AUTH, json={**body, "minimum_watch_seconds": 0}
     ).json()["views"]
@@ -351,6 +400,9 @@ async def test_a_client_attached_during_playback_reports_the_play(
     assert row["startup_ms"] is None and not row["exited_before_start"]
     assert row["failure"] is None and row["rebuffer_count"] == 0
     names = await event_names(conn, row["id"])
+    # the rendition it found comes first (the client reports it when it attaches)
+    assert names[0] == "rendition", names
+    names.remove("rendition")
     assert names[0] == "play" and "play_request" not in names and names[-1] == "exit", names
 
 
@@ -368,7 +420,7 @@ async def test_a_client_attached_during_a_stall_reports_it(
         measured,
     )
     names = await event_names(conn, row["id"])
-    assert names[:2] == ["play", "rebuffering_start"], names
+    assert names[:3] == ["rendition", "play", "rebuffering_start"], names
     assert "rebuffering_end" in names
 
 

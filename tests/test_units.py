@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import math
 
 import orjson
 import pytest
@@ -16,7 +17,7 @@ from app.errors import BadRequest, Unauthorized
 from app.ingest import protocol
 from app.ingest.agents import Device
 from app.ingest.sessions import InvalidInput, Limits, ViewingSession, parse_join, strip_url
-from app.model import quantiles, rollup
+from app.model import quantiles, rollup, scores
 from app.model.query import Selection, Window
 from app.model.results import PlaysBucket, Summary
 from app.model.rows import Ended, IntervalRow, Presence, SessionRow
@@ -103,6 +104,50 @@ def test_a_session_counts_what_was_played() -> None:
     assert any(isinstance(op, Ended) for op in ops)
     with pytest.raises(InvalidInput, match="unknown event name"):
         session.handle({"name": "explode"}, NOW)
+
+
+def test_upscaling_is_weighted_by_the_seconds_shown_while_playing() -> None:
+    join = parse_join({"key": "k", "metadata": {"video_id": "v"}}, None, None, LIMITS)
+    session = ViewingSession(join, Device("chrome", "mac", "desktop", False))
+
+    def at(seconds: float) -> dt.datetime:
+        return NOW + dt.timedelta(seconds=seconds)
+
+    def send(seconds: float, name: str, **fields: float) -> list[object]:
+        return session.handle({"name": name, **fields}, at(seconds), new_id=5)
+
+    # 1280×720 in a 1280×720 box before the request: no upscale, nothing counted yet
+    send(0, "rendition", width=1280, height=720, dw=1280, dh=720)
+    send(0, "play_request")
+    send(0.5, "first_frame", ms=500)
+    send(0.5, "play", **{"from": 0})
+    # 4 s at 1280×720, then 640×360 (2×) for 2 s, paused 10 s (not counted), 2 s more
+    send(4.5, "rendition", width=640, height=360, dw=1280, dh=720)
+    send(6.5, "pause", to=6)
+    send(16.5, "play", **{"from": 6})
+    send(18.5, "pause", to=8)
+    # a box of unknown size: not counted until a known one
+    send(18.5, "rendition", width=640, height=360)
+    send(19, "play", **{"from": 8})
+    ops = send(21, "exit", to=10)
+    q = [op for op in ops if isinstance(op, SessionRow)][-1].qoe
+    assert q is not None
+    assert (q.upscale_max, q.upscale_sum, q.upscale_seconds) == (1.0, 4.0, 8.0)
+    assert not q.quick_exit
+    view = scores.of_view(q, 10.0, True)
+    assert view.quality == pytest.approx(100 * math.exp(-0.33 * (0.15 * 1.0 + 0.85 * 0.5)))
+    assert view.startup == pytest.approx(800 / 8.5) and view.smooth == 100.0
+
+    # an exit before start within 1 s scores nothing; after 1 s, 50
+    for wait, success in ((0.9, None), (1.1, 50.0)):
+        left = ViewingSession(join, Device("chrome", "mac", "desktop", False))
+        left.handle({"name": "play_request"}, NOW, new_id=6)
+        ops = left.handle({"name": "exit"}, at(wait))
+        q = [op for op in ops if isinstance(op, SessionRow)][-1].qoe
+        assert q is not None and q.exited_before_start
+        assert scores.of_view(q, 0.0, False).success == success
+    assert scores.upscale_of(1920, 1080, 1280, 720) == 0.0  # shown smaller: no upscale
+    assert scores.upscale_of(640, 480, 1920, 1080) == 1080 / 480 - 1  # letterboxed: height
 
 
 # -- request parsing and answer shapes --------------------------------------------------------

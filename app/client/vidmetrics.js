@@ -242,6 +242,10 @@ export class Metrics {
       });
       this.channel.join();
       MEDIA_EVENTS.forEach((name) => video.addEventListener(name, this.handler, name === "error"));
+      if (window.ResizeObserver) {
+        this.resized = new ResizeObserver(guard(() => this.channel && this.rendition()));
+        this.resized.observe(video);
+      }
       this.channel.socket.leaving.add(this.exit);
       this.catchUp();
     } catch (error) {
@@ -254,6 +258,7 @@ export class Metrics {
     try {
       if (!this.channel) return;
       MEDIA_EVENTS.forEach((name) => this.video.removeEventListener(name, this.handler, name === "error"));
+      if (this.resized) this.resized.disconnect();
       this.channel.socket.leaving.delete(this.exit);
       this.channel.leave();
       this.channel = null;
@@ -268,6 +273,7 @@ export class Metrics {
   catchUp() {
     const v = this.video;
     if (v.error) return this.failure({ target: v });
+    this.rendition();
     if (!v.paused) {
       this.requested = true; // requested before we saw it: no startup time
       const started = v.played.length > 0 || v.currentTime > 0;
@@ -374,12 +380,23 @@ export class Metrics {
         this.send("ratechange", { pr: v.playbackRate });
         break;
       case "resize":
-        if (v.videoWidth && `${v.videoWidth}x${v.videoHeight}` !== this.size) {
-          this.size = `${v.videoWidth}x${v.videoHeight}`;
-          this.send("rendition", { width: v.videoWidth, height: v.videoHeight });
-        }
+        this.rendition();
         break;
     }
+  }
+
+  // the rendition (intrinsic size) and the box it is shown in, in device pixels: sent when
+  // either changes (the server derives the upscale, for the video quality score)
+  rendition() {
+    const v = this.video;
+    if (!v.videoWidth) return;
+    const ratio = window.devicePixelRatio || 1;
+    const dw = Math.round(v.clientWidth * ratio), dh = Math.round(v.clientHeight * ratio);
+    const size = `${v.videoWidth}x${v.videoHeight}@${dw}x${dh}`;
+    if (size === this.size) return;
+    this.size = size;
+    const shown = dw > 0 && dh > 0 ? { dw, dh } : {};
+    this.send("rendition", { width: v.videoWidth, height: v.videoHeight, ...shown });
   }
 
   // startup time: from the first play request to the first frame painted while playing
