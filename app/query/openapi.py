@@ -7,7 +7,7 @@ import functools
 from typing import Any
 
 from app.model.query import Issue
-from app.model.results import SUMMARY_COLUMNS
+from app.model.results import SCORE_NAMES, SUMMARY_COLUMNS
 from app.model.vocabulary import BROWSERS, DEVICES, PLATFORMS
 
 
@@ -118,6 +118,19 @@ SCHEMAS: dict[str, Any] = {
             }
         },
     },
+    "Scores": {
+        "type": "object",
+        "description": (
+            "viewer-experience scores, 0–100 (docs/api.md has each formula); null where a "
+            "score does not apply (no startup time, never started, no renditions reported)"
+        ),
+        "required": list(SCORE_NAMES.values()),
+        "additionalProperties": False,
+        "properties": {
+            name: {"type": ["number", "null"], "minimum": 0, "maximum": 100}
+            for name in SCORE_NAMES.values()
+        },
+    },
     "QoeFigures": {
         "type": "object",
         "required": [
@@ -132,6 +145,8 @@ SCHEMAS: dict[str, Any] = {
             "startup_failure_percentage",
             "exits_before_start_percentage",
             "seek_latency_ms",
+            "scores",
+            "scored_views",
         ],
         "properties": {
             "views": {"type": "integer", "minimum": 0, "description": "views with QoE data"},
@@ -175,6 +190,17 @@ SCHEMAS: dict[str, Any] = {
                     "p50": {"type": ["number", "null"]},
                     "views": {"type": "integer", "minimum": 0},
                 },
+            },
+            "scores": {
+                "allOf": [{"$ref": "#/components/schemas/Scores"}],
+                "description": "each score's mean over the views it applies to",
+            },
+            "scored_views": {
+                "type": "object",
+                "description": "per score, the views it applies to",
+                "required": list(SCORE_NAMES.values()),
+                "additionalProperties": False,
+                "properties": {n: {"type": "integer", "minimum": 0} for n in SCORE_NAMES.values()},
             },
         },
     },
@@ -271,6 +297,18 @@ SCHEMAS: dict[str, Any] = {
                             "failure": {"type": ["integer", "null"]},
                             "failed_before_start": {"type": "boolean"},
                             "exited_before_start": {"type": "boolean"},
+                            "upscale_max_percentage": {
+                                "type": ["number", "null"],
+                                "minimum": 0,
+                                "description": "the largest upscale shown while playing "
+                                "(100: a rendition at 2× its size); null: not reported",
+                            },
+                            "upscale_mean_percentage": {
+                                "type": ["number", "null"],
+                                "minimum": 0,
+                                "description": "the upscale weighted by seconds shown",
+                            },
+                            "scores": {"$ref": "#/components/schemas/Scores"},
                         },
                     },
                 ]
