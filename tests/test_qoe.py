@@ -136,6 +136,20 @@ async def test_every_qoe_formula_on_a_hand_computed_scenario(server: Server) -> 
     assert bucket["exits_before_start_percentage"] == round(100 * 1 / 6, 2)  # 5
     # each view's mean seek latency (300, 400): nearest-rank median = 300
     assert bucket["seek_latency_ms"] == {"p50": _rep(300), "views": 2}
+    # the scores (docs/api.md shows these): success 100, 100, 0, 0, — (5 left at once), 100;
+    # startup 800 / 8.8, 800 / 9.5, 800 / 11; smoothness of 1, 2, 3 and 7; experience
+    # 100 · mean(startup, smoothness) / 100 for 1 and 2, 0 for 3 and 4, smoothness for 7
+    smooth_7 = (100 / math.sqrt(1.25) + 100 * math.exp(-10 * 1 / 5)) / 2
+    assert bucket["scores"] == {
+        "playback_success": 60.0,
+        "startup_time": round((800 / 8.8 + 800 / 9.5 + 800 / 11) / 3, 2),
+        "smoothness": round((_smooth + 100 + 100 + smooth_7) / 4, 2),
+        "video_quality": None,
+        "viewer_experience": round(
+            ((800 / 8.8 + _smooth) / 2 + (800 / 9.5 + 100) / 2 + smooth_7) / 5, 2
+        ),
+    }
+    assert bucket["scores"]["viewer_experience"] == 43.09  # as in docs/api.md
     mobile = bucket["breakdown"]["mobile"]
     assert mobile["views"] == 1 and mobile["playback_failure_percentage"] == 100.0
     assert mobile["startup_time_ms"]["p50"] == _rep(3000)
