@@ -69,7 +69,10 @@ async def seeded(conn: asyncpg.Connection) -> Data:
                   rebuffer_count = (s.id % 4 = 0)::int,
                   rebuffer_seconds = (s.id % 4 = 0)::int * 1.5,
                   seek_count = 0, seek_ms = 0, failed_before_start = false,
-                  exited_before_start = false
+                  exited_before_start = false, quick_exit = false,
+                  upscale_max = (s.id % 5 = 0)::int::float8,
+                  upscale_sum = (s.id % 5 = 0)::int * s.watch_seconds,
+                  upscale_seconds = s.watch_seconds
              FROM videos v WHERE v.id = s.video_id AND v.key = $1 AND s.id % 3 <> 0""",
         data.key,
     )
@@ -174,6 +177,17 @@ def test_dashboard_pages_show_what_the_api_answers(server: Server, seeded: Data)
         f"{round(p50)} ms" if p50 < 1000 else f"{p50 / 1000:.2f} s"
     )
     assert overview["tiles"]["tile-rebuffer"] == f"{qoe['rebuffer_percentage']:.1f} %"
+    scores = qoe["scores"]
+    assert scores["video_quality"] is not None and scores["video_quality"] < 100  # some upscaled
+    for tile, name in (
+        ("experience", "viewer_experience"),
+        ("success", "playback_success"),
+        ("startup", "startup_time"),
+        ("smoothness", "smoothness"),
+        ("quality", "video_quality"),
+    ):
+        assert overview["tiles"][f"tile-score-{tile}"] == f"{scores[name]:.0f}", tile
+    assert "How are the scores computed?" in overview["main"]
 
     one = {
         "query": {"key": seeded.key, "video": {"video_id": "launch", "title": "Launch"}},
@@ -286,6 +300,13 @@ def test_qoe_tiles_open_the_sessions_with_that_issue(server: Server, seeded: Dat
             "actions": [{"click": "#tile-rebuffer"}],
         },
         {
+            "name": "scores-how",
+            "path": base,
+            "width": 1280,
+            "height": 1100,
+            "actions": [{"open": "#scores-how summary"}],
+        },
+        {
             "name": "issue-all-chip",
             "path": f"{base}&view=sessions&issue=stalled",
             "width": 390,
@@ -303,8 +324,10 @@ def test_qoe_tiles_open_the_sessions_with_that_issue(server: Server, seeded: Dat
     assert "view=sessions" in opened["url"] and "issue=stalled" in opened["url"]
     rows = opened["tables"]["sessions"]
     assert len(rows) == len(stalled)
-    assert all(row[-1] == "Stalled" for row in rows)  # the Issues column
+    assert all(row[-1] in ("Stalled", "StalledUpscaled") for row in rows)  # the Issues column
     assert "Sessions · Stalled" in opened["main"]
+    how = report["scores-how"]["main"]
+    assert "100 · 8 / (8 + startup seconds)" in how and "Viewer experience — ours" in how
     cleared = report["issue-all-chip"]
     assert "issue=" not in cleared["url"]
     assert len(cleared["tables"]["sessions"]) == 21

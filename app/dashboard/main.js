@@ -192,17 +192,52 @@ function qoePanel(total, perBucket) {
       issueLink("startup_failure")),
     tile("tile-exits", "Exits before start", pct(t.exits_before_start_percentage), "",
       issueLink("exit_before_start")));
+  const s = t.scores;
+  const scoreTiles = h("div", { class: "tiles scores", id: "scores" },
+    tile("tile-score-experience", "Viewer experience", score(s.viewer_experience), "main"),
+    tile("tile-score-success", "Playback success", score(s.playback_success), "", issueLink("failed")),
+    tile("tile-score-startup", "Startup time", score(s.startup_time), "", issueLink("slow_start")),
+    tile("tile-score-smoothness", "Smoothness", score(s.smoothness), "", issueLink("stalled")),
+    tile("tile-score-quality", "Video quality", score(s.video_quality), "", issueLink("low_quality")));
   const rows = perBucket.qoe.map((b) => [b.interval, b.views, b.startup_time_ms.p50, b.startup_time_ms.p95,
-    b.rebuffer_percentage, b.playback_failure_percentage, b.exits_before_start_percentage]);
+    b.rebuffer_percentage, b.playback_failure_percentage, b.exits_before_start_percentage,
+    ...SCORES.map(([name]) => b.scores[name])]);
   const withStartup = perBucket.qoe.filter((b) => b.startup_time_ms.p50 !== null);
   const body = withStartup.length
     ? chart([{}, { label: "Startup p50 (ms)" }, { label: "Startup p95 (ms)" }],
       [withStartup.map((b) => labelSeconds(b.interval)), withStartup.map((b) => b.startup_time_ms.p50),
         withStartup.map((b) => b.startup_time_ms.p95)], { height: 200, sameScale: true })
     : "";
+  const scored = perBucket.qoe.filter((b) => b.scores.viewer_experience !== null);
+  const trend = scored.length > 1
+    ? chart([{}, ...SCORES.map(([, label]) => ({ label }))],
+      [scored.map((b) => labelSeconds(b.interval)), ...SCORES.map(([name]) => scored.map((b) => b.scores[name]))],
+      { height: 200, sameScale: true })
+    : "";
   return panel("qoe", `Quality of experience · ${fmt.int(t.views)} views`, { note, csv: { header: [
     "interval", "views", "startup_p50_ms", "startup_p95_ms", "rebuffer_percentage",
-    "playback_failure_percentage", "exits_before_start_percentage"], rows } }, figures, body);
+    "playback_failure_percentage", "exits_before_start_percentage", ...SCORES.map(([name]) => name)], rows } },
+  scoreTiles, scoresHow(), figures, body, trend);
+}
+
+// the viewer-experience scores (docs/api.md, /api/v1/qoe), in the order they are shown
+const SCORES = [["viewer_experience", "Viewer experience"], ["playback_success", "Playback success"],
+  ["startup_time", "Startup time"], ["smoothness", "Smoothness"], ["video_quality", "Video quality"]];
+const score = (x) => (x === null || x === undefined ? "–" : x.toFixed(0));
+
+function scoresHow() {
+  const item = (name, text) => h("li", {}, h("b", {}, name), ` — ${text}`);
+  return h("details", { class: "how", id: "scores-how" }, h("summary", {}, "How are the scores computed?"),
+    h("p", {}, "Each view gets 0–100 per score (Mux Data's published definitions); a score here is the mean " +
+      "over the views it applies to, exact, not sampled."),
+    h("ul", {},
+      item("Playback success", "100 if the view started, 0 if it failed, 50 if the viewer left before the first frame " +
+        "(no score if they left within 1 s)."),
+      item("Startup time", "100 · 8 / (8 + startup seconds): 1 s gives 89, 4 s gives 67."),
+      item("Smoothness", "the mean of 100 / √(1 + (stalls / 2)²) and 100 · e^(−10 · share of time stalled)."),
+      item("Video quality", "100 · e^(−0.33 · (0.15 · largest + 0.85 · mean upscale)), from the renditions the " +
+        "vidmetrics client reports and the size they were shown at (2× enlarged gives 72)."),
+      item("Viewer experience", "ours: playback success × the mean of the view's other scores / 100.")));
 }
 
 function playRate(plays) {
@@ -227,7 +262,8 @@ function hrefOf(changes) {
 
 // the session list's issue filter (docs/api.md, /api/v1/sessions)
 const ISSUES = [["failed", "Failed"], ["startup_failure", "Startup failures"],
-  ["exit_before_start", "Left before start"], ["stalled", "Stalled"], ["slow_start", "Slow start (> 4 s)"]];
+  ["exit_before_start", "Left before start"], ["stalled", "Stalled"], ["slow_start", "Slow start (> 4 s)"],
+  ["low_quality", "Upscaled"]];
 const ISSUE_NAMES = Object.fromEntries(ISSUES);
 const issueLink = (issue) => ({ view: "sessions", issue, session: "" });
 
@@ -318,6 +354,16 @@ function quality(s) {
     q.failure !== null ? "failed" : ""].filter(Boolean).join(" · ") || "starting";
 }
 
+// a view's overall score, and under it the parts it has
+function scoreTile(q) {
+  const node = tile("tile-score", "Experience score", q ? score(q.scores.viewer_experience) : "–");
+  if (!q) return node;
+  const parts = SCORES.slice(1).filter(([name]) => q.scores[name] !== null)
+    .map(([name, label]) => `${label} ${score(q.scores[name])}`);
+  node.append(h("div", { class: "sub" }, parts.join(" · ") || "no parts: never started"));
+  return node;
+}
+
 function localTime(iso, zone) {
   return new Date(iso).toLocaleString("en-GB", { timeZone: zone, dateStyle: "medium", timeStyle: "medium" });
 }
@@ -334,6 +380,7 @@ async function sessionsView(state) {
     { title: "Page", narrow: false, show: (s) => s.page || "" },
     { title: "Watched", num: true, show: (s) => fmt.duration(s.watch_seconds) },
     { title: "Quality (startup · stalls)", num: true, show: (s) => quality(s) },
+    { title: "Score", num: true, show: (s) => (s.qoe ? score(s.qoe.scores.viewer_experience) : "–") },
     { title: "Issues", show: (s) => h("span", {}, ...s.issues.map((i) => h("span", { class: "chip" }, ISSUE_NAMES[i] || i))) },
   ];
   const rows = [...first.sessions];
@@ -371,6 +418,7 @@ async function sessionDetail(state) {
     tile("tile-device", "Device", `${session.browser} · ${session.device}`),
     tile("tile-video", "Video", videoName(session.metadata, session.identifier)),
     tile("tile-quality", "Quality", quality(session)),
+    scoreTile(session.qoe),
     tile("tile-issues", "Issues", session.issues.map((i) => ISSUE_NAMES[i] || i).join(", ") || "none"));
   const timeline = panel("timeline", "Timeline", {
     note: `Every stored event on a time axis (seconds since the session started): ${kinds.join(", ") || "none"}.`,

@@ -92,6 +92,9 @@ export function bars(counts) {
 
 // uPlot, sized to its container; x values are seconds shown in UTC (see labelSeconds).
 // sameScale: every series on the left axis (else the second one has its own, on the right)
+// series colours: the first (filled) in the accent, the others distinct from it and each other
+const PALETTE = ["#3157d5", "#e0782d", "#1f7a4d", "#8a4fd1", "#c23b5b"];
+
 export function chart(series, data, { bars: asBars = false, xTime = true, height = 240, sameScale = false } = {}) {
   const box = h("div", { class: "chart", role: "img",
     "aria-label": series.slice(1).map((s) => s.label).join(" and ") });
@@ -102,7 +105,7 @@ export function chart(series, data, { bars: asBars = false, xTime = true, height
   if (twoScales) axes.push({ side: 1, scale: "y2", stroke: "#555b66", grid: { show: false }, size: 55 });
   const opts = {
     width: 600, height, series: [{}, ...series.slice(1).map((s, i) => ({
-      label: s.label, stroke: i ? "#e0782d" : "#3157d5", width: 2,
+      label: s.label, stroke: PALETTE[i % PALETTE.length], width: i ? 1.5 : 2,
       fill: i ? undefined : "rgba(49,87,213,0.12)", scale: i && twoScales ? "y2" : "y",
       paths: asBars && !i ? U.paths.bars({ size: [0.7, 40] }) : undefined,
       points: { show: !asBars },

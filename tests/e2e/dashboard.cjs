@@ -49,6 +49,8 @@ async function main() {
           await page.evaluate(() => { document.body.dataset.ready = ""; });
           await page.click(action.click);
           await ready(page);
+        } else if (action.open) { // a click that changes the page in place (no new render)
+          await page.click(action.open);
         } else if (action.download) {
           const [download] = await Promise.all([page.waitForEvent("download"),
             page.click(action.download)]);
@@ -65,7 +67,7 @@ async function main() {
         cards.map((c) => [c.id, [...c.querySelectorAll("tbody tr")].map(
           (tr) => [...tr.children].map((td) => td.textContent))])));
       result.charts = await page.$$eval("canvas", (cs) => cs.length);
-      result.main = await page.$eval("main", (m) => m.innerText.slice(0, 2000));
+      result.main = await page.$eval("main", (m) => m.innerText.slice(0, 6000));
       if (plan.shots) {
         await page.screenshot({ path: `${plan.shots}/${step.name}.png`, fullPage: true });
       }
