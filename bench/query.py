@@ -58,7 +58,51 @@ def percentiles(times: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), ordered[max(0, int(len(ordered) * 0.95 + 0.5) - 1)]
 
 
-ENDPOINTS = ("plays", "sources", "qoe", "engagement")
+ENDPOINTS = ("plays", "sources", "qoe", "engagement", "sessions")
+ISSUES = ("failed", "startup_failure", "exit_before_start", "stalled", "slow_start", "low_quality")
+
+
+def issue_pages(client: httpx.Client, repeats: int) -> list[str]:
+    """The session list's first page (50) per `issue`, for one video and all videos,
+    beside the unfiltered first page (the baseline: newest first by the plain index)."""
+    print(
+        f"  {'sessions':<11} {'selection':<11} {'issue':<18} {'first':>7} {'p50':>7} {'p95':>7} "
+        f"{'unfiltered p50':>15} {'ratio':>6}"
+    )
+    lines = [
+        "\n| sessions | selection | issue | first ms | p50 ms | p95 ms | unfiltered p50 ms "
+        "| ratio |\n|---|---|---|---|---|---|---|---|\n"
+    ]
+    for label in ("one video", "all videos"):
+        query: dict[str, object] = {"key": "bench"}
+        if label == "one video":
+            query["video"] = {"video_id": "seed-0"}
+        measured: dict[str, tuple[float, float, float]] = {}
+        for issue in (None, *ISSUES):
+            body = {"query": query, "timeframe": "30 days", "limit": 50}
+            if issue:
+                body["issue"] = issue
+            times = []
+            for _ in range(repeats + 1):
+                t0 = time.perf_counter()
+                response = client.post("/api/v1/sessions", json=body)
+                times.append((time.perf_counter() - t0) * 1000)
+                assert response.status_code == 200, response.text
+                assert len(response.json()["sessions"]) <= 50
+            p50, p95 = percentiles(times[1:])
+            measured[issue or "(none)"] = (times[0], p50, p95)
+        base = measured["(none)"][1]
+        for issue, (first, p50, p95) in measured.items():
+            print(
+                f"  {'sessions':<11} {label:<11} {issue:<18} {first:>7.1f} {p50:>7.1f} "
+                f"{p95:>7.1f} {base:>15.1f} {p50 / base:>5.1f}x",
+                flush=True,
+            )
+            lines.append(
+                f"| sessions | {label} | {issue} | {first:.1f} | {p50:.1f} | {p95:.1f} | "
+                f"{base:.1f} | {p50 / base:.1f}x |\n"
+            )
+    return lines
 
 
 def cases(endpoints: tuple[str, ...] = ENDPOINTS) -> list[tuple[str, str, str | None, str]]:
@@ -93,7 +137,7 @@ async def raw_times(url: str, path: str, body: dict[str, object], repeats: int) 
             else:
                 q = params.bucket_query(body, now, 10**6)
                 fn = {"plays": stats.plays, "sources": stats.sources, "qoe": stats.qoe}[path]
-                await fn(conn, q, False, use_rollups=False)  # type: ignore[operator]
+                await fn(conn, q, use_rollups=False)  # type: ignore[operator]
             if i:  # the first run warms the cache
                 times.append((time.perf_counter() - started) * 1000)
         return times
@@ -194,7 +238,9 @@ def run(
                 "| raw p50 ms | speed-up |\n|---|---|---|---|---|---|---|---|\n"
             )
             with httpx.Client(base_url=base, auth=("admin", PASSWORD), timeout=300) as client:
-                for path, label, tz, interval in cases(endpoints):
+                for path, label, tz, interval in cases(
+                    tuple(e for e in endpoints if e != "sessions")
+                ):
                     body = body_for(label, tz, interval)
                     client.post(f"/api/v1/{path}", json=body)  # warm
                     times = []
@@ -215,6 +261,8 @@ def run(
                         f"| {path} | {label} | {tz} | {interval} | {p50:.1f} | "
                         f"{p95:.1f} | {raw50:.0f} | {raw50 / p50:.0f}x |\n"
                     )
+                if "sessions" in endpoints:
+                    lines += issue_pages(client, repeats)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
