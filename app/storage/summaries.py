@@ -143,18 +143,38 @@ def _issue(q: SessionsQuery) -> list[str]:
 
 async def page_of_sessions(conn: Connection, q: SessionsQuery) -> list[Summary]:
     """Newest first, at most q.limit; `before` is the (started_at, id) of the last
-    session already shown; with q.issue, only the sessions that had it."""
+    session already shown; with q.issue, only the sessions that had it.
+
+    Per selected video, its newest sessions come from the (video_id, started_at) index
+    (or the issue's partial index), newest first, at most q.limit each; the page is the
+    newest of those. One ordered scan over all the videos' sessions cannot use either
+    index for the order, and sorted a month of a key's sessions (seconds at 10 M)."""
     p = Params()
-    conditions = [*p.sessions(q.selection, q.window), *_issue(q)]
+    videos = p.of_videos(q.selection, "v")
+    conditions = [
+        "s.video_id = v.id",
+        *p.between("s.started_at", q.window),
+        *p.session_data(q.selection, "s"),
+        *_issue(q),
+    ]
     if q.before is not None:
         conditions.append(
             f"(s.started_at, s.id) < ({p.add(q.before[0], 'timestamptz')}, "
             f"{p.add(q.before[1], 'bigint')})"
         )
+    limit = p.add(q.limit, "int")
     rows = await conn.fetch(
-        f"SELECT {_COLUMNS} FROM sessions s JOIN videos v ON v.id = s.video_id "
-        f"WHERE {where(conditions)} ORDER BY s.started_at DESC, s.id DESC "
-        f"LIMIT {p.add(q.limit, 'int')}",
+        f"""
+        WITH page AS MATERIALIZED (
+            SELECT n.id, n.started_at FROM videos v CROSS JOIN LATERAL (
+                SELECT s.id, s.started_at FROM sessions s WHERE {where(conditions)}
+                 ORDER BY s.started_at DESC, s.id DESC LIMIT {limit}) n
+             WHERE {where(videos)}
+             ORDER BY n.started_at DESC, n.id DESC LIMIT {limit})
+        SELECT {_COLUMNS} FROM page
+          JOIN sessions s ON s.id = page.id AND s.started_at = page.started_at
+          JOIN videos v ON v.id = s.video_id
+         ORDER BY s.started_at DESC, s.id DESC""",
         *p.values,
     )
     return [_summary(r) for r in rows]

@@ -23,16 +23,22 @@ class Params:
     def videos(self, sel: Selection, column: str) -> list[str]:
         """`column` (a video id) is one of the selected videos: by key, metadata
         containment, legacy identifier; nothing when the selection names none."""
-        conditions = []
-        if sel.key is not None:
-            conditions.append(f"key = {self.add(sel.key, 'text')}")
-        if sel.video is not None:
-            conditions.append(f"metadata @> {self.add(sel.video, 'jsonb')}")
-        if sel.identifier is not None:
-            conditions.append(f"identifier = {self.add(sel.identifier, 'text')}")
+        conditions = self.of_videos(sel)
         if not conditions:
             return []
         return [f"{column} IN (SELECT id FROM videos WHERE {' AND '.join(conditions)})"]
+
+    def of_videos(self, sel: Selection, alias: str = "") -> list[str]:
+        """The selection's conditions on a videos row (`alias`.column)."""
+        at = f"{alias}." if alias else ""
+        conditions = []
+        if sel.key is not None:
+            conditions.append(f"{at}key = {self.add(sel.key, 'text')}")
+        if sel.video is not None:
+            conditions.append(f"{at}metadata @> {self.add(sel.video, 'jsonb')}")
+        if sel.identifier is not None:
+            conditions.append(f"{at}identifier = {self.add(sel.identifier, 'text')}")
+        return conditions
 
     def between(self, column: str, window: Window) -> list[str]:
         """start <= column < end."""
