@@ -47,17 +47,24 @@ def histogram(values: Iterable[float]) -> dict[int, int]:
 def quantile(counts: Mapping[int, int], q: float) -> float | None:
     """The nearest-rank q-quantile (0 < q <= 1): the bucket holding the ceil(q * n)-th
     smallest sample, as its representative value, in ms rounded to 0.1; None when empty."""
-    total = sum(c for c in counts.values() if c > 0)
+    return quantiles(counts, (q,))[0]
+
+
+def quantiles(counts: Mapping[int, int], qs: tuple[float, ...]) -> list[float | None]:
+    """quantile() of each of qs (ascending), in one pass over the histogram."""
+    kept = sorted((i, c) for i, c in counts.items() if c > 0)
+    total = sum(c for _, c in kept)
     if total == 0:
-        return None
-    rank = max(1, math.ceil(q * total - 1e-9))
-    seen = 0
-    for i in sorted(counts):
-        if counts[i] > 0:
-            seen += counts[i]
-            if seen >= rank:
-                return round(representative(i), 1)
-    return None  # pragma: no cover - unreachable: rank <= total
+        return [None] * len(qs)
+    out: list[float | None] = []
+    seen, at = 0, 0
+    for q in qs:
+        rank = max(1, math.ceil(q * total - 1e-9))
+        while seen < rank:  # rank <= total: ends within the histogram
+            seen += kept[at][1]
+            at += 1
+        out.append(round(representative(kept[at - 1][0]), 1))
+    return out
 
 
 def add(into: dict[int, int], more: Mapping[int, int], sign: int = 1) -> None:

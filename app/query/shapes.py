@@ -128,13 +128,10 @@ def qoe_figures(c: QoeCounts) -> dict[str, Any]:
     """The QoE figures of a set of views (definitions: docs/api.md, /api/v1/qoe)."""
     v = dict(zip(QOE_COLUMNS, c.values, strict=True))
     views, watch, stalled = int(v["views"]), v["watch_seconds"], v["rebuffer_seconds"]
+    p50, p95 = quantiles.quantiles(c.startup, (0.5, 0.95))
     return {
         "views": views,
-        "startup_time_ms": {
-            "p50": quantiles.quantile(c.startup, 0.5),
-            "p95": quantiles.quantile(c.startup, 0.95),
-            "views": int(v["startups"]),
-        },
+        "startup_time_ms": {"p50": p50, "p95": p95, "views": int(v["startups"])},
         "rebuffer_percentage": _share(stalled, watch + stalled),
         "rebuffer_frequency": round(v["rebuffer_count"] / (watch / 60), 4) if watch > 0 else None,
         "rebuffer_count": int(v["rebuffer_count"]),
