@@ -278,3 +278,42 @@ async def test_top_videos(api: httpx.Client, data: Data) -> None:
         "/api/v1/videos", json={"query": {"key": data.key}, "timeframe": MAY, "limit": 1}
     ).json()["videos"]
     assert len(one) == 1
+
+
+async def test_session_pages_across_videos_follow_one_order(
+    api: httpx.Client, conn: asyncpg.Connection
+) -> None:
+    """Pages of the session list over many videos, with sessions that started at the same
+    moment, and with the session-data filter: every session once, newest first, ties by
+    id — as one ORDER BY over all of them says (the list is assembled per video)."""
+    d = await Data(conn).setup()
+    for n in range(23):
+        await d.session(
+            f"2023-05-0{1 + n % 4}T10:00:0{n % 3}",
+            [(0, 1)],
+            video={"video_id": f"v{n % 5}"},
+            session_data={"plan": "pro" if n % 2 else "free"},
+        )
+    for extra, session in (({}, None), ({"session": {"plan": "pro"}}, {"plan": "pro"})):
+        expected = [
+            r["id"]
+            for r in await conn.fetch(
+                "SELECT s.id FROM sessions s JOIN videos v ON v.id = s.video_id WHERE v.key = $1"
+                " AND ($2::jsonb IS NULL OR s.session_data @> $2::jsonb)"
+                " ORDER BY s.started_at DESC, s.id DESC",
+                d.key,
+                session,
+            )
+        ]
+        body = {"query": {"key": d.key, **extra}, "timeframe": MAY, "limit": 4}
+        seen: list[int] = []
+        cursor = None
+        while True:
+            page = api.post(
+                "/api/v1/sessions", json={**body, **({"cursor": cursor} if cursor else {})}
+            ).json()
+            seen += [s["session"] for s in page["sessions"]]
+            cursor = page["next"]
+            if cursor is None:
+                break
+        assert seen == expected and len(expected) == (23 if session is None else 11)
